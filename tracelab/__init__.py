@@ -1,0 +1,35 @@
+"""TraceLab: record, inspect and replay everything an AI agent does to the outside world.
+
+`import tracelab as tl` is both the SDK (`tl.init`, `tl.trace`, `tl.span`, `tl.register_hook`,
+`tl.flush`, `tl.shutdown`, `tl.stats`) and the notebook face (`tl.workflows()`,
+`tl.executions(wf)`, `tl.execution(run_id)`). The query side is imported on first use so an
+instrumented app never pays for pandas or pyarrow at import time.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+from tracelab.sdk import (  # noqa: E402  (needs __version__ above)
+    flush,
+    init,
+    register_hook,
+    shutdown,
+    span,
+    stats,
+    trace,
+)
+
+_QUERY_NAMES = ("workflows", "executions", "execution", "Executions", "Execution")
+
+__all__ = ["__version__", "init", "trace", "span", "register_hook", "flush", "shutdown", "stats",
+           *_QUERY_NAMES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _QUERY_NAMES:
+        from tracelab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tracelab' has no attribute {name!r}")

@@ -1,0 +1,48 @@
+"""The `tracelab` command line: one sub-command per job, each living in the module that owns it.
+
+Commands are registered by dotted path and imported only when used, so `tracelab --help`
+stays fast and a broken optional extra never breaks the other commands.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from tracelab import __version__
+
+# name -> (module, one-line help). Each module provides `add_arguments(parser)` and `run(args) -> int`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("tracelab.validate_cmd", "check TraceEvent JSON files against the contract"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracelab",
+        description="Record, inspect and replay what an AI agent does to the outside world.",
+    )
+    parser.add_argument("--version", action="version", version=f"tracelab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(_module=module_name)
+        importlib.import_module(module_name).add_arguments(command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

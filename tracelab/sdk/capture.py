@@ -1,0 +1,218 @@
+"""The one capture helper every integration calls: it builds a contract-valid TraceEvent.
+
+Integrations only say what happened (method, URL, headers, bodies, timing, exception); this
+module applies the shared rules — target and endpoint naming, the status rule, LLM detection,
+redaction, body caps, span nesting — so no integration repeats them and the proxy can reuse
+them too. Nothing here may raise into the traced program: callers wrap `record_*` in
+`guarded()`.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from tracelab import __version__
+from tracelab.events import SCHEMA_VERSION, new_event_id
+from tracelab.sdk.context import current_span_id
+from tracelab.sdk.payloads import encode_body, not_captured
+
+if TYPE_CHECKING:
+    from tracelab.sdk.recorder import Recorder
+
+HOST = socket.gethostname()
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+LLM_PATH_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/responses",
+                     "/v1/messages")
+_PID = [os.getpid()]
+_MAX_TAGS, _MAX_KEY, _MAX_VALUE = 64, 128, 1024
+
+
+def _refresh_pid() -> None:
+    _PID[0] = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def error_info(exc: BaseException) -> dict[str, str]:
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() of the exception failed>"
+    return {"type": type(exc).__qualname__, "message": message[:4000]}
+
+
+def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    """Tags that fit the contract: strings, at most 64, keys <= 128 and values <= 1024 chars."""
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        if len(out) >= _MAX_TAGS:
+            break
+        key = str(key)[:_MAX_KEY] or "_"
+        out[key] = (value if isinstance(value, str) else str(value))[:_MAX_VALUE]
+    return out
+
+
+def build_event(
+    rec: Recorder,
+    *,
+    kind: str,
+    target: str,
+    endpoint: str,
+    started_at: int,
+    latency_ms: float,
+    status: str,
+    request: dict[str, Any],
+    response: dict[str, Any] | None,
+    status_code: int | None = None,
+    error: dict[str, str] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    span_id: str | None = None,
+    parent_id: str | None = None,
+    source: str = "sdk-py",
+    workflow: str | None = None,
+    run_id: str | None = None,
+    service: str | None = None,
+) -> dict[str, Any]:
+    config = rec.config
+    merged = config.tags
+    if tags:
+        merged = clean_tags({**config.tags, **tags})
+    return {
+        "event_id": new_event_id(),
+        "schema": SCHEMA_VERSION,
+        "workflow": workflow or config.workflow,
+        "run_id": run_id or config.run_id,
+        "service": service or config.service,
+        "source": source,
+        "kind": kind,
+        "target": (target or "unknown")[:512],
+        "endpoint": (endpoint or "unknown")[:2048],
+        "started_at": started_at,
+        "latency_ms": latency_ms,
+        "status": status,
+        "request": request,
+        "response": response,
+        "status_code": status_code,
+        "error": error,
+        "tags": merged,
+        "span_id": span_id,
+        "parent_id": parent_id if parent_id is not None else current_span_id.get(),
+        "host": HOST,
+        "pid": _PID[0],
+        "sdk_version": __version__,
+    }
+
+
+def http_target(scheme: str, netloc: str) -> str:
+    """`api.stripe.com`, or `127.0.0.1:8080` when the port is not the scheme's default."""
+    hostport = netloc.rpartition("@")[2].lower()
+    host, colon, port = hostport.rpartition(":")
+    if colon and "]" not in port and port == _DEFAULT_PORTS.get(scheme.lower()):
+        return host
+    return hostport or "unknown"
+
+
+def llm_tags(path: str, request_body: Any, response_body: Any) -> dict[str, str] | None:
+    """Model and token usage for OpenAI- and Anthropic-style calls; None for other paths."""
+    if not path.endswith(LLM_PATH_SUFFIXES):
+        return None
+    tags = {"llm.provider": "anthropic" if path.endswith("/v1/messages") else "openai-compatible"}
+    for body in (request_body, response_body):
+        if isinstance(body, dict) and isinstance(body.get("model"), str):
+            tags["llm.model"] = body["model"]
+    usage = response_body.get("usage") if isinstance(response_body, dict) else None
+    if isinstance(usage, dict):
+        for ours, theirs in (("input_tokens", ("prompt_tokens", "input_tokens")),
+                             ("output_tokens", ("completion_tokens", "output_tokens")),
+                             ("total_tokens", ("total_tokens",))):
+            for name in theirs:
+                if isinstance(usage.get(name), int):
+                    tags[f"llm.{ours}"] = str(usage[name])
+                    break
+    return tags
+
+
+def record_http(
+    rec: Recorder,
+    *,
+    origin: str,
+    method: str,
+    url: str,
+    request_headers: Mapping[str, Any] | Iterable[tuple[Any, Any]] | None,
+    request_body: Any,
+    started_at: int,
+    latency_ms: float,
+    status_code: int | None = None,
+    response_headers: Mapping[str, Any] | Iterable[tuple[Any, Any]] | None = None,
+    response_body: Any = None,
+    exc: BaseException | None = None,
+    request_body_note: str | None = None,
+    response_body_note: str | None = None,
+    source: str = "sdk-py",
+    workflow: str | None = None,
+    run_id: str | None = None,
+    service: str | None = None,
+) -> dict[str, Any]:
+    """Build and submit one HTTP event. `*_note` marks a body as deliberately not captured."""
+    config, redactor = rec.config, rec.redactor
+    parts = urlsplit(url)
+    method = method.upper()
+    req_headers = redactor.headers(request_headers)
+    capture, cap = config.capture_payloads, config.max_body_bytes
+    off = not_captured("capture_payloads is off")
+    req_body: Any
+    if not capture:
+        req_body = off
+    elif request_body_note:
+        req_body = not_captured(request_body_note)
+    else:
+        req_body = encode_body(request_body, _header(req_headers, "content-type"), redactor, cap)
+    request = {"method": method, "url": redactor.url(url), "headers": req_headers, "body": req_body}
+    response = None
+    if status_code is not None:
+        resp_headers = redactor.headers(response_headers)
+        if not capture:
+            resp_body: Any = off
+        elif response_body_note:
+            resp_body = not_captured(response_body_note)
+        else:
+            resp_body = encode_body(response_body, _header(resp_headers, "content-type"),
+                                    redactor, cap)
+        response = {"status_code": status_code, "headers": resp_headers, "body": resp_body}
+    path = parts.path or "/"
+    tags = llm_tags(path, req_body, response["body"] if response else None)
+    failed = exc is not None or (status_code is not None and status_code >= 400)
+    event = build_event(
+        rec, kind="llm" if tags else "http", target=http_target(parts.scheme, parts.netloc),
+        endpoint=f"{method} {path}", started_at=started_at, latency_ms=latency_ms,
+        status="error" if failed else "ok", request=request, response=response,
+        status_code=status_code, error=error_info(exc) if exc is not None else None, tags=tags,
+        source=source, workflow=workflow, run_id=run_id, service=service,
+    )
+    rec.submit(event, origin)
+    return event
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+class Timer:
+    """Wall-clock start (epoch ns, for the contract) and monotonic duration (for latency)."""
+
+    __slots__ = ("started_at", "_t0")
+
+    def __init__(self) -> None:
+        self.started_at = time.time_ns()
+        self._t0 = time.perf_counter_ns()
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter_ns() - self._t0) / 1e6

@@ -1,0 +1,136 @@
+"""`register_hook(owner, "attr", hook_fn)`: trace any library the SDK does not patch itself.
+
+The original TraceLab README's contract: the hook receives the wrapped function's arguments
+and returns a dict (`service` becomes the event's `target`; `endpoint`, `request`, `response`,
+optional `kind`, `tags`, `status_code`). The SDK times the call and records exceptions. A hook
+may be registered before or after `init()`; until then the wrapper only calls through. A hook
+that raises or returns junk is counted in `stats()` and ignored.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from tracelab.sdk.capture import Timer, build_event, error_info
+from tracelab.sdk.payloads import not_captured, to_jsonable
+from tracelab.sdk.recorder import Recorder, current
+
+_ORIGIN = "hooks"
+_MARK = "__tracelab_hook__"
+
+
+class HookHandle:
+    """Returned by `register_hook`; `remove()` puts the original attribute back exactly."""
+
+    def __init__(self, owner: Any, attr: str, original: Any, had_own: bool) -> None:
+        self.owner, self.attr, self.original, self._had_own = owner, attr, original, had_own
+
+    def remove(self) -> None:
+        if self._had_own:
+            setattr(self.owner, self.attr, self.original)
+        else:
+            delattr(self.owner, self.attr)
+
+
+def _record(rec: Recorder, hook: Callable[..., Any], attr: str, args: tuple[Any, ...],
+            kwargs: dict[str, Any], timer: Timer, exc: BaseException | None) -> None:
+    latency = timer.elapsed_ms()
+    try:
+        described = hook(*args, **kwargs)
+    except Exception as hook_exc:
+        rec.stats.count_error(_ORIGIN, f"hook for {attr!r} raised {type(hook_exc).__name__}: "
+                                       f"{hook_exc}")
+        return
+    if not isinstance(described, dict) or not isinstance(described.get("service"), str) \
+            or not described["service"]:
+        rec.stats.count_error(_ORIGIN, f"hook for {attr!r} returned {type(described).__name__}; "
+                                       "expected a dict with a non-empty 'service' string")
+        return
+    config = rec.config
+    cap = config.max_body_bytes
+
+    def payload(key: str) -> Any:
+        if not config.capture_payloads:
+            return {"body": not_captured("capture_payloads is off")}
+        value = to_jsonable(described.get(key), rec.redactor, cap)
+        return value if isinstance(value, dict) or value is None else {"value": value}
+
+    request = payload("request") or {}
+    response = payload("response")
+    status_code = described.get("status_code")
+    if not isinstance(status_code, int) or isinstance(status_code, bool) \
+            or not 0 <= status_code <= 999:
+        status_code = None
+    failed = exc is not None or described.get("status") == "error" or \
+        (status_code is not None and status_code >= 400)
+    tags = described.get("tags")
+    event = build_event(
+        rec, kind=str(described.get("kind") or "custom"), target=described["service"],
+        endpoint=str(described.get("endpoint") or attr), started_at=timer.started_at,
+        latency_ms=latency, status="error" if failed else "ok", request=request,
+        response=response, status_code=status_code,
+        error=error_info(exc) if exc is not None else None,
+        tags=tags if isinstance(tags, dict) else None)
+    rec.submit(event, _ORIGIN)
+
+
+def register_hook(owner: Any, attr: str, hook_fn: Callable[..., Any]) -> HookHandle:
+    """Wrap `owner.attr` so each call is recorded as the event `hook_fn` describes.
+
+    `owner` is a module, class or instance. Registering the same attribute again replaces the
+    hook instead of wrapping twice. Raises `AttributeError`/`TypeError` for an attribute that
+    does not exist or is not callable, so a typo is caught at registration time.
+    """
+    if not callable(hook_fn):
+        raise TypeError(f"register_hook: hook_fn must be callable, got {type(hook_fn).__name__}")
+    static = inspect.getattr_static(owner, attr)  # AttributeError names the missing attribute
+    had_own = attr in getattr(owner, "__dict__", {})
+    existing = getattr(static, "__func__", static)
+    if getattr(existing, _MARK, None) is not None:
+        existing.__tracelab_hook_fn__ = hook_fn
+        return getattr(existing, _MARK)
+    descriptor = type(static) if isinstance(static, (staticmethod, classmethod)) else None
+    original = static.__func__ if descriptor else getattr(owner, attr)
+    if not callable(original):
+        raise TypeError(f"register_hook: {attr!r} is a {type(original).__name__}, not callable")
+
+    if inspect.iscoroutinefunction(original):
+        @functools.wraps(original)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            rec = current()
+            if rec is None:
+                return await original(*args, **kwargs)
+            timer = Timer()
+            try:
+                result = await original(*args, **kwargs)
+            except BaseException as exc:
+                rec.safely(_ORIGIN, _record, rec, wrapper.__tracelab_hook_fn__, attr, args,
+                           kwargs, timer, exc)
+                raise
+            rec.safely(_ORIGIN, _record, rec, wrapper.__tracelab_hook_fn__, attr, args, kwargs,
+                       timer, None)
+            return result
+    else:
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            rec = current()
+            if rec is None:
+                return original(*args, **kwargs)
+            timer = Timer()
+            try:
+                result = original(*args, **kwargs)
+            except BaseException as exc:
+                rec.safely(_ORIGIN, _record, rec, wrapper.__tracelab_hook_fn__, attr, args,
+                           kwargs, timer, exc)
+                raise
+            rec.safely(_ORIGIN, _record, rec, wrapper.__tracelab_hook_fn__, attr, args, kwargs,
+                       timer, None)
+            return result
+
+    wrapper.__tracelab_hook_fn__ = hook_fn  # type: ignore[attr-defined]
+    handle = HookHandle(owner, attr, static if had_own else None, had_own)
+    setattr(wrapper, _MARK, handle)
+    setattr(owner, attr, descriptor(wrapper) if descriptor else wrapper)
+    return handle

@@ -1,0 +1,131 @@
+"""Turning bodies and arbitrary Python values into JSON-safe, redacted, size-capped payloads.
+
+The shapes (plain JSON, text, and the `$tracelab` markers for binary, truncated and
+not-captured bodies) are the contract in spec/README.md, shared with the TypeScript SDK and
+the proxy. Redaction always happens before truncation, so a cut never exposes a secret.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import enum
+import reprlib
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from tracelab.sdk.redaction import Redactor
+
+_JSON_START = frozenset(b"{[")
+_WHITESPACE = b" \t\r\n"
+_MAX_VALUE_DEPTH = 12
+_MAX_ITEMS = 200
+_repr = reprlib.Repr()
+_repr.maxstring = 1000
+_repr.maxother = 1000
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 50
+
+
+def not_captured(reason: str) -> dict[str, Any]:
+    return {"$tracelab": "not_captured", "reason": reason}
+
+
+def binary(data: bytes) -> dict[str, Any]:
+    return {"$tracelab": "binary", "size": len(data),
+            "base64": base64.b64encode(data).decode("ascii")}
+
+
+def truncated(size: int, encoding: str, data: str) -> dict[str, Any]:
+    return {"$tracelab": "truncated", "size": size, "encoding": encoding, "data": data}
+
+
+def _utf8_prefix(raw: bytes, cap: int) -> str | None:
+    """The first `cap` bytes as text, or None when the bytes are not UTF-8 (binary)."""
+    head = raw[:cap]
+    try:
+        return head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(head) - 3 and exc.reason == "unexpected end of data":
+            return head[: exc.start].decode("utf-8", errors="strict")
+        return None
+
+
+def encode_body(data: Any, content_type: str | None, redactor: Redactor, cap: int) -> Any:
+    """A body as the contract stores it: JSON value, text, or a `$tracelab` marker."""
+    if data is None:
+        return None
+    if isinstance(data, str):
+        raw = data.encode("utf-8", errors="surrogatepass")
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        raw = bytes(data)
+    else:
+        return not_captured(f"body is a {type(data).__name__} (stream or file), not read on the "
+                            "caller's behalf")
+    size = len(raw)
+    if size == 0:
+        return None
+    ctype = (content_type or "").lower()
+    first = raw.lstrip(_WHITESPACE)[:1]
+    if size <= cap and ("json" in ctype or (first and first[0] in _JSON_START)):
+        try:
+            return redactor.value(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            pass
+    if size > cap:
+        text = _utf8_prefix(raw, cap)
+        if text is None:
+            return truncated(size, "base64", base64.b64encode(raw[:cap]).decode("ascii"))
+        return truncated(size, "text", redactor.text(text))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return binary(raw)
+    if "x-www-form-urlencoded" in ctype:
+        return redactor.form(text)
+    return redactor.text(text)
+
+
+def to_jsonable(value: Any, redactor: Redactor, cap: int, depth: int = 0) -> Any:
+    """Any Python value as JSON-safe data: containers kept, secrets redacted by key, the rest repr'd.
+
+    Used for function arguments and return values, hook payloads and AWS parameters, where
+    the values are the caller's own objects: never mutated, never asked for more than a repr.
+    """
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        if len(value) > cap:
+            return truncated(len(value.encode("utf-8", errors="surrogatepass")), "text",
+                             redactor.text(value[:cap]))
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return encode_body(value, None, redactor, cap)
+    if depth >= _MAX_VALUE_DEPTH:
+        return _safe_repr(value)
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for i, (key, member) in enumerate(value.items()):
+            if i >= _MAX_ITEMS:
+                out["$tracelab.more"] = f"{len(value) - _MAX_ITEMS} more items"
+                break
+            key = key if isinstance(key, str) else str(key)
+            out[key] = "[REDACTED]" if redactor.is_secret(key) and member is not None else \
+                to_jsonable(member, redactor, cap, depth + 1)
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)[:_MAX_ITEMS]
+        return [to_jsonable(v, redactor, cap, depth + 1) for v in items]
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID, enum.Enum)):
+        return str(value.value if isinstance(value, enum.Enum) else value)
+    return _safe_repr(value)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return _repr.repr(value)
+    except Exception as exc:  # a user's __repr__ may raise; the trace must not
+        return f"<{type(value).__name__} (repr failed: {type(exc).__name__})>"

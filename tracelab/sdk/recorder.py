@@ -1,0 +1,179 @@
+"""The active recorder: configuration, redactor, sink and counters for this process.
+
+`init()` creates it (or reconfigures it: a second `init` never patches twice), integrations
+and spans read it through `current()` on every call, which is a single global read. With
+`TRACELAB_DISABLED=1` or before `init`, `current()` is None and everything is a pass-through.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from tracelab.config import SDKConfig, is_disabled, resolve_sdk_config
+from tracelab.sdk.redaction import Redactor
+from tracelab.sdk.sinks import BatchingSink, RedisStreamSink, SpoolSink
+from tracelab.sdk.stats import SDKStats
+
+log = logging.getLogger("tracelab")
+T = TypeVar("T")
+
+
+class Recorder:
+    """Everything one `init()` set up; replaced as a whole by the next `init()`."""
+
+    def __init__(self, config: SDKConfig, stats: SDKStats, sink: BatchingSink) -> None:
+        self.config = config
+        self.stats = stats
+        self.sink = sink
+        self.redactor = Redactor(config.redact_patterns)
+
+    def submit(self, event: dict[str, Any], origin: str) -> None:
+        self.stats.count_captured(origin)
+        self.sink.submit(event)
+
+    def safely(self, origin: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """Run capture code so that its failure is counted, never felt by the traced program."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            self.stats.count_error(origin, f"{type(exc).__name__}: {exc}")
+            return None
+
+
+_recorder: Recorder | None = None
+_stats = SDKStats()
+_lock = threading.RLock()
+_atexit_registered = False
+
+
+def current() -> Recorder | None:
+    """The active recorder, or None when tracing is off (before init, disabled, after shutdown)."""
+    return _recorder
+
+
+def _make_sink(config: SDKConfig) -> BatchingSink:
+    return RedisStreamSink(config, _stats) if config.redis_url else SpoolSink(config, _stats)
+
+
+def _same_destination(a: SDKConfig, b: SDKConfig) -> bool:
+    return (a.redis_url, a.stream, a.stream_maxlen, str(a.home), a.queue_size, a.batch_size) == \
+        (b.redis_url, b.stream, b.stream_maxlen, str(b.home), b.queue_size, b.batch_size)
+
+
+def init(
+    workflow_name: str | None = None,
+    service_name: str | None = None,
+    *,
+    run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    redis_url: str | None = None,
+    capture_payloads: bool | None = None,
+    redact: Iterable[str] = (),
+    max_body_bytes: int | None = None,
+    integrations: Iterable[str] | None = None,
+) -> SDKConfig | None:
+    """Start recording this process's interactions (see README, "Python SDK").
+
+    Every argument falls back to its environment variable. Returns the resolved configuration,
+    or None when `TRACELAB_DISABLED=1`. Raises `tracelab.config.ConfigError` only for a missing
+    workflow name or an invalid argument, before anything is patched.
+    """
+    global _recorder, _atexit_registered
+    if is_disabled():
+        return None
+    config = resolve_sdk_config(
+        workflow_name, service_name, run_id=run_id, tags=tags, redis_url=redis_url,
+        capture_payloads=capture_payloads, redact=redact, max_body_bytes=max_body_bytes,
+        integrations=integrations)
+    from tracelab.sdk import integrations as integration_registry
+
+    with _lock:
+        previous = _recorder
+        if previous is not None and _same_destination(previous.config, config):
+            sink = previous.sink
+            sink.config = config
+        else:
+            sink = _make_sink(config)
+            if previous is not None:
+                previous.sink.close(timeout=config.shutdown_timeout)
+        _recorder = Recorder(config, _stats, sink)
+        integration_registry.activate(config.integrations)
+        if not _atexit_registered:
+            atexit.register(_shutdown_at_exit)
+            _atexit_registered = True
+    return config
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Deliver everything recorded so far; returns False if `timeout` seconds were not enough.
+
+    In embedded mode the spool is then folded into the Parquet store, so queries made after
+    `flush()` see every event recorded before it.
+    """
+    rec = _recorder
+    if rec is None:
+        return True
+    try:
+        delivered = rec.sink.flush(timeout)
+    except Exception as exc:
+        _stats.count_error("flush", repr(exc))
+        return False
+    if delivered and rec.config.redis_url is None:
+        _fold_spool(rec)
+    return delivered
+
+
+def _fold_spool(rec: Recorder) -> None:
+    try:
+        from tracelab.store.spool import fold_spool
+    except ImportError:  # the store is optional for a recording-only install
+        return
+    rec.safely("store", fold_spool, rec.config.home)
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Flush within `timeout` (default TRACELAB_SHUTDOWN_TIMEOUT, 2 s), stop the sink, unpatch."""
+    global _recorder
+    with _lock:
+        rec = _recorder
+        if rec is None:
+            return True
+        _recorder = None
+        from tracelab.sdk import integrations as integration_registry
+
+        integration_registry.deactivate()
+        try:
+            return rec.sink.close(rec.config.shutdown_timeout if timeout is None else timeout)
+        except Exception as exc:
+            _stats.count_error("shutdown", repr(exc))
+            return False
+
+
+def _shutdown_at_exit() -> None:
+    try:
+        shutdown()
+    except Exception:  # interpreter teardown: never print a traceback from here
+        pass
+
+
+def stats() -> dict[str, Any]:
+    """Counters: captured, published (Redis), spooled, dropped, errors, per integration."""
+    rec = _recorder
+    extra: dict[str, Any] = {"active": rec is not None}
+    if rec is not None:
+        extra.update(mode=rec.config.mode, queued=rec.sink.queued(),
+                     workflow=rec.config.workflow, run_id=rec.config.run_id)
+    return _stats.snapshot(**extra)
+
+
+def _after_fork_in_child() -> None:
+    rec = _recorder
+    if rec is not None:
+        rec.sink.reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,152 @@
+"""Redaction: secrets are replaced by a fixed marker before an event leaves the process.
+
+Names (of headers, query parameters, JSON and form fields) are judged by the words they are
+made of, so `access_token`, `stripeToken` and `card[number]` are secrets while `max_tokens`
+and `total_tokens` (LLM usage counters people want to see) are not. Decisions are cached per
+name because the same few names repeat on every call. The marker is a constant, never a hash:
+a hash of a short secret can be brute-forced, and a constant keeps recordings comparable.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import unquote_plus
+
+MARKER = "[REDACTED]"
+
+SECRET_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
+    "x-amz-security-token",
+})
+SECRET_WORDS = frozenset({
+    "password", "passwd", "pwd", "secret", "token", "authorization", "apikey", "signature",
+    "credential", "credentials",
+})
+SECRET_WORD_PAIRS = frozenset({
+    ("api", "key"), ("access", "key"), ("private", "key"), ("client", "secret"),
+    ("card", "number"), ("secret", "key"), ("session", "token"),
+})
+_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+_CACHE_LIMIT = 4096
+_MAX_DEPTH = 200
+
+# Name/value pairs inside free text: JSON members and key=value pairs. Used for text bodies and
+# for the prefix of a truncated body, where the structure cannot be parsed whole.
+_JSON_MEMBER = re.compile(
+    r'"((?:[^"\\]|\\.){1,200})"(\s*:\s*)("(?:[^"\\]|\\.)*"|-?[\d.eE+-]+|true|false|null)')
+_KEY_VALUE = re.compile(r"(?<![\w.\-\[\]])([\w.\-\[\]]{1,200})(=)([^&\s\"',;]*)")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
+
+
+def name_words(name: str) -> list[str]:
+    """`X-Api-Key` -> ['x', 'api', 'key']; `stripeToken` -> ['stripe', 'token']."""
+    return [w.lower() for w in _WORD.findall(name)]
+
+
+class Redactor:
+    """Decides which names are secret and replaces their values by `MARKER`."""
+
+    def __init__(self, patterns: Iterable[re.Pattern[str]] = ()) -> None:
+        self.patterns = tuple(patterns)
+        self._decisions: dict[str, bool] = {}
+
+    def is_secret(self, name: str) -> bool:
+        decision = self._decisions.get(name)
+        if decision is None:
+            decision = self._judge(name)
+            if len(self._decisions) >= _CACHE_LIMIT:
+                self._decisions.clear()
+            self._decisions[name] = decision
+        return decision
+
+    def _judge(self, name: str) -> bool:
+        if name.lower() in SECRET_HEADERS:
+            return True
+        words = name_words(name)
+        if any(w in SECRET_WORDS for w in words):
+            return True
+        if any(pair in SECRET_WORD_PAIRS for pair in zip(words, words[1:])):
+            return True
+        return any(p.search(name) for p in self.patterns)
+
+    # -- headers -------------------------------------------------------------------------
+    def headers(self, items: Mapping[str, Any] | Iterable[tuple[Any, Any]] | None) -> dict[str, str]:
+        """A redacted copy; repeated names are joined with ', ' as HTTP allows."""
+        out: dict[str, str] = {}
+        if items is None:
+            return out
+        pairs = items.items() if isinstance(items, Mapping) else items
+        for name, value in pairs:
+            if isinstance(name, bytes):
+                name = name.decode("latin-1")
+            if isinstance(value, bytes):
+                value = value.decode("latin-1")
+            name = str(name)
+            value = MARKER if self.is_secret(name) else str(value)
+            previous = out.get(name)
+            out[name] = value if previous is None else f"{previous}, {value}"
+        return out
+
+    # -- URLs and form bodies -------------------------------------------------------------
+    def url(self, url: str) -> str:
+        """Redacts secret query parameters and the password of `user:password@host`."""
+        if "?" not in url and "@" not in url:
+            return url
+        base, sep, query = url.partition("?")
+        query, hash_sep, fragment = query.partition("#")
+        scheme, ssep, rest = base.partition("://")
+        if ssep:
+            netloc, slash, path = rest.partition("/")
+            userinfo, at, hostport = netloc.rpartition("@")
+            if at and ":" in userinfo:
+                netloc = f"{userinfo.partition(':')[0]}:{MARKER}@{hostport}"
+            base = f"{scheme}://{netloc}{slash}{path}"
+        if sep:
+            query = self.form(query)
+        return f"{base}{sep}{query}{hash_sep}{fragment}"
+
+    def form(self, text: str) -> str:
+        """`a=1&password=x` -> `a=1&password=[REDACTED]`, keeping the original encoding."""
+        parts = text.split("&")
+        changed = False
+        for i, part in enumerate(parts):
+            name, eq, _value = part.partition("=")
+            if eq and self.is_secret(unquote_plus(name)):
+                parts[i] = f"{name}={MARKER}"
+                changed = True
+        return "&".join(parts) if changed else text
+
+    # -- structured values ------------------------------------------------------------------
+    def value(self, obj: Any, depth: int = 0) -> Any:
+        """Redacts secret members at any depth, in place for dicts and lists we own."""
+        if depth > _MAX_DEPTH:
+            return "[TRUNCATED: nested deeper than 200 levels]"
+        if isinstance(obj, dict):
+            for key, member in obj.items():
+                if isinstance(key, str) and self.is_secret(key):
+                    if member is not None:
+                        obj[key] = MARKER
+                elif isinstance(member, (dict, list)):
+                    obj[key] = self.value(member, depth + 1)
+            return obj
+        if isinstance(obj, list):
+            for i, member in enumerate(obj):
+                if isinstance(member, (dict, list)):
+                    obj[i] = self.value(member, depth + 1)
+            return obj
+        return obj
+
+    def text(self, text: str) -> str:
+        """Best-effort redaction of free text: JSON members, key=value pairs, bearer tokens."""
+        def member(m: re.Match[str]) -> str:
+            return f'"{m.group(1)}"{m.group(2)}"{MARKER}"' if self.is_secret(m.group(1)) else m.group(0)
+
+        def pair(m: re.Match[str]) -> str:
+            return f"{m.group(1)}={MARKER}" if self.is_secret(m.group(1)) else m.group(0)
+
+        if '"' in text:
+            text = _JSON_MEMBER.sub(member, text)
+        if "=" in text:
+            text = _KEY_VALUE.sub(pair, text)
+        return _BEARER.sub(lambda m: f"{m.group(1)} {MARKER}", text)

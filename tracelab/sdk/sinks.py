@@ -1,0 +1,280 @@
+"""Where events go: a Redis stream (service mode) or a local spool (embedded mode).
+
+Both sit behind one `BatchingSink`: the traced program's thread only appends the event to a
+bounded in-memory queue (a full queue drops and counts, never blocks); one background thread
+serializes batches and writes them. A failing destination is retried with backoff for a
+bounded time, after which batches are dropped and counted, so a dead Redis costs the app
+nothing but a counted drop. This is the Sentry transport's design.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tracelab.config import SDKConfig
+from tracelab.sdk.stats import SDKStats
+
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+SPOOL_ROLL_BYTES = 16 * 1024 * 1024
+
+
+def _default(value: Any) -> str:
+    return repr(value)
+
+
+class BatchingSink:
+    """A bounded queue drained by one daemon thread into `_write()`; subclasses say where."""
+
+    kind = "abstract"
+
+    def __init__(self, config: SDKConfig, stats: SDKStats) -> None:
+        self.config = config
+        self.stats = stats
+        self._queue: deque[dict[str, Any]] = deque()
+        self._maxsize = config.queue_size
+        self._batch_size = config.batch_size
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._busy = False
+        self._pending: list[bytes] = []
+        self._outage_since: float | None = None
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    # -- the traced program's side ----------------------------------------------------------
+    def submit(self, event: dict[str, Any]) -> bool:
+        """Enqueue without blocking; False (and a counted drop) when the queue is full."""
+        if self._thread is None:
+            self._start()
+        queue = self._queue
+        if len(queue) >= self._maxsize:
+            self.stats.count_dropped("queue_full")
+            return False
+        queue.append(event)
+        if len(queue) >= self._batch_size:
+            self._wake.set()
+        return True
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything submitted so far is written; False if `timeout` ran out first."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        if self._thread is None or not self._thread.is_alive():
+            return not self._queue
+        while True:
+            if not self._queue and not self._busy and not self._pending:
+                return True
+            self._wake.set()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(0.002, remaining))
+
+    def close(self, timeout: float = 2.0) -> bool:
+        """Flush within `timeout`, stop the thread, count what could not be written as dropped."""
+        done = self.flush(timeout)
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=0.5)
+        leftover = len(self._queue) + len(self._pending)
+        if leftover:
+            self.stats.count_dropped("shutdown", leftover)
+            self._queue.clear()
+            self._pending = []
+        self._release()
+        return done
+
+    def queued(self) -> int:
+        return len(self._queue) + len(self._pending)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: the parent's thread is gone and its queue is the parent's to send."""
+        self._queue = deque()
+        self._pending = []
+        self._busy = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._start_lock = threading.Lock()
+        self._thread = None
+        self._after_fork()
+
+    # -- the background thread ----------------------------------------------------------------
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name=f"tracelab-{self.kind}-sink",
+                                          daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def _run(self) -> None:
+        interval = self.config.flush_interval
+        while not self._stop.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            try:
+                self._drain()
+            except Exception as exc:  # never let the worker die
+                self.stats.count_error(self.kind, f"sink worker: {exc!r}")
+                self._busy = False
+                time.sleep(0.05)
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while (queue or self._pending) and not self._stop.is_set():
+            self._busy = True
+            if not self._pending:
+                batch = []
+                for _ in range(min(self._batch_size, len(queue))):
+                    batch.append(queue.popleft())
+                self._pending = self._serialize(batch)
+            if not self._deliver():
+                self._busy = False
+                return
+            self._busy = False
+
+    def _serialize(self, batch: list[dict[str, Any]]) -> list[bytes]:
+        out = []
+        for event in batch:
+            try:
+                out.append(orjson.dumps(event, default=_default, option=_ORJSON_OPTIONS))
+            except Exception as exc:
+                self.stats.count_error(self.kind, f"could not serialize an event: {exc}")
+                self.stats.count_dropped("unserializable")
+        return out
+
+    def _deliver(self) -> bool:
+        """Write the pending batch; on failure back off, and past the retry window drop it."""
+        if not self._pending:
+            return True
+        try:
+            self._write(self._pending)
+        except Exception as exc:
+            now = time.monotonic()
+            if self._outage_since is None:
+                self._outage_since = now
+                self.stats.count_error(self.kind, f"{type(exc).__name__}: {exc}")
+            if now - self._outage_since >= self.config.retry_seconds:
+                self.stats.count_dropped(f"{self.kind}_unavailable", len(self._pending))
+                self._pending = []
+            backoff = min(1.0, 0.05 * 2 ** min(5, int(now - self._outage_since)))
+            self._stop.wait(backoff)
+            return False
+        self.stats.count_delivered(self.kind, len(self._pending))
+        self._pending = []
+        self._outage_since = None
+        return True
+
+    # -- where events go -----------------------------------------------------------------------
+    def _write(self, payloads: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Free the destination's resources at close."""
+
+    def _after_fork(self) -> None:
+        """Drop connections or files inherited from the parent."""
+
+
+class RedisStreamSink(BatchingSink):
+    """Pipelined `XADD <stream> * event <json>`, one entry per event (service mode)."""
+
+    kind = "redis"
+
+    def __init__(self, config: SDKConfig, stats: SDKStats) -> None:
+        super().__init__(config, stats)
+        self._client = self._connect()
+
+    def _connect(self) -> Any:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # No retries inside redis-py: this sink has its own bounded retry policy, and short
+        # socket timeouts keep a hung server from holding the worker (never the app).
+        return redis.Redis.from_url(
+            self.config.redis_url, socket_connect_timeout=1.0, socket_timeout=2.0,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+
+    def _write(self, payloads: list[bytes]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        stream = self.config.stream
+        maxlen = self.config.stream_maxlen
+        extra: tuple[Any, ...] = ("MAXLEN", "~", maxlen) if maxlen else ()
+        for payload in payloads:
+            pipe.execute_command("XADD", stream, *extra, "*", "event", payload)
+        pipe.execute()
+
+    def _release(self) -> None:
+        try:
+            self._client.close()
+        except Exception:
+            pass
+
+    def _after_fork(self) -> None:
+        self._client = self._connect()
+
+
+class SpoolSink(BatchingSink):
+    """Appends JSON lines durably to `$TRACELAB_HOME/spool/` (embedded mode, no server at all).
+
+    One file per process, `<time>-<pid>-<rand>.jsonl.open` while written and renamed to
+    `.jsonl` when complete; the store folds them into Parquet (spec/README.md, "Transport").
+    """
+
+    kind = "spool"
+
+    def __init__(self, config: SDKConfig, stats: SDKStats) -> None:
+        super().__init__(config, stats)
+        self.directory = Path(config.home) / "spool"
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._written = 0
+
+    def _open(self) -> int:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self._path = self.directory / f"{stamp}-{os.getpid()}-{secrets.token_hex(4)}.jsonl.open"
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._written = 0
+        return self._fd
+
+    def _write(self, payloads: list[bytes]) -> None:
+        fd = self._fd if self._fd is not None else self._open()
+        data = memoryview(b"\n".join(payloads) + b"\n")
+        while data:
+            n = os.write(fd, data)
+            data = data[n:]
+        os.fsync(fd)
+        self._written += len(payloads)
+        if os.fstat(fd).st_size >= SPOOL_ROLL_BYTES:
+            self._complete()
+
+    def _complete(self) -> None:
+        """Close the current file and mark it complete by dropping the `.open` suffix."""
+        if self._fd is None or self._path is None:
+            return
+        os.close(self._fd)
+        self._fd = None
+        os.replace(self._path, self._path.with_suffix(""))
+        self._path = None
+
+    def _release(self) -> None:
+        try:
+            self._complete()
+        except OSError as exc:
+            self.stats.count_error(self.kind, f"closing spool file: {exc}")
+
+    def _after_fork(self) -> None:
+        if self._fd is not None:  # the parent's file: leave it to the parent
+            os.close(self._fd)
+        self._fd = None
+        self._path = None

@@ -1,0 +1,57 @@
+"""Counters the SDK keeps about itself, so drops and failures are visible instead of silent."""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Any
+
+
+class SDKStats:
+    """Thread-safe counters behind `tracelab.stats()`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.captured = 0
+        self.published = 0
+        self.spooled = 0
+        self.dropped: dict[str, int] = defaultdict(int)
+        self.errors: dict[str, int] = defaultdict(int)
+        self.by_origin: dict[str, dict[str, int]] = defaultdict(lambda: {"captured": 0, "errors": 0})
+        self.last_error: str | None = None
+
+    def count_captured(self, origin: str) -> None:
+        with self._lock:
+            self.captured += 1
+            self.by_origin[origin]["captured"] += 1
+
+    def count_error(self, origin: str, message: str) -> None:
+        with self._lock:
+            self.errors[origin] += 1
+            self.by_origin[origin]["errors"] += 1
+            self.last_error = f"{origin}: {message}"[:500]
+
+    def count_dropped(self, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self.dropped[reason] += n
+
+    def count_delivered(self, sink: str, n: int) -> None:
+        with self._lock:
+            if sink == "redis":
+                self.published += n
+            else:
+                self.spooled += n
+
+    def snapshot(self, **extra: Any) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "captured": self.captured,
+                "published": self.published,
+                "spooled": self.spooled,
+                "dropped": sum(self.dropped.values()),
+                "dropped_by_reason": dict(self.dropped),
+                "errors": sum(self.errors.values()),
+                "errors_by_origin": dict(self.errors),
+                "last_error": self.last_error,
+                "integrations": {k: dict(v) for k, v in self.by_origin.items()},
+                **extra,
+            }
