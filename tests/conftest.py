@@ -94,3 +94,115 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     os.environ.setdefault("TRACELAB_TEST", "1")
+
+
+class _LoopbackHandler(__import__("http.server").server.BaseHTTPRequestHandler):
+    """A small vendor-like HTTP API on loopback; routes are chosen by path."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:  # keep test output clean
+        pass
+
+    def _reply(self, code: int, body: bytes, ctype: str = "application/json",
+               headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _handle(self) -> None:
+        import json
+        from urllib.parse import parse_qs, urlsplit
+
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.requests_seen.append((self.command, self.path, dict(self.headers), body))  # type: ignore[attr-defined]
+        parts = urlsplit(self.path)
+        path, query = parts.path, parse_qs(parts.query)
+        if path.startswith("/status/"):
+            code = int(path.rsplit("/", 1)[1])
+            self._reply(code, json.dumps({"error": {"message": f"status {code}"}}).encode())
+        elif path == "/binary":
+            self._reply(200, bytes(range(256)) * 4, "application/octet-stream")
+        elif path == "/big":
+            self._reply(200, b"x" * int(query.get("n", ["200000"])[0]), "text/plain")
+        elif path == "/secret":
+            self._reply(200, json.dumps({"access_token": "RESP-TOKEN-SECRET-123",
+                                         "user": {"password": "RESP-PASSWORD-456"}}).encode(),
+                        headers={"Set-Cookie": "session=RESP-COOKIE-789"})
+        elif path == "/redirect":
+            self._reply(302, b"", headers={"Location": "/echo"})
+        elif path == "/stream":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", "33")
+            self.end_headers()
+            self.wfile.write(b"data: one\n\ndata: two\n\ndata: end\n\n"[:33])
+        elif path.endswith("/chat/completions"):
+            request = json.loads(body or b"{}")
+            self._reply(200, json.dumps({
+                "id": "chatcmpl-1", "model": request.get("model", "gpt-test"),
+                "choices": [{"message": {"role": "assistant", "content": "hi"}}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+            }).encode())
+        else:
+            self._reply(200, json.dumps({"method": self.command, "path": self.path,
+                                         "body": body.decode("utf-8", "replace")}).encode())
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+
+class LoopbackHTTP:
+    """A real HTTP server on 127.0.0.1 in a thread (see `_LoopbackHandler` for its routes)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LoopbackHandler)
+        self.server.daemon_threads = True
+        self.server.requests_seen = []  # type: ignore[attr-defined]
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def requests_seen(self) -> list[tuple[str, str, dict[str, str], bytes]]:
+        return self.server.requests_seen  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def loopback_http() -> Iterator[LoopbackHTTP]:
+    server = LoopbackHTTP()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def read_stream(client: redis.Redis, stream: str = "trace.events") -> list[dict]:
+    """Every event in a Redis stream, decoded, in stream order."""
+    import orjson
+
+    return [orjson.loads(fields[b"event"]) for _id, fields in client.xrange(stream)]
+
+
+@pytest.fixture
+def traced(redis_server: RedisServer, tracelab_home: Path) -> Iterator[RedisServer]:
+    """TraceLab initialised against a real Redis for one test, shut down afterwards."""
+    import tracelab
+
+    tracelab.init(workflow_name="test-wf", service_name="test-svc", redis_url=redis_server.url)
+    try:
+        yield redis_server
+    finally:
+        tracelab.shutdown()

@@ -52,7 +52,8 @@ def _utf8_prefix(raw: bytes, cap: int) -> str | None:
         return None
 
 
-def encode_body(data: Any, content_type: str | None, redactor: Redactor, cap: int) -> Any:
+def encode_body(data: Any, content_type: str | None, redactor: Redactor, cap: int,
+                found: set[str] | None = None) -> Any:
     """A body as the contract stores it: JSON value, text, or a `$tracelab` marker."""
     if data is None:
         return None
@@ -70,21 +71,21 @@ def encode_body(data: Any, content_type: str | None, redactor: Redactor, cap: in
     first = raw.lstrip(_WHITESPACE)[:1]
     if size <= cap and ("json" in ctype or (first and first[0] in _JSON_START)):
         try:
-            return redactor.value(orjson.loads(raw))
+            return redactor.value(orjson.loads(raw), found)
         except orjson.JSONDecodeError:
             pass
     if size > cap:
         text = _utf8_prefix(raw, cap)
         if text is None:
             return truncated(size, "base64", base64.b64encode(raw[:cap]).decode("ascii"))
-        return truncated(size, "text", redactor.text(text))
+        return truncated(size, "text", redactor.text(text, found))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return binary(raw)
     if "x-www-form-urlencoded" in ctype:
-        return redactor.form(text)
-    return redactor.text(text)
+        return redactor.form(text, found)
+    return redactor.text(text, found)
 
 
 def to_jsonable(value: Any, redactor: Redactor, cap: int, depth: int = 0) -> Any:

@@ -29,6 +29,7 @@ SECRET_WORD_PAIRS = frozenset({
 })
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _CACHE_LIMIT = 4096
+_MIN_SCRUB_CHARS = 6  # shorter values ("1", "true") would scrub innocent text
 _MAX_DEPTH = 200
 
 # Name/value pairs inside free text: JSON members and key=value pairs. Used for text bodies and
@@ -71,7 +72,8 @@ class Redactor:
         return any(p.search(name) for p in self.patterns)
 
     # -- headers -------------------------------------------------------------------------
-    def headers(self, items: Mapping[str, Any] | Iterable[tuple[Any, Any]] | None) -> dict[str, str]:
+    def headers(self, items: Mapping[str, Any] | Iterable[tuple[Any, Any]] | None,
+                found: set[str] | None = None) -> dict[str, str]:
         """A redacted copy; repeated names are joined with ', ' as HTTP allows."""
         out: dict[str, str] = {}
         if items is None:
@@ -83,13 +85,17 @@ class Redactor:
             if isinstance(value, bytes):
                 value = value.decode("latin-1")
             name = str(name)
-            value = MARKER if self.is_secret(name) else str(value)
+            if self.is_secret(name):
+                remember(found, str(value))
+                value = MARKER
+            else:
+                value = str(value)
             previous = out.get(name)
             out[name] = value if previous is None else f"{previous}, {value}"
         return out
 
     # -- URLs and form bodies -------------------------------------------------------------
-    def url(self, url: str) -> str:
+    def url(self, url: str, found: set[str] | None = None) -> str:
         """Redacts secret query parameters and the password of `user:password@host`."""
         if "?" not in url and "@" not in url:
             return url
@@ -100,25 +106,27 @@ class Redactor:
             netloc, slash, path = rest.partition("/")
             userinfo, at, hostport = netloc.rpartition("@")
             if at and ":" in userinfo:
+                remember(found, userinfo.partition(":")[2])
                 netloc = f"{userinfo.partition(':')[0]}:{MARKER}@{hostport}"
             base = f"{scheme}://{netloc}{slash}{path}"
         if sep:
-            query = self.form(query)
+            query = self.form(query, found)
         return f"{base}{sep}{query}{hash_sep}{fragment}"
 
-    def form(self, text: str) -> str:
+    def form(self, text: str, found: set[str] | None = None) -> str:
         """`a=1&password=x` -> `a=1&password=[REDACTED]`, keeping the original encoding."""
         parts = text.split("&")
         changed = False
         for i, part in enumerate(parts):
-            name, eq, _value = part.partition("=")
+            name, eq, value = part.partition("=")
             if eq and self.is_secret(unquote_plus(name)):
+                remember(found, unquote_plus(value))
                 parts[i] = f"{name}={MARKER}"
                 changed = True
         return "&".join(parts) if changed else text
 
     # -- structured values ------------------------------------------------------------------
-    def value(self, obj: Any, depth: int = 0) -> Any:
+    def value(self, obj: Any, found: set[str] | None = None, depth: int = 0) -> Any:
         """Redacts secret members at any depth, in place for dicts and lists we own."""
         if depth > _MAX_DEPTH:
             return "[TRUNCATED: nested deeper than 200 levels]"
@@ -126,27 +134,71 @@ class Redactor:
             for key, member in obj.items():
                 if isinstance(key, str) and self.is_secret(key):
                     if member is not None:
+                        if isinstance(member, (str, int)):
+                            remember(found, str(member))
                         obj[key] = MARKER
                 elif isinstance(member, (dict, list)):
-                    obj[key] = self.value(member, depth + 1)
+                    obj[key] = self.value(member, found, depth + 1)
             return obj
         if isinstance(obj, list):
             for i, member in enumerate(obj):
                 if isinstance(member, (dict, list)):
-                    obj[i] = self.value(member, depth + 1)
+                    obj[i] = self.value(member, found, depth + 1)
             return obj
         return obj
 
-    def text(self, text: str) -> str:
+    def text(self, text: str, found: set[str] | None = None) -> str:
         """Best-effort redaction of free text: JSON members, key=value pairs, bearer tokens."""
         def member(m: re.Match[str]) -> str:
-            return f'"{m.group(1)}"{m.group(2)}"{MARKER}"' if self.is_secret(m.group(1)) else m.group(0)
+            if not self.is_secret(m.group(1)):
+                return m.group(0)
+            remember(found, m.group(3).strip('"'))
+            return f'"{m.group(1)}"{m.group(2)}"{MARKER}"'
 
         def pair(m: re.Match[str]) -> str:
-            return f"{m.group(1)}={MARKER}" if self.is_secret(m.group(1)) else m.group(0)
+            if not self.is_secret(m.group(1)):
+                return m.group(0)
+            remember(found, m.group(3))
+            return f"{m.group(1)}={MARKER}"
 
         if '"' in text:
             text = _JSON_MEMBER.sub(member, text)
         if "=" in text:
             text = _KEY_VALUE.sub(pair, text)
         return _BEARER.sub(lambda m: f"{m.group(1)} {MARKER}", text)
+
+
+def remember(found: set[str] | None, value: str) -> None:
+    """Note a redacted value (and its parts) so `scrub` can remove echoes of it elsewhere."""
+    if found is None or len(value) < _MIN_SCRUB_CHARS:
+        return
+    found.add(value)
+    scheme, space, credential = value.partition(" ")  # "Bearer sk-..." -> "sk-..."
+    if space and len(credential) >= _MIN_SCRUB_CHARS:
+        found.add(credential)
+    for cookie in value.split(";"):  # "a=1; session=abc" -> "abc"
+        cookie_value = cookie.partition("=")[2].strip()
+        if len(cookie_value) >= _MIN_SCRUB_CHARS:
+            found.add(cookie_value)
+
+
+def scrub(obj: Any, found: set[str], depth: int = 0) -> Any:
+    """Replace every echo of an already-redacted secret value inside strings of `obj`.
+
+    Servers echo what they were sent (error messages quoting an API key, debug endpoints,
+    redirects carrying a token): the value is known to be secret, wherever it turns up.
+    """
+    if isinstance(obj, str):
+        for value in found:
+            if value in obj:
+                obj = obj.replace(value, MARKER)
+        return obj
+    if depth > _MAX_DEPTH:
+        return obj
+    if isinstance(obj, dict):
+        for key, member in obj.items():
+            obj[key] = scrub(member, found, depth + 1)
+    elif isinstance(obj, list):
+        for i, member in enumerate(obj):
+            obj[i] = scrub(member, found, depth + 1)
+    return obj

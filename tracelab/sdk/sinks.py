@@ -45,6 +45,7 @@ class BatchingSink:
         self._busy = False
         self._pending: list[bytes] = []
         self._outage_since: float | None = None
+        self._lost = 0  # events this sink gave up on; flush() reports them as not delivered
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -56,6 +57,7 @@ class BatchingSink:
         queue = self._queue
         if len(queue) >= self._maxsize:
             self.stats.count_dropped("queue_full")
+            self._lost += 1
             return False
         queue.append(event)
         if len(queue) >= self._batch_size:
@@ -63,13 +65,18 @@ class BatchingSink:
         return True
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything submitted so far is written; False if `timeout` ran out first."""
+        """Wait until everything submitted so far is written.
+
+        False if `timeout` ran out first or if events were dropped meanwhile (destination down
+        past the retry window, queue full): True means delivered, not merely gone.
+        """
         deadline = time.monotonic() + max(0.0, timeout)
+        lost_before = self._lost
         if self._thread is None or not self._thread.is_alive():
             return not self._queue
         while True:
             if not self._queue and not self._busy and not self._pending:
-                return True
+                return self._lost == lost_before
             self._wake.set()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -149,6 +156,7 @@ class BatchingSink:
             except Exception as exc:
                 self.stats.count_error(self.kind, f"could not serialize an event: {exc}")
                 self.stats.count_dropped("unserializable")
+                self._lost += 1
         return out
 
     def _deliver(self) -> bool:
@@ -164,6 +172,7 @@ class BatchingSink:
                 self.stats.count_error(self.kind, f"{type(exc).__name__}: {exc}")
             if now - self._outage_since >= self.config.retry_seconds:
                 self.stats.count_dropped(f"{self.kind}_unavailable", len(self._pending))
+                self._lost += len(self._pending)
                 self._pending = []
             backoff = min(1.0, 0.05 * 2 ** min(5, int(now - self._outage_since)))
             self._stop.wait(backoff)

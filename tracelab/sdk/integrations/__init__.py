@@ -7,6 +7,7 @@ never imported is never imported by us. `deactivate()` restores every original e
 from __future__ import annotations
 
 import importlib
+import sys
 import threading
 from collections.abc import Iterable
 
@@ -69,5 +70,6 @@ def deactivate() -> None:
 
 
 def _uninstall(name: str) -> None:
-    module = importlib.import_module(INTEGRATIONS[name][0])
-    module.uninstall()
+    module = sys.modules.get(INTEGRATIONS[name][0])
+    if module is not None:  # never imported means never installed
+        module.uninstall()

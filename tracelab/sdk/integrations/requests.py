@@ -24,6 +24,12 @@ def _record(rec: Recorder, request: Any, response: Any, timer: Timer, stream: bo
         request_note = f"streamed upload ({type(body).__name__})"
     status_code = response_headers = response_body = response_note = None
     if response is not None:
+        # With redirects followed, send() returns the last hop's response; this call's own
+        # exchange is the one whose request is ours (each hop records its own event).
+        for candidate in getattr(response, "history", None) or ():
+            if candidate.request is request:
+                response = candidate
+                break
         status_code = response.status_code
         response_headers = response.headers
         content = getattr(response, "_content", False)

@@ -1,0 +1,125 @@
+"""`@trace` and `span`: nesting across threads and asyncio tasks, pass-through of results and errors."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from conftest import RedisServer, read_stream
+
+import tracelab
+from tracelab.events import validate
+
+
+def _events(server: RedisServer) -> dict[str, dict]:
+    assert tracelab.flush(5.0)
+    events = read_stream(server.client())
+    assert all(validate(e) == [] for e in events)
+    return {e["endpoint"].rsplit(".", 1)[-1]: e for e in events}
+
+
+def test_bare_and_named_trace_nest(traced: RedisServer) -> None:
+    @tracelab.trace(name="plan-refund", tags={"step": "1"})
+    def plan(order: str, password: str = "") -> dict:
+        return {"order": order, "action": "refund"}
+
+    @tracelab.trace
+    def agent() -> dict:
+        with tracelab.span("lookup") as block:
+            block.set_tag("cache", "miss")
+        return plan("o-1", password="hunter2")
+
+    assert agent() == {"order": "o-1", "action": "refund"}
+    events = _events(traced)
+    outer, inner, block = events["agent"], events["plan-refund"], events["lookup"]
+    assert outer["parent_id"] is None
+    assert inner["parent_id"] == outer["span_id"] and block["parent_id"] == outer["span_id"]
+    assert inner["kind"] == "function" and inner["target"] == __name__
+    assert inner["tags"]["step"] == "1" and block["tags"]["cache"] == "miss"
+    assert inner["request"]["args"] == {"order": "o-1", "password": "[REDACTED]"}
+    assert inner["response"]["return"] == {"order": "o-1", "action": "refund"}
+
+
+def test_exceptions_pass_through_untouched(traced: RedisServer) -> None:
+    class Declined(Exception):
+        pass
+
+    error = Declined("card declined")
+
+    @tracelab.trace
+    def charge() -> None:
+        raise error
+
+    with pytest.raises(Declined) as raised:
+        charge()
+    assert raised.value is error
+    event = _events(traced)["charge"]
+    assert event["status"] == "error"
+    assert event["error"] == {"type": "test_exceptions_pass_through_untouched.<locals>.Declined",
+                              "message": "card declined"}
+
+
+def test_async_functions_and_tasks_nest_independently(traced: RedisServer) -> None:
+    @tracelab.trace
+    async def step(name: str) -> str:
+        await asyncio.sleep(0.01)
+        return name
+
+    @tracelab.trace
+    async def branch_a() -> str:
+        return await step("a")
+
+    @tracelab.trace
+    async def branch_b() -> str:
+        return await step("b")
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(branch_a(), branch_b()))
+
+    assert asyncio.run(main()) == ["a", "b"]
+    assert tracelab.flush(5.0)
+    events = read_stream(traced.client())
+    by_span = {e["span_id"]: e for e in events}
+    steps = [e for e in events if e["endpoint"].endswith("step")]
+    parents = sorted(by_span[s["parent_id"]]["endpoint"].rsplit(".", 1)[-1] for s in steps)
+    assert parents == ["branch_a", "branch_b"]
+    assert {s["response"]["return"] for s in steps} == {"a", "b"}
+
+
+def test_threads_do_not_adopt_each_others_spans(traced: RedisServer) -> None:
+    barrier = threading.Barrier(2)
+
+    @tracelab.trace
+    def worker(n: int) -> int:
+        barrier.wait(timeout=5)
+        with tracelab.span(f"inner-{n}"):
+            barrier.wait(timeout=5)
+        return n
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tracelab.flush(5.0)
+    events = read_stream(traced.client())
+    by_span = {e["span_id"]: e for e in events}
+    for n in (1, 2):
+        inner = next(e for e in events if e["endpoint"] == f"inner-{n}")
+        assert by_span[inner["parent_id"]]["request"]["args"] == {"n": n}
+
+
+def test_generators_are_left_alone() -> None:
+    def numbers():  # type: ignore[no-untyped-def]
+        yield 1
+
+    assert tracelab.trace(numbers) is numbers
+
+
+def test_before_init_trace_only_calls_through(tracelab_home) -> None:  # type: ignore[no-untyped-def]
+    @tracelab.trace
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert add(1, 2) == 3
+    assert tracelab.stats()["active"] is False

@@ -1,0 +1,347 @@
+"""The TraceEvent contract (schema 1): its shape, its limits, and the check every event passes.
+
+This module owns the one typed definition of a TraceEvent (`TraceEvent`), the contract's
+constants, `validate()` / `ensure_valid()`, and the id helpers producers use. The same rules are
+written as JSON Schema in `spec/trace-event.schema.json` and documented in `spec/README.md`;
+`tests/test_events.py` runs the shared examples in `spec/examples/` through both, so a change
+here needs the same change there.
+
+It is imported by the SDK's hot path and by the ingester for every event, so it must stay cheap:
+standard library only (never jsonschema, pydantic, pandas, pyarrow …), no work at import time
+beyond defining constants, and `validate()` is hand-written with a fast path for valid events.
+"""
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Literal, Required, TypedDict
+
+SCHEMA_VERSION = 1
+
+REQUIRED_FIELDS: tuple[str, ...] = (
+    "event_id", "schema", "workflow", "run_id", "service", "source", "kind", "target",
+    "endpoint", "started_at", "latency_ms", "status", "request", "response",
+)
+OPTIONAL_FIELDS: tuple[str, ...] = (
+    "span_id", "parent_id", "status_code", "error", "tags", "host", "pid", "sdk_version",
+)
+
+MAX_ID_CHARS = 128          # event_id, span_id, parent_id
+MAX_NAME_CHARS = 256        # workflow, run_id, service, source, kind
+MAX_TARGET_CHARS = 512
+MAX_ENDPOINT_CHARS = 2048
+MAX_TAGS = 64
+MAX_TAG_KEY_CHARS = 128
+MAX_TAG_VALUE_CHARS = 1024
+# Integers land in the store's int64 columns; anything larger could not be written.
+MAX_INT64 = 2**63 - 1
+MAX_STATUS_CODE = 999
+
+STATUSES = ("ok", "error")
+
+NAME_FIELDS: tuple[str, ...] = ("workflow", "run_id", "service", "source", "kind")
+
+
+class ErrorInfo(TypedDict):
+    """What an interaction raised: the exception's type name and its message."""
+
+    type: str
+    message: str
+
+
+class TraceEvent(TypedDict, total=False):
+    """One interaction with the outside world. Lengths count Unicode code points.
+
+    Required (must be present; `response` may be null):
+      event_id    1-128 chars, unique: the dedupe key (`new_event_id()`)
+      schema      exactly 1 (`SCHEMA_VERSION`)
+      workflow    1-256 chars, the logical group (TRACELAB_WORKFLOW_NAME)
+      run_id      1-256 chars, one execution (TRACELAB_RUN_ID, else `new_run_id()` per init)
+      service     1-256 chars, the emitting service: the lane in the timeline
+      source      1-256 chars: "sdk-py", "sdk-ts", "proxy", "otlp", ...
+      kind        1-256 chars: "http", "llm", "email", "sms", "function", "custom", ...
+      target      1-512 chars, the external system: host[:port], "smtp:<host>", "aws:ses", ...
+      endpoint    1-2048 chars, the operation: "POST /v1/charges" (no query), "SendEmail", ...
+      started_at  integer epoch nanoseconds UTC, 0 <= n <= 2**63-1
+      latency_ms  finite number >= 0 (int or float; never a bool)
+      status      "ok" or "error"
+      request     object: method, url, headers, body ... (redacted, bodies capped)
+      response    object or null (null when no response arrived)
+
+    Optional (absent, or for the nullable ones also null):
+      span_id, parent_id  string or null, <= 128 chars (`new_span_id()`)
+      status_code         integer 0-999 or null
+      error               {"type": str, "message": str} or null
+      tags                object of string -> string: <= 64 entries, keys 1-128 chars,
+                          values <= 1024 chars
+      host, sdk_version   string
+      pid                 integer, 0 <= n <= 2**63-1
+
+    Any other top-level field is allowed and kept by the store.
+    """
+
+    event_id: Required[str]
+    schema: Required[Literal[1]]
+    workflow: Required[str]
+    run_id: Required[str]
+    service: Required[str]
+    source: Required[str]
+    kind: Required[str]
+    target: Required[str]
+    endpoint: Required[str]
+    started_at: Required[int]
+    latency_ms: Required[float]
+    status: Required[Literal["ok", "error"]]
+    request: Required[dict[str, Any]]
+    response: Required[dict[str, Any] | None]
+    span_id: str | None
+    parent_id: str | None
+    status_code: int | None
+    error: ErrorInfo | None
+    tags: dict[str, str]
+    host: str
+    pid: int
+    sdk_version: str
+
+
+class InvalidEvent(ValueError):
+    """An event that breaks the contract; `.problems` lists what is wrong, one string each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid TraceEvent: " + "; ".join(self.problems))
+
+
+def new_event_id() -> str:
+    """A fresh event id: 32 lowercase hex characters (128 random bits)."""
+    return os.urandom(16).hex()
+
+
+def new_span_id() -> str:
+    """A fresh span id: 16 lowercase hex characters (64 random bits), as in W3C trace context."""
+    return os.urandom(8).hex()
+
+
+def new_run_id() -> str:
+    """A fresh run id: a random UUID4 string."""
+    return str(uuid.uuid4())
+
+
+def schema_path() -> Path:
+    """Where `trace-event.schema.json` is: packaged next to this module, else the repo's `spec/`."""
+    here = Path(__file__).resolve().parent
+    candidates = (
+        here / "spec" / "trace-event.schema.json",
+        here.parent / "spec" / "trace-event.schema.json",
+    )
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        "trace-event.schema.json not found (looked in "
+        + ", ".join(str(c) for c in candidates) + ")"
+    )
+
+
+_INF = math.inf
+
+
+def validate(obj: object) -> list[str]:
+    """Return what is wrong with `obj` as a TraceEvent, one readable string per problem.
+
+    An empty list means valid. Each string starts with the field it is about, e.g.
+    ``"started_at: expected an integer (epoch nanoseconds), got str"``.
+    """
+    # Fast path: one chain of cheap checks that every valid event passes. It may reject a valid
+    # oddity (a str subclass, say); `_problems` is the authority and decides then.
+    if type(obj) is dict:
+        get = obj.get
+        if (
+            type(v := get("event_id")) is str and 0 < len(v) <= MAX_ID_CHARS
+            and type(v := get("schema")) is int and v == SCHEMA_VERSION
+            and type(v := get("workflow")) is str and 0 < len(v) <= MAX_NAME_CHARS
+            and type(v := get("run_id")) is str and 0 < len(v) <= MAX_NAME_CHARS
+            and type(v := get("service")) is str and 0 < len(v) <= MAX_NAME_CHARS
+            and type(v := get("source")) is str and 0 < len(v) <= MAX_NAME_CHARS
+            and type(v := get("kind")) is str and 0 < len(v) <= MAX_NAME_CHARS
+            and type(v := get("target")) is str and 0 < len(v) <= MAX_TARGET_CHARS
+            and type(v := get("endpoint")) is str and 0 < len(v) <= MAX_ENDPOINT_CHARS
+            and type(v := get("started_at")) is int and 0 <= v <= MAX_INT64
+            and ((t := type(v := get("latency_ms"))) is float or t is int) and 0 <= v < _INF
+            and ((v := get("status")) == "ok" or v == "error")
+            and type(get("request")) is dict
+            and ((t := type(get("response"))) is dict or (t is type(None) and "response" in obj))
+            and ((v := get("span_id")) is None or (type(v) is str and len(v) <= MAX_ID_CHARS))
+            and ((v := get("parent_id")) is None or (type(v) is str and len(v) <= MAX_ID_CHARS))
+            and ((v := get("status_code")) is None
+                 or (type(v) is int and 0 <= v <= MAX_STATUS_CODE))
+            and ((v := get("error")) is None
+                 or (type(v) is dict and type(v.get("type")) is str
+                     and type(v.get("message")) is str))
+            and ((v := get("tags", _ABSENT)) is _ABSENT or (type(v) is dict and _tags_ok(v)))
+            and ((v := get("host", _ABSENT)) is _ABSENT or type(v) is str)
+            and ((v := get("sdk_version", _ABSENT)) is _ABSENT or type(v) is str)
+            and ((v := get("pid", _ABSENT)) is _ABSENT
+                 or (type(v) is int and 0 <= v <= MAX_INT64))
+        ):
+            return []
+    return _problems(obj)
+
+
+def ensure_valid(obj: object) -> dict[str, Any]:
+    """Return `obj` unchanged when it is a valid TraceEvent, else raise `InvalidEvent`."""
+    problems = validate(obj)
+    if problems:
+        raise InvalidEvent(problems)
+    return obj  # type: ignore[return-value]  # validate() proved it is a dict
+
+
+_ABSENT: Any = object()
+
+
+def _tags_ok(tags: dict[Any, Any]) -> bool:
+    if len(tags) > MAX_TAGS:
+        return False
+    for key, value in tags.items():
+        if not (type(key) is str and 0 < len(key) <= MAX_TAG_KEY_CHARS
+                and type(value) is str and len(value) <= MAX_TAG_VALUE_CHARS):
+            return False
+    return True
+
+
+# ---- the slow path: find every problem and say it clearly ------------------------------------
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def _check_string(problems: list[str], field: str, value: object, min_len: int,
+                  max_len: int | None) -> None:
+    if not isinstance(value, str):
+        problems.append(f"{field}: expected a string, got {_type_name(value)}")
+    elif len(value) < min_len:
+        problems.append(f"{field}: must not be empty")
+    elif max_len is not None and len(value) > max_len:
+        problems.append(f"{field}: too long ({len(value)} chars, max {max_len})")
+
+
+def _check_int(problems: list[str], field: str, value: object, what: str, low: int,
+               high: int) -> None:
+    if not _is_int(value):
+        problems.append(f"{field}: expected {what}, got {_type_name(value)}")
+    elif not low <= value <= high:  # type: ignore[operator]
+        problems.append(f"{field}: out of range, must be {low}..{high}, got {value}")
+
+
+def _check_tags(problems: list[str], tags: object) -> None:
+    if not isinstance(tags, dict):
+        problems.append(f"tags: expected an object of string -> string, got {_type_name(tags)}")
+        return
+    if len(tags) > MAX_TAGS:
+        problems.append(f"tags: too many entries ({len(tags)}, max {MAX_TAGS})")
+    for key, value in tags.items():
+        if not isinstance(key, str):
+            problems.append(f"tags: key {key!r} is not a string")
+            continue
+        where = f"tags[{_short(key)}]"
+        if not key:
+            problems.append("tags: a key must not be empty")
+        elif len(key) > MAX_TAG_KEY_CHARS:
+            problems.append(f"{where}: key too long ({len(key)} chars, max {MAX_TAG_KEY_CHARS})")
+        if not isinstance(value, str):
+            problems.append(f"{where}: expected a string value, got {_type_name(value)}")
+        elif len(value) > MAX_TAG_VALUE_CHARS:
+            problems.append(
+                f"{where}: value too long ({len(value)} chars, max {MAX_TAG_VALUE_CHARS})")
+
+
+def _check_error(problems: list[str], error: object) -> None:
+    if not isinstance(error, dict):
+        problems.append(
+            f"error: expected an object {{type, message}} or null, got {_type_name(error)}")
+        return
+    for key in ("type", "message"):
+        if key not in error:
+            problems.append(f"error.{key}: required field is missing")
+        elif not isinstance(error[key], str):
+            problems.append(f"error.{key}: expected a string, got {_type_name(error[key])}")
+
+
+def _problems(obj: object) -> list[str]:
+    if not isinstance(obj, dict):
+        return [f"event: expected a JSON object, got {_type_name(obj)}"]
+    problems: list[str] = []
+    missing = [field for field in REQUIRED_FIELDS if field not in obj]
+    problems.extend(f"{field}: required field is missing" for field in missing)
+
+    def present(field: str) -> bool:
+        return field in obj
+
+    if present("event_id"):
+        _check_string(problems, "event_id", obj["event_id"], 1, MAX_ID_CHARS)
+    if present("schema"):
+        value = obj["schema"]
+        if not _is_int(value):
+            problems.append(f"schema: expected the integer {SCHEMA_VERSION}, "
+                            f"got {_type_name(value)}")
+        elif value != SCHEMA_VERSION:
+            problems.append(f"schema: unsupported version {value}, expected {SCHEMA_VERSION}")
+    for field in NAME_FIELDS:
+        if present(field):
+            _check_string(problems, field, obj[field], 1, MAX_NAME_CHARS)
+    if present("target"):
+        _check_string(problems, "target", obj["target"], 1, MAX_TARGET_CHARS)
+    if present("endpoint"):
+        _check_string(problems, "endpoint", obj["endpoint"], 1, MAX_ENDPOINT_CHARS)
+    if present("started_at"):
+        _check_int(problems, "started_at", obj["started_at"],
+                   "an integer (epoch nanoseconds)", 0, MAX_INT64)
+    if present("latency_ms"):
+        value = obj["latency_ms"]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            problems.append(f"latency_ms: expected a number (milliseconds), "
+                            f"got {_type_name(value)}")
+        elif not math.isfinite(value):
+            problems.append(f"latency_ms: must be a finite number, got {value}")
+        elif value < 0:
+            problems.append(f"latency_ms: must be >= 0, got {value}")
+    if present("status"):
+        value = obj["status"]
+        if not isinstance(value, str):
+            problems.append(f"status: expected 'ok' or 'error', got {_type_name(value)}")
+        elif value not in STATUSES:
+            problems.append(f"status: expected 'ok' or 'error', got {_short(value)}")
+    if present("request") and not isinstance(obj["request"], dict):
+        problems.append(f"request: expected an object, got {_type_name(obj['request'])}")
+    if present("response") and not (obj["response"] is None
+                                     or isinstance(obj["response"], dict)):
+        problems.append(f"response: expected an object or null, "
+                        f"got {_type_name(obj['response'])}")
+
+    for field in ("span_id", "parent_id"):
+        value = obj.get(field)
+        if value is not None:
+            _check_string(problems, field, value, 0, MAX_ID_CHARS)
+    if obj.get("status_code") is not None:
+        _check_int(problems, "status_code", obj["status_code"], "an integer or null",
+                   0, MAX_STATUS_CODE)
+    if obj.get("error") is not None:
+        _check_error(problems, obj["error"])
+    if present("tags"):
+        _check_tags(problems, obj["tags"])
+    for field in ("host", "sdk_version"):
+        if present(field):
+            _check_string(problems, field, obj[field], 0, None)
+    if present("pid"):
+        _check_int(problems, "pid", obj["pid"], "an integer", 0, MAX_INT64)
+    return problems
