@@ -1,0 +1,238 @@
+/**
+ * The one capture helper every integration calls: it builds a contract-valid TraceEvent.
+ *
+ * Integrations only say what happened (method, URL, headers, bodies, timing, error); this module
+ * applies the shared rules — target and endpoint naming, the status rule, LLM detection,
+ * redaction, body caps, span nesting — exactly as the Python SDK's `tracelab/sdk/capture.py`
+ * does, so events are indistinguishable downstream. Nothing here may throw into the traced
+ * program: callers go through `Recorder.safely()`.
+ */
+import { hostname } from "node:os";
+import { currentSpanId } from "./context.js";
+import { newEventId } from "./ids.js";
+import { CapturedBytes, encodeBody, encodeCaptured, notCaptured } from "./payloads.js";
+import type { Redactor } from "./redaction.js";
+import type { HeaderInput } from "./redaction.js";
+import type { Recorder } from "./recorder.js";
+import { SDK_VERSION } from "./version.js";
+
+export const SOURCE = "sdk-ts";
+const HOST = hostname();
+const DEFAULT_PORTS: Record<string, string> = { http: "80", https: "443", ws: "80", wss: "443" };
+const LLM_PATH_SUFFIXES = ["/chat/completions", "/completions", "/embeddings", "/responses", "/v1/messages"];
+const MAX_TAGS = 64;
+const MAX_KEY = 128;
+const MAX_VALUE = 1024;
+
+export interface ErrorInfo {
+  type: string;
+  message: string;
+}
+
+/** `{type, message}` of anything thrown; fetch's "fetch failed" gets its cause appended. */
+export function errorInfo(err: unknown): ErrorInfo {
+  let type = "Error";
+  let message: string;
+  try {
+    if (err instanceof Error) {
+      type = err.constructor?.name && err.constructor.name !== "Error" ? err.constructor.name : err.name || "Error";
+      message = err.message;
+      const cause = (err as { cause?: unknown }).cause;
+      if (cause instanceof Error && cause.message && !message.includes(cause.message)) {
+        message = `${message}: ${cause.message}`;
+      }
+    } else {
+      type = typeof err;
+      message = String(err);
+    }
+  } catch {
+    message = "<String() of the error failed>";
+  }
+  return { type, message: message.slice(0, 4000) };
+}
+
+/** Tags that fit the contract: strings, at most 64, keys <= 128 and values <= 1024 chars. */
+export function cleanTags(tags: Record<string, unknown>): Record<string, string> {
+  const out: Record<string, string> = {};
+  let n = 0;
+  for (const [key, value] of Object.entries(tags)) {
+    if (n >= MAX_TAGS) break;
+    const k = String(key).slice(0, MAX_KEY) || "_";
+    if (!(k in out)) n++;
+    out[k] = (typeof value === "string" ? value : String(value)).slice(0, MAX_VALUE);
+  }
+  return out;
+}
+
+export interface EventFields {
+  kind: string;
+  target: string;
+  endpoint: string;
+  startedAt: bigint;
+  latencyMs: number;
+  status: "ok" | "error";
+  request: Record<string, unknown>;
+  response: Record<string, unknown> | null;
+  statusCode?: number | null;
+  error?: ErrorInfo | null;
+  tags?: Record<string, unknown> | null;
+  spanId?: string | null;
+  /** undefined: the enclosing span from the async context. */
+  parentId?: string | null;
+}
+
+export type TraceEvent = { started_at: bigint } & Record<string, unknown>;
+
+export function buildEvent(rec: Recorder, f: EventFields): TraceEvent {
+  const config = rec.config;
+  let tags: Record<string, string> = config.tags as Record<string, string>;
+  if (f.tags && Object.keys(f.tags).length) tags = cleanTags({ ...config.tags, ...f.tags });
+  return {
+    event_id: newEventId(),
+    schema: 1,
+    workflow: config.workflow,
+    run_id: config.runId,
+    service: config.service,
+    source: SOURCE,
+    kind: f.kind,
+    target: (f.target || "unknown").slice(0, 512),
+    endpoint: (f.endpoint || "unknown").slice(0, 2048),
+    started_at: f.startedAt,
+    latency_ms: Math.max(0, f.latencyMs),
+    status: f.status,
+    request: f.request,
+    response: f.response,
+    status_code: f.statusCode ?? null,
+    error: f.error ?? null,
+    tags,
+    span_id: f.spanId ?? null,
+    parent_id: f.parentId !== undefined ? f.parentId : currentSpanId(),
+    host: HOST,
+    pid: process.pid,
+    sdk_version: SDK_VERSION,
+  };
+}
+
+/** `api.stripe.com`, or `127.0.0.1:8080` when the port is not the scheme's default. */
+export function httpTarget(scheme: string, netloc: string): string {
+  const hostport = netloc.slice(netloc.lastIndexOf("@") + 1).toLowerCase();
+  const i = hostport.lastIndexOf(":");
+  if (i >= 0) {
+    const port = hostport.slice(i + 1);
+    if (!port.includes("]") && port === DEFAULT_PORTS[scheme.toLowerCase().replace(/:$/, "")]) {
+      return hostport.slice(0, i);
+    }
+  }
+  return hostport || "unknown";
+}
+
+/** Model and token usage for OpenAI- and Anthropic-style calls; null for other paths. */
+export function llmTags(path: string, requestBody: unknown, responseBody: unknown): Record<string, string> | null {
+  if (!LLM_PATH_SUFFIXES.some((s) => path.endsWith(s))) return null;
+  const tags: Record<string, string> = {
+    "llm.provider": path.endsWith("/v1/messages") ? "anthropic" : "openai-compatible",
+  };
+  for (const body of [requestBody, responseBody]) {
+    if (body && typeof body === "object" && !Array.isArray(body)) {
+      const model = (body as Record<string, unknown>).model;
+      if (typeof model === "string") tags["llm.model"] = model;
+    }
+  }
+  const usage = responseBody && typeof responseBody === "object" && !Array.isArray(responseBody)
+    ? (responseBody as Record<string, unknown>).usage : null;
+  if (usage && typeof usage === "object" && !Array.isArray(usage)) {
+    const u = usage as Record<string, unknown>;
+    const pairs: Array<[string, string[]]> = [
+      ["input_tokens", ["prompt_tokens", "input_tokens"]],
+      ["output_tokens", ["completion_tokens", "output_tokens"]],
+      ["total_tokens", ["total_tokens"]],
+    ];
+    for (const [ours, theirs] of pairs) {
+      for (const name of theirs) {
+        if (Number.isInteger(u[name])) {
+          tags[`llm.${ours}`] = String(u[name]);
+          break;
+        }
+      }
+    }
+  }
+  return tags;
+}
+
+/** scheme, netloc and path of a URL the way Python's urlsplit sees them (no normalization). */
+function splitUrl(url: string): { scheme: string; netloc: string; path: string } {
+  const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\/([^/?#]*)([^?#]*)/.exec(url);
+  if (m) return { scheme: m[1], netloc: m[2], path: m[3] };
+  const p = /^([^?#]*)/.exec(url);
+  return { scheme: "", netloc: "", path: p ? p[1] : "" };
+}
+
+export interface HttpCall {
+  origin: string;
+  method: string;
+  url: string;
+  requestHeaders: HeaderInput;
+  requestBody?: unknown;
+  startedAt: bigint;
+  latencyMs: number;
+  statusCode?: number | null;
+  responseHeaders?: HeaderInput;
+  responseBody?: unknown;
+  error?: unknown;
+  requestBodyNote?: string | null;
+  responseBodyNote?: string | null;
+}
+
+/** A body given whole (string, bytes) or as `CapturedBytes` seen passing by. */
+function encodeAny(body: unknown, contentType: string | null, redactor: Redactor, cap: number): unknown {
+  return body instanceof CapturedBytes
+    ? encodeCaptured(body, contentType, redactor, cap)
+    : encodeBody(body, contentType, redactor, cap);
+}
+
+function header(headers: Record<string, string>, name: string): string | null {
+  for (const [key, value] of Object.entries(headers)) if (key.toLowerCase() === name) return value;
+  return null;
+}
+
+/** Build and submit one HTTP event. `*BodyNote` marks a body as deliberately not captured. */
+export function recordHttp(rec: Recorder, call: HttpCall): TraceEvent {
+  const { config, redactor } = rec;
+  const parts = splitUrl(call.url);
+  const method = call.method.toUpperCase();
+  const reqHeaders = redactor.headers(call.requestHeaders);
+  const capture = config.capturePayloads;
+  const cap = config.maxBodyBytes;
+  const off = notCaptured("capture_payloads is off");
+  const reqBody = !capture ? off
+    : call.requestBodyNote ? notCaptured(call.requestBodyNote)
+    : encodeAny(call.requestBody, header(reqHeaders, "content-type"), redactor, cap);
+  const request = { method, url: redactor.url(call.url), headers: reqHeaders, body: reqBody };
+  let response: Record<string, unknown> | null = null;
+  const statusCode = call.statusCode ?? null;
+  if (statusCode !== null) {
+    const respHeaders = redactor.headers(call.responseHeaders);
+    const respBody = !capture ? off
+      : call.responseBodyNote ? notCaptured(call.responseBodyNote)
+      : encodeAny(call.responseBody, header(respHeaders, "content-type"), redactor, cap);
+    response = { status_code: statusCode, headers: respHeaders, body: respBody };
+  }
+  const path = parts.path || "/";
+  const tags = llmTags(path, reqBody, response ? response.body : null);
+  const failed = call.error !== undefined || (statusCode !== null && statusCode >= 400);
+  const event = buildEvent(rec, {
+    kind: tags ? "llm" : "http",
+    target: httpTarget(parts.scheme, parts.netloc),
+    endpoint: `${method} ${path}`,
+    startedAt: call.startedAt,
+    latencyMs: call.latencyMs,
+    status: failed ? "error" : "ok",
+    request,
+    response,
+    statusCode,
+    error: call.error !== undefined ? errorInfo(call.error) : null,
+    tags,
+  });
+  rec.submit(event, call.origin);
+  return event;
+}

@@ -1,0 +1,128 @@
+/**
+ * Global `fetch` (Node's built-in, undici): patched by replacing `globalThis.fetch` with a
+ * wrapper that records one `http` (or `llm`) event per call.
+ *
+ * The caller gets fetch's own promise back, untouched. The response body is captured from
+ * `response.clone()`, read in the background (bounded): the caller's body stream is not
+ * consumed and the caller never waits for us. A `text/event-stream` (SSE) response is never
+ * read on the caller's behalf: it is recorded at its headers, body marked not captured.
+ */
+import { recordHttp } from "../capture.js";
+import { httpSuppressed } from "../context.js";
+import { Timer } from "../ids.js";
+import { current, type Recorder } from "../recorder.js";
+import { headerPairs, type HeaderPairs, type PendingBody, readCapped, requestBodyOf } from "./http-common.js";
+
+export const ORIGIN = "fetch";
+const ORIGINAL = Symbol.for("tracelab.fetch.original");
+
+type FetchFn = typeof globalThis.fetch;
+type Wrapped = FetchFn & { [ORIGINAL]?: FetchFn };
+
+interface Call {
+  method: string;
+  url: string;
+  headers: HeaderPairs;
+  timer: Timer;
+  body: PendingBody;
+}
+
+function describe(input: unknown, init: RequestInit | undefined, cap: number): Call {
+  const isRequest = typeof Request !== "undefined" && input instanceof Request;
+  const url = typeof input === "string" ? input
+    : input instanceof URL ? input.href
+    : isRequest ? (input as Request).url
+    : String(input);
+  const method = String(init?.method ?? (isRequest ? (input as Request).method : "GET"));
+  const headers = headerPairs(init?.headers ?? (isRequest ? (input as Request).headers : null));
+  return { method, url, headers, timer: new Timer(), body: requestBodyOf(input, init, cap) };
+}
+
+async function recordResponse(rec: Recorder, call: Call, response: Response): Promise<void> {
+  let responseBody: unknown = null;
+  let note: string | null = null;
+  const contentType = response.headers.get("content-type") ?? "";
+  if (rec.config.capturePayloads) {
+    if (/text\/event-stream/i.test(contentType)) {
+      note = "streamed response (text/event-stream): not read on the caller's behalf";
+    } else if (response.body) {
+      try {
+        responseBody = await readCapped(response.clone().body as ReadableStream<Uint8Array>, rec.config.maxBodyBytes);
+      } catch (err) {
+        note = `response body could not be read: ${(err as Error)?.message ?? String(err)}`;
+      }
+    }
+  }
+  const latencyMs = call.timer.elapsedMs();
+  const requestBody = await call.body.resolve();
+  rec.safely(ORIGIN, () => recordHttp(rec, {
+    origin: ORIGIN,
+    method: call.method,
+    url: call.url,
+    requestHeaders: call.headers,
+    requestBody: requestBody.data,
+    requestBodyNote: requestBody.note,
+    startedAt: call.timer.startedAt,
+    latencyMs,
+    statusCode: response.status,
+    responseHeaders: Array.from(response.headers.entries()),
+    responseBody,
+    responseBodyNote: note,
+  }));
+}
+
+async function recordFailure(rec: Recorder, call: Call, error: unknown): Promise<void> {
+  const latencyMs = call.timer.elapsedMs();
+  const requestBody = await call.body.resolve();
+  rec.safely(ORIGIN, () => recordHttp(rec, {
+    origin: ORIGIN,
+    method: call.method,
+    url: call.url,
+    requestHeaders: call.headers,
+    requestBody: requestBody.data,
+    requestBodyNote: requestBody.note,
+    startedAt: call.timer.startedAt,
+    latencyMs,
+    error: error ?? new Error("fetch rejected without a reason"),
+  }));
+}
+
+function makeWrapper(fetchImpl: FetchFn): Wrapped {
+  const wrapped: Wrapped = function fetch(this: unknown, input: unknown, init?: RequestInit): Promise<Response> {
+    const rec = current();
+    if (rec === null || httpSuppressed()) return fetchImpl.call(this, input as never, init);
+    const call = rec.safely(ORIGIN, () => describe(input, init, rec.config.maxBodyBytes));
+    const promise = fetchImpl.call(this, input as never, init);
+    if (!call) return promise;
+    const countFailure = (err: unknown) => rec.safely(ORIGIN, () => { throw err; });
+    // A derived promise, not a handler on fetch's own: an app that leaves a rejected fetch
+    // unhandled still gets its unhandled rejection.
+    return promise.then(
+      (response) => {
+        recordResponse(rec, call, response).catch(countFailure);
+        return response;
+      },
+      (error: unknown) => {
+        recordFailure(rec, call, error).catch(countFailure);
+        throw error;
+      },
+    );
+  } as Wrapped;
+  wrapped[ORIGINAL] = fetchImpl;
+  return wrapped;
+}
+
+/** Patch `globalThis.fetch`; idempotent. False when this Node has no global fetch. */
+export function install(): boolean {
+  const existing = globalThis.fetch as Wrapped | undefined;
+  if (typeof existing !== "function") return false;
+  if (existing[ORIGINAL]) return true;
+  globalThis.fetch = makeWrapper(existing);
+  return true;
+}
+
+/** Put the original `fetch` back (only if nobody replaced ours since). */
+export function uninstall(): void {
+  const existing = globalThis.fetch as Wrapped | undefined;
+  if (existing && existing[ORIGINAL]) globalThis.fetch = existing[ORIGINAL] as FetchFn;
+}
