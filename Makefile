@@ -16,11 +16,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[all]'
 	touch $(STAMP)
 
-# redis-server comes from Debian's packages when missing (tests start their own on a free port).
+# From Debian's packages when missing: redis-server (tests start their own on a free port) and
+# Node.js with npm (the TypeScript SDK and its cross-language tests).
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 system-deps:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server from Debian's packages"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing from Debian's packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO $(APT_INSTALL) $$missing >/dev/null; \
+	fi
 
 test: install
 	$(PY) -m pytest -q
