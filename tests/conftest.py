@@ -5,9 +5,15 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import textwrap
 import time
+import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -194,6 +200,66 @@ def read_stream(client: redis.Redis, stream: str = "trace.events") -> list[dict]
     import orjson
 
     return [orjson.loads(fields[b"event"]) for _id, fields in client.xrange(stream)]
+
+
+def read_events(server: RedisServer) -> tuple[list[dict[str, Any]], bytes]:
+    """Flush, then every event in the stream (each checked against the event contract) and the
+    stream's raw bytes (for secret checks)."""
+    import orjson
+
+    import tracelab
+    from tracelab.events import validate
+
+    assert tracelab.flush(timeout=5.0)
+    raw = [fields[b"event"] for _id, fields in server.client().xrange("trace.events")]
+    events = [orjson.loads(item) for item in raw]
+    for event in events:
+        assert validate(event) == [], event
+    return events, b"\n".join(raw)
+
+
+def raised_in_library(exc: BaseException) -> bool:
+    """The traceback still ends where the library raised it, not in TraceLab's wrapper."""
+    innermost = traceback.extract_tb(exc.__traceback__)[-1].filename
+    return f"{os.sep}tracelab{os.sep}" not in innermost
+
+
+def capture_errors(origin: str) -> int:
+    """How many times an integration's capture code has failed (and been swallowed) so far."""
+    import tracelab
+
+    return tracelab.stats()["integrations"].get(origin, {}).get("errors", 0)
+
+
+@contextmanager
+def capture_broken(monkeypatch: pytest.MonkeyPatch, integration: ModuleType,
+                   attr: str) -> Iterator[None]:
+    """Inside the block, `integration.attr` (its capture code) raises; on leaving, exactly one
+    capture failure must have been counted for the integration's origin."""
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("capture bug")
+
+    errors_before = capture_errors(integration.ORIGIN)
+    monkeypatch.setattr(integration, attr, broken)
+    yield
+    assert capture_errors(integration.ORIGIN) == errors_before + 1
+
+
+def run_late_import(server: RedisServer, not_yet_imported: tuple[str, ...], body: str,
+                    env: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], bytes]:
+    """Run `body` in a fresh interpreter where TraceLab is initialised (workflow `late-import`)
+    before any of `not_yet_imported` is, then return what it recorded, as `read_events` does."""
+    script = "\n".join([
+        "import sys, tracelab",
+        *(f"assert {name!r} not in sys.modules, {name!r}" for name in not_yet_imported),
+        f"tracelab.init(workflow_name='late-import', redis_url={server.url!r})",
+        textwrap.dedent(body),
+        "assert tracelab.flush(5.0)",
+        "tracelab.shutdown()",
+    ])
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, env=env,
+                   cwd=Path(__file__).resolve().parent.parent)
+    return read_events(server)
 
 
 @pytest.fixture

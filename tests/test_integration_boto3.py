@@ -7,29 +7,23 @@ recorded); boto3 reaches it through its own `endpoint_url` setting, signing with
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
-import traceback
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
 import boto3
-import botocore.client
-import orjson
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 import tracelab
-from tracelab.events import validate
 from tracelab.sdk.integrations import boto3 as boto3_integration
 
-from conftest import RedisServer, free_port
+from conftest import (RedisServer, capture_broken, free_port, raised_in_library, read_events,
+                      run_late_import)
 
 ACCESS_KEY = "AKIDTRACELABTEST01"
 SECRET_KEY = "aws-secret-key-9d8c7b6a5f4e3d2c1b0a"
@@ -165,30 +159,6 @@ def client(service: str, url: str, max_attempts: int = 2) -> Any:
 
 def url_of(server: _SESStandIn) -> str:
     return f"http://127.0.0.1:{server.server_port}"
-
-
-@pytest.fixture
-def traced(redis_server: RedisServer, tracelab_home: Any) -> Iterator[RedisServer]:
-    tracelab.init(workflow_name="ses-test", redis_url=redis_server.url)
-    try:
-        yield redis_server
-    finally:
-        tracelab.shutdown()
-
-
-def read_events(server: RedisServer) -> tuple[list[dict[str, Any]], bytes]:
-    """Every event in the stream, and the stream's raw bytes (for secret checks)."""
-    assert tracelab.flush(timeout=5.0)
-    raw = [fields[b"event"] for _id, fields in server.client().xrange("trace.events")]
-    events = [orjson.loads(item) for item in raw]
-    for event in events:
-        assert validate(event) == [], event
-    return events, b"\n".join(raw)
-
-
-def raised_in_library(exc: BaseException) -> bool:
-    innermost = traceback.extract_tb(exc.__traceback__)[-1].filename
-    return f"{os.sep}tracelab{os.sep}" not in innermost
 
 
 def assert_no_credentials(raw: bytes, server: _SESStandIn) -> None:
@@ -343,59 +313,26 @@ def test_refused_connection_is_an_error_event(traced: RedisServer) -> None:
     assert event["error"]["type"] == "EndpointConnectionError"
 
 
-def test_install_is_idempotent_and_uninstall_restores(redis_server: RedisServer,
-                                                      tracelab_home: Any) -> None:
-    base = botocore.client.BaseClient
-    original = base.__dict__["_make_api_call"]
-    tracelab.init(workflow_name="ses-test", redis_url=redis_server.url)
-    try:
-        patched = base.__dict__["_make_api_call"]
-        assert patched is not original and patched.__wrapped__ is original
-        boto3_integration.install()
-        tracelab.init(workflow_name="ses-test-again", redis_url=redis_server.url)
-        assert base.__dict__["_make_api_call"] is patched
-    finally:
-        tracelab.shutdown()
-    assert base.__dict__["_make_api_call"] is original
-    boto3_integration.uninstall()
-    assert base.__dict__["_make_api_call"] is original
-
-
 def test_boto3_imported_after_init_is_traced(redis_server: RedisServer, tracelab_home: Any,
                                              ses_server: _SESStandIn) -> None:
-    script = f"""
-import sys, tracelab
-assert "botocore" not in sys.modules
-tracelab.init(workflow_name="late-import", redis_url={redis_server.url!r})
-import boto3
-ses = boto3.client("ses", region_name="us-east-1", endpoint_url={url_of(ses_server)!r},
-                   aws_access_key_id="AKIDLATE", aws_secret_access_key="late-secret")
-ses.send_email(Source="a@example.test", Destination={{"ToAddresses": ["b@example.test"]}},
-               Message={{"Subject": {{"Data": "late"}}, "Body": {{"Text": {{"Data": "x"}}}}}})
-assert tracelab.flush(5.0)
-tracelab.shutdown()
-"""
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=60,
-                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    events, _ = read_events(redis_server)
+    events, _ = run_late_import(redis_server, ("botocore",), f"""
+        import boto3
+        ses = boto3.client("ses", region_name="us-east-1", endpoint_url={url_of(ses_server)!r},
+                           aws_access_key_id="AKIDLATE", aws_secret_access_key="late-secret")
+        ses.send_email(Source="a@example.test",
+                       Destination={{"ToAddresses": ["b@example.test"]}},
+                       Message={{"Subject": {{"Data": "late"}},
+                                 "Body": {{"Text": {{"Data": "x"}}}}}})
+        """)
     [event] = events
     assert (event["workflow"], event["target"], event["endpoint"], event["request"]["subject"]) \
         == ("late-import", "aws:ses", "SendEmail", "late")
 
 
-def capture_errors(origin: str) -> int:
-    return tracelab.stats()["integrations"].get(origin, {}).get("errors", 0)
-
-
 def test_failing_capture_is_counted_never_felt(traced: RedisServer, ses_server: _SESStandIn,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("capture bug")
-
-    errors_before = capture_errors("boto3")
-    monkeypatch.setattr(boto3_integration, "build_event", broken)
-    reply = client("ses", url_of(ses_server)).send_email(
-        Source="a@example.test", Destination={"ToAddresses": ["b@example.test"]},
-        Message={"Subject": {"Data": "s"}, "Body": {"Text": {"Data": "b"}}})
+    with capture_broken(monkeypatch, boto3_integration, "build_event"):
+        reply = client("ses", url_of(ses_server)).send_email(
+            Source="a@example.test", Destination={"ToAddresses": ["b@example.test"]},
+            Message={"Subject": {"Data": "s"}, "Body": {"Text": {"Data": "b"}}})
     assert reply["MessageId"]
-    assert capture_errors("boto3") == errors_before + 1

@@ -3,25 +3,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import threading
-import traceback
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 import tracelab
-from tracelab.events import validate
 from tracelab.sdk.context import suppress_http
 from tracelab.sdk.integrations import httpx as httpx_integration
 
-from conftest import RedisServer, free_port
+from conftest import (RedisServer, capture_broken, free_port, raised_in_library, read_events,
+                      run_late_import)
 
 API_KEY = "sk-live-query-4f9a1c"
 BEARER = "bearer-secret-77aa10"
@@ -81,33 +76,8 @@ def http_server() -> Iterator[str]:
     server.server_close()
 
 
-@pytest.fixture
-def traced(redis_server: RedisServer, tracelab_home: Any) -> Iterator[RedisServer]:
-    tracelab.init(workflow_name="httpx-test", redis_url=redis_server.url)
-    try:
-        yield redis_server
-    finally:
-        tracelab.shutdown()
-
-
-def read_events(server: RedisServer) -> tuple[list[dict[str, Any]], bytes]:
-    """Every event in the stream, and the stream's raw bytes (for secret checks)."""
-    assert tracelab.flush(timeout=5.0)
-    raw = [fields[b"event"] for _id, fields in server.client().xrange("trace.events")]
-    events = [orjson.loads(item) for item in raw]
-    for event in events:
-        assert validate(event) == [], event
-    return events, b"\n".join(raw)
-
-
 def of_kind(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e for e in events if e["kind"] == kind]
-
-
-def raised_in_library(exc: BaseException) -> bool:
-    """The traceback still ends where the library raised it, not in TraceLab's wrapper."""
-    innermost = traceback.extract_tb(exc.__traceback__)[-1].filename
-    return f"{os.sep}tracelab{os.sep}" not in innermost
 
 
 def test_sync_get_nested_in_span_and_redacted(traced: RedisServer, http_server: str) -> None:
@@ -245,54 +215,18 @@ def test_suppressed_http_is_not_recorded(traced: RedisServer, http_server: str) 
     assert [e["endpoint"] for e in events] == ["GET /fail"]
 
 
-def test_install_is_idempotent_and_uninstall_restores(redis_server: RedisServer,
-                                                      tracelab_home: Any) -> None:
-    originals = (httpx.Client.__dict__["send"], httpx.AsyncClient.__dict__["send"])
-    tracelab.init(workflow_name="httpx-test", redis_url=redis_server.url)
-    try:
-        patched = (httpx.Client.__dict__["send"], httpx.AsyncClient.__dict__["send"])
-        assert patched[0] is not originals[0] and patched[1] is not originals[1]
-        httpx_integration.install()
-        tracelab.init(workflow_name="httpx-test-again", redis_url=redis_server.url)
-        assert (httpx.Client.__dict__["send"], httpx.AsyncClient.__dict__["send"]) == patched
-        assert httpx.Client.send.__wrapped__ is originals[0]
-    finally:
-        tracelab.shutdown()
-    assert httpx.Client.__dict__["send"] is originals[0]
-    assert httpx.AsyncClient.__dict__["send"] is originals[1]
-    httpx_integration.uninstall()  # a second uninstall is a no-op
-    assert httpx.Client.__dict__["send"] is originals[0]
-
-
 def test_httpx_imported_after_init_is_traced(redis_server: RedisServer, http_server: str,
                                              tracelab_home: Any) -> None:
-    script = f"""
-import sys, tracelab
-assert "httpx" not in sys.modules
-tracelab.init(workflow_name="late-import", redis_url={redis_server.url!r})
-import httpx
-assert httpx.get({http_server + '/ok'!r}).status_code == 200
-assert tracelab.flush(5.0)
-tracelab.shutdown()
-"""
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=30,
-                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    events, _ = read_events(redis_server)
+    events, _ = run_late_import(redis_server, ("httpx",), f"""
+        import httpx
+        assert httpx.get({http_server + '/ok'!r}).status_code == 200
+        """)
     [event] = events
     assert (event["workflow"], event["endpoint"], event["status_code"]) == \
         ("late-import", "GET /ok", 200)
 
 
-def capture_errors(origin: str) -> int:
-    return tracelab.stats()["integrations"].get(origin, {}).get("errors", 0)
-
-
 def test_failing_capture_is_counted_never_felt(traced: RedisServer, http_server: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("capture bug")
-
-    errors_before = capture_errors("httpx")
-    monkeypatch.setattr(httpx_integration, "record_http", broken)
-    assert httpx.get(f"{http_server}/ok").status_code == 200
-    assert capture_errors("httpx") == errors_before + 1
+    with capture_broken(monkeypatch, httpx_integration, "record_http"):
+        assert httpx.get(f"{http_server}/ok").status_code == 200

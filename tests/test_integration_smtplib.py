@@ -2,25 +2,20 @@
 from __future__ import annotations
 
 import base64
-import os
 import smtplib
-import subprocess
-import sys
-import traceback
 from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import Any
 
-import orjson
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 import tracelab
-from tracelab.events import validate
 from tracelab.sdk.integrations import smtplib as smtplib_integration
 
-from conftest import RedisServer, free_port
+from conftest import (RedisServer, capture_broken, free_port, raised_in_library, read_events,
+                      run_late_import)
 
 USER, PASSWORD = "mailer", "smtp-pass-5e6f7a"
 UNKNOWN = "nobody@example.test"
@@ -68,30 +63,6 @@ def smtp_server() -> Iterator[tuple[int, _Mailbox]]:
     controller.start()
     yield controller.port, mailbox
     controller.stop()
-
-
-@pytest.fixture
-def traced(redis_server: RedisServer, tracelab_home: Any) -> Iterator[RedisServer]:
-    tracelab.init(workflow_name="smtp-test", redis_url=redis_server.url)
-    try:
-        yield redis_server
-    finally:
-        tracelab.shutdown()
-
-
-def read_events(server: RedisServer) -> tuple[list[dict[str, Any]], bytes]:
-    """Every event in the stream, and the stream's raw bytes (for secret checks)."""
-    assert tracelab.flush(timeout=5.0)
-    raw = [fields[b"event"] for _id, fields in server.client().xrange("trace.events")]
-    events = [orjson.loads(item) for item in raw]
-    for event in events:
-        assert validate(event) == [], event
-    return events, b"\n".join(raw)
-
-
-def raised_in_library(exc: BaseException) -> bool:
-    innermost = traceback.extract_tb(exc.__traceback__)[-1].filename
-    return f"{os.sep}tracelab{os.sep}" not in innermost
 
 
 def _message(to: str, subject: str = "Your order shipped", body: str = "It is on its way.\n") \
@@ -197,57 +168,22 @@ def test_long_body_is_capped(redis_server: RedisServer, tracelab_home: Any,
     assert captured["data"] == "x" * 64
 
 
-def test_install_is_idempotent_and_uninstall_restores(redis_server: RedisServer,
-                                                      tracelab_home: Any) -> None:
-    original = smtplib.SMTP.__dict__["sendmail"]
-    tracelab.init(workflow_name="smtp-test", redis_url=redis_server.url)
-    try:
-        patched = smtplib.SMTP.__dict__["sendmail"]
-        assert patched is not original and patched.__wrapped__ is original
-        smtplib_integration.install()
-        tracelab.init(workflow_name="smtp-test-again", redis_url=redis_server.url)
-        assert smtplib.SMTP.__dict__["sendmail"] is patched
-        assert "sendmail" not in smtplib.SMTP_SSL.__dict__  # inherited, not patched twice
-    finally:
-        tracelab.shutdown()
-    assert smtplib.SMTP.__dict__["sendmail"] is original
-    smtplib_integration.uninstall()
-    assert smtplib.SMTP.__dict__["sendmail"] is original
-
-
 def test_smtplib_imported_after_init_is_traced(redis_server: RedisServer, tracelab_home: Any,
                                                smtp_server: tuple[int, _Mailbox]) -> None:
     port, _ = smtp_server
-    script = f"""
-import sys, tracelab
-assert "smtplib" not in sys.modules
-tracelab.init(workflow_name="late-import", redis_url={redis_server.url!r})
-import smtplib
-with smtplib.SMTP("127.0.0.1", {port}) as smtp:
-    smtp.sendmail("a@example.test", ["b@example.test"], "Subject: late\\r\\n\\r\\nhi\\r\\n")
-assert tracelab.flush(5.0)
-tracelab.shutdown()
-"""
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=30,
-                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    events, _ = read_events(redis_server)
+    events, _ = run_late_import(redis_server, ("smtplib",), f"""
+        import smtplib
+        with smtplib.SMTP("127.0.0.1", {port}) as smtp:
+            smtp.sendmail("a@example.test", ["b@example.test"], "Subject: late\\r\\n\\r\\nhi\\r\\n")
+        """)
     [event] = events
     assert (event["workflow"], event["kind"], event["request"]["subject"]) == \
         ("late-import", "email", "late")
 
 
-def capture_errors(origin: str) -> int:
-    return tracelab.stats()["integrations"].get(origin, {}).get("errors", 0)
-
-
 def test_failing_capture_is_counted_never_felt(traced: RedisServer,
                                               smtp_server: tuple[int, _Mailbox],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("capture bug")
-
-    errors_before = capture_errors("smtplib")
-    monkeypatch.setattr(smtplib_integration, "build_event", broken)
-    with smtplib.SMTP("127.0.0.1", smtp_server[0]) as smtp:
-        assert smtp.sendmail("a@example.test", "b@example.test", "Subject: x\r\n\r\ny") == {}
-    assert capture_errors("smtplib") == errors_before + 1
+    with capture_broken(monkeypatch, smtplib_integration, "build_event"):
+        with smtplib.SMTP("127.0.0.1", smtp_server[0]) as smtp:
+            assert smtp.sendmail("a@example.test", "b@example.test", "Subject: x\r\n\r\ny") == {}

@@ -18,14 +18,12 @@ import ssl
 import subprocess
 import sys
 import threading
-import traceback
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,13 +32,12 @@ from cryptography.x509.oid import NameOID
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
-from twilio.rest.api.v2010.account.message import MessageList
 
 import tracelab
-from tracelab.events import validate
 from tracelab.sdk.integrations import twilio as twilio_integration
 
-from conftest import RedisServer, free_port
+from conftest import (RedisServer, capture_broken, free_port, raised_in_library, read_events,
+                      run_late_import)
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "twilio-auth-token-c0ffee1234"
@@ -188,31 +185,6 @@ def twilio_client(server: _TwilioStandIn, port: int | None = None) -> Client:
     return Client(ACCOUNT_SID, AUTH_TOKEN, http_client=http_client)
 
 
-@pytest.fixture
-def traced(redis_server: RedisServer, tracelab_home: Any) -> Iterator[RedisServer]:
-    # Every integration on, requests included: the HTTP call beneath twilio must be suppressed.
-    tracelab.init(workflow_name="sms-test", redis_url=redis_server.url)
-    try:
-        yield redis_server
-    finally:
-        tracelab.shutdown()
-
-
-def read_events(server: RedisServer) -> tuple[list[dict[str, Any]], bytes]:
-    """Every event in the stream, and the stream's raw bytes (for secret checks)."""
-    assert tracelab.flush(timeout=5.0)
-    raw = [fields[b"event"] for _id, fields in server.client().xrange("trace.events")]
-    events = [orjson.loads(item) for item in raw]
-    for event in events:
-        assert validate(event) == [], event
-    return events, b"\n".join(raw)
-
-
-def raised_in_library(exc: BaseException) -> bool:
-    innermost = traceback.extract_tb(exc.__traceback__)[-1].filename
-    return f"{os.sep}tracelab{os.sep}" not in innermost
-
-
 def assert_no_token(raw: bytes) -> None:
     assert AUTH_TOKEN.encode() not in raw
     assert base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()) not in raw
@@ -220,6 +192,7 @@ def assert_no_token(raw: bytes) -> None:
 
 def test_messages_create_is_one_sms_event(traced: RedisServer, stand_in: _TwilioStandIn) -> None:
     client = twilio_client(stand_in)
+    requests_before = tracelab.stats()["integrations"].get("requests", {}).get("captured", 0)
     with tracelab.span("notify-customer") as step:
         message = client.messages.create(to="+15558675310", from_="+15017122661",
                                          body="Your code is 123456")
@@ -240,7 +213,7 @@ def test_messages_create_is_one_sms_event(traced: RedisServer, stand_in: _Twilio
     assert (response["sid"], response["status"]) == (message.sid, "queued")
     assert response["date_created"] == "2025-05-01T12:00:00+00:00"
     assert_no_token(raw)
-    assert tracelab.stats()["integrations"].get("requests", {}).get("captured", 0) == 0
+    assert tracelab.stats()["integrations"].get("requests", {}).get("captured", 0) == requests_before
 
 
 def test_create_with_http_info_reports_the_status_code(traced: RedisServer,
@@ -295,45 +268,15 @@ def test_unreachable_proxy_is_an_error_and_reraised(traced: RedisServer,
     assert_no_token(raw)
 
 
-def test_install_is_idempotent_and_uninstall_restores(redis_server: RedisServer,
-                                                      tracelab_home: Any) -> None:
-    names = [n for n in ("create", "create_async", "create_with_http_info") if n in
-             MessageList.__dict__]
-    originals = {name: MessageList.__dict__[name] for name in names}
-    tracelab.init(workflow_name="sms-test", redis_url=redis_server.url)
-    try:
-        patched = {name: MessageList.__dict__[name] for name in names}
-        for name in names:
-            assert patched[name] is not originals[name]
-            assert patched[name].__wrapped__ is originals[name]
-        twilio_integration.install()
-        tracelab.init(workflow_name="sms-test-again", redis_url=redis_server.url)
-        assert {name: MessageList.__dict__[name] for name in names} == patched
-    finally:
-        tracelab.shutdown()
-    assert {name: MessageList.__dict__[name] for name in names} == originals
-    assert all(MessageList.__dict__[name] is originals[name] for name in names)
-    twilio_integration.uninstall()
-    assert all(MessageList.__dict__[name] is originals[name] for name in names)
-
-
 def test_twilio_imported_after_init_is_traced(redis_server: RedisServer, tracelab_home: Any,
                                               stand_in: _TwilioStandIn) -> None:
-    script = f"""
-import sys, tracelab
-assert "twilio" not in sys.modules and "requests" not in sys.modules
-tracelab.init(workflow_name="late-import", redis_url={redis_server.url!r})
-from twilio.http.http_client import TwilioHttpClient
-from twilio.rest import Client
-client = Client({ACCOUNT_SID!r}, {AUTH_TOKEN!r}, http_client=TwilioHttpClient(
-    proxy={{"https": "http://127.0.0.1:{stand_in.server_port}"}}, timeout=10))
-client.messages.create(to="+15558675310", from_="+15017122661", body="late")
-assert tracelab.flush(5.0)
-tracelab.shutdown()
-"""
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=60,
-                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    events, raw = read_events(redis_server)
+    events, raw = run_late_import(redis_server, ("twilio", "requests"), f"""
+        from twilio.http.http_client import TwilioHttpClient
+        from twilio.rest import Client
+        client = Client({ACCOUNT_SID!r}, {AUTH_TOKEN!r}, http_client=TwilioHttpClient(
+            proxy={{"https": "http://127.0.0.1:{stand_in.server_port}"}}, timeout=10))
+        client.messages.create(to="+15558675310", from_="+15017122661", body="late")
+        """)
     [event] = events
     assert (event["workflow"], event["kind"], event["request"]["body"]) == \
         ("late-import", "sms", "late")
@@ -398,18 +341,9 @@ tracelab.shutdown()
     assert_no_token(raw)
 
 
-def capture_errors(origin: str) -> int:
-    return tracelab.stats()["integrations"].get(origin, {}).get("errors", 0)
-
-
 def test_failing_capture_is_counted_never_felt(traced: RedisServer, stand_in: _TwilioStandIn,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("capture bug")
-
-    errors_before = capture_errors("twilio")
-    monkeypatch.setattr(twilio_integration, "build_event", broken)
-    message = twilio_client(stand_in).messages.create(to="+15558675310", from_="+15017122661",
-                                                      body="still sent")
+    with capture_broken(monkeypatch, twilio_integration, "build_event"):
+        message = twilio_client(stand_in).messages.create(to="+15558675310",
+                                                          from_="+15017122661", body="still sent")
     assert message.status == "queued"
-    assert capture_errors("twilio") == errors_before + 1

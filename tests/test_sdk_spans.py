@@ -5,16 +5,13 @@ import asyncio
 import threading
 
 import pytest
-from conftest import RedisServer, read_stream
+from conftest import RedisServer, read_events
 
 import tracelab
-from tracelab.events import validate
 
 
 def _events(server: RedisServer) -> dict[str, dict]:
-    assert tracelab.flush(5.0)
-    events = read_stream(server.client())
-    assert all(validate(e) == [] for e in events)
+    events, _ = read_events(server)
     return {e["endpoint"].rsplit(".", 1)[-1]: e for e in events}
 
 
@@ -77,8 +74,7 @@ def test_async_functions_and_tasks_nest_independently(traced: RedisServer) -> No
         return list(await asyncio.gather(branch_a(), branch_b()))
 
     assert asyncio.run(main()) == ["a", "b"]
-    assert tracelab.flush(5.0)
-    events = read_stream(traced.client())
+    events, _ = read_events(traced)
     by_span = {e["span_id"]: e for e in events}
     steps = [e for e in events if e["endpoint"].endswith("step")]
     parents = sorted(by_span[s["parent_id"]]["endpoint"].rsplit(".", 1)[-1] for s in steps)
@@ -101,8 +97,7 @@ def test_threads_do_not_adopt_each_others_spans(traced: RedisServer) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert tracelab.flush(5.0)
-    events = read_stream(traced.client())
+    events, _ = read_events(traced)
     by_span = {e["span_id"]: e for e in events}
     for n in (1, 2):
         inner = next(e for e in events if e["endpoint"] == f"inner-{n}")

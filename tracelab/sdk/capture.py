@@ -19,7 +19,6 @@ from tracelab import __version__
 from tracelab.events import SCHEMA_VERSION, new_event_id
 from tracelab.sdk.context import current_span_id
 from tracelab.sdk.payloads import encode_body, not_captured
-from tracelab.sdk.redaction import scrub
 
 if TYPE_CHECKING:
     from tracelab.sdk.recorder import Recorder
@@ -159,61 +158,51 @@ def record_http(
     run_id: str | None = None,
     service: str | None = None,
 ) -> dict[str, Any]:
-    """Build and submit one HTTP event. `*_note` marks a body as deliberately not captured."""
+    """Build and submit one HTTP event. `*_note` marks a body as deliberately not captured.
+
+    Returns the event as built; what is submitted has, in addition, every echo of a redacted
+    secret value scrubbed (exception texts quoting URLs, servers echoing credentials).
+    """
     config, redactor = rec.config, rec.redactor
     parts = urlsplit(url)
     method = method.upper()
-    found: set[str] = set()  # secret values redacted here, scrubbed from echoes below
-    req_headers = redactor.headers(request_headers, found)
+    found: set[str] = set()  # secret values redacted here, scrubbed from echoes on submit
+    req_headers, req_type = redactor.headers(request_headers, found)
     capture, cap = config.capture_payloads, config.max_body_bytes
-    off = not_captured("capture_payloads is off")
     req_body: Any
     if not capture:
-        req_body = off
+        req_body = _OFF
     elif request_body_note:
         req_body = not_captured(request_body_note)
     else:
-        req_body = encode_body(request_body, _header(req_headers, "content-type"), redactor, cap,
-                               found)
+        req_body = encode_body(request_body, req_type, redactor, cap, found)
     request = {"method": method, "url": redactor.url(url, found), "headers": req_headers,
                "body": req_body}
     response = None
     if status_code is not None:
-        resp_headers = redactor.headers(response_headers, found)
+        resp_headers, resp_type = redactor.headers(response_headers, found)
         if not capture:
-            resp_body: Any = off
+            resp_body: Any = _OFF
         elif response_body_note:
             resp_body = not_captured(response_body_note)
         else:
-            resp_body = encode_body(response_body, _header(resp_headers, "content-type"),
-                                    redactor, cap, found)
+            resp_body = encode_body(response_body, resp_type, redactor, cap, found)
         response = {"status_code": status_code, "headers": resp_headers, "body": resp_body}
-    if found:
-        scrub(request, found)
-        if response is not None:
-            scrub(response, found)
     path = parts.path or "/"
     tags = llm_tags(path, req_body, response["body"] if response else None)
     failed = exc is not None or (status_code is not None and status_code >= 400)
-    error = error_info(exc) if exc is not None else None
-    if error is not None and found:  # exception texts quote URLs with their query strings
-        scrub(error, found)
     event = build_event(
         rec, kind="llm" if tags else "http", target=http_target(parts.scheme, parts.netloc),
         endpoint=f"{method} {path}", started_at=started_at, latency_ms=latency_ms,
         status="error" if failed else "ok", request=request, response=response,
-        status_code=status_code, error=error, tags=tags, source=source, workflow=workflow,
-        run_id=run_id, service=service,
+        status_code=status_code, error=error_info(exc) if exc is not None else None, tags=tags,
+        source=source, workflow=workflow, run_id=run_id, service=service,
     )
-    rec.submit(event, origin)
+    rec.submit(event, origin, found)
     return event
 
 
-def _header(headers: dict[str, str], name: str) -> str | None:
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    return None
+_OFF = not_captured("capture_payloads is off")
 
 
 class Timer:

@@ -29,6 +29,7 @@ SECRET_WORD_PAIRS = frozenset({
 })
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _CACHE_LIMIT = 4096
+_CONTAINERS = (dict, list)
 _MIN_SCRUB_CHARS = 6  # shorter values ("1", "true") would scrub innocent text
 _MAX_DEPTH = 200
 
@@ -73,26 +74,46 @@ class Redactor:
 
     # -- headers -------------------------------------------------------------------------
     def headers(self, items: Mapping[str, Any] | Iterable[tuple[Any, Any]] | None,
-                found: set[str] | None = None) -> dict[str, str]:
-        """A redacted copy; repeated names are joined with ', ' as HTTP allows."""
+                found: set[str] | None = None) -> tuple[dict[str, str], str | None]:
+        """A redacted copy and the Content-Type; repeated names are joined with ', '.
+
+        This runs twice per HTTP call, so it reads the decision cache directly and takes
+        requests' CaseInsensitiveDict through its internal store (its generic Mapping
+        iteration costs several microseconds per call).
+        """
         out: dict[str, str] = {}
+        content_type = None
         if items is None:
-            return out
-        pairs = items.items() if isinstance(items, Mapping) else items
+            return out, None
+        store = getattr(items, "_store", None)  # requests.structures.CaseInsensitiveDict
+        if type(store) is dict or type(store).__name__ == "OrderedDict":
+            pairs: Iterable[Any] = store.values()
+            unique = True
+        elif isinstance(items, Mapping):
+            pairs, unique = items.items(), True
+        else:
+            pairs, unique = items, False
+        decisions = self._decisions
         for name, value in pairs:
-            if isinstance(name, bytes):
-                name = name.decode("latin-1")
-            if isinstance(value, bytes):
-                value = value.decode("latin-1")
-            name = str(name)
-            if self.is_secret(name):
-                remember(found, str(value))
+            if type(name) is not str:
+                name = name.decode("latin-1") if isinstance(name, bytes) else str(name)
+            if type(value) is not str:
+                value = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            secret = decisions.get(name)
+            if secret is None:
+                secret = self.is_secret(name)
+            if secret:
+                if found is not None:
+                    remember_header(found, name, value)
                 value = MARKER
+            elif content_type is None and len(name) == 12 and name.lower() == "content-type":
+                content_type = value
+            if unique:
+                out[name] = value
             else:
-                value = str(value)
-            previous = out.get(name)
-            out[name] = value if previous is None else f"{previous}, {value}"
-        return out
+                previous = out.get(name)
+                out[name] = value if previous is None else f"{previous}, {value}"
+        return out, content_type
 
     # -- URLs and form bodies -------------------------------------------------------------
     def url(self, url: str, found: set[str] | None = None) -> str:
@@ -127,24 +148,31 @@ class Redactor:
 
     # -- structured values ------------------------------------------------------------------
     def value(self, obj: Any, found: set[str] | None = None, depth: int = 0) -> Any:
-        """Redacts secret members at any depth, in place for dicts and lists we own."""
+        """Redacts secret members at any depth, in place (callers pass data they own).
+
+        Written for speed (type() identity checks, the decision cache read directly): it
+        walks every parsed JSON body of every call.
+        """
         if depth > _MAX_DEPTH:
             return "[TRUNCATED: nested deeper than 200 levels]"
-        if isinstance(obj, dict):
+        kind = type(obj)
+        if kind is dict:
+            decisions = self._decisions
             for key, member in obj.items():
-                if isinstance(key, str) and self.is_secret(key):
+                secret = decisions.get(key)
+                if secret is None:
+                    secret = type(key) is str and self.is_secret(key)
+                if secret:
                     if member is not None:
-                        if isinstance(member, (str, int)):
+                        if found is not None and type(member) in (str, int):
                             remember(found, str(member))
                         obj[key] = MARKER
-                elif isinstance(member, (dict, list)):
+                elif type(member) in _CONTAINERS:
                     obj[key] = self.value(member, found, depth + 1)
-            return obj
-        if isinstance(obj, list):
+        elif kind is list:
             for i, member in enumerate(obj):
-                if isinstance(member, (dict, list)):
+                if type(member) in _CONTAINERS:
                     obj[i] = self.value(member, found, depth + 1)
-            return obj
         return obj
 
     def text(self, text: str, found: set[str] | None = None) -> str:
@@ -169,17 +197,67 @@ class Redactor:
 
 
 def remember(found: set[str] | None, value: str) -> None:
-    """Note a redacted value (and its parts) so `scrub` can remove echoes of it elsewhere."""
-    if found is None or len(value) < _MIN_SCRUB_CHARS:
+    """Note a redacted value so `scrub` can remove echoes of it elsewhere in the event."""
+    if found is not None and len(value) >= _MIN_SCRUB_CHARS:
+        found.add(value)
+
+
+def remember_header(found: set[str], name: str, value: str) -> None:
+    """Like `remember`, plus the credential inside `Bearer …` and the values of cookies."""
+    remember(found, value)
+    lowered = name.lower()
+    if lowered in ("cookie", "set-cookie"):
+        pairs = value.split(";")
+        if lowered == "set-cookie":  # `name=value; Path=/; HttpOnly`: attributes are not secret
+            pairs = pairs[:1]
+        for pair in pairs:
+            remember(found, pair.partition("=")[2].strip())
         return
-    found.add(value)
-    scheme, space, credential = value.partition(" ")  # "Bearer sk-..." -> "sk-..."
-    if space and len(credential) >= _MIN_SCRUB_CHARS:
-        found.add(credential)
-    for cookie in value.split(";"):  # "a=1; session=abc" -> "abc"
-        cookie_value = cookie.partition("=")[2].strip()
-        if len(cookie_value) >= _MIN_SCRUB_CHARS:
-            found.add(cookie_value)
+    scheme, space, credential = value.partition(" ")  # "Bearer sk-…" -> "sk-…"
+    if space and scheme.isalpha() and " " not in credential:
+        remember(found, credential)
+
+
+def scrub_json_bytes(payload: bytes, found: set[str]) -> bytes:
+    """Replace echoes of already-redacted values in a serialized event.
+
+    Servers echo what they were sent (error messages quoting an API key, debug endpoints):
+    a value known to be secret is removed wherever it turns up. Working on the serialized
+    bytes costs a substring search per secret instead of a walk over the whole event. A
+    secret's JSON-escaped form has no bare quote, so it can only match inside strings or as
+    a bare literal; values that could be bare literals (numbers) or our own field names take
+    the structural path (`scrub`) instead, so the result is always valid JSON.
+    """
+    import orjson
+
+    original = payload
+    slow: list[str] = []
+    for value in found:
+        needle = orjson.dumps(value)[1:-1]
+        if needle not in payload:
+            continue
+        if _STRUCTURAL.search(value) is None or needle in _EVENT_VOCABULARY:
+            slow.append(value)
+        else:
+            payload = payload.replace(needle, _MARKER_BYTES)
+    if payload is not original:
+        try:  # a needle right after a backslash would have broken an escape sequence
+            orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            payload, slow = original, list(found)
+    if slow:
+        payload = orjson.dumps(scrub(orjson.loads(payload), set(slow)))
+    return payload
+
+
+_MARKER_BYTES = MARKER.encode()
+# A value with a character that no bare JSON literal (number, true, false, null) contains.
+_STRUCTURAL = re.compile(r"[^0-9.eE+\-]")
+_EVENT_VOCABULARY = (
+    b"event_id schema workflow run_id service source kind target endpoint started_at latency_ms "
+    b"status request response span_id parent_id status_code error tags host pid sdk_version "
+    b"method url headers body type message $tracelab binary truncated not_captured size "
+    b"encoding data base64 reason args return true false null sdk-py http llm function custom")
 
 
 def scrub(obj: Any, found: set[str], depth: int = 0) -> Any:

@@ -16,17 +16,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from tracelab.config import SDKConfig
 from tracelab.sdk.stats import SDKStats
 
-_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 SPOOL_ROLL_BYTES = 16 * 1024 * 1024
-
-
-def _default(value: Any) -> str:
-    return repr(value)
 
 
 class BatchingSink:
@@ -37,7 +30,7 @@ class BatchingSink:
     def __init__(self, config: SDKConfig, stats: SDKStats) -> None:
         self.config = config
         self.stats = stats
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[bytes] = deque()
         self._maxsize = config.queue_size
         self._batch_size = config.batch_size
         self._wake = threading.Event()
@@ -50,8 +43,8 @@ class BatchingSink:
         self._start_lock = threading.Lock()
 
     # -- the traced program's side ----------------------------------------------------------
-    def submit(self, event: dict[str, Any]) -> bool:
-        """Enqueue without blocking; False (and a counted drop) when the queue is full."""
+    def submit(self, event: bytes) -> bool:
+        """Enqueue one serialized event without blocking; False (a counted drop) when full."""
         if self._thread is None:
             self._start()
         queue = self._queue
@@ -139,25 +132,12 @@ class BatchingSink:
         while (queue or self._pending) and not self._stop.is_set():
             self._busy = True
             if not self._pending:
-                batch = []
-                for _ in range(min(self._batch_size, len(queue))):
-                    batch.append(queue.popleft())
-                self._pending = self._serialize(batch)
+                popleft = queue.popleft
+                self._pending = [popleft() for _ in range(min(self._batch_size, len(queue)))]
             if not self._deliver():
                 self._busy = False
                 return
             self._busy = False
-
-    def _serialize(self, batch: list[dict[str, Any]]) -> list[bytes]:
-        out = []
-        for event in batch:
-            try:
-                out.append(orjson.dumps(event, default=_default, option=_ORJSON_OPTIONS))
-            except Exception as exc:
-                self.stats.count_error(self.kind, f"could not serialize an event: {exc}")
-                self.stats.count_dropped("unserializable")
-                self._lost += 1
-        return out
 
     def _deliver(self) -> bool:
         """Write the pending batch; on failure back off, and past the retry window drop it."""
@@ -214,13 +194,32 @@ class RedisStreamSink(BatchingSink):
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
 
     def _write(self, payloads: list[bytes]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        stream = self.config.stream
-        maxlen = self.config.stream_maxlen
-        extra: tuple[Any, ...] = ("MAXLEN", "~", maxlen) if maxlen else ()
-        for payload in payloads:
-            pipe.execute_command("XADD", stream, *extra, "*", "event", payload)
-        pipe.execute()
+        # The XADD commands are packed by hand into one buffer and sent with one write; the
+        # replies are read after. It is what a redis-py pipeline does, without its per-command
+        # Python overhead (about 2 µs an event, paid under the traced program's GIL).
+        head = self._command_head
+        buffer = b"".join(b"%s$%d\r\n%s\r\n" % (head, len(p), p) for p in payloads)
+        pool = self._client.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command([buffer], check_health=False)
+            for _ in payloads:  # an error reply (e.g. WRONGTYPE) raises here
+                connection.read_response(disable_decoding=True)
+        except BaseException:
+            connection.disconnect()  # replies may be left unread: never reuse this socket
+            raise
+        finally:
+            pool.release(connection)
+
+    @property
+    def _command_head(self) -> bytes:
+        """`XADD <stream> [MAXLEN ~ N] * event` in RESP, without the payload's bulk string."""
+        parts = [b"XADD", self.config.stream.encode()]
+        if self.config.stream_maxlen:
+            parts += [b"MAXLEN", b"~", str(self.config.stream_maxlen).encode()]
+        parts += [b"*", b"event"]
+        return b"*%d\r\n" % (len(parts) + 1) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
     def _release(self) -> None:
         try:
