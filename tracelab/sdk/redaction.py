@@ -30,6 +30,7 @@ SECRET_WORD_PAIRS = frozenset({
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _CACHE_LIMIT = 4096
 _CONTAINERS = (dict, list)
+_CONTAINER_SET = frozenset(_CONTAINERS)
 _MIN_SCRUB_CHARS = 6  # shorter values ("1", "true") would scrub innocent text
 _MAX_DEPTH = 200
 
@@ -57,7 +58,7 @@ class Redactor:
         decision = self._decisions.get(name)
         if decision is None:
             decision = self._judge(name)
-            if len(self._decisions) >= _CACHE_LIMIT:
+            if len(self._decisions) >= _CACHE_LIMIT:  # hostile input must not grow it forever
                 self._decisions.clear()
             self._decisions[name] = decision
         return decision
@@ -169,7 +170,7 @@ class Redactor:
                         obj[key] = MARKER
                 elif type(member) in _CONTAINERS:
                     obj[key] = self.value(member, found, depth + 1)
-        elif kind is list:
+        elif kind is list and not _CONTAINER_SET.isdisjoint(map(type, obj)):
             for i, member in enumerate(obj):
                 if type(member) in _CONTAINERS:
                     obj[i] = self.value(member, found, depth + 1)
