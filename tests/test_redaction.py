@@ -96,3 +96,18 @@ def test_truncated_text_is_redacted_before_it_is_cut() -> None:
     encoded = encode_body(body, "application/json", Redactor(), 100)
     assert encoded["$tracelab"] == "truncated" and encoded["size"] == len(body)
     assert "CUT-SECRET-1" not in encoded["data"] and MARKER in encoded["data"]
+
+
+def test_prefilter_never_skips_a_body_the_rules_would_redact() -> None:
+    """`may_hold_secrets` lets clean bodies skip the walk: it must say yes for every rule."""
+    from tracelab.sdk.redaction import SECRET_HEADERS, SECRET_WORD_PAIRS, SECRET_WORDS
+
+    redactor = Redactor()
+    names = [*SECRET_HEADERS, *SECRET_WORDS, "stripeToken", "cardNumber", "APIKey",
+             *(f"{a}_{b}" for a, b in SECRET_WORD_PAIRS), *(f"{a}{b.title()}" for a, b in SECRET_WORD_PAIRS)]
+    for name in names:
+        assert redactor.is_secret(name), name
+        assert redactor.may_hold_secrets(b'{"%s": "v"}' % name.encode()), name
+    assert redactor.may_hold_secrets(b'{"\\u0070assword": "v"}')  # escapes hide names
+    assert not redactor.may_hold_secrets(b'{"model": "gpt", "messages": []}')
+    assert Redactor([__import__("re").compile("pin")]).may_hold_secrets(b'{"model": 1}')

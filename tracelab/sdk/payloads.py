@@ -71,9 +71,11 @@ def encode_body(data: Any, content_type: str | None, redactor: Redactor, cap: in
     first = raw.lstrip(_WHITESPACE)[:1]
     if size <= cap and ("json" in ctype or (first and first[0] in _JSON_START)):
         try:
-            return redactor.value(orjson.loads(raw), found)
+            parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
+        else:
+            return redactor.value(parsed, found) if redactor.may_hold_secrets(raw) else parsed
     if size > cap:
         text = _utf8_prefix(raw, cap)
         if text is None:

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
+import orjson
+
 MARKER = "[REDACTED]"
 
 SECRET_HEADERS = frozenset({
@@ -29,6 +31,9 @@ SECRET_WORD_PAIRS = frozenset({
 })
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _CACHE_LIMIT = 4096
+# Each default rule (SECRET_HEADERS, SECRET_WORDS, SECRET_WORD_PAIRS) contains one of these.
+_SECRET_FRAGMENTS = (b"passw", b"pwd", b"secret", b"token", b"authoriz", b"signature",
+                     b"credential", b"key", b"number", b"cookie")
 _CONTAINERS = (dict, list)
 _CONTAINER_SET = frozenset(_CONTAINERS)
 _MIN_SCRUB_CHARS = 6  # shorter values ("1", "true") would scrub innocent text
@@ -147,6 +152,18 @@ class Redactor:
                 changed = True
         return "&".join(parts) if changed else text
 
+    def may_hold_secrets(self, raw: bytes) -> bool:
+        """False when no name in `raw` can be judged secret, so a parsed body needs no walk.
+
+        Every default rule needs one of `_SECRET_FRAGMENTS` in the name (lower-cased); JSON
+        `\\u` escapes and user patterns can hide a name from a byte search, so they always
+        say yes.
+        """
+        if self.patterns or b"\\u" in raw:
+            return True
+        lowered = raw.lower()
+        return any(fragment in lowered for fragment in _SECRET_FRAGMENTS)
+
     # -- structured values ------------------------------------------------------------------
     def value(self, obj: Any, found: set[str] | None = None, depth: int = 0) -> Any:
         """Redacts secret members at any depth, in place (callers pass data they own).
@@ -229,12 +246,14 @@ def scrub_json_bytes(payload: bytes, found: set[str]) -> bytes:
     a bare literal; values that could be bare literals (numbers) or our own field names take
     the structural path (`scrub`) instead, so the result is always valid JSON.
     """
-    import orjson
-
     original = payload
     slow: list[str] = []
     for value in found:
-        needle = orjson.dumps(value)[1:-1]
+        needle = _NEEDLES.get(value)
+        if needle is None:  # the same API key turns up on every call: escape it once
+            if len(_NEEDLES) >= _CACHE_LIMIT:
+                _NEEDLES.clear()
+            needle = _NEEDLES[value] = orjson.dumps(value)[1:-1]
         if needle not in payload:
             continue
         if _STRUCTURAL.search(value) is None or needle in _EVENT_VOCABULARY:
@@ -252,6 +271,7 @@ def scrub_json_bytes(payload: bytes, found: set[str]) -> bytes:
 
 
 _MARKER_BYTES = MARKER.encode()
+_NEEDLES: dict[str, bytes] = {}
 # A value with a character that no bare JSON literal (number, true, false, null) contains.
 _STRUCTURAL = re.compile(r"[^0-9.eE+\-]")
 _EVENT_VOCABULARY = (
