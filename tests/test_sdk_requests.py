@@ -121,3 +121,50 @@ def test_calls_nest_under_the_enclosing_span(traced: RedisServer, loopback_http:
     assert span["kind"] == "function" and span["endpoint"].endswith("refund")
     assert call["parent_id"] == span["span_id"] and span["parent_id"] is None
 
+
+
+def test_requests_imported_after_init_is_traced(redis_server: RedisServer,
+                                                 loopback_http: LoopbackHTTP) -> None:
+    from conftest import run_late_import
+
+    events, _raw = run_late_import(redis_server, ("requests",), f"""
+        import requests
+        assert requests.get("{loopback_http.url}/late").status_code == 200
+    """)
+    assert [(e["workflow"], e["endpoint"]) for e in events] == [("late-import", "GET /late")]
+
+
+def test_forked_child_records_into_its_own_spool(tracelab_home, loopback_http: LoopbackHTTP,  # type: ignore[no-untyped-def]
+                                                 monkeypatch) -> None:
+    """A pre-fork server (gunicorn, multiprocessing) keeps recording in every worker."""
+    import os
+
+    import orjson
+
+    import tracelab.sdk.recorder as recorder
+
+    monkeypatch.setattr(recorder, "_fold_spool", lambda rec: None)  # look at the raw spool
+    tracelab.init(workflow_name="forked")
+    try:
+        requests.get(f"{loopback_http.url}/parent")
+        assert tracelab.flush(5.0)
+        pid = os.fork()
+        if pid == 0:  # the child: record, deliver, leave without running the parent's atexit
+            code = 1
+            try:
+                requests.get(f"{loopback_http.url}/child")
+                code = 0 if tracelab.shutdown(5.0) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        tracelab.shutdown()
+    spooled = {}
+    for path in (tracelab_home / "spool").iterdir():
+        for line in path.read_bytes().splitlines():
+            event = orjson.loads(line)
+            spooled[event["endpoint"]] = (event["pid"], path.name)
+    assert spooled["GET /parent"][0] == os.getpid()
+    assert spooled["GET /child"][0] == pid
+    assert spooled["GET /child"][1] != spooled["GET /parent"][1]
