@@ -1,7 +1,8 @@
 """The `tracelab` command line: one sub-command per job, each living in the module that owns it.
 
-Commands are registered by dotted path and imported only when used, so `tracelab --help`
-stays fast and a broken optional extra never breaks the other commands.
+Commands are registered by dotted path. Each command module keeps its top-level imports light
+(heavy libraries are imported inside `run`), so building the parser for `tracelab --help`
+stays fast and a missing optional extra only breaks the command that needs it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from tracelab import __version__
 # name -> (module, one-line help). Each module provides `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("tracelab.validate_cmd", "check TraceEvent JSON files against the contract"),
+    "ingest": ("tracelab.ingest_cmd", "consume the Redis stream into the Parquet store"),
+    "compact": ("tracelab.compact_cmd", "merge the store's small files, keeping exactly-once"),
+    "stats": ("tracelab.stats_cmd", "print workflows, executions, events, files and bytes"),
 }
 
 

@@ -1,0 +1,168 @@
+"""Query latency on a store of 1,000,000 events over 20 workflows and 10,000 runs.
+
+Builds the store through the real writer in ingest-sized batches, with the size-tiered
+merging the ingester does as it goes (so it has the files an ingester leaves), then measures TraceLab's query layer and DuckDB's raw SQL on the
+same files, first as written and then after `tracelab compact`:
+
+  executions(workflow)      target p95 <= 150 ms
+  execution_events(run_id)  target p95 <= 50 ms
+
+"cold" is the first call in the process (nothing cached); "warm" calls reuse the per-file
+summaries, which are valid forever because store files never change once written.
+Prints figures and ratios; never asserts on time.
+Usage: python bench/bench_query.py [--events 1000000] [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import duckdb  # noqa: E402
+
+from tracelab.store import query  # noqa: E402
+from tracelab.store.compact import compact  # noqa: E402
+from tracelab.store.layout import resolve_layout  # noqa: E402
+from tracelab.store.writer import StoreWriter  # noqa: E402
+
+WORKFLOWS = 20
+RUNS = 10_000
+DAYS = 7
+BASE_NS = 1_714_521_600 * 10**9
+DAY_NS = 86_400 * 10**9
+
+
+def build(store: Path, home: Path, n_events: int, batch: int = 20_000) -> float:
+    """Events arrive interleaved across runs, as an ingester would see them."""
+    writer = StoreWriter(resolve_layout(str(store), home=home), auto_compact=True)
+    per_run = n_events // RUNS
+    rng = random.Random(1)
+    t0 = time.perf_counter()
+    order = [(run, i) for i in range(per_run) for run in range(RUNS)]
+    for start in range(0, len(order), batch):
+        events = []
+        for run, i in order[start:start + batch]:
+            wf = run % WORKFLOWS
+            run_start = BASE_NS + (run * DAYS * DAY_NS) // RUNS
+            events.append({
+                "event_id": os.urandom(16).hex(), "schema": 1, "workflow": f"wf-{wf:02d}",
+                "run_id": f"run-{run:05d}", "service": f"svc-{i % 4}", "source": "sdk-py",
+                "kind": "http", "target": f"api{i % 6}.example.com",
+                "endpoint": "POST /v1/x", "started_at": run_start + i * 50_000_000,
+                "latency_ms": rng.random() * 200,
+                "status": "error" if rng.random() < 0.02 else "ok",
+                "status_code": 200, "span_id": os.urandom(8).hex(),
+                "request": {"method": "POST", "url": "https://api.example.com/v1/x",
+                            "headers": {"Content-Type": "application/json"},
+                            "body": {"i": i, "text": "lorem ipsum " * 20}},
+                "response": {"status_code": 200, "headers": {}, "body": {"ok": True}},
+                "tags": {"env": "prod" if run % 3 else "dev", "team": f"t{wf % 4}"},
+            })
+        writer.write(events)
+    return time.perf_counter() - t0
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else values[0]
+
+
+def measure(label: str, store: Path, home: Path, repeats: int) -> None:
+    layout = resolve_layout(str(store), home=home)
+    files = layout.list_files()
+    size = sum(f.size for f in files)
+    print(f"\n== {label}: {len(files)} files, {size / 1e6:.0f} MB")
+    rng = random.Random(2)
+    wfs = [f"wf-{rng.randrange(WORKFLOWS):02d}" for _ in range(repeats)]
+    runs = [f"run-{rng.randrange(RUNS):05d}" for _ in range(repeats)]
+
+    query._CACHES.clear()
+    t = time.perf_counter()
+    df = query.executions(wfs[0], layout=layout)
+    cold_exec = (time.perf_counter() - t) * 1000
+    assert len(df) == RUNS // WORKFLOWS, len(df)
+    query._CACHES.clear()
+    t = time.perf_counter()
+    ev = query.execution_events(runs[0], layout=layout)
+    cold_events = (time.perf_counter() - t) * 1000
+    assert len(ev) > 0
+    it = iter(wfs)
+    ours_exec = timed(lambda: query.executions(next(it), layout=layout), repeats)
+    it = iter(runs)
+    ours_events = timed(lambda: query.execution_events(next(it), layout=layout), repeats)
+
+    con = duckdb.connect()
+    events_root = f"{store}/events"
+    glob_all = f"{events_root}/**/*.parquet"
+    it = iter(wfs)
+
+    def duck_exec() -> None:
+        con.execute(
+            "SELECT run_id, min(started_at), max(epoch_ns(started_at) + latency_ms * 1e6), "
+            "count(*), count(*) FILTER (WHERE status = 'error'), list(DISTINCT service), "
+            "list(DISTINCT target), list(DISTINCT tags) FROM read_parquet(?, "
+            "hive_partitioning = true) GROUP BY run_id",
+            [f"{events_root}/workflow={next(it)}/*/*.parquet"]).fetch_df()
+
+    duck_e = timed(duck_exec, repeats)
+    it = iter(runs)
+
+    def duck_events() -> None:
+        con.execute("SELECT * EXCLUDE (request, response) FROM read_parquet(?, "
+                    "hive_partitioning = true) WHERE run_id = ? ORDER BY started_at",
+                    [glob_all, next(it)]).fetch_df()
+
+    duck_r = timed(duck_events, repeats)
+    print(f"executions(workflow)     cold {cold_exec:7.1f} ms | warm p50 "
+          f"{statistics.median(ours_exec):6.1f} p95 {p95(ours_exec):6.1f} ms (target <= 150) | "
+          f"DuckDB raw p50 {statistics.median(duck_e):6.1f} p95 {p95(duck_e):6.1f} ms | "
+          f"ratio ours/duckdb p95 {p95(ours_exec) / p95(duck_e):.2f}")
+    print(f"execution_events(run_id) cold {cold_events:7.1f} ms | warm p50 "
+          f"{statistics.median(ours_events):6.1f} p95 {p95(ours_events):6.1f} ms (target <= 50) | "
+          f"DuckDB raw p50 {statistics.median(duck_r):6.1f} p95 {p95(duck_r):6.1f} ms | "
+          f"ratio ours/duckdb p95 {p95(ours_events) / p95(duck_r):.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--keep", help="build (or reuse) the store in this directory")
+    args = parser.parse_args()
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tl-bench-query-"))
+    store, home = work / "store", work / "home"
+    try:
+        if not (store / "events").exists():
+            seconds = build(store, home, args.events)
+            print(f"built {args.events:,} events, {WORKFLOWS} workflows, {RUNS:,} runs, "
+                  f"{DAYS} days in {seconds:.1f} s ({args.events / seconds:,.0f} events/s "
+                  "through the writer)")
+        measure("as the ingester leaves it", store, home, args.repeats)
+        t = time.perf_counter()
+        compact(layout=resolve_layout(str(store), home=home))
+        print(f"\ncompacted in {time.perf_counter() - t:.1f} s")
+        measure("after tracelab compact", store, home, args.repeats)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Cross-language: the TypeScript SDK (`sdk-ts/`) feeds the same pipeline as the Python SDK.
+
+A Node script using the built `@tracelab/sdk` (linked into a throwaway project the way
+`npm install ./sdk-ts` links it) records a run with nested spans; through Redis,
+`tracelab ingest --once` stores it, and in embedded mode the spool is folded; either way
+`tl.executions(wf)` shows the run and `tl.execution(run_id).events` keeps the nesting. What
+Redis and the spool hold is asserted directly too. Node's own test suite is `npm test` in
+sdk-ts/ (and `test_ts_sdk_npm_test` runs it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SDK = REPO / "sdk-ts"
+NODE = shutil.which("node")
+NPM = shutil.which("npm")
+
+pytestmark = pytest.mark.skipif(NODE is None or NPM is None, reason="Node.js and npm are needed")
+
+SCRIPT = """
+import { init, trace, flush } from "@tracelab/sdk";
+const base = process.env.TEST_HTTP;
+init({ workflowName: process.env.TEST_WF, serviceName: "node-agent", runId: process.env.TEST_RUN });
+await trace("plan", async () => {
+  await (await fetch(base + "/v1/search?api_key=PLANTED_TS_SECRET")).text();
+  await trace("step", async () => {
+    await (await fetch(base + "/v1/fail", { method: "POST", body: JSON.stringify({ q: 1 }),
+      headers: { "content-type": "application/json" } })).text();
+  });
+});
+console.log(JSON.stringify({ flushed: await flush(5000) }));
+"""
+
+
+def _newest_mtime(root: Path) -> float:
+    return max((p.stat().st_mtime for p in root.rglob("*") if p.is_file()), default=0.0)
+
+
+def _ensure_built() -> None:
+    """`npm ci && npm run build` when dist/ is missing or older than the sources."""
+    dist_index = SDK / "dist" / "esm" / "index.js"
+    installed = SDK / "node_modules" / ".package-lock.json"
+    lock = SDK / "package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        subprocess.run([NPM, "ci", "--no-audit", "--no-fund"], cwd=SDK, check=True,
+                       capture_output=True, timeout=600)
+    sources = max(_newest_mtime(SDK / "src"), (SDK / "package.json").stat().st_mtime,
+                  (SDK / "tsconfig.json").stat().st_mtime)
+    if not dist_index.exists() or dist_index.stat().st_mtime < sources:
+        subprocess.run([NPM, "run", "build"], cwd=SDK, check=True, capture_output=True,
+                       timeout=600)
+
+
+@pytest.fixture(scope="module")
+def sdk_built() -> Path:
+    _ensure_built()
+    return SDK
+
+
+@pytest.fixture
+def node_project(tmp_path: Path, sdk_built: Path) -> Path:
+    """A user project with node_modules/@tracelab/sdk linked to sdk-ts (as `npm install ./sdk-ts`)."""
+    project = tmp_path / "node-app"
+    (project / "node_modules" / "@tracelab").mkdir(parents=True)
+    (project / "node_modules" / "@tracelab" / "sdk").symlink_to(sdk_built, target_is_directory=True)
+    (project / "package.json").write_text(json.dumps({"name": "app", "private": True,
+                                                      "type": "module"}))
+    (project / "app.mjs").write_text(SCRIPT)
+    return project
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        self._reply(200, b'{"results": [1, 2]}')
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self._reply(502, b'{"error": "upstream"}')
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _run_node(project: Path, env: dict[str, str]) -> dict:
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith("TRACELAB_") and k.lower() not in ("http_proxy", "https_proxy")}
+    full_env.update(env)
+    proc = subprocess.run([NODE, "app.mjs"], cwd=project, env=full_env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _check_nesting(events: list[dict], wf: str, run_id: str) -> None:
+    assert len(events) == 4, [e["endpoint"] for e in events]
+    by_endpoint = {e["endpoint"]: e for e in events}
+    assert set(by_endpoint) == {"plan", "step", "GET /v1/search", "POST /v1/fail"}
+    for e in events:
+        assert e["source"] == "sdk-ts"
+        assert e["workflow"] == wf and e["run_id"] == run_id and e["service"] == "node-agent"
+    plan, step = by_endpoint["plan"], by_endpoint["step"]
+    assert plan["parent_id"] is None
+    assert step["parent_id"] == plan["span_id"]
+    assert by_endpoint["GET /v1/search"]["parent_id"] == plan["span_id"]
+    assert by_endpoint["POST /v1/fail"]["parent_id"] == step["span_id"]
+    assert by_endpoint["POST /v1/fail"]["status"] == "error"
+    assert by_endpoint["POST /v1/fail"]["status_code"] == 502
+
+
+def _raw_started_at(raw: str) -> int:
+    match = re.search(r'"started_at":(\d+)[,}]', raw)
+    assert match, raw[:200]
+    return int(match.group(1))
+
+
+def _check_store(wf: str, run_id: str) -> None:
+    from tracelab import api
+
+    executions = api.executions(wf)
+    assert list(executions.df["run_id"]) == [run_id]
+    frame = api.execution(run_id).events
+    assert len(frame) == 4
+    rows = {row["endpoint"]: row for row in frame.to_dict("records")}
+    assert rows["step"]["parent_id"] == rows["plan"]["span_id"]
+    assert rows["POST /v1/fail"]["parent_id"] == rows["step"]["span_id"]
+    assert rows["GET /v1/search"]["parent_id"] == rows["plan"]["span_id"]
+    assert set(frame["source"]) == {"sdk-ts"}
+
+
+def test_ts_sdk_through_redis_and_ingest(node_project: Path, redis_server, tracelab_home: Path,
+                                         http_server: str) -> None:
+    wf, run_id = f"ts-cross-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    out = _run_node(node_project, {"TRACELAB_REDIS_URL": redis_server.url, "TEST_HTTP": http_server,
+                                   "TEST_WF": wf, "TEST_RUN": run_id,
+                                   "TRACELAB_HOME": str(tracelab_home)})
+    assert out == {"flushed": True}
+
+    # What Redis holds: one entry per event, field `event`, exact integer started_at.
+    entries = redis_server.client().xrange("trace.events")
+    raws = [fields[b"event"].decode() for _id, fields in entries]
+    assert all(set(fields) == {b"event"} for _id, fields in entries)
+    assert not any("PLANTED" in raw for raw in raws)
+    events = [json.loads(raw) for raw in raws]
+    _check_nesting(events, wf, run_id)
+    for raw, event in zip(raws, events):
+        assert _raw_started_at(raw) == event["started_at"] > 1_700_000_000 * 10**9
+    from tracelab.events import validate
+    assert all(validate(e) == [] for e in events)
+
+    # The pipeline: ingest --once stores it, the notebook API shows it nested.
+    proc = subprocess.run(
+        [sys.executable, "-m", "tracelab.cli", "ingest", "--once", "--redis-url", redis_server.url],
+        env={**os.environ, "TRACELAB_HOME": str(tracelab_home)}, capture_output=True, text=True,
+        timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _check_store(wf, run_id)
+
+
+def test_ts_sdk_embedded_spool(node_project: Path, tracelab_home: Path, http_server: str) -> None:
+    wf, run_id = f"ts-embedded-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    out = _run_node(node_project, {"TEST_HTTP": http_server, "TEST_WF": wf, "TEST_RUN": run_id,
+                                   "TRACELAB_HOME": str(tracelab_home)})
+    assert out == {"flushed": True}
+
+    # What the spool holds: one completed file named <stamp>-<pid>-<hex>.jsonl.
+    files = sorted(p.name for p in (tracelab_home / "spool").iterdir() if p.is_file())
+    assert len(files) == 1 and re.fullmatch(r"\d{8}T\d{6}-\d+-[0-9a-f]{8}\.jsonl", files[0]), files
+    text = (tracelab_home / "spool" / files[0]).read_text()
+    assert text.endswith("\n")
+    lines = text.splitlines()
+    _check_nesting([json.loads(line) for line in lines], wf, run_id)
+
+    # Queries fold the spool into the store.
+    _check_store(wf, run_id)
+
+
+@pytest.mark.slow
+def test_ts_sdk_npm_test(sdk_built: Path) -> None:
+    """The TypeScript SDK's own suite (real redis-server, loopback servers, ajv on spec/)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    proc = subprocess.run([NPM, "test"], cwd=sdk_built, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]

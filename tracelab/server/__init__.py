@@ -1,0 +1,1 @@
+"""TraceLab's server side: the ingester that fills the store, and (later) the HTTP API."""

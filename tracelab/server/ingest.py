@@ -1,0 +1,505 @@
+"""The ingester: Redis stream `trace.events` -> Parquet store, every event exactly once.
+
+Redis gives at-least-once delivery through the consumer group; the store's `event_id` dedupe
+turns that into exactly-once. The order of operations is what makes it safe:
+
+1. read (own pending entries first, then entries idle too long at crashed consumers via
+   XAUTOCLAIM, then new ones with XREADGROUP `>`);
+2. validate each entry; a malformed one becomes a dead letter (`trace.events.dead`) carrying
+   the raw fields, the reason and the original id;
+3. when the batch is full or its oldest event has waited `flush_interval`, write the valid
+   events durably (`StoreWriter`), then add the dead letters, then XACK everything.
+
+A `kill -9` anywhere leaves entries pending, never acknowledged-but-unwritten; the next
+ingester re-reads them and the dedupe drops what was already written. A Redis outage is
+ridden out: what was read is written anyway, acknowledgements wait for the reconnect.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import socket
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from tracelab.events import validate
+from tracelab.store.layout import StoreLayout, resolve_layout
+from tracelab.store.locks import FileLock
+from tracelab.store.writer import StoreWriter, WriteReport
+
+log = logging.getLogger("tracelab.ingest")
+
+# Only Redis's own errors: an OSError from writing the store must not pass for an outage.
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+               redis.exceptions.BusyLoadingError)
+
+
+@dataclass
+class IngestConfig:
+    """Everything `tracelab ingest` can be told; defaults are the documented ones."""
+
+    redis_url: str
+    stream: str = "trace.events"
+    group: str = "tracelab-ingest"
+    consumer: str | None = None
+    batch: int = 5000
+    flush_interval: float = 1.0
+    claim_idle: float = 60.0
+    dead_stream: str | None = None
+    max_event_bytes: int = 4 * 1024 * 1024
+    log_interval: float = 10.0
+    read_count: int = 2000
+
+    @property
+    def dead(self) -> str:
+        return self.dead_stream or f"{self.stream}.dead"
+
+
+@dataclass
+class IngestStats:
+    """Running totals, for the interval log line and the `--once` summary."""
+
+    read: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    gone: int = 0
+    flushes: int = 0
+    reconnects: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_read: float | None = None
+    last_flush: float | None = None
+
+
+def default_consumer_name(home: os.PathLike[str] | str) -> tuple[str, FileLock]:
+    """`ingest-<host>-<slot>`: stable across restarts on one host, unique among live ones.
+
+    A restarted ingester gets the same name back (its slot's lock died with it) and so finds
+    its own pending entries first; two ingesters on one host get different slots.
+    """
+    host = socket.gethostname()
+    slot = 0
+    while True:
+        lock = FileLock(Path(home) / "locks" / f"ingest-consumer-{slot}.lock", timeout=0)
+        if lock.acquire(blocking=False):
+            return f"ingest-{host}-{slot}", lock
+        slot += 1
+
+
+class _Batch:
+    """Entries read but not yet acknowledged, split by what will happen to them."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.event_ids: list[bytes] = []     # stream ids, parallel to `events`
+        self.dead: list[tuple[bytes, dict | None, str]] = []
+        self.other_ids: list[bytes] = []     # gone entries: nothing to store, only to ack
+        self.oldest: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.dead) + len(self.other_ids)
+
+
+class Ingester:
+    """One consumer of the group; `run()` until stopped, or `run(once=True)` to drain."""
+
+    def __init__(self, config: IngestConfig, layout: StoreLayout | None = None,
+                 writer: StoreWriter | None = None) -> None:
+        self.config = config
+        self.layout = layout or resolve_layout()
+        # While busy, merge small files only when a partition has many (they cost throughput);
+        # once the stream goes quiet, `_idle()` merges the rest.
+        self.writer = writer or StoreWriter(self.layout, auto_compact=True, compact_at=64)
+        self._consumer_lock: FileLock | None = None
+        if config.consumer is None:
+            config.consumer, self._consumer_lock = default_consumer_name(self.layout.home)
+        self.consumer = config.consumer
+        self.stats = IngestStats()
+        self._client: redis.Redis | None = None
+        self._stop = False
+        self._batch = _Batch()
+        self._unacked: list[bytes] = []
+        self._unpublished: list[tuple[bytes, dict | None, str]] = []
+        self._pending_cursor: bytes | None = b"0"
+        self._next_claim = 0.0
+        self._claim_cursor = "0-0"
+        self._progress: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracelab-write")
+        self._inflight: Future | None = None
+
+    # -- control ----------------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        """Ask the loop to write what it holds, acknowledge, and return (signal-handler safe)."""
+        self._stop = True
+
+    def run(self, once: bool = False, progress: bool = False) -> IngestStats:
+        """Consume until `request_stop()` (or, with `once`, until the stream is drained)."""
+        # Decoded events are acyclic, so reference counting frees them all; at default
+        # thresholds the cyclic GC would re-traverse the batch's tens of thousands of live
+        # dicts every few hundred allocations, which cost more than everything else together.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(200_000, 50, 1000)
+        try:
+            return self._run(once, progress)
+        finally:
+            gc.set_threshold(*thresholds)
+
+    def _run(self, once: bool, progress: bool) -> IngestStats:
+        cfg = self.config
+        log.info("ingesting %s (group %s, consumer %s) into %s", cfg.stream, cfg.group,
+                 self.consumer, self.layout.uri or self.layout.root)
+        recovered = self.writer.recover_all()
+        if recovered:
+            log.info("finished %d interrupted compactions", recovered)
+        next_log = time.monotonic() + cfg.log_interval
+        last_logged = (time.monotonic(), 0)
+        backoff = 0.1
+        drained = False
+        while not self._stop:
+            try:
+                if self._client is None:
+                    self._connect()
+                    if progress and self._progress is None:
+                        self._progress = _progress_bar(self._backlog())
+                got = self._step(block_ms=100 if once else self._block_ms())
+                backoff = 0.1
+                if self._due():
+                    self._flush()
+                self._collect(wait=False)
+                self._settle()
+                if got == 0 and not len(self._batch):
+                    self._idle()
+                if once and got == 0 and self._pending_cursor is None and self._inflight is None:
+                    drained = True
+                    break
+            except _REDIS_DOWN as exc:
+                self._on_redis_down(exc, backoff)
+                backoff = min(backoff * 2, 5.0)
+            except redis.exceptions.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("consumer group vanished (Redis restarted?): recreating it")
+                self._client = None
+            now = time.monotonic()
+            if now >= next_log:
+                self._log_interval(now, last_logged)
+                last_logged = (now, self.stats.stored)
+                next_log = now + cfg.log_interval
+        self._final_flush()
+        if self._progress is not None:
+            self._progress.close()
+        if once and drained:
+            log.info("stream %s drained", cfg.stream)
+        return self.stats
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        client = redis.Redis.from_url(self.config.redis_url, socket_timeout=10,
+                                      socket_connect_timeout=5, health_check_interval=0)
+        client.ping()
+        try:
+            client.xgroup_create(self.config.stream, self.config.group, id="0", mkstream=True)
+            log.info("created consumer group %s on %s at id 0", self.config.group,
+                     self.config.stream)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._client = client
+        # After any (re)connect, our own pending entries come first: they may be unwritten.
+        self._pending_cursor = b"0"
+        self._next_claim = 0.0
+        self._claim_cursor = "0-0"
+        self._settle()
+
+    def _block_ms(self) -> int:
+        if self._batch.oldest is None:
+            return 500
+        left = self.config.flush_interval - (time.monotonic() - self._batch.oldest)
+        return max(1, min(500, int(left * 1000)))
+
+    def _step(self, block_ms: int) -> int:
+        """Read one slice: own pending, else claimable, else new entries. Returns how many."""
+        client, cfg = self._client, self.config
+        assert client is not None
+        room = max(1, min(cfg.read_count, cfg.batch - len(self._batch)))
+        if self._pending_cursor is not None:
+            reply = client.xreadgroup(cfg.group, self.consumer,
+                                      {cfg.stream: self._pending_cursor}, count=room)
+            entries = reply[0][1] if reply else []
+            if entries:
+                self._pending_cursor = entries[-1][0]
+                self._take(entries)
+                return len(entries)
+            self._pending_cursor = None
+        if time.monotonic() >= self._next_claim:
+            claimed = self._claim(room)
+            if claimed:
+                return claimed
+        reply = client.xreadgroup(cfg.group, self.consumer, {cfg.stream: ">"}, count=room,
+                                  block=block_ms)
+        entries = reply[0][1] if reply else []
+        self._take(entries)
+        return len(entries)
+
+    def _claim(self, room: int) -> int:
+        """Take over entries idle too long at other (crashed) consumers."""
+        cfg = self.config
+        assert self._client is not None
+        reply = self._client.xautoclaim(cfg.stream, cfg.group, self.consumer,
+                                        min_idle_time=int(cfg.claim_idle * 1000),
+                                        start_id=self._claim_cursor, count=room)
+        cursor, entries = reply[0], reply[1]
+        cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
+        if cursor in ("0-0", "0"):
+            self._claim_cursor = "0-0"
+            self._next_claim = time.monotonic() + max(0.5, cfg.claim_idle / 2)
+        else:
+            self._claim_cursor = cursor
+        if entries:
+            log.info("claimed %d entries idle over %.1f s from other consumers", len(entries),
+                     cfg.claim_idle)
+            # A consumer died: it may have died mid-compaction too. Finish that on the write
+            # thread, which owns the writer, so outside readers never see a file twice.
+            self._executor.submit(self.writer.recover_all)
+        self._take(entries)
+        return len(entries)
+
+    def _take(self, entries: list) -> None:
+        """Validate entries into the batch; nothing here can raise on bad data."""
+        if not entries:
+            return
+        batch = self._batch
+        now = time.monotonic()
+        if batch.oldest is None:
+            batch.oldest = now
+        if self.stats.first_read is None:
+            self.stats.first_read = now
+        self.stats.read += len(entries)
+        max_bytes = self.config.max_event_bytes
+        events, event_ids = batch.events, batch.event_ids
+        loads = orjson.loads
+        for entry_id, fields in entries:
+            if not fields:
+                batch.other_ids.append(entry_id)  # trimmed from the stream while pending
+                continue
+            raw = fields.get(b"event")
+            if raw is not None and len(raw) <= max_bytes:
+                try:
+                    obj = loads(raw)
+                except orjson.JSONDecodeError:
+                    obj = None
+                if type(obj) is dict and not validate(obj):
+                    events.append(obj)
+                    event_ids.append(entry_id)
+                    continue
+            batch.dead.append((entry_id, fields, _reason(fields, max_bytes)))
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _due(self) -> bool:
+        batch = self._batch
+        if not len(batch):
+            return False
+        return (len(batch) >= self.config.batch
+                or time.monotonic() - (batch.oldest or 0) >= self.config.flush_interval)
+
+    def _idle(self) -> None:
+        """Nothing to read: a good moment to merge the small files written while busy."""
+        if self._inflight is None and self.writer.has_uncompacted:
+            self._inflight = self._executor.submit(self._compact_batch)
+
+    def _compact_batch(self) -> tuple[list[bytes], list, None]:
+        self.writer.compact_touched()
+        return [], [], None
+
+    def _write_batch(self, batch: _Batch) -> tuple[list[bytes], list, WriteReport | None]:
+        """Durably store one batch (runs on the write thread); returns what to settle."""
+        dead = list(batch.dead)
+        report = None
+        if batch.events:
+            report = self.writer.write(batch.events)
+            if report.rejected:
+                by_object = {id(e): i for e, i in zip(batch.events, batch.event_ids)}
+                for event, reason in report.rejected:
+                    dead.append((by_object[id(event)], {b"event": orjson.dumps(event)}, reason))
+        ids = batch.event_ids + [d[0] for d in batch.dead] + batch.other_ids
+        return ids, dead, report
+
+    def _flush(self) -> None:
+        """Hand the batch to the write thread, so reading the next one overlaps writing it.
+
+        At most one batch is in flight: it is collected (and settled) before the next is
+        handed over, which bounds memory and keeps acknowledgements in order.
+        """
+        self._collect(wait=True)
+        self._settle()
+        batch, self._batch = self._batch, _Batch()
+        self._inflight = self._executor.submit(self._write_batch, batch)
+
+    def _collect(self, wait: bool) -> None:
+        """Move a finished write's ids and dead letters to the to-settle lists."""
+        future = self._inflight
+        if future is None or not (wait or future.done()):
+            return
+        self._inflight = None
+        ids, dead, report = future.result()
+        if report is not None:
+            self.stats.stored += report.written
+            self.stats.duplicates += report.duplicates
+        if ids:  # not for an idle-time merge
+            self.stats.flushes += 1
+            self.stats.last_flush = time.monotonic()
+        self._unacked.extend(ids)
+        self._unpublished.extend(dead)
+        if self._progress is not None:
+            self._progress.update(len(ids))
+
+    def _write_now(self) -> None:
+        """Write whatever is held, synchronously (on stop and on losing Redis)."""
+        self._collect(wait=True)
+        if len(self._batch):
+            batch, self._batch = self._batch, _Batch()
+            self._inflight = self._executor.submit(self._write_batch, batch)
+            self._collect(wait=True)
+
+    def _settle(self) -> None:
+        """Dead letters first, then acknowledgements: an entry is acked only once handled."""
+        if self._unpublished:
+            self._publish_dead(self._unpublished)
+            self._unpublished = []
+        if self._unacked:
+            self._ack(self._unacked)
+            self._unacked = []
+
+    def _publish_dead(self, dead: list[tuple[bytes, dict | None, str]]) -> None:
+        if not dead:
+            return
+        assert self._client is not None
+        pipe = self._client.pipeline(transaction=False)
+        for entry_id, fields, reason in dead:
+            record: dict[Any, Any] = {"reason": reason, "original_id": entry_id,
+                                      "original_stream": self.config.stream,
+                                      "consumer": self.consumer}
+            for key, value in (fields or {}).items():
+                record[b"raw." + (key if isinstance(key, bytes) else str(key).encode())] = value
+            pipe.xadd(self.config.dead, record)
+            log.warning("dead letter %s: %s", entry_id.decode(errors="replace"), reason)
+        pipe.execute()
+        self.stats.dead += len(dead)
+
+    def _ack(self, ids: list[bytes]) -> None:
+        if not ids:
+            return
+        assert self._client is not None
+        pipe = self._client.pipeline(transaction=False)
+        for start in range(0, len(ids), 10_000):
+            pipe.xack(self.config.stream, self.config.group, *ids[start:start + 10_000])
+        pipe.execute()
+
+    def _on_redis_down(self, exc: BaseException, backoff: float) -> None:
+        """Keep what was read (write it now), then wait and reconnect."""
+        if self._client is not None:
+            log.warning("lost Redis (%s); writing what is held, then reconnecting", exc)
+        self._client = None
+        self.stats.reconnects += 1
+        self._write_now()
+        deadline = time.monotonic() + backoff
+        while not self._stop and time.monotonic() < deadline:
+            time.sleep(min(0.05, backoff))
+
+    def _final_flush(self) -> None:
+        """On stop: write what is held; acknowledge if Redis is there, else leave it pending."""
+        self._write_now()
+        self._executor.shutdown(wait=True)
+        if not (self._unacked or self._unpublished):
+            return
+        try:
+            if self._client is None:
+                self._connect()  # settles on connect
+            else:
+                self._settle()
+        except _REDIS_DOWN as exc:
+            log.warning("could not acknowledge on exit (%s): the entries stay pending and "
+                        "the next ingester will find them already stored", exc)
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def _backlog(self) -> int | None:
+        """Entries not yet delivered to the group (lag) plus those pending, when Redis says."""
+        try:
+            assert self._client is not None
+            for group in self._client.xinfo_groups(self.config.stream):
+                name = group.get("name")
+                name = name.decode() if isinstance(name, bytes) else name
+                if name == self.config.group:
+                    lag = group.get("lag")
+                    return (int(lag) if lag is not None else 0) + int(group.get("pending", 0))
+        except (redis.exceptions.RedisError, *_REDIS_DOWN):
+            return None
+        return None
+
+    def _log_interval(self, now: float, last: tuple[float, int]) -> None:
+        elapsed = max(1e-9, now - last[0])
+        rate = (self.stats.stored - last[1]) / elapsed
+        lag = self._backlog() if self._client is not None else None
+        log.info("stored %.0f ev/s (total %d, duplicates %d, dead %d); backlog %s",
+                 rate, self.stats.stored, self.stats.duplicates, self.stats.dead,
+                 "unknown" if lag is None else lag)
+
+
+def _reason(fields: dict, max_bytes: int) -> str:
+    """Why an entry is not a storable event, in words a producer's author can act on."""
+    raw = fields.get(b"event")
+    if raw is None:
+        names = ", ".join(repr(k.decode(errors="replace")) for k in fields) or "none"
+        return f"no 'event' field (fields present: {names})"
+    if len(raw) > max_bytes:
+        return f"oversized: {len(raw)} bytes, the limit is {max_bytes} (--max-event-bytes)"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8: {exc}"
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(obj, dict):
+        return f"not a JSON object but {type(obj).__name__}"
+    problems = validate(obj)
+    return "invalid TraceEvent: " + "; ".join(problems) if problems else "unknown"
+
+
+class _SimpleProgress:
+    """A stand-in for tqdm when it is not installed: one line every two seconds."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total, self.n, self._next = total, 0, time.monotonic() + 2
+
+    def update(self, n: int) -> None:
+        self.n += n
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + 2
+            of = f"/{self.total}" if self.total else ""
+            print(f"ingest: {self.n}{of} entries", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int | None) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _SimpleProgress(total)
+    return tqdm(total=total, unit="ev", unit_scale=True, desc="ingest", file=sys.stderr,
+                mininterval=0.5, dynamic_ncols=True)

@@ -1,0 +1,476 @@
+"""The only code that reads store files; every face (notebook, API, tests) asks through here.
+
+Executions are computed here rather than kept as a second table, so they are right by
+construction however a run's events were split over batches, files and days. What makes that
+fast is that store files never change once written: each file's per-run summary (first start,
+last end, counts, services, targets, tags) is computed once from the narrow columns and cached
+by path for the life of the process; a query lists the files (cheap), summarises only files it
+has not seen, and forgets files that compaction removed.
+
+Payload columns (`request`, `response`) are read only by `event()` and `events(payloads=True)`.
+Before answering, readers fold any spool files that embedded-mode recorders left behind, so a
+second process sees what the first one recorded.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import date as date_type, datetime
+from typing import Any
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from tracelab.store.layout import DataFile, StoreLayout, resolve_layout
+from tracelab.store.schema import EVENT_SCHEMA, LIGHT_COLUMNS, TIMESTAMP, row_to_event
+
+TimeLike = str | datetime | date_type | pd.Timestamp | int | float
+
+EXECUTION_COLUMNS = ["workflow", "run_id", "started_at", "ended_at", "duration_ms", "events",
+                     "errors", "status", "services", "targets", "tags"]
+WORKFLOW_COLUMNS = ["workflow", "executions", "events", "errors", "first_event", "last_event"]
+_SUMMARY_SOURCE = ["run_id", "started_at", "latency_ms", "status", "service", "target", "tags"]
+
+
+# -- low-level reading (also used by the writer's dedupe index and by compaction) ----------
+
+def read_table(layout: StoreLayout, paths: Sequence[str], columns: Sequence[str] | None = None,
+               filter: pc.Expression | None = None) -> pa.Table:
+    """Read some columns of some data files as one Arrow table."""
+    if not paths:
+        names = list(columns) if columns is not None else EVENT_SCHEMA.names
+        return EVENT_SCHEMA.empty_table().select(names)
+    dataset = ds.dataset(list(paths), schema=EVENT_SCHEMA, format="parquet",
+                         filesystem=layout.fs)
+    return dataset.to_table(columns=list(columns) if columns is not None else None,
+                            filter=filter)
+
+
+def _scan_by_file(layout: StoreLayout, files: Sequence[DataFile], columns: Sequence[str],
+                  filter: pc.Expression | None = None) -> list[tuple[DataFile, pa.Table]]:
+    """Read files in one multi-threaded scan, keeping which rows came from which file."""
+    by_path = {f.path: f for f in files}
+    dataset = ds.dataset(list(by_path), schema=EVENT_SCHEMA, format="parquet",
+                         filesystem=layout.fs)
+    batches: dict[str, list[pa.RecordBatch]] = {}
+    for tagged in dataset.scanner(columns=list(columns), filter=filter).scan_batches():
+        batches.setdefault(tagged.fragment.path, []).append(tagged.record_batch)
+    schema = EVENT_SCHEMA.empty_table().select(list(columns)).schema
+    return [(by_path[p], pa.Table.from_batches(b, schema=schema)) for p, b in batches.items()]
+
+
+# -- per-file run summaries -----------------------------------------------------------------
+
+class _SummaryCache:
+    """Per-run summaries of the live files of one store, kept per workflow.
+
+    Updated from a listing: files not seen before are summarised, files gone (compacted away)
+    are dropped. A workflow's query lists and summarises only that workflow's files.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tables: dict[str, pa.Table] = {}
+        self.files: dict[str, set[str]] = {}
+
+    def current(self, layout: StoreLayout, files: list[DataFile],
+                workflow: str | None) -> pa.Table:
+        by_workflow: dict[str, list[DataFile]] = {}
+        for data_file in files:
+            by_workflow.setdefault(data_file.workflow, []).append(data_file)
+        if workflow is not None:
+            by_workflow.setdefault(workflow, [])
+        with self.lock:
+            if workflow is None:
+                for gone in set(self.tables) - set(by_workflow):
+                    del self.tables[gone], self.files[gone]
+            for name, wf_files in by_workflow.items():
+                self._update(layout, name, wf_files)
+            tables = [self.tables[name] for name in sorted(by_workflow)]
+        return pa.concat_tables(tables) if tables else _SUMMARY_SCHEMA.empty_table()
+
+    def _update(self, layout: StoreLayout, workflow: str, files: list[DataFile]) -> None:
+        live = {f.path for f in files}
+        known = self.files.get(workflow, set())
+        table = self.tables.get(workflow, _SUMMARY_SCHEMA.empty_table())
+        if not known <= live:
+            table = table.filter(pc.is_in(table["file"], value_set=pa.array(sorted(live),
+                                                                            pa.string())))
+            known = known & live
+        new = [f for f in files if f.path not in known]
+        if new:
+            table = pa.concat_tables([table, _summarise(layout, new)]).combine_chunks()
+            known = known | {f.path for f in new}
+        self.tables[workflow] = table
+        self.files[workflow] = known
+
+
+_SUMMARY_SCHEMA = pa.schema([
+    ("file", pa.string()), ("workflow", pa.string()), ("run_id", pa.string()),
+    ("first_ns", pa.int64()), ("last_ns", pa.int64()), ("events", pa.int64()),
+    ("errors", pa.int64()), ("services", pa.list_(pa.string())),
+    ("targets", pa.list_(pa.string())), ("tags", pa.list_(pa.string())),
+])
+
+
+def _summarise(layout: StoreLayout, files: list[DataFile]) -> pa.Table:
+    if not files:
+        return _SUMMARY_SCHEMA.empty_table()
+    parts = []
+    for data_file, table in _scan_by_file(layout, files, _SUMMARY_SOURCE):
+        if table.num_rows == 0:
+            continue
+        start = pc.cast(table["started_at"], pa.int64())
+        latency_ns = pc.cast(pc.round(pc.multiply(table["latency_ms"], 1e6)), pa.int64(),
+                             safe=False)
+        end = pc.add(start, latency_ns)
+        errors = pc.cast(pc.equal(table["status"], "error"), pa.int64())
+        grouped = pa.table({
+            "run_id": table["run_id"], "s": start, "e": end, "err": errors,
+            "service": table["service"], "target": table["target"], "tags": table["tags"],
+        }).group_by("run_id", use_threads=False).aggregate([
+            ("s", "min"), ("e", "max"), ("run_id", "count"), ("err", "sum"),
+            ("service", "distinct"), ("target", "distinct"),
+            ("tags", "distinct", pc.CountOptions(mode="only_valid")),
+        ])
+        n = grouped.num_rows
+        parts.append(pa.table([
+            pa.array([data_file.path] * n, pa.string()),
+            pa.array([data_file.workflow] * n, pa.string()),
+            grouped["run_id"], grouped["s_min"], grouped["e_max"], grouped["run_id_count"],
+            grouped["err_sum"], grouped["service_distinct"], grouped["target_distinct"],
+            grouped["tags_distinct"],
+        ], schema=_SUMMARY_SCHEMA))
+    return pa.concat_tables(parts) if parts else _SUMMARY_SCHEMA.empty_table()
+
+
+_CACHES: dict[str, _SummaryCache] = {}
+_CACHES_LOCK = threading.Lock()
+
+
+def _summaries(layout: StoreLayout, workflow: str | None = None) -> pa.Table:
+    """Summaries of the live files (of one workflow, or all), retrying once if compaction
+    removed a file between listing and reading."""
+    with _CACHES_LOCK:
+        cache = _CACHES.setdefault(layout.uri or layout.root, _SummaryCache())
+    for attempt in range(3):
+        files = layout.list_files(workflow)
+        try:
+            return cache.current(layout, files, workflow)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+def _layout(layout: StoreLayout | None) -> StoreLayout:
+    layout = layout or resolve_layout()
+    from tracelab.store.spool import fold_if_pending
+
+    fold_if_pending(layout)
+    return layout
+
+
+def to_timestamp(value: TimeLike, name: str) -> pd.Timestamp:
+    """A UTC timestamp from what a notebook user would type; naive times are taken as UTC."""
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            ts = pd.Timestamp(int(value), unit="ns", tz="UTC")
+        else:
+            ts = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name}={value!r} is not a time: use an ISO string such as "
+                         f"'2024-05-01T12:00:00Z', a datetime, or epoch nanoseconds") from exc
+    if ts is pd.NaT:
+        raise ValueError(f"{name}={value!r} is not a time")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _check_status(status: str | None) -> None:
+    if status is not None and status not in ("ok", "error"):
+        raise ValueError(f"status={status!r} is not a status: use 'ok' or 'error'")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise ValueError(f"limit={limit!r} must be a non-negative integer")
+
+
+def _check_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise ValueError(f"tags={tags!r} must be a mapping such as {{'env': 'prod'}}")
+    return {str(k): str(v) for k, v in tags.items()}
+
+
+def _merge_tags(tag_jsons: list[str] | None) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for text in sorted(t for t in tag_jsons or () if t is not None):
+        merged.update(orjson.loads(text))
+    return merged
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+def _ns_to_utc(values: pa.Array | pa.ChunkedArray) -> pd.Series:
+    return pd.Series(pc.cast(values, TIMESTAMP).to_pandas()).dt.tz_convert("UTC")
+
+
+# -- public query API -----------------------------------------------------------------------
+
+def workflows(*, layout: StoreLayout | None = None) -> pd.DataFrame:
+    """One row per workflow: executions, events, errors, first and last event time."""
+    layout = _layout(layout)
+    table = _summaries(layout)
+    if table.num_rows == 0:
+        return _empty(WORKFLOW_COLUMNS)
+    per_run = table.group_by(["workflow", "run_id"], use_threads=False).aggregate(
+        [("events", "sum"), ("errors", "sum"), ("first_ns", "min"), ("last_ns", "max")])
+    per_wf = per_run.group_by("workflow", use_threads=False).aggregate([
+        ("run_id", "count"), ("events_sum", "sum"), ("errors_sum", "sum"),
+        ("first_ns_min", "min"), ("last_ns_max", "max")]).sort_by("workflow")
+    return pd.DataFrame({
+        "workflow": per_wf["workflow"].to_pylist(),
+        "executions": per_wf["run_id_count"].to_numpy(),
+        "events": per_wf["events_sum_sum"].to_numpy(),
+        "errors": per_wf["errors_sum_sum"].to_numpy(),
+        "first_event": _ns_to_utc(per_wf["first_ns_min_min"]),
+        "last_event": _ns_to_utc(per_wf["last_ns_max_max"]),
+    })
+
+
+def executions(workflow: str, since: TimeLike | None = None, until: TimeLike | None = None,
+               status: str | None = None, tags: Mapping[str, str] | None = None,
+               limit: int | None = None, *, layout: StoreLayout | None = None) -> pd.DataFrame:
+    """One row per run of `workflow`, newest first.
+
+    `since`/`until` bound the run's first start (`since <= started_at < until`); `status` is
+    `ok` or `error` (error when any event errored); `tags` keeps runs carrying every given
+    tag; `limit` keeps the newest N after filtering. An unknown workflow has no runs.
+    """
+    _check_status(status)
+    _check_limit(limit)
+    wanted_tags = _check_tags(tags)
+    since_ts = to_timestamp(since, "since") if since is not None else None
+    until_ts = to_timestamp(until, "until") if until is not None else None
+    layout = _layout(layout)
+    table = _summaries(layout, workflow)
+    if table.num_rows == 0:
+        return _empty(EXECUTION_COLUMNS)
+    runs = table.group_by("run_id", use_threads=False).aggregate([
+        ("first_ns", "min"), ("last_ns", "max"), ("events", "sum"), ("errors", "sum")])
+    first = runs["first_ns_min"]
+    keep = None
+    if since_ts is not None:
+        keep = pc.greater_equal(first, since_ts.value)
+    if until_ts is not None:
+        cond = pc.less(first, until_ts.value)
+        keep = cond if keep is None else pc.and_(keep, cond)
+    if status is not None:
+        cond = (pc.greater(runs["errors_sum"], 0) if status == "error"
+                else pc.equal(runs["errors_sum"], 0))
+        keep = cond if keep is None else pc.and_(keep, cond)
+    if keep is not None:
+        runs = runs.filter(keep)
+    runs = runs.sort_by([("first_ns_min", "descending"), ("run_id", "ascending")])
+    run_ids = runs["run_id"].to_pylist()
+    tag_texts = _distinct_per_run(table, "tags")
+    run_tags = [_merge_tags(tag_texts.get(r)) for r in run_ids]
+    if wanted_tags:
+        mask = [all(t.get(k) == v for k, v in wanted_tags.items()) for t in run_tags]
+        runs = runs.filter(pa.array(mask, pa.bool_()))
+        run_tags = [t for t, m in zip(run_tags, mask) if m]
+        run_ids = [r for r, m in zip(run_ids, mask) if m]
+    if limit is not None:
+        runs = runs.slice(0, limit)
+        run_tags = run_tags[:limit]
+        run_ids = run_ids[:limit]
+    if runs.num_rows == 0:
+        return _empty(EXECUTION_COLUMNS)
+    first_ns = runs["first_ns_min"].to_numpy()
+    last_ns = runs["last_ns_max"].to_numpy()
+    errors = runs["errors_sum"].to_numpy()
+    services = _distinct_per_run(table, "services")
+    targets = _distinct_per_run(table, "targets")
+    return pd.DataFrame({
+        "workflow": workflow,
+        "run_id": run_ids,
+        "started_at": _ns_to_utc(runs["first_ns_min"]),
+        "ended_at": _ns_to_utc(runs["last_ns_max"]),
+        "duration_ms": (last_ns - first_ns) / 1e6,
+        "events": runs["events_sum"].to_numpy(),
+        "errors": errors,
+        "status": ["error" if e else "ok" for e in errors],
+        "services": [sorted(services.get(r, ())) for r in run_ids],
+        "targets": [sorted(targets.get(r, ())) for r in run_ids],
+        "tags": run_tags,
+    })
+
+
+def _distinct_per_run(table: pa.Table, column: str) -> dict[str, list[str]]:
+    """Distinct values of a list column per run, merged across the run's files."""
+    values = table[column].combine_chunks()
+    flat = pc.list_flatten(values)
+    if len(flat) == 0:
+        return {}
+    parents = pc.list_parent_indices(values)
+    exploded = pa.table({"run_id": pc.take(table["run_id"], parents), "v": flat})
+    grouped = exploded.group_by("run_id", use_threads=False).aggregate(
+        [("v", "distinct", pc.CountOptions(mode="only_valid"))])
+    return dict(zip(grouped["run_id"].to_pylist(), grouped["v_distinct"].to_pylist()))
+
+
+def execution_events(run_id: str, workflow: str | None = None, *,
+                     layout: StoreLayout | None = None) -> pd.DataFrame:
+    """Every event of one run in start order, without payload columns.
+
+    Raises KeyError naming the run when the store holds no event of it.
+    """
+    layout = _layout(layout)
+    table = _summaries(layout, workflow)
+    hits = table.filter(pc.equal(table["run_id"], run_id))
+    if hits.num_rows == 0:
+        where = f" in workflow {workflow!r}" if workflow is not None else ""
+        raise KeyError(f"unknown run_id {run_id!r}: the store at {layout.uri or layout.root} "
+                       f"holds no event of it{where}")
+    paths = set(hits["file"].to_pylist())
+    files = [f for f in layout.list_files() if f.path in paths]
+    parts = _scan_by_file(layout, files, LIGHT_COLUMNS, filter=ds.field("run_id") == run_id)
+    return _events_frame(parts, sort=True)
+
+
+def _events_frame(parts: list[tuple[DataFile, pa.Table]], sort: bool,
+                  limit: int | None = None) -> pd.DataFrame:
+    tables = []
+    for data_file, table in parts:
+        if table.num_rows:
+            table = table.append_column("workflow", pa.array([data_file.workflow] * table.num_rows,
+                                                             pa.string()))
+            tables.append(table.append_column(
+                "date", pa.array([data_file.date] * table.num_rows, pa.string())))
+    if not tables:
+        return pd.DataFrame()
+    table = pa.concat_tables(tables)
+    if sort:
+        table = table.sort_by([("started_at", "ascending"), ("event_id", "ascending")])
+    if limit is not None:
+        table = table.slice(0, limit)
+    frame = table.to_pandas()
+    first = ["event_id", "workflow", "run_id"]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def event(event_id: str, *, layout: StoreLayout | None = None) -> pd.DataFrame:
+    """One event as a one-row DataFrame, payload columns (JSON text) included.
+
+    Raises KeyError naming the event id when the store does not hold it.
+    """
+    layout = _layout(layout)
+    files = layout.list_files()
+    parts = _scan_by_file(layout, files, EVENT_SCHEMA.names,
+                          filter=ds.field("event_id") == event_id) if files else []
+    frame = _events_frame(parts, sort=False, limit=1)
+    if frame.empty:
+        raise KeyError(f"unknown event_id {event_id!r}: the store at "
+                       f"{layout.uri or layout.root} does not hold it")
+    return frame
+
+
+def event_dict(event_id: str, *, layout: StoreLayout | None = None) -> dict[str, Any]:
+    """The stored event rebuilt as the contract JSON object, fields outside the contract too."""
+    frame = event(event_id, layout=layout)
+    row = frame.iloc[0].to_dict()
+    row["started_at"] = int(frame["started_at"].iloc[0].value)
+    row = {k: (None if _is_missing(v) else v) for k, v in row.items()}
+    for key in ("status_code", "pid", "schema"):
+        if row.get(key) is not None:
+            row[key] = int(row[key])
+    return row_to_event(row, frame["workflow"].iloc[0])
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def events(workflow: str, since: TimeLike | None = None, until: TimeLike | None = None, *,
+           run_id: str | None = None, status: str | None = None, kind: str | None = None,
+           service: str | None = None, target: str | None = None,
+           tags: Mapping[str, str] | None = None, limit: int | None = None,
+           payloads: bool = False, layout: StoreLayout | None = None) -> pd.DataFrame:
+    """Events of one workflow in start order, filtered; payload columns only if asked for.
+
+    `since`/`until` bound each event's own start, so day partitions outside them are skipped.
+    """
+    _check_status(status)
+    _check_limit(limit)
+    wanted_tags = _check_tags(tags)
+    since_ts = to_timestamp(since, "since") if since is not None else None
+    until_ts = to_timestamp(until, "until") if until is not None else None
+    layout = _layout(layout)
+    files = layout.list_files(workflow)
+    if since_ts is not None:
+        files = [f for f in files if f.date >= since_ts.strftime("%Y-%m-%d")]
+    if until_ts is not None:
+        files = [f for f in files if f.date <= until_ts.strftime("%Y-%m-%d")]
+    conditions = []
+    if since_ts is not None:
+        conditions.append(ds.field("started_at") >= pa.scalar(since_ts.value, TIMESTAMP))
+    if until_ts is not None:
+        conditions.append(ds.field("started_at") < pa.scalar(until_ts.value, TIMESTAMP))
+    for name, value in (("run_id", run_id), ("status", status), ("kind", kind),
+                        ("service", service), ("target", target)):
+        if value is not None:
+            conditions.append(ds.field(name) == value)
+    if wanted_tags:
+        matching = _matching_tag_values(layout, files, wanted_tags)
+        conditions.append(ds.field("tags").isin(matching))
+    expression = None
+    for cond in conditions:
+        expression = cond if expression is None else expression & cond
+    columns = EVENT_SCHEMA.names if payloads else LIGHT_COLUMNS
+    parts = _scan_by_file(layout, files, columns, filter=expression) if files else []
+    frame = _events_frame(parts, sort=True, limit=limit)
+    return frame if not frame.empty else _empty(["event_id", "workflow", "run_id", *columns])
+
+
+def _matching_tag_values(layout: StoreLayout, files: list[DataFile],
+                         wanted: dict[str, str]) -> list[str]:
+    """The distinct stored tag texts that carry every wanted tag (few, so decoding is cheap)."""
+    if not files:
+        return []
+    distinct = pc.unique(read_table(layout, [f.path for f in files], ["tags"])["tags"])
+    out = []
+    for text in distinct.to_pylist():
+        if text is None:
+            continue
+        tags = orjson.loads(text)
+        if all(tags.get(k) == v for k, v in wanted.items()):
+            out.append(text)
+    return out
+
+
+def store_stats(*, layout: StoreLayout | None = None) -> dict[str, int]:
+    """Counts for `tracelab stats`: workflows, executions, events, files, bytes."""
+    layout = _layout(layout)
+    files = layout.list_files()
+    table = _summaries(layout)
+    runs = table.group_by(["workflow", "run_id"], use_threads=False).aggregate([]) \
+        if table.num_rows else table
+    return {
+        "workflows": len({f.workflow for f in files}),
+        "executions": runs.num_rows,
+        "events": int(pc.sum(table["events"]).as_py() or 0) if table.num_rows else 0,
+        "files": len(files),
+        "bytes": sum(f.size for f in files),
+    }

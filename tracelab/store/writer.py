@@ -1,0 +1,349 @@
+"""The only code that creates, replaces or deletes store files.
+
+Exactly-once rests on three rules kept here:
+
+1. A file becomes visible only whole: it is written under a hidden temporary name, fsynced,
+   renamed into place and its directory fsynced (on object storage a single PUT is already
+   atomic, so it is written in place).
+2. An event's partition is a function of the event itself (`workflow`, UTC day of
+   `started_at`), so a redelivered event always lands in the partition that already holds it.
+   Before writing, under that partition's host-wide lock, the writer checks the partition's
+   `event_id`s and drops any already stored. The ids are cached per partition and refreshed
+   from the file listing, so another ingester's or a compaction's files are seen.
+3. Replacing files (compaction) is journalled: merged file under a temporary name, journal,
+   rename, delete the old files, delete the journal. A crash at any step is finished by the
+   next writer that locks the partition; readers use the journal to skip replaced files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from tracelab.store.layout import (DATA_SUFFIX, JOURNAL_PREFIX, StoreLayout, date_of,
+                                   read_journal, resolve_layout)
+from tracelab.store.locks import FileLock
+from tracelab.store.schema import DICTIONARY_COLUMNS, events_to_table
+
+ROW_GROUP_SIZE = 16_384
+# Min/max statistics only where a filter can use them; on JSON text they cost and never help.
+STATISTICS_COLUMNS = ["run_id", "started_at", "latency_ms", "status", "status_code", "service",
+                      "source", "kind", "target", "endpoint", "span_id", "error_type", "host"]
+PartitionKey = tuple[str, str]
+
+
+@dataclass
+class WriteReport:
+    """What one `write()` did: stored rows, dropped duplicates, events Arrow could not hold."""
+
+    written: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[dict, str]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    def add(self, other: WriteReport) -> None:
+        self.written += other.written
+        self.duplicates += other.duplicates
+        self.rejected.extend(other.rejected)
+        self.files.extend(other.files)
+
+
+@dataclass
+class _PartitionIds:
+    files: set[str] = field(default_factory=set)
+    ids: set[str] = field(default_factory=set)
+
+
+class StoreWriter:
+    """Writes contract-valid events into the store, durably and without duplicates."""
+
+    def __init__(self, layout: StoreLayout | None = None, *, cached_partitions: int = 64,
+                 auto_compact: bool = False, compact_at: int = 8) -> None:
+        """`auto_compact` merges a partition's small files once it holds `compact_at` files
+        (see `compact.compact_tiered`); long-running writers (the ingester, the spool folder)
+        turn it on. Partitions written since the last `compact_touched()` are remembered, so
+        a busy writer can raise `compact_at` and catch up when it is idle."""
+        self.layout = layout or resolve_layout()
+        self.auto_compact = auto_compact
+        self.compact_at = compact_at
+        self._touched: set[PartitionKey] = set()
+        self._writer_id = uuid.uuid4().hex[:12]
+        self._seq = 0
+        self._ids: OrderedDict[PartitionKey, _PartitionIds] = OrderedDict()
+        self._cached_partitions = cached_partitions
+        self._locks: dict[PartitionKey, FileLock] = {}
+
+    # -- public API -------------------------------------------------------------------------
+
+    def partition_lock(self, workflow: str, date: str) -> FileLock:
+        """The partition's lock, shared by every caller in this process (flock is per fd)."""
+        key = (workflow, date)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = self.layout.partition_lock(workflow, date)
+        return lock
+
+    def write(self, events: Sequence[dict]) -> WriteReport:
+        """Store events not stored yet; returns only once they are durable.
+
+        Events must already be valid by the contract. One that Arrow still cannot hold is
+        returned in `rejected` with the reason; the others are written regardless.
+        """
+        report = WriteReport()
+        groups: dict[PartitionKey, list[int]] = {}
+        seen: set[str] = set()
+        for index, event in enumerate(events):
+            try:
+                event_id = event["event_id"]
+                key = (event["workflow"], date_of(event["started_at"]))
+            except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
+                report.rejected.append((event, f"cannot be partitioned: {exc!r}"))
+                continue
+            if event_id in seen:
+                report.duplicates += 1
+                continue
+            seen.add(event_id)
+            groups.setdefault(key, []).append(index)
+        for key, indices in groups.items():
+            report.add(self._write_partition(key, [events[i] for i in indices]))
+        return report
+
+    def replace(self, workflow: str, date: str, table: pa.Table, old_paths: Iterable[str]) -> str:
+        """Atomically swap `old_paths` of one partition for one file holding `table`.
+
+        The caller holds `partition_lock(workflow, date)`; the journal makes a crash at any
+        point recoverable with neither loss nor double.
+        """
+        key = (workflow, date)
+        directory = self.layout.partition_dir(workflow, date)
+        old_names = [p.rsplit("/", 1)[1] for p in old_paths]
+        new_name = self._new_name()
+        tmp_name = f".{new_name}.tmp"
+        journal = f"{directory}/{JOURNAL_PREFIX}{uuid.uuid4().hex[:12]}.json"
+        with self.partition_lock(workflow, date):
+            if self.layout.is_local:
+                self._write_local(f"{directory}/{tmp_name}", table)
+            self._put_bytes(journal, json.dumps(
+                {"new": new_name, "tmp": tmp_name, "old": old_names}).encode())
+            if self.layout.is_local:
+                os.rename(f"{directory}/{tmp_name}", f"{directory}/{new_name}")
+                _fsync_dir(directory)
+            else:
+                self._write_remote(f"{directory}/{new_name}", table)
+            self._finish_journal(journal)
+            ids = self._ids.get(key)
+            if ids is not None:
+                replaced = {f"{directory}/{name}" for name in old_names}
+                ids.files = (ids.files - replaced) | {f"{directory}/{new_name}"}
+        return f"{directory}/{new_name}"
+
+    def recover(self, workflow: str, date: str) -> None:
+        """Finish any compaction a crash interrupted in this partition."""
+        with self.partition_lock(workflow, date):
+            _, journals = self.layout.list_partition(workflow, date)
+            for journal in journals:
+                self._finish_journal(journal)
+
+    def recover_all(self) -> int:
+        """Finish every interrupted compaction in the store; returns how many were found.
+
+        Until this runs, TraceLab's readers already skip replaced files, but an outside reader
+        (DuckDB, Spark) would see both the merged file and the files it replaced.
+        """
+        journals = [f for f in self.layout.fs.get_file_info(pafs.FileSelector(
+            self.layout.events_root, recursive=True, allow_not_found=True))
+            if f.type == pafs.FileType.File and f.base_name.startswith(JOURNAL_PREFIX)]
+        for info in journals:
+            parsed = self.layout.parse_partition(info.path)
+            if parsed is not None:
+                self.recover(*parsed)
+        return len(journals)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _write_partition(self, key: PartitionKey, events: list[dict]) -> WriteReport:
+        report = WriteReport()
+        with self.partition_lock(*key):
+            known = self._known_ids(key)
+            keep = [i for i, e in enumerate(events) if e["event_id"] not in known]
+            report.duplicates += len(events) - len(keep)
+            if not keep:
+                return report
+            if len(keep) < len(events):
+                events = [events[i] for i in keep]
+            table, rejected = _to_table(events)
+            report.rejected.extend(rejected)
+            if table is None or table.num_rows == 0:
+                return report
+            path = f"{self.layout.partition_dir(*key)}/{self._new_name()}"
+            if self.layout.is_local:
+                self._write_local(path, table, atomic=True)
+            else:
+                self._write_remote(path, table)
+            entry = self._ids[key]
+            entry.files.add(path)
+            entry.ids.update(table.column("event_id").to_pylist())
+            report.written += table.num_rows
+            report.files.append(path)
+            self._touched.add(key)
+            if self.auto_compact and len(entry.files) >= self.compact_at:
+                from tracelab.store.compact import compact_tiered
+
+                compact_tiered(self, *key)
+        return report
+
+    @property
+    def has_uncompacted(self) -> bool:
+        """True when partitions were written since the last `compact_touched()`."""
+        return bool(self._touched)
+
+    def compact_touched(self) -> int:
+        """Merge small files in the partitions written since the last call (when idle)."""
+        from tracelab.store.compact import compact_tiered
+
+        touched, self._touched = self._touched, set()
+        return sum(compact_tiered(self, *key) for key in sorted(touched))
+
+    def _known_ids(self, key: PartitionKey) -> set[str]:
+        """The partition's stored event ids, refreshed against its current file listing."""
+        from tracelab.store.query import read_table
+
+        files, journals = self.layout.list_partition(*key)
+        if journals:
+            for journal in journals:
+                self._finish_journal(journal)
+            files, _ = self.layout.list_partition(*key)
+        live = {f.path for f in files}
+        entry = self._ids.get(key)
+        if entry is None or not entry.files <= live:
+            entry = _PartitionIds()
+        new = sorted(live - entry.files)
+        if new:
+            ids = read_table(self.layout, new, ["event_id"]).column("event_id")
+            entry.ids.update(ids.to_pylist())
+            entry.files.update(new)
+        self._ids[key] = entry
+        self._ids.move_to_end(key)
+        while len(self._ids) > self._cached_partitions:
+            self._ids.popitem(last=False)
+        return entry.ids
+
+    def _new_name(self) -> str:
+        self._seq += 1
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        return f"part-{stamp}-{self._writer_id}-{self._seq:06d}{DATA_SUFFIX}"
+
+    def _write_local(self, path: str, table: pa.Table, atomic: bool = False) -> None:
+        directory, name = path.rsplit("/", 1)
+        _makedirs_durable(directory)
+        target = f"{directory}/.{name}.tmp" if atomic else path
+        _write_parquet(table, target)
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if atomic:
+            os.rename(target, path)
+        _fsync_dir(directory)
+
+    def _write_remote(self, path: str, table: pa.Table) -> None:
+        self.layout.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.layout.fs.open_output_stream(path) as out:
+            _write_parquet(table, out)
+
+    def _put_bytes(self, path: str, data: bytes) -> None:
+        directory, name = path.rsplit("/", 1)
+        if self.layout.is_local:
+            _makedirs_durable(directory)
+            tmp = f"{directory}/.{name}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+            _fsync_dir(directory)
+        else:
+            with self.layout.fs.open_output_stream(path) as out:
+                out.write(data)
+
+    def _delete(self, path: str) -> None:
+        try:
+            self.layout.fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+    def _finish_journal(self, journal: str) -> None:
+        fs = self.layout.fs
+        directory = journal.rsplit("/", 1)[0]
+        entry = read_journal(fs, journal)
+        if entry is not None:
+            new_path = f"{directory}/{entry['new']}"
+            tmp_path = f"{directory}/{entry.get('tmp', '')}"
+            if entry.get("tmp") and _exists(fs, tmp_path) and not _exists(fs, new_path):
+                fs.move(tmp_path, new_path)
+            if _exists(fs, new_path):
+                for name in entry["old"]:
+                    self._delete(f"{directory}/{name}")
+        self._delete(journal)
+        if self.layout.is_local:
+            _fsync_dir(directory)
+
+
+def _to_table(events: list[dict]) -> tuple[pa.Table | None, list[tuple[dict, str]]]:
+    """Convert in one go; if Arrow refuses, find the offending events one by one."""
+    try:
+        return events_to_table(events), []
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, KeyError) as exc:
+        first_error = exc
+    good: list[dict] = []
+    rejected: list[tuple[dict, str]] = []
+    for event in events:
+        try:
+            events_to_table([event])
+            good.append(event)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError, KeyError) as exc:
+            rejected.append((event, f"cannot be stored: {exc}"))
+    if not rejected:  # pragma: no cover - a batch-only failure would be an Arrow bug
+        raise first_error
+    return (events_to_table(good) if good else None), rejected
+
+
+def _write_parquet(table: pa.Table, where: str | pa.NativeFile) -> None:
+    pq.write_table(table, where, compression="zstd", compression_level=1,
+                   use_dictionary=DICTIONARY_COLUMNS, row_group_size=ROW_GROUP_SIZE,
+                   write_statistics=STATISTICS_COLUMNS)
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(directory: str) -> None:
+    """Create missing directories and fsync each parent, so the new entries survive a crash."""
+    if os.path.isdir(directory):
+        return
+    missing = []
+    current = directory
+    while not os.path.isdir(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    os.makedirs(directory, exist_ok=True)
+    for created in reversed(missing):
+        _fsync_dir(os.path.dirname(created))
