@@ -16,13 +16,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[all]'
 	touch $(STAMP)
 
-# From Debian's packages when missing: redis-server (tests start their own on a free port) and
-# Node.js with npm (the TypeScript SDK and its cross-language tests).
+# From Debian's packages when missing: redis-server (tests start their own on a free port),
+# Node.js with npm (the TypeScript SDK, the web UI build) and chromium (browser tests; never a
+# browser download).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing from Debian's packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
