@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test system-deps clean
 
-install: $(STAMP) system-deps
+.DEFAULT_GOAL := install
+include web/build.mk
+
+install: $(STAMP) system-deps ui
 
 # Every extra in one resolve (see README, "Dependencies"): re-run when pyproject changes.
 $(STAMP): pyproject.toml
@@ -35,4 +38,4 @@ test: install
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache web/node_modules $(WEB_STATIC)

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("tracelab.ingest_cmd", "consume the Redis stream into the Parquet store"),
     "compact": ("tracelab.compact_cmd", "merge the store's small files, keeping exactly-once"),
     "stats": ("tracelab.stats_cmd", "print workflows, executions, events, files and bytes"),
+    "serve": ("tracelab.serve_cmd", "serve the API (:8000, /docs) and the web UI (:3000)"),
+    "up": ("tracelab.up_cmd", "service mode: the ingester and `serve` in one process"),
     "proxy": ("tracelab.proxy_cmd", "record HTTP(S)/WebSocket traffic as a mitmproxy proxy"),
 }
 

@@ -1,0 +1,215 @@
+"""The web UI in headless Chromium (Debian's `chromium`, driven by Playwright; no browser
+download), against `tracelab serve` started as a subprocess on free loopback ports, over a store
+recorded through the SDK in embedded mode."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import LoopbackHTTP, free_port
+from test_api import HOSTILE, ROOT, record
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+STATIC = ROOT / "tracelab" / "server" / "static"
+
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"{CHROMIUM} is missing: apt-get install chromium (make test does)"),
+    pytest.mark.timeout(180),
+]
+
+
+def build_ui() -> None:
+    """`npm ci && npm run build` in web/ when the built UI is missing."""
+    if (STATIC / "index.html").is_file():
+        return
+    npm = shutil.which("npm")
+    assert npm, "npm is needed to build the web UI (apt-get install nodejs npm)"
+    web = ROOT / "web"
+    if not (web / "node_modules").is_dir():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=web, check=True, timeout=600)
+    subprocess.run([npm, "run", "build"], cwd=web, check=True, timeout=600)
+    assert (STATIC / "index.html").is_file()
+
+
+@pytest.fixture(scope="module")
+def vendor() -> Iterator[LoopbackHTTP]:
+    server = LoopbackHTTP()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, vendor) -> Iterator[dict]:
+    build_ui()
+    home = tmp_path_factory.mktemp("ui") / "home"
+    record(home, vendor.url, "run-ok", "ok")
+    record(home, vendor.url, "run-err", "error")
+    record(home, vendor.url, "run-grow", "ok")
+    api_port, ui_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELAB_")}
+    env.update(TRACELAB_HOME=str(home), TRACELAB_STREAM_POLL="0.25")
+    log = open(home.parent / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "tracelab.cli", "serve", "--port",
+                             str(api_port), "--ui-port", str(ui_port)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{ui_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"tracelab serve exited: {_read(log)}"
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"tracelab serve did not answer: {_read(log)}"
+            time.sleep(0.1)
+        yield {"base": base, "home": home, "vendor": vendor}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _read(log) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                    headless=True)
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A page whose console errors, page errors and dialogs are collected."""
+
+    def __init__(self, browser) -> None:
+        self.context = browser.new_context(viewport={"width": 1400, "height": 900})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(15_000)
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+        def on_dialog(dialog) -> None:
+            self.dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        self.page.on("dialog", on_dialog)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def watched(browser) -> Iterator[Watched]:
+    w = Watched(browser)
+    yield w
+    try:
+        assert w.errors == [], f"console errors: {w.errors}"
+        assert w.dialogs == [], f"dialogs opened: {w.dialogs}"
+    finally:
+        w.close()
+
+
+def test_home_shows_workflow_and_clicks_through_to_executions(site, watched):
+    page = watched.page
+    page.goto(site["base"] + "/")
+    link = page.get_by_role("link", name="checkout", exact=True)
+    link.wait_for()
+    row = page.locator("tr[data-workflow='checkout']")
+    assert row.locator("td").nth(1).inner_text() == "3"  # executions
+    link.click()
+    page.wait_for_url("**/workflows/checkout")
+    for run_id in ("run-ok", "run-err", "run-grow"):
+        page.get_by_role("link", name=run_id, exact=True).wait_for()
+    page.get_by_role("link", name="run-err", exact=True).click()
+    page.wait_for_url("**/executions/run-err")
+    page.get_by_text("GET /status/402").first.wait_for()
+
+
+def test_deep_link_shows_steps_and_a_click_shows_the_request_body(site, watched):
+    page = watched.page
+    page.goto(site["base"] + "/executions/run-err")
+    page.get_by_text("POST /v1/charges").first.wait_for()
+    page.wait_for_selector("canvas.gantt-canvas[data-drawn-steps='4']")
+    assert page.locator(".step-row").count() == 4
+    page.locator(".step-row", has_text="POST /v1/charges").click()
+    side = page.get_by_role("complementary", name="Step details")
+    body = side.locator(".body", has_text="Request body").locator("pre")
+    body.wait_for()
+    text = body.inner_text()
+    assert '"amount": 4200' in text and '"currency": "usd"' in text
+    assert "[REDACTED]" in side.inner_text()  # the Authorization header
+    assert "sk_live_SECRET" not in page.content()
+
+
+def test_hostile_payload_renders_as_text(site, watched):
+    page = watched.page
+    page.goto(site["base"] + "/executions/run-ok")
+    page.locator(".step-row", has_text="POST /v1/charges").click()
+    pre = page.get_by_role("complementary", name="Step details") \
+        .locator(".body", has_text="Request body").locator("pre")
+    pre.wait_for()
+    assert HOSTILE in pre.inner_text()  # shown as those characters
+    assert page.locator("img").count() == 0  # and never parsed as markup
+    page.wait_for_timeout(300)
+    assert watched.dialogs == []
+
+
+def test_event_recorded_while_the_page_is_open_appears_without_reload(site, watched):
+    page = watched.page
+    page.goto(site["base"] + "/executions/run-grow")
+    page.wait_for_selector("canvas.gantt-canvas[data-drawn-steps='3']")
+    page.get_by_text("● live").wait_for()
+    page.evaluate("window.__notReloaded = true")
+    assert page.get_by_text("POST /v1/refunds").count() == 0
+    record(site["home"], site["vendor"].url, "run-grow", "live")
+    page.get_by_text("POST /v1/refunds").first.wait_for(timeout=20_000)
+    page.wait_for_selector("canvas.gantt-canvas[data-drawn-steps='7']")
+    assert page.evaluate("window.__notReloaded") is True
+
+
+def test_new_execution_appears_in_the_list_without_reload(site, watched):
+    page = watched.page
+    page.goto(site["base"] + "/workflows/checkout")
+    page.get_by_role("link", name="run-ok", exact=True).wait_for()
+    page.get_by_text("● live").wait_for()
+    record(site["home"], site["vendor"].url, "run-new", "error")
+    page.get_by_role("link", name="run-new", exact=True).wait_for(timeout=20_000)
+
+
+def test_unknown_execution_and_diff_page(site, watched):
+    page = watched.page
+    response = page.goto(site["base"] + "/executions/no-such-run")
+    assert response.status == 200  # the app answers deep links; the API says 404
+    page.get_by_text("Not found").wait_for()
+    watched.errors = [e for e in watched.errors if "404" not in e]  # the failed fetch itself
+    page.goto(site["base"] + "/diff/run-ok/run-err")
+    page.get_by_text("GET /status/402").first.wait_for()
+    assert "added" in page.locator("table.diff").inner_text()

@@ -1,0 +1,180 @@
+"""`tracelab serve`: the API (FastAPI on uvicorn) and the web UI, reading the store.
+
+Both servers run in one process and one event loop; the UI's server forwards `/api` to the API
+app in process. Ports are bound before anything starts, so a busy port is one clear line and
+a non-zero exit. Heavy imports (FastAPI, uvicorn, pandas) happen inside `run`.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import os
+import socket
+import sys
+from typing import Any
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0 picks a "
+                                         "free one)")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: loopback only)")
+    parser.add_argument("--port", type=port_number, default=8000,
+                        help="API port (default 8000; Swagger at /docs)")
+    parser.add_argument("--ui-port", type=port_number, default=3000,
+                        help="web UI port (default 3000)")
+    parser.add_argument("--no-ui", action="store_true", help="serve the API only")
+    parser.add_argument("--token", default=None,
+                        help="require 'Authorization: Bearer TOKEN' on /api "
+                             "(default: $TRACELAB_API_TOKEN, else no token)")
+    parser.add_argument("--store", help="store root or URI (default: $TRACELAB_STORE, "
+                        "else $TRACELAB_HOME/store)")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["critical", "error", "warning", "info", "debug"],
+                        help="uvicorn log level (default warning)")
+
+
+def bind(host: str, port: int, what: str) -> socket.socket:
+    """A listening socket, or SystemExit with one line saying what is wrong."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SystemExit(f"tracelab: cannot listen on {host}:{port} for the {what}: "
+                         f"unknown host ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            flag = "--port" if what == "API" else "--ui-port"
+            raise SystemExit(f"tracelab: port {port} on {host} is already in use (the {what}); "
+                             f"stop what uses it or choose another with {flag}") from None
+        raise SystemExit(f"tracelab: cannot listen on {host}:{port} for the {what}: "
+                         f"{exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(args: argparse.Namespace, ingester: Any = None, *, name: str = "serve",
+          on_ready: Any = None) -> int:
+    """Bind, build the apps, run until SIGINT/SIGTERM. Shared with `tracelab up`."""
+    token = args.token if args.token is not None else (os.environ.get("TRACELAB_API_TOKEN")
+                                                        or None)
+    if not args.no_ui and args.port == args.ui_port and args.port != 0:
+        raise SystemExit(f"tracelab {name}: --port and --ui-port are both {args.port}; "
+                         "give them different ports")
+    api_sock = bind(args.host, args.port, "API")
+    ui_sock = None
+    try:
+        if not args.no_ui:
+            ui_sock = bind(args.host, args.ui_port, "web UI")
+    except SystemExit:
+        api_sock.close()
+        raise
+
+    import asyncio
+    import signal
+
+    import uvicorn
+
+    from tracelab.server.app import create_app
+    from tracelab.server.ui import create_ui_app, ui_built
+    from tracelab.store.layout import resolve_layout
+
+    layout = resolve_layout(args.store)
+    api = create_app(layout, token=token, ingester=ingester)
+
+    class _Server(uvicorn.Server):
+        def capture_signals(self):  # type: ignore[override]  # signals are handled below
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    def config(app: Any) -> uvicorn.Config:
+        return uvicorn.Config(app, log_level=args.log_level, access_log=False,
+                              timeout_graceful_shutdown=2, lifespan="on" if app is api
+                              else "off")
+
+    servers = [_Server(config(api))]
+    socks = [api_sock]
+    if ui_sock is not None:
+        servers.append(_Server(config(create_ui_app(api))))
+        socks.append(ui_sock)
+
+    def url(sock: socket.socket) -> str:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}"
+
+    lines = [f"TraceLab API on {url(api_sock)} (Swagger at {url(api_sock)}/docs), "
+             f"store {layout.uri or layout.root}"]
+    if ui_sock is not None:
+        lines.append(f"TraceLab web UI on {url(ui_sock)}")
+        if not ui_built():
+            lines.append("warning: the web UI is not built (make ui); the UI port shows how")
+    if token:
+        lines.append("/api requires 'Authorization: Bearer <token>'")
+    elif not _is_loopback(args.host):
+        lines.append(f"warning: listening on {args.host} without a token: anyone who can reach "
+                     "it reads every payload (use --token)")
+    print("\n".join(lines), flush=True)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            for server in servers:
+                if server.should_exit:
+                    server.force_exit = True
+                server.should_exit = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        if on_ready is not None:
+            loop.call_soon(on_ready, stop)
+        await asyncio.gather(*(s.serve(sockets=[k]) for s, k in zip(servers, socks)))
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sock in socks:
+            sock.close()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return serve(args)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return 1
+        raise

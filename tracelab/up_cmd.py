@@ -1,0 +1,72 @@
+"""`tracelab up`: service mode in one command, the ingester (Redis -> store) and `serve`.
+
+The ingester runs in a thread of this process, so `/metrics` also reports its rate and lag;
+SIGINT/SIGTERM stop both (the ingester writes and acknowledges what it holds first).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tracelab.serve_cmd import add_arguments as _add_serve_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_serve_arguments(parser)
+    parser.add_argument("--redis-url", help="Redis to ingest from (default: "
+                        "$TRACELAB_REDIS_URL, else $REDIS_URL, else redis://localhost:6379/0)")
+    parser.add_argument("--stream", default=None,
+                        help="stream to consume (default: $TRACELAB_STREAM or trace.events)")
+    parser.add_argument("--group", default="tracelab-ingest", help="consumer group")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import threading
+
+    from tracelab.config import DEFAULT_STREAM, env_str, redis_url_for_server
+    from tracelab.serve_cmd import serve
+    from tracelab.server.ingest import IngestConfig, Ingester
+    from tracelab.store.layout import resolve_layout
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = IngestConfig(redis_url=redis_url_for_server(args.redis_url),
+                          stream=args.stream or env_str("TRACELAB_STREAM") or DEFAULT_STREAM,
+                          group=args.group)
+    try:
+        import redis
+
+        redis.Redis.from_url(config.redis_url, socket_connect_timeout=1).ping()
+    except Exception as exc:
+        print(f"tracelab up: warning: Redis at {config.redis_url} does not answer yet ({exc}); "
+              "the ingester keeps retrying", file=sys.stderr)
+    ingester = Ingester(config, layout=resolve_layout(args.store))
+    failure: list[BaseException] = []
+    stop_serving: list = []
+
+    def ingest() -> None:
+        try:
+            ingester.run()
+        except BaseException as exc:  # reported below; serving stops with it
+            failure.append(exc)
+            for stop in stop_serving:
+                stop()
+
+    thread = threading.Thread(target=ingest, name="tracelab-ingest", daemon=True)
+    try:
+        code = serve(args, ingester=ingester, name="up",
+                     on_ready=lambda stop: (stop_serving.append(stop), thread.start()))
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code.replace("tracelab:", "tracelab up:", 1), file=sys.stderr)
+            return 1
+        raise
+    finally:
+        ingester.request_stop()
+        if thread.is_alive():
+            thread.join(timeout=10)
+    if failure:
+        print(f"tracelab up: the ingester stopped: {failure[0]}", file=sys.stderr)
+        return 1
+    return code

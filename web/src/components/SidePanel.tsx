@@ -1,0 +1,92 @@
+// A step's details: summary, request and response headers and bodies (fetched with payloads).
+import { useEffect, useState } from "react";
+import { api, ApiError, enc } from "../lib/api";
+import { fmtMs } from "../lib/format";
+import { Body, CopyButton, Fields, Headers, pretty } from "./Payload";
+
+type Obj = Record<string, unknown>;
+
+export default function SidePanel({ eventId, onClose }: { eventId: string; onClose: () => void }) {
+  const [event, setEvent] = useState<Obj | null>(null);
+  const [error, setError] = useState<string | null>(null);
+
+  useEffect(() => {
+    const ctl = new AbortController();
+    setEvent(null);
+    setError(null);
+    api<Obj>(`/api/events/${enc(eventId)}`, ctl.signal)
+      .then(setEvent)
+      .catch((e) => {
+        if (ctl.signal.aborted) return;
+        setError(e instanceof ApiError ? e.message : String(e));
+      });
+    return () => ctl.abort();
+  }, [eventId]);
+
+  return (
+    <aside className="side" aria-label="Step details">
+      <div className="side-head">
+        <h3 className="mono">{event ? String(event.endpoint) : "Step"}</h3>
+        <button type="button" onClick={onClose} aria-label="Close details">✕</button>
+      </div>
+      {error && <div className="error-box">{error}</div>}
+      {!event && !error && <div className="muted">Loading…</div>}
+      {event && <EventDetails event={event} />}
+    </aside>
+  );
+}
+
+function EventDetails({ event }: { event: Obj }) {
+  const request = (event.request ?? {}) as Obj;
+  const response = (event.response ?? null) as Obj | null;
+  const err = event.error as { type?: string; message?: string } | undefined;
+  const started = typeof event.started_at === "number"
+    ? new Date(event.started_at / 1e6).toISOString() : "";
+  return (
+    <div className="side-body">
+      <div className="side-actions">
+        <CopyButton text={pretty(event)} label="Copy event JSON" />
+      </div>
+      <table className="kv">
+        <tbody>
+          <tr><th>status</th><td className={event.status === "error" ? "bad" : "good"}>
+            {String(event.status)}{event.status_code != null ? ` ${String(event.status_code)}` : ""}</td></tr>
+          <tr><th>kind</th><td>{String(event.kind)}</td></tr>
+          <tr><th>service</th><td>{String(event.service)}</td></tr>
+          <tr><th>target</th><td className="mono">{String(event.target)}</td></tr>
+          <tr><th>latency</th><td>{fmtMs(event.latency_ms as number)}</td></tr>
+          <tr><th>started</th><td className="mono">{started}</td></tr>
+          <tr><th>event id</th><td className="mono">{String(event.event_id)}</td></tr>
+          {event.span_id ? <tr><th>span</th><td className="mono">{String(event.span_id)}</td></tr> : null}
+          {event.parent_id ? <tr><th>parent</th><td className="mono">{String(event.parent_id)}</td></tr> : null}
+          {event.tags && Object.keys(event.tags as Obj).length ? (
+            <tr><th>tags</th><td className="mono">{pretty(event.tags)}</td></tr>
+          ) : null}
+        </tbody>
+      </table>
+      {err && (
+        <div className="error-box">
+          <b>{err.type ?? "error"}</b>: {err.message ?? ""}
+        </div>
+      )}
+      <section className="payload" aria-label="Request">
+        <h4>Request</h4>
+        <Fields obj={request} skip={["headers", "body"]} />
+        {"headers" in request && (<><h5>Headers</h5><Headers headers={request.headers} /></>)}
+        {"body" in request && <Body value={request.body} title="Request body" />}
+      </section>
+      <section className="payload" aria-label="Response">
+        <h4>Response</h4>
+        {response === null ? (
+          <div className="muted">no response (the call raised or timed out)</div>
+        ) : (
+          <>
+            <Fields obj={response} skip={["headers", "body"]} />
+            {"headers" in response && (<><h5>Headers</h5><Headers headers={response.headers} /></>)}
+            {"body" in response && <Body value={response.body} title="Response body" />}
+          </>
+        )}
+      </section>
+    </div>
+  );
+}

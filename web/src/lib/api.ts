@@ -1,0 +1,161 @@
+// Talking to the TraceLab API (same origin: the UI's server forwards /api).
+
+export interface Workflow {
+  workflow: string;
+  executions: number;
+  events: number;
+  errors: number;
+  first_event: string | null;
+  last_event: string | null;
+}
+
+export interface ExecutionSummary {
+  workflow: string;
+  run_id: string;
+  started_at: string;
+  ended_at: string;
+  started_at_ns: number;
+  ended_at_ns: number;
+  duration_ms: number;
+  events: number;
+  errors: number;
+  status: "ok" | "error";
+  services: string[];
+  targets: string[];
+  tags: Record<string, string>;
+  active: boolean;
+}
+
+export interface EventRow {
+  event_id: string;
+  started_at: number;
+  offset_ms: number;
+  latency_ms: number;
+  status: string;
+  status_code: number | null;
+  service: string;
+  source: string;
+  kind: string;
+  target: string;
+  endpoint: string;
+  span_id: string | null;
+  parent_id: string | null;
+  error?: { type: string | null; message: string | null };
+  tags: Record<string, string>;
+}
+
+export interface DictColumn {
+  values: (string | null)[];
+  codes: number[];
+}
+
+export interface EventColumns {
+  count: number;
+  offset_ms: number[];
+  event_id: string[];
+  latency_ms: number[];
+  status: DictColumn;
+  status_code: (number | null)[];
+  service: DictColumn;
+  source: DictColumn;
+  kind: DictColumn;
+  target: DictColumn;
+  endpoint: DictColumn;
+  span_id: (string | null)[];
+  parent_id: (string | null)[];
+  error_type: DictColumn;
+  error_message: (string | null)[];
+  tags: (string | null)[];
+}
+
+export interface ExecutionDetail {
+  execution: ExecutionSummary;
+  t0_ns: string;
+  events: EventColumns;
+}
+
+export interface DiffResult {
+  a: ExecutionSummary;
+  b: ExecutionSummary;
+  summary: string;
+  columns: string[];
+  rows: Record<string, unknown>[];
+}
+
+export class ApiError extends Error {
+  constructor(
+    public status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const TOKEN_KEY = "tracelab.token";
+type AuthListener = () => void;
+const authListeners = new Set<AuthListener>();
+
+export function getToken(): string | null {
+  try {
+    return window.localStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null;
+  }
+}
+
+export function setToken(token: string | null): void {
+  try {
+    if (token) window.localStorage.setItem(TOKEN_KEY, token);
+    else window.localStorage.removeItem(TOKEN_KEY);
+  } catch {
+    /* storage unavailable: the token lives for this page only */
+  }
+}
+
+export function onAuthRequired(listener: AuthListener): () => void {
+  authListeners.add(listener);
+  return () => authListeners.delete(listener);
+}
+
+export async function api<T>(path: string, signal?: AbortSignal): Promise<T> {
+  const headers: Record<string, string> = { Accept: "application/json" };
+  const token = getToken();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(path, { headers, signal });
+  if (!response.ok) {
+    let detail = response.statusText;
+    try {
+      const body = await response.json();
+      detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    } catch {
+      /* not JSON */
+    }
+    if (response.status === 401) authListeners.forEach((l) => l());
+    throw new ApiError(response.status, detail);
+  }
+  return (await response.json()) as T;
+}
+
+export const enc = encodeURIComponent;
+
+export function streamUrl(): string {
+  const token = getToken();
+  return token ? `/api/stream?token=${enc(token)}` : "/api/stream";
+}
+
+// The execution page's data is requested as soon as the script runs (before React renders),
+// so the big fetch overlaps the app's start-up; the page takes the promise once.
+const prefetched = new Map<string, Promise<unknown>>();
+
+export function prefetch(path: string): void {
+  const p = api<unknown>(path);
+  p.catch(() => undefined); // the page that takes it reports errors
+  prefetched.set(path, p);
+}
+
+export function takePrefetched<T>(path: string): Promise<T> | null {
+  const p = prefetched.get(path);
+  if (!p) return null;
+  prefetched.delete(path);
+  return p as Promise<T>;
+}

@@ -1,0 +1,241 @@
+// The steps of one execution, column-wise, with the layout the Gantt and the table share:
+// tree order (parents before their children), depth, orphans, lanes by service, rows.
+import type { DictColumn, EventColumns, EventRow } from "./api";
+
+export interface Steps {
+  n: number;
+  id: string[];
+  offset: Float64Array; // ms from the execution's start
+  latency: Float64Array; // ms
+  status: string[];
+  code: (number | null)[];
+  service: string[];
+  kind: string[];
+  target: string[];
+  endpoint: string[];
+  span: (string | null)[];
+  parent: (string | null)[];
+  errorType: (string | null)[];
+  errorMessage: (string | null)[];
+  // derived
+  depth: Int32Array;
+  orphan: Uint8Array; // parent_id set but no such span in this run
+  order: Int32Array; // tree order: the table's row -> step index
+  rowOf: Int32Array; // step index -> Gantt row
+  lanes: Lane[];
+  rows: GanttRow[];
+  end: number; // ms: the last end
+}
+
+export interface Lane {
+  service: string;
+  firstRow: number;
+  rowCount: number;
+}
+
+export interface GanttRow {
+  lane: number;
+  items: number[]; // step indices sorted by offset
+  maxLatency: number;
+}
+
+export const MAX_ROWS_PER_LANE = 40;
+
+function decode(col: DictColumn | undefined, n: number): string[] {
+  const out = new Array<string>(n);
+  if (!col) return out.fill("");
+  const { values, codes } = col;
+  for (let i = 0; i < n; i++) {
+    const c = codes[i];
+    out[i] = c >= 0 ? (values[c] ?? "") : "";
+  }
+  return out;
+}
+
+function decodeNullable(col: DictColumn | undefined, n: number): (string | null)[] {
+  const out = new Array<string | null>(n);
+  if (!col) return out.fill(null);
+  for (let i = 0; i < n; i++) {
+    const c = col.codes[i];
+    out[i] = c >= 0 ? col.values[c] : null;
+  }
+  return out;
+}
+
+type Raw = Omit<Steps, "depth" | "orphan" | "order" | "rowOf" | "lanes" | "rows" | "end">;
+
+export function fromColumns(c: EventColumns): Steps {
+  const n = c.count;
+  const raw: Raw = {
+    n,
+    id: c.event_id,
+    offset: Float64Array.from(c.offset_ms),
+    latency: Float64Array.from(c.latency_ms),
+    status: decode(c.status, n),
+    code: c.status_code,
+    service: decode(c.service, n),
+    kind: decode(c.kind, n),
+    target: decode(c.target, n),
+    endpoint: decode(c.endpoint, n),
+    span: c.span_id,
+    parent: c.parent_id,
+    errorType: decodeNullable(c.error_type, n),
+    errorMessage: c.error_message,
+  };
+  return layout(raw);
+}
+
+/** Steps with live rows appended (ids already present are skipped); `shift` moves the new
+ * rows' offsets onto this execution's time origin. */
+export function appendRows(s: Steps, rows: EventRow[], shift: number): Steps {
+  const known = new Set(s.id);
+  const fresh = rows.filter((r) => !known.has(r.event_id));
+  if (fresh.length === 0) return s;
+  const n = s.n + fresh.length;
+  const offset = new Float64Array(n);
+  offset.set(s.offset);
+  const latency = new Float64Array(n);
+  latency.set(s.latency);
+  fresh.forEach((r, i) => {
+    offset[s.n + i] = r.offset_ms + shift;
+    latency[s.n + i] = r.latency_ms;
+  });
+  const raw: Raw = {
+    n,
+    id: [...s.id, ...fresh.map((r) => r.event_id)],
+    offset,
+    latency,
+    status: [...s.status, ...fresh.map((r) => r.status)],
+    code: [...s.code, ...fresh.map((r) => r.status_code)],
+    service: [...s.service, ...fresh.map((r) => r.service)],
+    kind: [...s.kind, ...fresh.map((r) => r.kind)],
+    target: [...s.target, ...fresh.map((r) => r.target)],
+    endpoint: [...s.endpoint, ...fresh.map((r) => r.endpoint)],
+    span: [...s.span, ...fresh.map((r) => r.span_id)],
+    parent: [...s.parent, ...fresh.map((r) => r.parent_id)],
+    errorType: [...s.errorType, ...fresh.map((r) => r.error?.type ?? null)],
+    errorMessage: [...s.errorMessage, ...fresh.map((r) => r.error?.message ?? null)],
+  };
+  return layout(raw);
+}
+
+function layout(raw: Raw): Steps {
+  const n = raw.n;
+  const { offset, latency } = raw;
+  // start order (stable by original index)
+  const byStart = new Int32Array(n);
+  for (let i = 0; i < n; i++) byStart[i] = i;
+  byStart.sort((a, b) => offset[a] - offset[b] || a - b);
+
+  // nesting: span id -> step
+  const spanIndex = new Map<string, number>();
+  for (let i = 0; i < n; i++) {
+    const sp = raw.span[i];
+    if (sp && !spanIndex.has(sp)) spanIndex.set(sp, i);
+  }
+  const parentOf = new Int32Array(n).fill(-1);
+  const orphan = new Uint8Array(n);
+  const children = new Map<number, number[]>();
+  for (const i of byStart) {
+    const p = raw.parent[i];
+    if (!p) continue;
+    const pi = spanIndex.get(p);
+    if (pi === undefined || pi === i) {
+      orphan[i] = 1;
+      continue;
+    }
+    parentOf[i] = pi;
+    let list = children.get(pi);
+    if (!list) children.set(pi, (list = []));
+    list.push(i);
+  }
+  // tree order by iterative DFS; roots (and orphans) in start order; cycles broken
+  const order = new Int32Array(n);
+  const depth = new Int32Array(n);
+  const seen = new Uint8Array(n);
+  let k = 0;
+  const stack: number[] = [];
+  const visit = (root: number) => {
+    stack.push(root);
+    depth[root] = 0;
+    while (stack.length) {
+      const i = stack.pop()!;
+      if (seen[i]) continue;
+      seen[i] = 1;
+      order[k++] = i;
+      const kids = children.get(i);
+      if (kids) {
+        for (let j = kids.length - 1; j >= 0; j--) {
+          const c = kids[j];
+          if (!seen[c]) {
+            depth[c] = depth[i] + 1;
+            stack.push(c);
+          }
+        }
+      }
+    }
+  };
+  for (const i of byStart) if (parentOf[i] < 0 && !seen[i]) visit(i);
+  for (const i of byStart) if (!seen[i]) { orphan[i] = 1; visit(i); } // cycles
+
+  // lanes by service (in order of first appearance), rows packed greedily per lane
+  const laneOf = new Map<string, number>();
+  const laneRowsEnd: number[][] = [];
+  const laneService: string[] = [];
+  const localRow = new Int32Array(n);
+  for (const i of byStart) {
+    const svc = raw.service[i];
+    let lane = laneOf.get(svc);
+    if (lane === undefined) {
+      lane = laneService.length;
+      laneOf.set(svc, lane);
+      laneService.push(svc);
+      laneRowsEnd.push([]);
+    }
+    const ends = laneRowsEnd[lane];
+    const p = parentOf[i];
+    let r = p >= 0 && raw.service[p] === svc ? localRow[p] + 1 : 0;
+    const start = offset[i];
+    while (r < ends.length && ends[r] > start) r++;
+    if (r >= MAX_ROWS_PER_LANE) r = MAX_ROWS_PER_LANE - 1;
+    while (ends.length <= r) ends.push(-Infinity);
+    ends[r] = Math.max(ends[r], start + latency[i]);
+    localRow[i] = r;
+  }
+  const lanes: Lane[] = [];
+  const rows: GanttRow[] = [];
+  laneService.forEach((service, lane) => {
+    const count = Math.max(1, laneRowsEnd[lane].length);
+    lanes.push({ service, firstRow: rows.length, rowCount: count });
+    for (let r = 0; r < count; r++) rows.push({ lane, items: [], maxLatency: 0 });
+  });
+  const rowOf = new Int32Array(n);
+  let end = 0;
+  for (const i of byStart) {
+    const g = lanes[laneOf.get(raw.service[i])!].firstRow + localRow[i];
+    rowOf[i] = g;
+    const row = rows[g];
+    row.items.push(i);
+    if (latency[i] > row.maxLatency) row.maxLatency = latency[i];
+    const e = offset[i] + latency[i];
+    if (e > end) end = e;
+  }
+  return { ...raw, depth, orphan, order, rowOf, lanes, rows, end };
+}
+
+/** Indices (tree order) of steps matching a search text and the error-only switch. */
+export function filterSteps(s: Steps, text: string, errorsOnly: boolean): Int32Array {
+  const q = text.trim().toLowerCase();
+  if (!q && !errorsOnly) return s.order;
+  const out: number[] = [];
+  for (let k = 0; k < s.n; k++) {
+    const i = s.order[k];
+    if (errorsOnly && s.status[i] !== "error") continue;
+    if (q) {
+      const hay = `${s.endpoint[i]}\u0000${s.target[i]}\u0000${s.service[i]}\u0000${s.kind[i]}\u0000${s.status[i]}\u0000${s.code[i] ?? ""}\u0000${s.id[i]}\u0000${s.errorMessage[i] ?? ""}`.toLowerCase();
+      if (!hay.includes(q)) continue;
+    }
+    out.push(i);
+  }
+  return Int32Array.from(out);
+}
