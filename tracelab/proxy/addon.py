@@ -1,0 +1,344 @@
+"""The mitmproxy addon that turns each proxied flow into a TraceEvent (`source: proxy`).
+
+It owns the mapping from mitmproxy's flows to `tracelab.sdk.capture.record_http` arguments,
+and nothing else: redaction, body caps, LLM detection, the status rule and the sinks (Redis
+or the embedded spool) are the SDK's, set up once per process by `tracelab.init` (the runner
+does that). The addon must never change what the client or the upstream sees, except for
+removing the `X-Tracelab-*` override headers.
+
+What becomes an event:
+
+- An HTTP request/response (HTTP/1 or HTTP/2, decrypted HTTPS or plain): one `http` event
+  (`llm` for LLM endpoints), recorded after the response has been handed to mitmproxy for
+  sending, so recording never delays the client.
+- A request that fails without an upstream response (refused, reset, TLS failure, a stream
+  cut short): one event with `status: error`, `response: null` when nothing arrived, and
+  `error: {type: "UpstreamError", message: <mitmproxy's error text>}`. The client gets
+  mitmproxy's normal error response (502), untouched. A refused CONNECT (HTTPS tunnel) is
+  recorded the same way, as `CONNECT /`. mitmproxy sets no upstream read timeout: when a
+  client gives up on a silent upstream, the event says so (`ClientDisconnected`), with the
+  time waited as `latency_ms`.
+- Streamed responses (Server-Sent Events, NDJSON and the like, any response without a
+  Content-Length, and any body larger than the body cap) are forwarded chunk by chunk as they
+  arrive; the addon keeps a copy of the first `max_body_bytes` only, so the event's body is the
+  usual JSON/text value, or a `truncated` marker carrying the full size.
+- A WebSocket connection: ONE event per connection (`kind: websocket`), recorded when it
+  closes. `request` is the upgrade request, `response` the 101 answer whose `body` summarises
+  the connection: `messages` and `bytes` counted per direction (`from_client`,
+  `from_server`), the `first` messages in order (at most `tracelab_websocket_messages`, default
+  10, each `{from, type, at_ms, content}` with content cut to 4 KiB; JSON text is stored as
+  JSON, so secret fields are redacted like any body) and the close code, reason and side.
+  `latency_ms` is the connection's lifetime; the status is `error` when mitmproxy saw an error
+  or the close code is not a normal one (1000, 1001, 1005).
+
+Per-request overrides: a client may send `X-Tracelab-Workflow`, `X-Tracelab-Run-Id` and
+`X-Tracelab-Service`; they set that event's workflow, run id and service and are removed
+before the request is forwarded, so the upstream never sees them.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from tracelab.sdk.capture import record_http
+from tracelab.sdk.recorder import Recorder, current
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+ORIGIN = "proxy"
+OVERRIDE_HEADERS = {"workflow": "X-Tracelab-Workflow", "run_id": "X-Tracelab-Run-Id",
+                    "service": "X-Tracelab-Service"}
+_METADATA_KEY = "tracelab.overrides"
+_MAX_OVERRIDE_CHARS = 256  # the contract's limit for workflow, run_id and service
+# Content types whose bodies are produced over time: buffering them would stall the client.
+STREAMING_CONTENT_TYPES = (
+    "text/event-stream", "application/x-ndjson", "application/ndjson", "application/jsonl",
+    "application/x-jsonlines", "application/stream+json", "multipart/x-mixed-replace",
+    "application/grpc",
+)
+_NORMAL_CLOSE_CODES = frozenset((1000, 1001, 1005))
+_WS_MESSAGE_BYTES = 4096
+_CONNECT_HINT = " If you plan to redirect requests away from this server"
+
+
+class UpstreamError(Exception):
+    """What mitmproxy reported when the upstream could not answer (its own error text)."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away (e.g. its own timeout) before the flow completed."""
+
+
+class WebSocketError(Exception):
+    """A WebSocket connection that ended with an error or an abnormal close code."""
+
+
+class BodyTap:
+    """A `Response.stream` callable: passes every chunk through unchanged, keeps the first bytes.
+
+    `limit` is one byte more than the body cap, so a body longer than the cap is seen as such
+    by the SDK's encoder (which then writes a `truncated` marker with `size`, the real size).
+    """
+
+    __slots__ = ("kept", "size", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.kept = bytearray()
+        self.size = 0
+        self.limit = limit
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        room = self.limit - len(self.kept)
+        if room > 0 and chunk:
+            self.kept += chunk[:room]
+        return chunk
+
+    @property
+    def complete(self) -> bool:
+        return self.size == len(self.kept)
+
+
+@dataclass
+class WebSocketSummary:
+    """What one WebSocket connection did: per-direction counts and its first messages."""
+
+    keep: int
+    started: float = field(default_factory=time.time)
+    messages: dict[str, int] = field(default_factory=lambda: {"from_client": 0, "from_server": 0})
+    bytes: dict[str, int] = field(default_factory=lambda: {"from_client": 0, "from_server": 0})
+    first: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, from_client: bool, is_text: bool, content: bytes, timestamp: float) -> None:
+        side = "from_client" if from_client else "from_server"
+        self.messages[side] += 1
+        self.bytes[side] += len(content)
+        if len(self.first) < self.keep:
+            self.first.append({"from": "client" if from_client else "server",
+                               "type": "text" if is_text else "binary",
+                               "at_ms": round((timestamp - self.started) * 1000, 3),
+                               "content": _message_content(content, is_text)})
+
+
+def _message_content(content: bytes, is_text: bool) -> Any:
+    """A message as a body would be stored: JSON as JSON, text as text, binary as base64."""
+    size = len(content)
+    head = content[:_WS_MESSAGE_BYTES]
+    if is_text:
+        if size <= _WS_MESSAGE_BYTES and head.lstrip()[:1] in (b"{", b"["):
+            try:
+                return orjson.loads(head)
+            except orjson.JSONDecodeError:
+                pass
+        text = head.decode("utf-8", errors="ignore")
+        if size <= _WS_MESSAGE_BYTES:
+            return text
+        return {"$tracelab": "truncated", "size": size, "encoding": "text", "data": text}
+    encoded = base64.b64encode(head).decode("ascii")
+    if size <= _WS_MESSAGE_BYTES:
+        return {"$tracelab": "binary", "size": size, "base64": encoded}
+    return {"$tracelab": "truncated", "size": size, "encoding": "base64", "data": encoded}
+
+
+def should_stream(response: http.Response, cap: int) -> bool:
+    """Forward this body as it arrives: a streaming type, an unknown length, or above the cap."""
+    headers = response.headers
+    if headers.get("content-type", "").lower().startswith(STREAMING_CONTENT_TYPES):
+        return True
+    length = headers.get("content-length")
+    if length is None:
+        return True  # chunked or close-delimited: the server produces it as it goes
+    try:
+        return int(length) > cap
+    except ValueError:
+        return False
+
+
+def _later(fn: Callable[..., None], *args: Any) -> None:
+    """Run `fn` once the current hook has returned, i.e. after mitmproxy sent the response."""
+    try:
+        asyncio.get_running_loop().call_soon(fn, *args)
+    except RuntimeError:  # no loop (called outside mitmproxy): record right away
+        fn(*args)
+
+
+def _content(message: http.Message) -> bytes | None:
+    """The body as the application sees it (decompressed); the raw bytes if that fails."""
+    raw = message.raw_content
+    if raw and "content-encoding" in message.headers:
+        return message.get_content(strict=False)
+    return raw
+
+
+def _decoded(data: bytes, content_encoding: str | None) -> bytes:
+    if not content_encoding or not data:
+        return data
+    from mitmproxy.net import encoding
+
+    try:
+        return encoding.decode(data, content_encoding)
+    except ValueError:
+        return data
+
+
+class TraceLabAddon:
+    """mitmproxy addon: one TraceEvent per HTTP flow, failed flow and WebSocket connection."""
+
+    def __init__(self, websocket_messages: int = 10) -> None:
+        self.websocket_messages = websocket_messages
+        self._websockets: dict[str, WebSocketSummary] = {}
+
+    # -- mitmproxy lifecycle ----------------------------------------------------------------
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "tracelab_websocket_messages", int, self.websocket_messages,
+            "How many first messages of each WebSocket connection TraceLab keeps in its event.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "tracelab_websocket_messages" in updated:
+            from mitmproxy import ctx
+
+            self.websocket_messages = max(0, ctx.options.tracelab_websocket_messages)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Take the override headers off before anything is forwarded (even a streamed body)."""
+        headers = flow.request.headers
+        overrides: dict[str, str] = {}
+        for key, name in OVERRIDE_HEADERS.items():
+            if name in headers:
+                value = ", ".join(headers.get_all(name)).strip()
+                del headers[name]
+                if value:
+                    overrides[key] = value[:_MAX_OVERRIDE_CHARS]
+        if overrides:
+            flow.metadata[_METADATA_KEY] = overrides
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        rec = current()
+        response = flow.response
+        if rec is None or response is None:
+            return
+        if response.stream or should_stream(response, rec.config.max_body_bytes):
+            cap = rec.config.max_body_bytes if rec.config.capture_payloads else 0
+            response.stream = BodyTap(cap + 1)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is not None:
+            return  # recorded once, when the connection ends
+        rec = current()
+        if rec is not None:
+            _later(rec.safely, ORIGIN, self._record_flow, rec, flow, None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is not None:
+            return  # websocket_end records it, with the error
+        rec = current()
+        if rec is not None and flow.error is not None:
+            message = flow.error.msg
+            kind = ClientDisconnected if message.startswith("Client disconnected") else \
+                UpstreamError
+            _later(rec.safely, ORIGIN, self._record_flow, rec, flow, kind(message))
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT that mitmproxy answered itself, because the upstream was unreachable."""
+        rec = current()
+        if rec is None:
+            return
+        response = flow.response
+        message = (flow.error.msg if flow.error is not None
+                   else response.get_text(strict=False) if response is not None else "")
+        message = (message or "CONNECT failed").split(_CONNECT_HINT)[0]
+        _later(rec.safely, ORIGIN, self._record_connect_error, rec, flow, message)
+
+    # -- WebSocket ----------------------------------------------------------------------------
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        self._websockets[flow.id] = WebSocketSummary(self.websocket_messages)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        summary = self._websockets.get(flow.id)
+        if summary is None or flow.websocket is None:
+            return
+        message = flow.websocket.messages[-1]
+        summary.add(message.from_client, message.is_text, message.content, message.timestamp)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        summary = self._websockets.pop(flow.id, None)
+        rec = current()
+        if rec is not None and summary is not None:
+            _later(rec.safely, ORIGIN, self._record_websocket, rec, flow, summary)
+
+    # -- building events ----------------------------------------------------------------------
+    @staticmethod
+    def _identity(flow: http.HTTPFlow) -> dict[str, Any]:
+        return flow.metadata.get(_METADATA_KEY) or {}
+
+    def _record_flow(self, rec: Recorder, flow: http.HTTPFlow,
+                     exc: BaseException | None) -> None:
+        request, response = flow.request, flow.response
+        end = (response.timestamp_end if response is not None else None) or time.time()
+        kwargs: dict[str, Any] = {}
+        if response is not None:
+            tap = response.stream
+            if isinstance(tap, BodyTap):
+                body = bytes(tap.kept)
+                if tap.complete:
+                    body = _decoded(body, response.headers.get("content-encoding"))
+                else:
+                    kwargs["response_body_size"] = tap.size
+            else:
+                body = _content(response)
+            kwargs.update(status_code=response.status_code,
+                          response_headers=response.headers.fields, response_body=body)
+        record_http(
+            rec, origin=ORIGIN, method=request.method, url=request.url,
+            request_headers=request.headers.fields,
+            request_body=None if request.stream else _content(request),
+            request_body_note="streamed through the proxy" if request.stream else None,
+            started_at=int(request.timestamp_start * 1e9),
+            latency_ms=max(0.0, (end - request.timestamp_start) * 1000),
+            exc=exc, source="proxy", **self._identity(flow), **kwargs)
+
+    def _record_connect_error(self, rec: Recorder, flow: http.HTTPFlow, message: str) -> None:
+        request = flow.request
+        record_http(
+            rec, origin=ORIGIN, method="CONNECT", url=f"https://{request.host}:{request.port}/",
+            request_headers=request.headers.fields, request_body=None,
+            started_at=int(request.timestamp_start * 1e9),
+            latency_ms=max(0.0, (time.time() - request.timestamp_start) * 1000),
+            exc=UpstreamError(message), source="proxy", **self._identity(flow))
+
+    def _record_websocket(self, rec: Recorder, flow: http.HTTPFlow,
+                          summary: WebSocketSummary) -> None:
+        request, response, ws = flow.request, flow.response, flow.websocket
+        assert response is not None and ws is not None
+        end = ws.timestamp_end or time.time()
+        closed_by = None if ws.closed_by_client is None else (
+            "client" if ws.closed_by_client else "server")
+        body = {"messages": summary.messages, "bytes": summary.bytes, "first": summary.first,
+                "close_code": ws.close_code, "close_reason": ws.close_reason or None,
+                "closed_by": closed_by}
+        exc: BaseException | None = None
+        if flow.error is not None:
+            exc = WebSocketError(flow.error.msg)
+        elif ws.close_code is not None and ws.close_code not in _NORMAL_CLOSE_CODES:
+            exc = WebSocketError(f"closed with code {ws.close_code}"
+                                 + (f": {ws.close_reason}" if ws.close_reason else ""))
+        scheme = "wss" if request.scheme == "https" else "ws"
+        record_http(
+            rec, origin=ORIGIN, method=request.method,
+            url=f"{scheme}://{request.url.split('://', 1)[1]}",
+            request_headers=request.headers.fields, request_body=None,
+            started_at=int(request.timestamp_start * 1e9),
+            latency_ms=max(0.0, (end - request.timestamp_start) * 1000),
+            status_code=response.status_code,
+            response_headers=response.headers.fields,
+            response_body=orjson.dumps(body), exc=exc, source="proxy", kind="websocket",
+            **self._identity(flow))
