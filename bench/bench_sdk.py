@@ -296,15 +296,20 @@ def stages(calls: int) -> None:
     _record(rec, request, response, capture.Timer(), False, None)
     rec.sink.submit = lambda event: True
     if captured:
-        from tracelab.sdk import sinks
+        from tracelab.sdk import redaction
 
-        ev = captured[0]
+        payload = captured[0]  # the sink queues serialized bytes
+        ev = orjson.loads(payload)
         t("  build_event", lambda: capture.build_event(
             rec, kind="http", target="t", endpoint="POST /", started_at=1, latency_ms=1.0,
             status="ok", request=ev["request"], response=ev["response"]))
-        t("[worker] orjson.dumps(event)", lambda: orjson.dumps(
-            ev, default=sinks._default, option=sinks._ORJSON_OPTIONS))
-        out["event size (bytes)"] = len(orjson.dumps(ev, default=str))
+        t("  orjson.dumps(event) (in Recorder.submit)", lambda: orjson.dumps(
+            ev, default=repr, option=orjson.OPT_SERIALIZE_NUMPY))
+        t("  scrub_json_bytes(event, found)",
+          lambda: redaction.scrub_json_bytes(payload, found))
+        t("  Recorder.submit (dumps + scrub + count, null sink)",
+          lambda: rec.submit(ev, "requests", found))
+        out["event size (bytes)"] = len(payload)
     print(json.dumps(out))
 
 

@@ -12,6 +12,7 @@ address that cannot be listened on; 1 when mitmproxy fails while starting.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -81,6 +82,15 @@ def print_ca(ca_dir: Path) -> int:
     return 0
 
 
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
 def _redis_reachable(url: str) -> str | None:
     """None when Redis answers a PING within a second, else why not."""
     try:
@@ -96,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     from tracelab.config import ConfigError, env_str
     from tracelab.proxy.runner import ProxySettings, ProxyStartError, default_ca_dir
 
+    if importlib.util.find_spec("mitmproxy") is None:
+        return _fail("mitmproxy is not installed: install the proxy extra, "
+                     "pip install 'tracelab[proxy]' (or run `make install`)", 1)
     ca_dir = default_ca_dir()
     if args.print_ca:
         return print_ca(ca_dir)
@@ -115,30 +128,28 @@ def run(args: argparse.Namespace) -> int:
             workflow_name=args.workflow or env_str("TRACELAB_WORKFLOW_NAME") or DEFAULT_WORKFLOW,
             service_name=args.service or env_str("TRACELAB_SERVICE_NAME") or DEFAULT_SERVICE,
             run_id=args.run_id, redis_url=args.redis_url, integrations=[])
-    except ProxyStartError as exc:
-        return _fail(str(exc))
-    except ConfigError as exc:
+    except (ProxyStartError, ConfigError) as exc:
         return _fail(str(exc))
     if config is None:
         print("tracelab proxy: TRACELAB_DISABLED is set: proxying without recording",
               file=sys.stderr)
-        destination = "nowhere"
-    elif config.redis_url:
-        destination = f"Redis {config.redis_url} (stream {config.stream})"
-        problem = _redis_reachable(config.redis_url)
-        if problem:
-            print(f"tracelab proxy: warning: Redis is not reachable now ({problem}); events "
-                  "are kept in a bounded queue and dropped once it is full", file=sys.stderr)
     else:
-        destination = f"the spool under {config.home / 'spool'}"
-    if config is not None:
-        print(f"tracelab proxy: listening on http://{settings.host}:{settings.port}, recording "
-              f"workflow {config.workflow!r} run {config.run_id!r} to {destination}; "
-              f"CA in {ca_dir}", flush=True)
+        if config.redis_url:
+            destination = f"Redis {_without_password(config.redis_url)} (stream {config.stream})"
+            problem = _redis_reachable(config.redis_url)
+            if problem:
+                print(f"tracelab proxy: warning: Redis is not reachable now ({problem}); "
+                      "events wait in a bounded queue and are dropped once it is full",
+                      file=sys.stderr)
+        else:
+            destination = f"the spool under {config.home / 'spool'}"
+        print(f"tracelab proxy on http://{settings.host}:{settings.port}: recording workflow "
+              f"{config.workflow!r} run {config.run_id!r} to {destination}; CA in {ca_dir}",
+              flush=True)
     try:
         run_proxy(settings, TraceLabAddon())
     except ProxyStartError as exc:
-        return _fail(str(exc), 1 if "mitmproxy" in str(exc) else 2)
+        return _fail(str(exc), exc.exit_status)
     finally:
         tracelab.shutdown()
     return 0

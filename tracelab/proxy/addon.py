@@ -161,8 +161,13 @@ def should_stream(response: http.Response, cap: int) -> bool:
         return False
 
 
+def _may_have_body(flow: http.HTTPFlow) -> bool:
+    status = flow.response.status_code if flow.response is not None else 0
+    return status >= 200 and status not in (204, 304) and flow.request.method != "HEAD"
+
+
 def _later(fn: Callable[..., None], *args: Any) -> None:
-    """Run `fn` once the current hook has returned, i.e. after mitmproxy sent the response."""
+    """Run `fn` after the current hook returns, so mitmproxy sends the response first."""
     try:
         asyncio.get_running_loop().call_soon(fn, *args)
     except RuntimeError:  # no loop (called outside mitmproxy): record right away
@@ -224,7 +229,7 @@ class TraceLabAddon:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         rec = current()
         response = flow.response
-        if rec is None or response is None:
+        if rec is None or response is None or not _may_have_body(flow):
             return
         if response.stream or should_stream(response, rec.config.max_body_bytes):
             cap = rec.config.max_body_bytes if rec.config.capture_payloads else 0

@@ -25,7 +25,14 @@ _PRIVATE_FILES = (f"{CA_BASENAME}-ca.pem", f"{CA_BASENAME}-ca.p12")  # hold the 
 
 
 class ProxyStartError(RuntimeError):
-    """The proxy cannot start; the message says why and what to do."""
+    """The proxy cannot start; the message says why and what to do.
+
+    `exit_status` is 2 for what the user asked for (an address in use), 1 for mitmproxy failing.
+    """
+
+    def __init__(self, message: str, exit_status: int = 2) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,7 @@ def run_proxy(settings: ProxySettings, addon: object) -> None:
         asyncio.run(serve(settings, addon))
     except SystemExit as exc:  # mitmproxy's errorcheck exits when startup logged an error
         if exc.code not in (None, 0):
-            raise ProxyStartError("mitmproxy logged an error while starting (see above)") from None
+            raise ProxyStartError("mitmproxy logged an error while starting (see above)",
+                                  exit_status=1) from None
     finally:
         secure_ca_files(settings.ca_dir)

@@ -157,8 +157,15 @@ def record_http(
     workflow: str | None = None,
     run_id: str | None = None,
     service: str | None = None,
+    kind: str | None = None,
+    response_body_size: int | None = None,
 ) -> dict[str, Any]:
     """Build and submit one HTTP event. `*_note` marks a body as deliberately not captured.
+
+    `kind` replaces the default (`http`, or `llm` for LLM endpoints), e.g. `websocket` for a
+    connection summary. `response_body_size` is the body's real size when `response_body` is
+    only its first bytes (the proxy keeps a streamed body up to the cap): a truncated marker
+    then reports that size.
 
     Returns the event as built; what is submitted has, in addition, every echo of a redacted
     secret value scrubbed (exception texts quoting URLs, servers echoing credentials).
@@ -187,13 +194,17 @@ def record_http(
             resp_body = not_captured(response_body_note)
         else:
             resp_body = encode_body(response_body, resp_type, redactor, cap, found)
+            if response_body_size is not None and isinstance(resp_body, dict) \
+                    and resp_body.get("$tracelab") == "truncated":
+                resp_body["size"] = max(resp_body["size"], response_body_size)
         response = {"status_code": status_code, "headers": resp_headers, "body": resp_body}
     path = parts.path or "/"
     tags = llm_tags(path, req_body, response["body"] if response else None)
     failed = exc is not None or (status_code is not None and status_code >= 400)
     event = build_event(
-        rec, kind="llm" if tags else "http", target=http_target(parts.scheme, parts.netloc),
-        endpoint=f"{method} {path}", started_at=started_at, latency_ms=latency_ms,
+        rec, kind=kind or ("llm" if tags else "http"),
+        target=http_target(parts.scheme, parts.netloc), endpoint=f"{method} {path}",
+        started_at=started_at, latency_ms=latency_ms,
         status="error" if failed else "ok", request=request, response=response,
         status_code=status_code, error=error_info(exc) if exc is not None else None, tags=tags,
         source=source, workflow=workflow, run_id=run_id, service=service,

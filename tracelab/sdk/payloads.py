@@ -21,6 +21,8 @@ from tracelab.sdk.redaction import Redactor
 _JSON_START = frozenset(b"{[")
 _WHITESPACE = b" \t\r\n"
 _MAX_VALUE_DEPTH = 12
+_WALK_ALWAYS_BYTES = 2048
+_WALK_ALWAYS_BRACKETS = 200  # Redactor.value's depth limit
 _MAX_ITEMS = 200
 _repr = reprlib.Repr()
 _repr.maxstring = 1000
@@ -75,6 +77,13 @@ def encode_body(data: Any, content_type: str | None, redactor: Redactor, cap: in
         except orjson.JSONDecodeError:
             pass
         else:
+            # The byte pre-check costs more than walking a small body (~10 scans against a
+            # few dozen members), so small bodies are walked directly. The walk changes nothing
+            # the pre-check would have let through unless a body nests deeper than the walk's
+            # limit, which needs more brackets than `_WALK_ALWAYS_BRACKETS`.
+            if size <= _WALK_ALWAYS_BYTES and \
+                    raw.count(b"[") + raw.count(b"{") <= _WALK_ALWAYS_BRACKETS:
+                return redactor.value(parsed, found)
             return redactor.value(parsed, found) if redactor.may_hold_secrets(raw) else parsed
     if size > cap:
         text = _utf8_prefix(raw, cap)

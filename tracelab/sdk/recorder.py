@@ -20,6 +20,7 @@ from tracelab.sdk.sinks import BatchingSink, RedisStreamSink, SpoolSink
 from tracelab.sdk.stats import SDKStats
 
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_dumps = orjson.dumps
 T = TypeVar("T")
 
 
@@ -40,7 +41,10 @@ class Recorder:
         which keeps the garbage collector out of the traced program's way.
         """
         try:
-            payload = orjson.dumps(event, default=repr, option=_ORJSON_OPTIONS)
+            try:  # str keys only (every HTTP event): about twice as fast as OPT_NON_STR_KEYS
+                payload = _dumps(event, default=repr, option=orjson.OPT_SERIALIZE_NUMPY)
+            except TypeError:  # a non-str key (a hook's or a function's payload): same output
+                payload = _dumps(event, default=repr, option=_ORJSON_OPTIONS)
         except Exception as exc:
             self.stats.count_error(origin, f"could not serialize an event: {exc}")
             self.stats.count_dropped("unserializable")

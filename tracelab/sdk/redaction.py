@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -36,6 +37,8 @@ _SECRET_FRAGMENTS = (b"passw", b"pwd", b"secret", b"token", b"authoriz", b"signa
                      b"credential", b"key", b"number", b"cookie")
 _CONTAINERS = (dict, list)
 _CONTAINER_SET = frozenset(_CONTAINERS)
+_ONLY_DICTS = {dict}
+_chain = chain.from_iterable
 _MIN_SCRUB_CHARS = 6  # shorter values ("1", "true") would scrub innocent text
 _MAX_DEPTH = 200
 
@@ -58,6 +61,7 @@ class Redactor:
     def __init__(self, patterns: Iterable[re.Pattern[str]] = ()) -> None:
         self.patterns = tuple(patterns)
         self._decisions: dict[str, bool] = {}
+        self._safe: set[str] = set()  # the names decided harmless, for C-level subset checks
 
     def is_secret(self, name: str) -> bool:
         decision = self._decisions.get(name)
@@ -65,7 +69,10 @@ class Redactor:
             decision = self._judge(name)
             if len(self._decisions) >= _CACHE_LIMIT:  # hostile input must not grow it forever
                 self._decisions.clear()
+                self._safe.clear()
             self._decisions[name] = decision
+            if not decision:
+                self._safe.add(name)
         return decision
 
     def _judge(self, name: str) -> bool:
@@ -162,36 +169,59 @@ class Redactor:
         if self.patterns or b"\\u" in raw:
             return True
         lowered = raw.lower()
-        return any(fragment in lowered for fragment in _SECRET_FRAGMENTS)
+        for fragment in _SECRET_FRAGMENTS:
+            if fragment in lowered:
+                return True
+        return False
 
     # -- structured values ------------------------------------------------------------------
     def value(self, obj: Any, found: set[str] | None = None, depth: int = 0) -> Any:
         """Redacts secret members at any depth, in place (callers pass data they own).
 
-        Written for speed (type() identity checks, the decision cache read directly): it
-        walks every parsed JSON body of every call.
+        Written for speed: it walks every parsed JSON body of every call. A dict whose names
+        are all known to be harmless (`keys() <= self._safe`, one C-level check) and whose
+        members are all leaves (`isdisjoint(map(type, ...))`, another) costs no Python loop.
         """
         if depth > _MAX_DEPTH:
             return "[TRUNCATED: nested deeper than 200 levels]"
         kind = type(obj)
         if kind is dict:
-            decisions = self._decisions
-            for key, member in obj.items():
-                secret = decisions.get(key)
-                if secret is None:
-                    secret = type(key) is str and self.is_secret(key)
-                if secret:
-                    if member is not None:
-                        if found is not None and type(member) in (str, int):
-                            remember(found, str(member))
-                        obj[key] = MARKER
-                elif type(member) in _CONTAINERS:
-                    obj[key] = self.value(member, found, depth + 1)
-        elif kind is list and not _CONTAINER_SET.isdisjoint(map(type, obj)):
+            if not obj.keys() <= self._safe:
+                self._redact_members(obj, found)
+            if not _CONTAINER_SET.isdisjoint(map(type, obj.values())):
+                for key, member in obj.items():
+                    if type(member) in _CONTAINERS:
+                        obj[key] = self.value(member, found, depth + 1)
+        elif kind is list:
+            kinds = set(map(type, obj))
+            if _CONTAINER_SET.isdisjoint(kinds):
+                return obj
+            safe = self._safe
+            if kinds == _ONLY_DICTS and safe.issuperset(_chain(obj)) and \
+                    _CONTAINER_SET.isdisjoint(map(type, _chain(map(dict.values, obj)))):
+                return obj  # records of harmless leaves, checked without a Python loop
             for i, member in enumerate(obj):
-                if type(member) in _CONTAINERS:
+                kind = type(member)
+                if kind is dict:
+                    if member.keys() <= safe and \
+                            _CONTAINER_SET.isdisjoint(map(type, member.values())):
+                        continue  # a record of harmless leaves: the common case in lists
+                    obj[i] = self.value(member, found, depth + 1)
+                elif kind is list:
                     obj[i] = self.value(member, found, depth + 1)
         return obj
+
+    def _redact_members(self, obj: dict[Any, Any], found: set[str] | None) -> None:
+        """Replace the values of `obj`'s secret members (not None) by the marker."""
+        decisions = self._decisions
+        for key, member in obj.items():
+            secret = decisions.get(key)
+            if secret is None:
+                secret = type(key) is str and self.is_secret(key)
+            if secret and member is not None:
+                if found is not None and type(member) in (str, int):
+                    remember(found, str(member))
+                obj[key] = MARKER
 
     def text(self, text: str, found: set[str] | None = None) -> str:
         """Best-effort redaction of free text: JSON members, key=value pairs, bearer tokens."""
@@ -247,19 +277,31 @@ def scrub_json_bytes(payload: bytes, found: set[str]) -> bytes:
     the structural path (`scrub`) instead, so the result is always valid JSON.
     """
     original = payload
-    slow: list[str] = []
-    for value in found:
-        needle = _NEEDLES.get(value)
-        if needle is None:  # the same API key turns up on every call: escape it once
-            if len(_NEEDLES) >= _CACHE_LIMIT:
-                _NEEDLES.clear()
-            needle = _NEEDLES[value] = orjson.dumps(value)[1:-1]
-        if needle not in payload:
-            continue
-        if _STRUCTURAL.search(value) is None or needle in _EVENT_VOCABULARY:
-            slow.append(value)
+    plan = _PLANS.get(key := frozenset(found))
+    if plan is None:  # the same few secrets turn up on every call: plan their search once
+        if len(_PLANS) >= _PLAN_LIMIT:
+            _PLANS.clear()
+        plan = _PLANS[key] = _scrub_plan(found)
+    present: list[bool] = []
+    mark = present.append
+    hits = None
+    for value, needle, fast, contained in plan:
+        # A needle holding a shorter one that is absent is absent too: no search needed.
+        if contained and False in map(present.__getitem__, contained):
+            mark(False)
+        elif needle in payload:
+            mark(True)
+            hits = [(value, needle, fast)] if hits is None else hits + [(value, needle, fast)]
         else:
+            mark(False)
+    if hits is None:
+        return payload
+    slow: list[str] = []
+    for value, needle, fast in reversed(hits):  # longest first: `Bearer sk-…` before `sk-…`
+        if fast:
             payload = payload.replace(needle, _MARKER_BYTES)
+        else:
+            slow.append(value)
     if payload is not original:
         try:  # a needle right after a backslash would have broken an escape sequence
             orjson.loads(payload)
@@ -270,8 +312,23 @@ def scrub_json_bytes(payload: bytes, found: set[str]) -> bytes:
     return payload
 
 
+def _scrub_plan(found: set[str]) -> tuple[tuple[str, bytes, bool, tuple[int, ...]], ...]:
+    """(value, JSON-escaped needle, replace-in-bytes is safe, indexes of shorter needles inside).
+
+    Ordered by needle length, so a needle's contained needles come before it.
+    """
+    rows = sorted(((orjson.dumps(v)[1:-1], v) for v in found), key=lambda r: (len(r[0]), r[0]))
+    plan = []
+    for i, (needle, value) in enumerate(rows):
+        fast = _STRUCTURAL.search(value) is not None and needle not in _EVENT_VOCABULARY
+        contained = tuple(j for j in range(i) if rows[j][0] in needle)
+        plan.append((value, needle, fast, contained))
+    return tuple(plan)
+
+
+_PLANS: dict[frozenset[str], tuple[tuple[str, bytes, bool, tuple[int, ...]], ...]] = {}
+_PLAN_LIMIT = 256
 _MARKER_BYTES = MARKER.encode()
-_NEEDLES: dict[str, bytes] = {}
 # A value with a character that no bare JSON literal (number, true, false, null) contains.
 _STRUCTURAL = re.compile(r"[^0-9.eE+\-]")
 _EVENT_VOCABULARY = (
