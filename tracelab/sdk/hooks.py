@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tracelab.sdk.capture import Timer, build_event, error_info
@@ -76,6 +77,22 @@ def _record(rec: Recorder, hook: Callable[..., Any], attr: str, args: tuple[Any,
     rec.submit(event, _ORIGIN)
 
 
+@contextmanager
+def _recorded(rec: Recorder, wrapper: Any, attr: str, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Iterator[None]:
+    """Time the wrapped call and record it, raised or returned; the caller's exception passes
+    through unchanged (contextmanager re-raises the very same object)."""
+    timer = Timer()
+    try:
+        yield
+    except BaseException as exc:
+        rec.safely(_ORIGIN, _record, rec, wrapper.__tracelab_hook_fn__, attr, args, kwargs,
+                   timer, exc)
+        raise
+    rec.safely(_ORIGIN, _record, rec, wrapper.__tracelab_hook_fn__, attr, args, kwargs, timer,
+               None)
+
+
 def register_hook(owner: Any, attr: str, hook_fn: Callable[..., Any]) -> HookHandle:
     """Wrap `owner.attr` so each call is recorded as the event `hook_fn` describes.
 
@@ -102,32 +119,16 @@ def register_hook(owner: Any, attr: str, hook_fn: Callable[..., Any]) -> HookHan
             rec = current()
             if rec is None:
                 return await original(*args, **kwargs)
-            timer = Timer()
-            try:
-                result = await original(*args, **kwargs)
-            except BaseException as exc:
-                rec.safely(_ORIGIN, _record, rec, wrapper.__tracelab_hook_fn__, attr, args,
-                           kwargs, timer, exc)
-                raise
-            rec.safely(_ORIGIN, _record, rec, wrapper.__tracelab_hook_fn__, attr, args, kwargs,
-                       timer, None)
-            return result
+            with _recorded(rec, wrapper, attr, args, kwargs):
+                return await original(*args, **kwargs)
     else:
         @functools.wraps(original)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             rec = current()
             if rec is None:
                 return original(*args, **kwargs)
-            timer = Timer()
-            try:
-                result = original(*args, **kwargs)
-            except BaseException as exc:
-                rec.safely(_ORIGIN, _record, rec, wrapper.__tracelab_hook_fn__, attr, args,
-                           kwargs, timer, exc)
-                raise
-            rec.safely(_ORIGIN, _record, rec, wrapper.__tracelab_hook_fn__, attr, args, kwargs,
-                       timer, None)
-            return result
+            with _recorded(rec, wrapper, attr, args, kwargs):
+                return original(*args, **kwargs)
 
     wrapper.__tracelab_hook_fn__ = hook_fn  # type: ignore[attr-defined]
     handle = HookHandle(owner, attr, static if had_own else None, had_own)

@@ -82,25 +82,12 @@ def trace(func: Any = None, *, name: str | None = None,
     if inspect.iscoroutinefunction(func):
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            rec = current()
-            if rec is None:
+            if current() is None:
                 return await func(*args, **kwargs)
-            span_id, parent = new_span_id(), current_span_id.get()
-            token = current_span_id.set(span_id)
-            timer = Timer()
-            try:
+            with span(endpoint, target=target, tags=tags) as block:
+                block._call = (signature, args, kwargs)
                 result = await func(*args, **kwargs)
-            except BaseException as exc:
-                current_span_id.reset(token)
-                rec.safely(_ORIGIN, _record_span, rec, target=target, endpoint=endpoint,
-                           timer=timer, span_id=span_id, parent_id=parent,
-                           args=_bind(signature, args, kwargs), result=None, exc=exc, tags=tags,
-                           has_result=False)
-                raise
-            current_span_id.reset(token)
-            rec.safely(_ORIGIN, _record_span, rec, target=target, endpoint=endpoint, timer=timer,
-                       span_id=span_id, parent_id=parent, args=_bind(signature, args, kwargs),
-                       result=result, exc=None, tags=tags, has_result=True)
+                block.set_output(result)
             return result
 
         async_wrapper.__tracelab_traced__ = True  # type: ignore[attr-defined]
@@ -108,24 +95,12 @@ def trace(func: Any = None, *, name: str | None = None,
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        rec = current()
-        if rec is None:
+        if current() is None:
             return func(*args, **kwargs)
-        span_id, parent = new_span_id(), current_span_id.get()
-        token = current_span_id.set(span_id)
-        timer = Timer()
-        try:
+        with span(endpoint, target=target, tags=tags) as block:
+            block._call = (signature, args, kwargs)
             result = func(*args, **kwargs)
-        except BaseException as exc:
-            current_span_id.reset(token)
-            rec.safely(_ORIGIN, _record_span, rec, target=target, endpoint=endpoint, timer=timer,
-                       span_id=span_id, parent_id=parent, args=_bind(signature, args, kwargs),
-                       result=None, exc=exc, tags=tags, has_result=False)
-            raise
-        current_span_id.reset(token)
-        rec.safely(_ORIGIN, _record_span, rec, target=target, endpoint=endpoint, timer=timer,
-                   span_id=span_id, parent_id=parent, args=_bind(signature, args, kwargs),
-                   result=result, exc=None, tags=tags, has_result=True)
+            block.set_output(result)
         return result
 
     wrapper.__tracelab_traced__ = True  # type: ignore[attr-defined]
@@ -147,6 +122,8 @@ class span:  # noqa: N801  (used like a function: `with span("plan"):`)
         self._output: Any = None
         self._has_output = False
         self._rec: Recorder | None = None
+        # Set by @trace: (signature, args, kwargs), bound into `request.args` only at exit.
+        self._call: tuple[inspect.Signature | None, tuple[Any, ...], dict[str, Any]] | None = None
 
     def set_tag(self, key: str, value: Any) -> None:
         self.tags[key] = value
@@ -172,10 +149,11 @@ class span:  # noqa: N801  (used like a function: `with span("plan"):`)
             current_span_id.reset(self._token)
         except ValueError:  # exited in another context than entered: nothing to restore
             pass
+        args = _bind(*self._call) if self._call is not None else {}
         rec.safely(_ORIGIN, _record_span, rec, target=self.target, endpoint=self.name,
-                   timer=self._timer, span_id=self.span_id, parent_id=self._parent, args={},
+                   timer=self._timer, span_id=self.span_id, parent_id=self._parent, args=args,
                    result=self._output, exc=exc, tags=self.tags or None,
-                   has_result=self._has_output)
+                   has_result=self._has_output and exc is None)
 
     async def __aenter__(self) -> span:
         return self.__enter__()
