@@ -27,6 +27,13 @@ __all__ = ["__version__", "init", "trace", "span", "register_hook", "flush", "sh
            *_QUERY_NAMES]
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext tracelab`: see `tracelab.notebook.magics`."""
+    from tracelab.notebook.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
 def __getattr__(name: str) -> Any:
     if name in _QUERY_NAMES:
         from tracelab import api

@@ -1,24 +1,42 @@
 """The notebook face of the query layer: `tl.workflows()`, `tl.executions(wf)`, `tl.execution(id)`.
 
-Thin on purpose: every number comes from `tracelab.store.query`, and these objects only give
-it a DataFrame-first shape that the notebook issue grows (timelines, latencies, diffs).
+DataFrame first, widget second: every object here is a thin shape over `tracelab.store.query`
+with a `.df`/`.events` to do pandas on, a short `_repr_html_` that summarises instead of
+dumping, and a `.timeline()` one call away. Plotting and HTML live in `tracelab.notebook`,
+imported only when asked for, so `tl.executions(wf).df` never pays for Plotly.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from tracelab.store import query
 
+if TYPE_CHECKING:
+    from tracelab.notebook.diff import ExecutionDiff
+    from tracelab.notebook.timeline import TimelineWidget
+
+_EVENT_VIEW = ["started_at", "service", "kind", "target", "endpoint", "status", "status_code",
+               "latency_ms", "event_id"]
+_RUN_VIEW = ["run_id", "started_at", "duration_ms", "events", "errors", "status", "services",
+             "targets", "tags"]
+
 
 def workflows() -> pd.DataFrame:
-    """One row per workflow in the store: executions, events, errors, first and last event."""
-    return query.workflows()
+    """One row per workflow in the store: workflow, executions, events, errors, first_seen,
+    last_seen."""
+    frame = query.workflows()
+    return frame.rename(columns={"first_event": "first_seen", "last_event": "last_seen"})
 
 
 class Executions:
-    """The executions of one workflow; `.df` is the DataFrame, one row per run, newest first."""
+    """The executions of one workflow; `.df` is the DataFrame, one row per run, newest first.
+
+    `len()`, iteration and `[i]` / `["run-id"]` give `Execution` objects; `.events()`,
+    `.latencies(by=...)` and `.timeline()` look at all of them at once.
+    """
 
     def __init__(self, workflow: str, df: pd.DataFrame) -> None:
         self.workflow = workflow
@@ -27,61 +45,191 @@ class Executions:
     def __len__(self) -> int:
         return len(self.df)
 
-    def events(self) -> pd.DataFrame:
-        """Every event of these runs (no payloads), in start order."""
-        frame = query.events(self.workflow)
-        return frame[frame["run_id"].isin(set(self.df["run_id"]))].reset_index(drop=True)
+    def __iter__(self) -> Iterator[Execution]:
+        for run_id in self.df["run_id"].tolist() if len(self.df) else []:
+            yield Execution(run_id, workflow=self.workflow)
+
+    def __contains__(self, run_id: object) -> bool:
+        return len(self.df) > 0 and run_id in set(self.df["run_id"])
+
+    def __getitem__(self, key: int | str | slice) -> Execution | Executions:
+        """`[0]` is the newest run, `[-1]` the oldest, `["run-id"]` one by id, `[:5]` a subset."""
+        if isinstance(key, slice):
+            return Executions(self.workflow, self.df.iloc[key].reset_index(drop=True))
+        if isinstance(key, str):
+            if key not in self:
+                raise KeyError(f"run_id {key!r} is not among the {len(self)} executions of "
+                               f"{self.workflow!r} shown here; tl.execution({key!r}) looks it "
+                               "up in the whole store")
+            return Execution(key, workflow=self.workflow)
+        if isinstance(key, bool) or not hasattr(key, "__index__"):
+            raise TypeError(f"Executions indices are positions, run ids or slices, "
+                            f"not {type(key).__name__}")
+        position = key.__index__()
+        if not -len(self) <= position < len(self):
+            raise IndexError(f"execution {position} is out of range: {self.workflow!r} has "
+                             f"{len(self)} here")
+        return Execution(str(self.df["run_id"].iloc[position]), workflow=self.workflow)
 
     def latest(self) -> Execution:
         """The newest execution; KeyError when there is none."""
         if self.df.empty:
             raise KeyError(f"workflow {self.workflow!r} has no executions")
-        return execution(self.df["run_id"].iloc[0], workflow=self.workflow)
+        return self[0]  # type: ignore[return-value]
+
+    def events(self) -> pd.DataFrame:
+        """Every event of these runs (no payloads), in start order."""
+        if self.df.empty:
+            return query.events(self.workflow, limit=0)
+        since = self.df["started_at"].min()
+        frame = query.events(self.workflow, since=since)
+        return frame[frame["run_id"].isin(set(self.df["run_id"]))].reset_index(drop=True)
+
+    def latencies(self, by: str | Sequence[str] = "target") -> pd.DataFrame:
+        """Latency of these runs' events per `by` (a column or list of columns): count, errors,
+        error_rate, mean, p50, p90, p95, p99, max of `latency_ms`, slowest p95 first."""
+        from tracelab.notebook.latency import latency_table
+
+        return latency_table(self.events(), by)
+
+    def timeline(self) -> TimelineWidget:
+        """An overview Gantt: one bar per execution on a time axis, coloured by status."""
+        from tracelab.notebook.timeline import executions_timeline
+
+        return executions_timeline(self.df, self.workflow)
+
+    def _empty_reason(self) -> str:
+        known = query.workflows()["workflow"].tolist()
+        if self.workflow in known:
+            return "no executions match these filters"
+        if not known:
+            return "the store is empty: record something first (tl.init(...) or %%tracelab_record)"
+        shown = ", ".join(repr(w) for w in known[:5]) + (", …" if len(known) > 5 else "")
+        return f"no such workflow in the store; known workflows: {shown} (see tl.workflows())"
 
     def __repr__(self) -> str:
-        errors = int((self.df["status"] == "error").sum()) if len(self.df) else 0
+        if self.df.empty:
+            return f"<Executions {self.workflow!r}: empty — {self._empty_reason()}>"
+        errors = int((self.df["status"] == "error").sum())
         return f"<Executions {self.workflow!r}: {len(self.df)} runs, {errors} with errors>"
 
     def _repr_html_(self) -> str:
-        return f"<p>{self!r}</p>" + self.df.head(20).to_html(index=False)
+        from tracelab.notebook.repr import box, esc, frame_html
+
+        if self.df.empty:
+            return box(f'<div class="tl-head">Executions of {esc(repr(self.workflow))}: '
+                       f'empty</div><div>{esc(self._empty_reason())}</div>')
+        errors = int((self.df["status"] == "error").sum())
+        first, last = self.df["started_at"].min(), self.df["started_at"].max()
+        head = (f'<div class="tl-head">Executions of {esc(repr(self.workflow))}: '
+                f"{len(self.df):,} runs, {errors:,} with errors</div>"
+                f'<div class="tl-dim">from {esc(first)} to {esc(last)} · '
+                f"<code>.df</code> for the DataFrame, <code>.timeline()</code> for the Gantt, "
+                f"<code>.latencies(by='target')</code>, <code>[0]</code> for the newest run"
+                f"</div>")
+        columns = [c for c in _RUN_VIEW if c in self.df.columns]
+        return box(head + frame_html(self.df[columns]))
 
 
 class Execution:
-    """One run: `.events` (DataFrame, no payloads) and `.summary` (its executions row)."""
+    """One run: `.events` (DataFrame, no payloads), `.event(id)` (one event with its payloads),
+    `.timeline()`, `.diff(other)` and `.summary` (its row of `tl.executions(wf).df`)."""
 
-    def __init__(self, run_id: str, events: pd.DataFrame) -> None:
+    def __init__(self, run_id: str, events: pd.DataFrame | None = None, *,
+                 workflow: str | None = None) -> None:
         self.run_id = run_id
-        self.events = events
+        self._events = events
+        self._workflow = workflow
+
+    @property
+    def events(self) -> pd.DataFrame:
+        """Every event of the run in start order, without payload columns."""
+        if self._events is None:
+            self._events = query.execution_events(self.run_id, workflow=self._workflow)
+        return self._events
 
     @property
     def workflow(self) -> str:
-        return str(self.events["workflow"].iloc[0])
+        if self._workflow is None:
+            self._workflow = str(self.events["workflow"].iloc[0])
+        return self._workflow
 
     @property
     def summary(self) -> pd.Series:
         frame = query.executions(self.workflow)
         return frame[frame["run_id"] == self.run_id].iloc[0]
 
-    def payload(self, event_id: str) -> dict:
-        """One event of this run with its request and response, as the contract JSON."""
+    def event(self, event_id: str) -> dict[str, Any]:
+        """One event of this run, with its request and response, as the contract JSON."""
+        if event_id not in set(self.events["event_id"]):
+            raise KeyError(f"event_id {event_id!r} is not an event of run {self.run_id!r} "
+                           f"(see .events['event_id'])")
         return query.event_dict(event_id)
 
+    def payload(self, event_id: str) -> dict[str, Any]:
+        """Same as `.event(event_id)`."""
+        return self.event(event_id)
+
+    def timeline(self) -> TimelineWidget:
+        """A Gantt of this run (lanes per service, spans nested under their parent); click a
+        bar to see that event's request and response beside it."""
+        from tracelab.notebook.timeline import execution_timeline
+
+        return execution_timeline(self.events, query.event_dict)
+
+    def _payload_events(self) -> pd.DataFrame:
+        return query.events(self.workflow, run_id=self.run_id, payloads=True)
+
+    def diff(self, other: Execution | str) -> ExecutionDiff:
+        """Step-by-step comparison with another run (an `Execution` or a run id): added,
+        removed and changed steps, latency deltas, which body fields differ."""
+        from tracelab.notebook.diff import diff_executions
+
+        if isinstance(other, str):
+            other = execution(other)
+        if not isinstance(other, Execution):
+            raise TypeError(f"diff() takes an Execution or a run id, not {type(other).__name__}")
+        return diff_executions(self._payload_events(), other._payload_events(),
+                               a_label=self.run_id, b_label=other.run_id)
+
+    def _counts(self) -> tuple[int, int]:
+        return len(self.events), int((self.events["status"] == "error").sum())
+
     def __repr__(self) -> str:
-        errors = int((self.events["status"] == "error").sum())
-        return f"<Execution {self.run_id!r}: {len(self.events)} events, {errors} errors>"
+        n, errors = self._counts()
+        return f"<Execution {self.run_id!r}: {n} events, {errors} errors>"
 
     def _repr_html_(self) -> str:
-        return f"<p>{self!r}</p>" + self.events.head(50).to_html(index=False)
+        from tracelab.notebook.repr import box, esc, format_ms, frame_html, join_names
+
+        events = self.events
+        n, errors = self._counts()
+        starts = pd.to_datetime(events["started_at"], utc=True)
+        ends = starts + pd.to_timedelta(events["latency_ms"], unit="ms")
+        duration = (ends.max() - starts.min()).total_seconds() * 1000 if n else 0.0
+        head = (f'<div class="tl-head">Execution <code>{esc(self.run_id)}</code> of '
+                f"{esc(repr(self.workflow))}: {n:,} events, {errors:,} errors, "
+                f"{format_ms(duration)}</div>"
+                f'<div class="tl-dim">started {esc(starts.min())} · services '
+                f"{join_names(sorted(events['service'].dropna().unique()))} · targets "
+                f"{join_names(sorted(events['target'].dropna().unique()))}</div>"
+                f'<div class="tl-dim"><code>.events</code> for the DataFrame, '
+                f"<code>.timeline()</code> for the Gantt, <code>.event(event_id)</code> for a "
+                f"payload, <code>.diff(other)</code></div>")
+        columns = [c for c in _EVENT_VIEW if c in events.columns]
+        return box(head + frame_html(events[columns]))
 
 
 def executions(workflow: str, since: query.TimeLike | None = None,
                until: query.TimeLike | None = None, status: str | None = None,
                tags: Mapping[str, str] | None = None, limit: int | None = None) -> Executions:
-    """The runs of `workflow`, filtered like `query.executions`."""
+    """The runs of `workflow`, newest first, filtered like `query.executions`. An unknown
+    workflow gives an empty `Executions` whose repr says so."""
     return Executions(workflow, query.executions(workflow, since=since, until=until,
                                                  status=status, tags=tags, limit=limit))
 
 
 def execution(run_id: str, workflow: str | None = None) -> Execution:
     """One run by id; KeyError naming it when the store has no event of it."""
-    return Execution(run_id, query.execution_events(run_id, workflow=workflow))
+    return Execution(run_id, query.execution_events(run_id, workflow=workflow),
+                     workflow=workflow)

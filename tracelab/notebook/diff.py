@@ -40,11 +40,11 @@ class ExecutionDiff(pd.DataFrame):
     def summary(self) -> str:
         """One line: how many steps each side had and how many were added/removed/changed."""
         a, b = self.attrs.get("a", "A"), self.attrs.get("b", "B")
-        if "change" not in self.columns:
-            return f"diff {a} → {b}"
+        if not set(DIFF_COLUMNS) <= set(self.columns):  # a selection of columns
+            return f"diff {a} → {b}: {len(self)} rows"
         counts = self["change"].value_counts()
-        n_a = int(self["event_id_a"].notna().sum()) if "event_id_a" in self else 0
-        n_b = int(self["event_id_b"].notna().sum()) if "event_id_b" in self else 0
+        n_a = int(self["event_id_a"].notna().sum())
+        n_b = int(self["event_id_b"].notna().sum())
         changed = self[self["change"] == "changed"]
         why = []
         if len(changed):

@@ -1,0 +1,175 @@
+"""HTML for the notebook face: summaries, tables and the payload panel, every value escaped.
+
+Owns how a recorded value becomes markup. Payloads are hostile input (an agent may have sent
+or received `<script>`): everything from the store goes through `html.escape`, so a payload
+shows as text and never as HTML. Knows nothing about widgets or Plotly.
+"""
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+import pandas as pd
+
+# Past this, a pretty-printed body is cut in the panel (the full event stays one call away).
+PANEL_TEXT_LIMIT = 100_000
+_BASE64_PREVIEW = 240
+
+_STYLE = (
+    "<style>"
+    ".tl-box{font-family:var(--jp-ui-font-family,sans-serif);font-size:13px;line-height:1.4}"
+    ".tl-box .tl-head{font-weight:600;margin:2px 0 6px 0}"
+    ".tl-box .tl-dim{color:var(--jp-ui-font-color2,#666)}"
+    ".tl-box .tl-err{color:#c62828;font-weight:600}"
+    ".tl-box .tl-ok{color:#2e7d32;font-weight:600}"
+    ".tl-box pre{white-space:pre-wrap;word-break:break-all;margin:2px 0 8px 0;padding:6px;"
+    "background:var(--jp-layout-color2,#f5f5f5);border-radius:3px;font-size:12px}"
+    ".tl-box table{border-collapse:collapse}"
+    ".tl-box code{font-size:12px}"
+    "</style>"
+)
+
+
+def esc(value: Any) -> str:
+    """Any value as escaped text (None as an empty string)."""
+    return "" if value is None else html.escape(str(value), quote=True)
+
+
+def status_html(status: Any) -> str:
+    css = "tl-err" if status == "error" else "tl-ok"
+    return f'<span class="{css}">{esc(status)}</span>'
+
+
+def format_ms(value: Any) -> str:
+    try:
+        ms = float(value)
+    except (TypeError, ValueError):
+        return "?"
+    if math.isnan(ms):
+        return "?"
+    if ms >= 60_000:
+        return f"{ms / 60_000:.1f} min"
+    if ms >= 1000:
+        return f"{ms / 1000:.2f} s"
+    return f"{ms:.1f} ms"
+
+
+def box(inner: str) -> str:
+    return f'{_STYLE}<div class="tl-box">{inner}</div>'
+
+
+def frame_html(frame: pd.DataFrame, max_rows: int = 20) -> str:
+    """A DataFrame's head as an escaped HTML table, with a line saying how much is hidden."""
+    shown = frame.head(max_rows)
+    table = shown.to_html(index=False, escape=True, border=0, na_rep="")
+    more = len(frame) - len(shown)
+    tail = (f'<div class="tl-dim">… {more:,} more rows in <code>.df</code></div>'
+            if more > 0 else "")
+    return table + tail
+
+
+def join_names(values: Iterable[Any], limit: int = 6) -> str:
+    items = [str(v) for v in values]
+    text = ", ".join(items[:limit])
+    if len(items) > limit:
+        text += f", … (+{len(items) - limit})"
+    return esc(text)
+
+
+# -- payload panel --------------------------------------------------------------------------
+
+def pretty(value: Any) -> str:
+    """Pretty-printed JSON text for a JSON-like value (strings kept as they are)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
+                            default=repr).decode()
+    except TypeError:
+        return repr(value)
+
+
+def _cut(text: str) -> str:
+    if len(text) <= PANEL_TEXT_LIMIT:
+        return text
+    return (text[:PANEL_TEXT_LIMIT]
+            + f"\n… {len(text) - PANEL_TEXT_LIMIT:,} more characters not shown here")
+
+
+def body_html(body: Any) -> str:
+    """A body as stored: JSON, text, or a `$tracelab` marker (truncated, binary, not captured)."""
+    if body is None:
+        return '<div class="tl-dim">(no body)</div>'
+    if isinstance(body, Mapping) and isinstance(body.get("$tracelab"), str):
+        marker = body["$tracelab"]
+        if marker == "truncated":
+            note = (f"truncated by TraceLab: original size {_int(body.get('size')):,} bytes "
+                    f"({esc(body.get('encoding'))}); the first part follows")
+            return (f'<div class="tl-dim">{note}</div>'
+                    f"<pre>{esc(_cut(str(body.get('data') or '')))}</pre>")
+        if marker == "binary":
+            data = str(body.get("base64") or "")
+            preview = data[:_BASE64_PREVIEW] + ("…" if len(data) > _BASE64_PREVIEW else "")
+            return (f'<div class="tl-dim">binary body, {_int(body.get("size")):,} bytes '
+                    f"(base64 below)</div><pre>{esc(preview)}</pre>")
+        if marker == "not_captured":
+            return f'<div class="tl-dim">not captured: {esc(body.get("reason"))}</div>'
+    return f"<pre>{esc(_cut(pretty(body)))}</pre>"
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _message_html(title: str, message: Any) -> str:
+    if message is None:
+        return f'<div class="tl-head">{title}</div><div class="tl-dim">(none)</div>'
+    if not isinstance(message, Mapping):
+        return f'<div class="tl-head">{title}</div>{body_html(message)}'
+    parts = [f'<div class="tl-head">{title}</div>']
+    line = " ".join(esc(message[k]) for k in ("method", "url") if message.get(k) is not None)
+    if message.get("status_code") is not None:
+        line = (line + " " if line else "") + f"status {esc(message['status_code'])}"
+    if line:
+        parts.append(f"<div><code>{line}</code></div>")
+    if message.get("headers"):
+        parts.append('<div class="tl-dim">headers</div>'
+                     f"<pre>{esc(_cut(pretty(message['headers'])))}</pre>")
+    rest = {k: v for k, v in message.items()
+            if k not in ("method", "url", "status_code", "headers", "body")}
+    if "body" in message:
+        parts.append('<div class="tl-dim">body</div>' + body_html(message["body"]))
+    for key, value in rest.items():
+        parts.append(f'<div class="tl-dim">{esc(key)}</div>' + body_html(value))
+    return "".join(parts)
+
+
+def payload_html(event: Mapping[str, Any]) -> str:
+    """The payload panel for one event: what it was, then its request and response."""
+    head = " ".join(esc(event.get(k)) for k in ("kind", "endpoint"))
+    facts = [f"target <code>{esc(event.get('target'))}</code>",
+             f"service <code>{esc(event.get('service'))}</code>",
+             status_html(event.get("status"))]
+    if event.get("status_code") is not None:
+        facts.append(f"status code {esc(event.get('status_code'))}")
+    facts.append(format_ms(event.get("latency_ms")))
+    parts = [f'<div class="tl-head">{head}</div>', f"<div>{' · '.join(facts)}</div>",
+             f'<div class="tl-dim">event <code>{esc(event.get("event_id"))}</code></div>']
+    error = event.get("error")
+    if error:
+        if isinstance(error, Mapping):
+            error = f"{error.get('type', '')}: {error.get('message', '')}"
+        parts.append(f'<div class="tl-err">{esc(error)}</div>')
+    parts.append(_message_html("Request", event.get("request")))
+    parts.append(_message_html("Response", event.get("response")))
+    return box("".join(parts))
+
+
+def placeholder_html(text: str) -> str:
+    return box(f'<div class="tl-dim">{esc(text)}</div>')

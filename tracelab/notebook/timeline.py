@@ -1,0 +1,484 @@
+"""Gantt timelines: a Plotly FigureWidget of bars beside a payload panel, in one ipywidget.
+
+Owns the figure (lanes, bars, hover, click-to-inspect) and its static fallback. Reads nothing
+from the store itself: callers pass the events and a function that loads one event's payload.
+
+Why bars and not `px.timeline`: a handful of `go.Bar` traces (one per status) with `base=` start
+times carry numpy arrays straight into the figure, where `px.timeline` builds a trace per colour
+through a DataFrame pipeline and date arithmetic; `bench/bench_timeline.py` measures both.
+The execution timeline's axis is milliseconds since the run's first event, which is what one
+reads when debugging a run; the overview of many executions uses a date axis.
+"""
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from tracelab.notebook.repr import (
+    box, esc, format_ms, join_names, payload_html, placeholder_html, status_html,
+)
+
+STATUS_COLORS = {"ok": "#4C78A8", "error": "#E45756"}
+OTHER_COLOR = "#9E9E9E"
+MAX_SUBROWS = 8          # concurrent calls in one lane spread over at most this many rows
+MAX_OVERVIEW_RUNS = 1000  # the overview Gantt shows the newest runs, one row each
+FIGURE_WIDTH = 760
+PANEL_WIDTH = "400px"
+_MIN_BAR_FRACTION = 0.002  # zero-latency calls still get a clickable sliver
+_SVG_WIDTH = 900
+_SVG_LABEL_WIDTH = 170
+_SVG_ROW = 18
+
+Loader = Callable[[str], Mapping[str, Any]]
+
+
+# -- lanes ------------------------------------------------------------------------------------
+
+def _ns(values: pd.Series) -> np.ndarray:
+    return pd.DatetimeIndex(values).as_unit("ns").asi8
+
+
+def span_depths(span_id: Sequence[Any], parent_id: Sequence[Any]) -> tuple[np.ndarray,
+                                                                            np.ndarray]:
+    """Nesting depth of each event under `@trace` spans, and which events are orphans.
+
+    An orphan names a parent that is not among the run's events (still running, or lost): it
+    is drawn at the top level and says so in its hover, never dropped.
+    """
+    spans, parents = pd.Series(span_id), pd.Series(parent_id)
+    n = len(spans)
+    codes, uniques = pd.factorize(pd.concat([spans, parents], ignore_index=True))
+    span_code, parent_code = codes[:n], codes[n:]
+    position = np.full(len(uniques) + 1, -1, dtype=np.int64)
+    has_span = np.flatnonzero(span_code >= 0)
+    position[span_code[has_span[::-1]]] = has_span[::-1]  # a repeated span id: first one wins
+    parent_idx = np.where(parent_code >= 0, position[parent_code], -1)
+    parent_idx[parent_idx == np.arange(n)] = -1
+    orphan = (parent_code >= 0) & (parent_idx < 0)
+    depth = np.zeros(n, dtype=np.int64)
+    current = parent_idx.copy()
+    for _ in range(64):  # a cycle in broken data stops here instead of looping forever
+        nested = np.flatnonzero(current >= 0)
+        if not len(nested):
+            break
+        depth[nested] += 1
+        current[nested] = parent_idx[current[nested]]
+    return depth, orphan
+
+
+def _pack(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Sub-row per interval (given in start order) so that overlapping intervals don't overlap.
+
+    Only clusters of mutually overlapping calls need first-fit packing: a call that starts
+    after everything before it has ended frees every row, and a cluster of two is rows 0 and 1.
+    """
+    n = len(starts)
+    out = np.zeros(n, dtype=np.int64)
+    if n < 2:
+        return out
+    running_end = np.maximum.accumulate(ends)
+    opens = np.ones(n, dtype=bool)
+    opens[1:] = starts[1:] >= running_end[:-1]
+    if opens.all():
+        return out
+    cluster = np.cumsum(opens) - 1
+    first = np.flatnonzero(opens)
+    position = np.arange(n) - first[cluster]
+    size = np.bincount(cluster)
+    small = size[cluster] <= 2
+    out[small] = position[small]
+    for c in np.flatnonzero(size > 2).tolist():
+        lo, hi = first[c], first[c] + size[c]
+        out[lo:hi] = _first_fit(starts[lo:hi].tolist(), ends[lo:hi].tolist())
+    return out
+
+
+def _first_fit(starts: list[float], ends: list[float]) -> list[int]:
+    rows: list[int] = []
+    row_ends: list[float] = []
+    for start, end in zip(starts, ends):
+        for k, row_end in enumerate(row_ends):
+            if row_end <= start:
+                row_ends[k] = end
+                rows.append(k)
+                break
+        else:
+            if len(row_ends) < MAX_SUBROWS:
+                row_ends.append(end)
+                rows.append(len(row_ends) - 1)
+            else:  # too many at once: share the row that frees first
+                k = row_ends.index(min(row_ends))
+                row_ends[k] = max(row_ends[k], end)
+                rows.append(k)
+    return rows
+
+
+def assign_lanes(service: np.ndarray, depth: np.ndarray, start: np.ndarray,
+                 end: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Row of each event and the rows' labels: services in order of first appearance, each
+    with its nested depths below it, and extra rows only where calls overlap."""
+    codes, services = pd.factorize(pd.Series(service).fillna("?"), sort=False)
+    sub = np.zeros(len(codes), dtype=np.int64)
+    group = codes.astype(np.int64) * 1024 + np.minimum(depth, 1023)
+    order = np.lexsort((start, group))
+    sorted_group = group[order]
+    bounds = np.flatnonzero(np.diff(sorted_group)) + 1
+    for chunk in np.split(order, bounds):
+        if len(chunk) > 1:
+            sub[chunk] = _pack(start[chunk], end[chunk])
+    lane_key = group * MAX_SUBROWS + sub
+    keys, y = np.unique(lane_key, return_inverse=True)
+    labels = []
+    for key in keys.tolist():
+        g, s = divmod(key, MAX_SUBROWS)
+        svc, d = divmod(g, 1024)
+        label = str(services[svc]) if d == 0 else f"{services[svc]} ›{'›' * (d - 1)} {d}"
+        labels.append(label + (f" ({s + 1})" if s else ""))
+    return y.reshape(-1).astype(np.int32), labels
+
+
+# -- the widget -------------------------------------------------------------------------------
+
+def _plotly_text(value: Any) -> str:
+    """User text made safe for Plotly's hover, which reads `<b>`-style tags and entities."""
+    return "" if value is None or value is pd.NA or value != value else \
+        html.escape(str(value), quote=False)
+
+
+def combination_text(columns: Sequence[pd.Series],
+                     render: Callable[..., str]) -> np.ndarray:
+    """`render(*values)` for every row, called once per distinct combination of the columns.
+
+    Hover text repeats a lot (a run has few distinct endpoint/target/status combinations), so
+    the strings are made per combination and spread by index: thousands of events cost a
+    handful of Python calls.
+    """
+    n = len(columns[0])
+    combined = np.zeros(n, dtype=np.int64)
+    codes_per_column, uniques_per_column = [], []
+    for column in columns:
+        codes, uniques = pd.factorize(column, use_na_sentinel=False)
+        codes_per_column.append(codes)
+        uniques_per_column.append(np.asarray(uniques, dtype=object))
+        combined = pd.factorize(combined * max(len(uniques), 1) + codes)[0]
+    _, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+    values = [u[c[first]] for c, u in zip(codes_per_column, uniques_per_column)]
+    texts = np.array([render(*row) for row in zip(*values)] or [""], dtype=object)
+    return texts[inverse.reshape(-1)]
+
+
+class TimelineWidget(widgets.HBox):
+    """A FigureWidget (first child) and a payload panel (second child).
+
+    Clicking a bar fills the panel. Front ends without widgets (nbconvert, GitHub, VS Code
+    without the widget manager) get the static SVG that `_repr_mimebundle_` adds.
+    """
+
+    def __init__(self, figure: go.FigureWidget, panel: widgets.HTML, *, ids: list[np.ndarray],
+                 pick: Callable[[str], str], static: dict[str, Any], title: str) -> None:
+        super().__init__(children=[figure, panel],
+                         layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start"))
+        self.figure = figure
+        self.panel = panel
+        self.title = title
+        self.ids = ids  # event (or run) ids per trace, in point order: ids[trace][point]
+        self._pick = pick
+        self._static = static
+        for index, trace in enumerate(figure.data):
+            trace.on_click(self._on_click_for(index))
+
+    def _on_click_for(self, index: int) -> Callable[..., None]:
+        def on_click(trace: Any, points: Any, state: Any) -> None:
+            # Plotly calls every trace's callback on a click, most of them with no points.
+            if points.point_inds:
+                self.select(str(self.ids[index][points.point_inds[0]]))
+        return on_click
+
+    def select(self, item_id: str) -> None:
+        """Show one event (or run) in the panel, as a click on its bar does."""
+        self.panel.value = placeholder_html(f"loading {item_id} …")
+        try:
+            self.panel.value = self._pick(item_id)
+        except Exception as exc:  # the panel reports it; the widget keeps working
+            self.panel.value = box(f'<div class="tl-err">could not load {esc(item_id)}: '
+                                   f"{esc(type(exc).__name__)}: {esc(exc)}</div>")
+
+    def static_svg(self) -> str:
+        return static_svg(**self._static, title=self.title)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        data = super()._repr_mimebundle_(**kwargs) or {}
+        try:
+            data["image/svg+xml"] = self.static_svg()
+        except Exception:  # a static fallback must never break the live display
+            pass
+        return data
+
+    def __repr__(self) -> str:
+        return f"<Timeline {self.title}: interactive in JupyterLab, static SVG elsewhere>"
+
+
+def _make_widget(figure: go.FigureWidget, *, ids: list[np.ndarray],
+                 pick: Callable[[str], str], static: dict[str, Any], title: str,
+                 hint: str) -> TimelineWidget:
+    panel = widgets.HTML(value=placeholder_html(hint),
+                         layout=widgets.Layout(width=PANEL_WIDTH, max_height="560px",
+                                               overflow="auto", padding="0 0 0 8px"))
+    return TimelineWidget(figure, panel, ids=ids, pick=pick, static=static, title=title)
+
+
+def _figure(traces: list[dict[str, Any]], layout: dict[str, Any]) -> go.FigureWidget:
+    try:
+        # The arrays are built here and known valid: skip Plotly's per-property validation,
+        # the biggest single cost of building a large figure, then turn it back on.
+        figure = go.FigureWidget(data=traces, layout=layout, _validate=False)
+    except TypeError:
+        return go.FigureWidget(data=traces, layout=layout)
+    figure._validate = True
+    for trace in figure.data:
+        trace._validate = True
+    figure.layout._validate = True
+    return figure
+
+
+# A small explicit template: Plotly's default one is deep-copied into every figure, which
+# costs more than all the bars of a 10,000-event run.
+_TEMPLATE = {"layout": {
+    "font": {"family": "-apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif",
+             "size": 12, "color": "#2a3f5f"},
+    "hoverlabel": {"align": "left"},
+    "paper_bgcolor": "white", "plot_bgcolor": "white",
+    "xaxis": {"gridcolor": "#EBF0F8", "linecolor": "#C8D4E3", "zeroline": False},
+    "yaxis": {"linecolor": "#C8D4E3"},
+}}
+
+
+def _layout(title: str, n_lanes: int, labels: list[str], xaxis: dict[str, Any]) -> dict[str, Any]:
+    height = int(min(900, max(260, 110 + 22 * n_lanes)))
+    return {
+        "title": {"text": html.escape(title, quote=False), "font": {"size": 14}, "x": 0.01},
+        "width": FIGURE_WIDTH, "height": height, "barmode": "overlay", "bargap": 0.25,
+        "hovermode": "closest", "dragmode": "zoom", "clickmode": "event",
+        "margin": {"l": 10, "r": 10, "t": 60, "b": 45},
+        "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1,
+                   "xanchor": "right"},
+        "template": _TEMPLATE,
+        "xaxis": {"showgrid": True, **xaxis},
+        "yaxis": {"tickmode": "array", "tickvals": list(range(n_lanes)),
+                  "ticktext": [html.escape(t, quote=False) for t in labels],
+                  "autorange": "reversed", "fixedrange": True, "automargin": True,
+                  "showgrid": False},
+    }
+
+
+def _status_traces(status: pd.Series, columns: dict[str, np.ndarray], ids: np.ndarray,
+                   **trace_options: Any) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    codes, uniques = pd.factorize(status.fillna("?"))
+    present = [str(u) for u in uniques]
+    names = [s for s in ("ok", "error") if s in present]
+    names += sorted(set(present) - {"ok", "error"})
+    traces, trace_ids = [], []
+    for name in names:
+        mask = codes == present.index(name)
+        traces.append({**trace_options,
+            "type": "bar", "orientation": "h", "name": name, "width": 0.8,
+            "marker": {"color": STATUS_COLORS.get(name, OTHER_COLOR), "line": {"width": 0}},
+            **{key: values[mask] for key, values in columns.items()},
+        })
+        trace_ids.append(ids[mask])
+    return traces, trace_ids
+
+
+def execution_timeline(events: pd.DataFrame, load_event: Loader, *,
+                       title: str | None = None) -> TimelineWidget:
+    """The Gantt of one execution: lanes per service, nested spans below their parent, a bar
+    per event from its start for its latency, coloured by status; a click shows the payload."""
+    n = len(events)
+    run = str(events["run_id"].iloc[0]) if n and "run_id" in events else "?"
+    start_ns = _ns(events["started_at"]) if n else np.zeros(0, dtype=np.int64)
+    t0 = int(start_ns.min()) if n else 0
+    rel = (start_ns - t0) / 1e6
+    latency = events["latency_ms"].to_numpy(dtype=float, na_value=0.0) if n else np.zeros(0)
+    end = rel + latency
+    span = float(end.max()) if n else 0.0
+    depth, orphan = span_depths(events["span_id"] if "span_id" in events else [None] * n,
+                                events["parent_id"] if "parent_id" in events else [None] * n)
+    y, labels = assign_lanes(events["service"].to_numpy(dtype=object) if n else np.zeros(0),
+                             depth, rel, end)
+    width = np.maximum(latency, max(span, 1.0) * _MIN_BAR_FRACTION)
+    status = events["status"] if n else pd.Series([], dtype=object)
+    hover = _event_hover(events, orphan) if n else np.zeros(0, dtype=object)
+    ids = events["event_id"].to_numpy(dtype=object) if n else np.zeros(0, dtype=object)
+    traces, trace_ids = _status_traces(
+        status, {"base": rel, "x": width, "y": y, "hovertext": hover, "customdata": latency,
+                 "text": rel}, ids, hovertemplate=_EVENT_HOVER, textposition="none")
+    errors = int((status == "error").sum())
+    started = pd.Timestamp(t0, unit="ns", tz="UTC") if n else None
+    title = title or f"run {run} · {n:,} events · {errors:,} errors · {format_ms(span)}"
+    axis_title = (f"ms since {started:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC") if started else "ms"
+    layout = _layout(title, len(labels), labels, {"title": {"text": axis_title}})
+    if not n:
+        layout["annotations"] = [{"text": "no events recorded for this run", "showarrow": False,
+                                  "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}]
+    figure = _figure(traces, layout)
+
+    def pick(event_id: str) -> str:
+        return payload_html(load_event(event_id))
+
+    static = {"labels": labels, "rel": rel, "width": width, "y": y,
+              "status": status.to_numpy(dtype=object), "axis": "ms"}
+    return _make_widget(figure, ids=trace_ids, pick=pick, static=static, title=title,
+                        hint="Click a bar to see that call's request and response here.")
+
+
+_EVENT_HOVER = "%{hovertext}<br>%{customdata:.1f} ms at +%{text:.1f} ms<extra></extra>"
+
+
+def _event_hover(events: pd.DataFrame, orphan: np.ndarray) -> np.ndarray:
+    """The text part of each bar's hover; latency and start are numbers in the template."""
+    n = len(events)
+
+    def column(name: str) -> pd.Series:
+        return events[name] if name in events else pd.Series([None] * n)
+
+    def render(endpoint: Any, kind: Any, target: Any, status: Any, code: Any,
+               is_orphan: bool) -> str:
+        code_text = "—" if code is None or code is pd.NA or code != code else str(int(code))
+        text = (f"<b>{_plotly_text(endpoint)}</b><br>{_plotly_text(kind)} → "
+                f"{_plotly_text(target)}<br>status {_plotly_text(status)} · code {code_text}")
+        return text + ("<br><i>parent span not recorded</i>" if is_orphan else "")
+
+    return combination_text([column("endpoint"), column("kind"), column("target"),
+                             column("status"), column("status_code"), pd.Series(orphan)],
+                            render)
+
+
+def executions_timeline(runs: pd.DataFrame, workflow: str,
+                        describe_run: Callable[[str], str] | None = None) -> TimelineWidget:
+    """The overview Gantt: one bar per execution on a date axis, coloured by status, with
+    counts in the hover; a click shows the run's summary (or `describe_run(run_id)`)."""
+    runs = runs.head(MAX_OVERVIEW_RUNS)
+    n = len(runs)
+    start_ns = _ns(runs["started_at"]) if n else np.zeros(0, dtype=np.int64)
+    t0 = int(start_ns.min()) if n else 0
+    rel = (start_ns - t0) / 1e6
+    duration = runs["duration_ms"].to_numpy(dtype=float, na_value=0.0) if n else np.zeros(0)
+    span = float((rel + duration).max()) if n else 0.0
+    width = np.maximum(duration, max(span, 1.0) * _MIN_BAR_FRACTION)
+    order = np.argsort(start_ns, kind="stable")
+    y = np.empty(n, dtype=np.int32)
+    y[order] = np.arange(n, dtype=np.int32)
+    run_ids = runs["run_id"].astype(str).to_numpy(dtype=object) if n else np.zeros(0, object)
+    labels = [run_ids[i] if len(run_ids[i]) <= 28 else run_ids[i][:27] + "…" for i in order]
+    status = runs["status"] if n else pd.Series([], dtype=object)
+    base = pd.DatetimeIndex(runs["started_at"]).tz_convert("UTC").tz_localize(None) \
+        .strftime("%Y-%m-%d %H:%M:%S.%f").to_numpy(dtype=object) if n \
+        else np.zeros(0, dtype=object)
+    hover = np.array([
+        f"<b>{_plotly_text(r)}</b><br>{e} events · {x} errors<br>started {b[:19]}"
+        for r, e, x, b in zip(run_ids, runs["events"].tolist(), runs["errors"].tolist(), base)],
+        dtype=object)
+    traces, trace_ids = _status_traces(
+        status, {"base": base, "x": width, "y": y, "hovertext": hover, "customdata": duration},
+        run_ids, hovertemplate="%{hovertext}<br>%{customdata:.1f} ms<extra></extra>")
+    errors = int((status == "error").sum())
+    more = "" if len(runs) < MAX_OVERVIEW_RUNS else f" (newest {MAX_OVERVIEW_RUNS:,})"
+    title = f"{workflow}: {n:,} executions{more} · {errors:,} with errors"
+    layout = _layout(title, n, labels, {"type": "date", "title": {"text": "UTC"}})
+    if not n:
+        layout["annotations"] = [{"text": "no executions", "showarrow": False,
+                                  "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}]
+    figure = _figure(traces, layout)
+    by_id = {str(r["run_id"]): r for r in runs.to_dict("records")}
+
+    def pick(run_id: str) -> str:
+        if describe_run is not None:
+            return describe_run(run_id)
+        return run_summary_html(by_id[run_id])
+
+    started = pd.Timestamp(t0, unit="ns", tz="UTC") if n else None
+    static = {"labels": labels, "rel": rel, "width": width, "y": y,
+              "status": status.to_numpy(dtype=object),
+              "axis": f"ms since {started:%Y-%m-%d %H:%M:%S} UTC" if started else "ms"}
+    return _make_widget(figure, ids=trace_ids, pick=pick, static=static, title=title,
+                        hint="Click a bar to see that execution's summary here.")
+
+
+def run_summary_html(run: Mapping[str, Any]) -> str:
+    run_id = str(run.get("run_id"))
+    return box(
+        f'<div class="tl-head">run <code>{esc(run_id)}</code></div>'
+        f"<div>{status_html(run.get('status'))} · {esc(run.get('events'))} events · "
+        f"{esc(run.get('errors'))} errors · {format_ms(run.get('duration_ms'))}</div>"
+        f'<div class="tl-dim">started {esc(run.get("started_at"))}</div>'
+        f"<div>services: {join_names(run.get('services') or [])}</div>"
+        f"<div>targets: {join_names(run.get('targets') or [])}</div>"
+        f"<div>tags: <code>{esc(run.get('tags') or {})}</code></div>"
+        f"<div class=\"tl-dim\">open it: <code>tl.execution({esc(repr(run_id))})"
+        f".timeline()</code></div>")
+
+
+# -- static fallback --------------------------------------------------------------------------
+
+def static_svg(*, labels: list[str], rel: np.ndarray, width: np.ndarray, y: np.ndarray,
+               status: np.ndarray, axis: str, title: str) -> str:
+    """The same Gantt as a plain SVG image, bars merged per pixel so its size stays bounded."""
+    plot_w = _SVG_WIDTH - _SVG_LABEL_WIDTH - 20
+    n_lanes = max(len(labels), 1)
+    top, bottom = 30, 34
+    height = top + n_lanes * _SVG_ROW + bottom
+    span = float((rel + width).max()) if len(rel) else 1.0
+    scale = plot_w / max(span, 1e-9)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_SVG_WIDTH}" '
+             f'height="{height}" font-family="sans-serif" font-size="11">',
+             '<rect width="100%" height="100%" fill="white"/>',
+             f'<text x="4" y="16" font-size="13">{esc(title)}</text>']
+    for lane, label in enumerate(labels):
+        ly = top + lane * _SVG_ROW
+        parts.append(f'<text x="{_SVG_LABEL_WIDTH - 6}" y="{ly + 13}" text-anchor="end">'
+                     f"{esc(label[:30])}</text>")
+    x0 = np.floor(rel * scale).astype(np.int64)
+    x1 = np.maximum(x0 + 1, np.ceil((rel + width) * scale).astype(np.int64))
+    for name in pd.unique(status):
+        mask = status == name
+        color = STATUS_COLORS.get(str(name), OTHER_COLOR)
+        order = np.lexsort((x0[mask], y[mask]))
+        lanes, starts, ends = y[mask][order], x0[mask][order], x1[mask][order]
+        rects = []
+        cur = None
+        for lane, a, b in zip(lanes.tolist(), starts.tolist(), ends.tolist()):
+            if cur is not None and cur[0] == lane and a <= cur[2]:
+                cur[2] = max(cur[2], b)
+                continue
+            if cur is not None:
+                rects.append(cur)
+            cur = [lane, a, b]
+        if cur is not None:
+            rects.append(cur)
+        parts.extend(
+            f'<rect x="{_SVG_LABEL_WIDTH + a}" y="{top + lane * _SVG_ROW + 3}" width="{b - a}" '
+            f'height="{_SVG_ROW - 6}" fill="{color}"/>' for lane, a, b in rects)
+    axis_y = top + n_lanes * _SVG_ROW + 4
+    parts.append(f'<line x1="{_SVG_LABEL_WIDTH}" y1="{axis_y}" x2="{_SVG_LABEL_WIDTH + plot_w}" '
+                 f'y2="{axis_y}" stroke="#999"/>')
+    for k in range(6):
+        value = span * k / 5
+        tx = _SVG_LABEL_WIDTH + plot_w * k / 5
+        parts.append(f'<text x="{tx:.0f}" y="{axis_y + 14}" text-anchor="middle">'
+                     f"{_tick(value)}</text>")
+    parts.append(f'<text x="{_SVG_LABEL_WIDTH + plot_w / 2:.0f}" y="{axis_y + 28}" '
+                 f'text-anchor="middle" fill="#666">{esc(axis)}</text></svg>')
+    return "".join(parts)
+
+
+def _tick(ms: float) -> str:
+    if not math.isfinite(ms):
+        return ""
+    return f"{ms:,.0f}" if ms >= 10 else f"{ms:.1f}"
