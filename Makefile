@@ -1,4 +1,4 @@
-# One command for each job a newcomer has: `make install`, `make test`.
+# One command for each job a newcomer has: `make demo`, `make test` (and `make install`, `make dev`).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := install
 include web/build.mk
+include mocks/demo.mk
 
 install: $(STAMP) system-deps ui
 

@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("tracelab.serve_cmd", "serve the API (:8000, /docs) and the web UI (:3000)"),
     "up": ("tracelab.up_cmd", "service mode: the ingester and `serve` in one process"),
     "proxy": ("tracelab.proxy_cmd", "record HTTP(S)/WebSocket traffic as a mitmproxy proxy"),
+    "mocks": ("tracelab.mocks_cmd", "run the mock vendors (Stripe, SendGrid, Twilio, SES, OpenAI)"),
+    "demo": ("tracelab.demo_cmd", "record the sample refund agent against the mocks, then serve"),
 }
 
 

@@ -1,0 +1,21 @@
+"""Mock OpenAI: the Docker entry point of `mock-openai`.
+
+The app itself lives in the package, `tracelab/mocks/openai.py` (so `pip install tracelab` users
+get it through `tracelab mocks`); this file only runs it:
+
+    python mocks/openai/app.py [--host H] [--port P]   # default $MOCK_HOST/$MOCK_PORT, else 127.0.0.1:9104
+    uvicorn app:app                                 # also works (`reset` faults then close the
+                                                    # connection mid-response instead of a TCP RST)
+
+Fault rules: `MOCK_FAULTS` at start, `/__tracelab/faults` at run time (see `tracelab.faults`).
+"""
+import sys
+
+from tracelab.mocks import main
+
+if __name__ == "__main__":
+    sys.exit(main(["openai", *sys.argv[1:]]))
+else:
+    from tracelab.mocks.openai import create_app
+
+    app = create_app()

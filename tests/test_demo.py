@@ -1,0 +1,144 @@
+"""`tracelab demo`: the sample refund agent recorded against the mocks, in embedded mode, in a
+temporary TRACELAB_HOME; then the store holds the expected workflow, errors exactly where
+faults were injected, and events of kinds http, llm, email and sms. One test also checks the
+serving half (API and UI answer with the recorded workflow, Ctrl-C stops it).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+
+from conftest import free_port
+
+pytest.importorskip("stripe")
+pytest.importorskip("sendgrid")
+pytest.importorskip("openai")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TRACELAB_", "MOCK_"))}
+    env["TRACELAB_HOME"] = str(home)
+    return env
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    home = tmp_path_factory.mktemp("demo") / "home"
+    done = subprocess.run(
+        [sys.executable, "-m", "tracelab.cli", "demo", "--no-serve", "--home", str(home),
+         "--mocks-base-port", "0"],
+        cwd=ROOT, env=_env(home), capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return home, done.stdout
+
+
+def _store(home: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from tracelab.store import query
+    from tracelab.store.layout import resolve_layout
+
+    layout = resolve_layout(None, home)
+    runs = query.executions("refund-agent", layout=layout)
+    events = query.events("refund-agent", layout=layout)
+    return runs, events
+
+
+def test_demo_records_the_refund_agent(recorded: tuple[Path, str]) -> None:
+    home, out = recorded
+    assert "recorded 6 executions of workflow 'refund-agent'" in out
+    assert "notebooks/quickstart.ipynb" in out
+    runs, events = _store(home)
+    assert len(runs) == 6
+    scenario = {r["run_id"]: dict(r["tags"])["scenario"] for r in runs.to_dict("records")}
+    faults = {r["run_id"]: dict(r["tags"])["faults"] for r in runs.to_dict("records")}
+    assert sorted(scenario.values()) == sorted(["refund", "new-order", "llm-rate-limited",
+                                                "stripe-flaky", "sms-outage", "escalation"])
+    # errors exactly where faults were injected
+    for row in runs.to_dict("records"):
+        injected = faults[row["run_id"]] != "none"
+        assert (row["status"] == "error") == injected, row
+        assert (row["errors"] > 0) == injected, row
+
+    assert {"http", "llm", "email", "sms", "function"} <= set(events["kind"])
+    by_run = {run_id: frame for run_id, frame in events.groupby("run_id")}
+    rid = {v: k for k, v in scenario.items()}
+
+    happy = by_run[rid["refund"]]
+    assert set(happy["status"]) == {"ok"}
+    assert {"POST /v1/charges", "POST /v1/refunds", "POST /v1/chat/completions",
+            "messages.create", "POST /v3/mail/send"} <= set(happy["endpoint"])
+    assert set(happy[happy["kind"] == "email"]["target"]) == {"sendgrid", "aws:ses"}
+    # every vendor call is nested under a @trace step
+    spans = set(happy["span_id"].dropna())
+    assert happy[happy["kind"] != "function"]["parent_id"].isin(spans).all()
+
+    llm = by_run[rid["llm-rate-limited"]].query("kind == 'llm'").sort_values("started_at")
+    assert list(llm["status"]) == ["error", "error", "ok"]
+    assert list(llm["status_code"].astype(int)) == [429, 429, 200]
+
+    stripe = by_run[rid["stripe-flaky"]].query("endpoint == 'POST /v1/refunds'") \
+        .sort_values("started_at")
+    assert list(stripe["status"]) == ["error", "error", "ok"]
+    assert pd.isna(stripe["status_code"].iloc[0])  # the reset: no response at all
+    assert stripe["status_code"].iloc[1] == 503
+
+    sms = by_run[rid["sms-outage"]].query("kind == 'sms'")
+    assert len(sms) == 4 and set(sms["status"]) == {"error"}  # given up after 4 attempts
+
+    # SendGrid (traced by the agent's register_hook) fails at a seeded rate 0.5: the same
+    # two failures then a success on every run of the demo
+    sendgrid = by_run[rid["escalation"]].query("target == 'sendgrid'").sort_values("started_at")
+    assert list(sendgrid["status"]) == ["error", "error", "ok"]
+    assert set(sendgrid["kind"]) == {"email"}
+    assert "POST /v1/refunds" not in set(by_run[rid["escalation"]]["endpoint"])
+
+
+def test_demo_serves_api_and_ui(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    api, ui = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tracelab.cli", "demo", "--runs", "2", "--home", str(home),
+         "--port", str(api), "--ui-port", str(ui), "--mocks-base-port", "0"],
+        cwd=ROOT, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        workflows = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                workflows = requests.get(f"http://127.0.0.1:{api}/api/workflows",
+                                         timeout=2).json()["workflows"]
+                break
+            except requests.RequestException:
+                time.sleep(0.2)
+        assert workflows, proc.stdout.read() if proc.poll() is not None else "no API"
+        assert workflows[0]["workflow"] == "refund-agent" and workflows[0]["executions"] == 2
+        assert requests.get(f"http://127.0.0.1:{ui}/", timeout=5).status_code == 200
+        assert "tracelab_executions_stored 2.0" in requests.get(
+            f"http://127.0.0.1:{api}/metrics", timeout=5).text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    output = proc.stdout.read()
+    assert code == 0, output
+    assert "Where to look:" in output and f"http://127.0.0.1:{ui}" in output
+
+
+def test_demo_refuses_bad_flags(tmp_path: Path) -> None:
+    bad = subprocess.run([sys.executable, "-m", "tracelab.cli", "demo", "--runs", "0"],
+                         cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "out of range" in bad.stderr

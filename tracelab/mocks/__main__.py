@@ -1,0 +1,5 @@
+import sys
+
+from tracelab.mocks import main
+
+sys.exit(main())
