@@ -260,3 +260,91 @@ def test_bad_flags_are_refused_with_a_clear_message(tracelab_home):
                           capture_output=True, timeout=30)
     assert proc.returncode == 2
     assert b"--batch" in proc.stderr and b"at least 1" in proc.stderr
+
+
+def child_pids(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_multi_worker_ingest_then_restart_stores_every_event_exactly_once(
+        redis_server, tracelab_home):
+    events = make_runs(workflows=3, runs=100, events_per_run=100)  # 30,000 over 300 runs
+    client = redis_server.client()
+    publish(client, events)
+    first = start_ingest(redis_server.url, "--workers", "2", "--batch", "200",
+                         "--flush-interval", "0.2")
+    try:
+        workers = wait_for(lambda: len(child_pids(first.pid)) >= 2 and child_pids(first.pid),
+                           60, "two worker processes")
+        wait_for(lambda: acked(client) >= 5000, 60, "a few thousand events stored")
+        consumers = {c["name"] for c in client.xinfo_consumers(STREAM, GROUP)}
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The workers die with the command: nothing keeps consuming under names the restart reuses.
+    wait_for(lambda: not any(alive(pid) for pid in workers), 10, "the workers to die with it")
+    lag, pending = group_backlog(client)
+    assert lag + pending > 0, "the ingester finished before it could be killed"
+    assert len(consumers) == 2 and all(name.endswith((b"-0", b"-1")) for name in consumers)
+    # Same host, same default base name: each restarted worker finds its own pending entries.
+    done = run_ingest_once(redis_server.url, "--workers", "2", "--batch", "2000")
+    assert b"stored" in done.stdout and b"(2 workers)" in done.stdout
+    assert group_backlog(client) == (0, 0)
+    assert {c["name"] for c in client.xinfo_consumers(STREAM, GROUP)} == consumers
+    assert_exactly_once(tracelab_home, events)
+    assert_executions(events)
+
+
+def test_sigterm_reaches_every_worker_which_writes_and_acknowledges(redis_server,
+                                                                    tracelab_home):
+    client = redis_server.client()
+    events = [make_event("term-w", f"run-{i % 5}", seq=i) for i in range(1000)]
+    proc = start_ingest(redis_server.url, "--workers", "2", "--flush-interval", "60",
+                        "--batch", "100000")
+    try:
+        wait_for(lambda: len(client.xinfo_consumers(STREAM, GROUP)) == 2
+                 if client.exists(STREAM) else False, 60, "both workers to join the group")
+        publish(client, events)
+        wait_for(lambda: group_backlog(client) == (0, 1000), 30, "the workers to read them")
+        assert read_store_raw(tracelab_home / "store").num_rows == 0  # held, not yet written
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    assert rc == 0, output(proc)
+    assert group_backlog(client) == (0, 0)
+    assert_exactly_once(tracelab_home, events)
+
+
+def test_workers_flag(redis_server, tracelab_home):
+    proc = subprocess.run([sys.executable, "-m", "tracelab.cli", "ingest", "--workers", "0"],
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 2 and b"--workers" in proc.stderr
+    client = redis_server.client()
+    events = [make_event("auto", f"run-{i % 7}", seq=i) for i in range(3000)]
+    publish(client, events)
+    done = run_ingest_once(redis_server.url, "--workers", "auto", "--batch", "500")
+    assert b"3000 stored" in done.stdout
+    assert group_backlog(client) == (0, 0)
+    assert_exactly_once(tracelab_home, events)

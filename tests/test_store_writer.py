@@ -92,3 +92,35 @@ def test_interrupted_compaction_is_finished_by_the_next_writer(tracelab_home):
     names = sorted(p.name for p in (tracelab_home / "store" / "events").rglob("*"))
     assert not [n for n in names if n.startswith("_compaction")]
     assert read_store_raw(tracelab_home / "store").num_rows == 11
+
+
+def test_a_writers_cached_ids_see_other_writers_files_and_compactions(tracelab_home):
+    """The writer skips the full listing only while a partition holds exactly the files it
+    knows; another writer's file, or a compaction, must still be seen."""
+    from tracelab.store.compact import compact
+
+    events = [make_event("cache", "run-1", seq=i) for i in range(40)]
+    a, b = StoreWriter(), StoreWriter()
+    assert a.write(events[:10]).written == 10
+    assert a.write(events[:10]).duplicates == 10          # cached, nothing new on disk
+    assert b.write(events[10:20]).written == 10           # a file `a` does not know
+    again = a.write(events[:25])
+    assert (again.written, again.duplicates) == (5, 20)
+    compact("cache")                                      # files replaced behind `a`'s back
+    again = a.write(events[:30])
+    assert (again.written, again.duplicates) == (5, 25)
+    ids = read_store_raw(tracelab_home / "store").column("event_id").to_pylist()
+    assert sorted(ids) == sorted(e["event_id"] for e in events[:30])
+
+
+def test_tags_are_stored_as_sorted_json_whatever_their_order(tracelab_home):
+    from tracelab.store.schema import events_to_table
+
+    events = [make_event("tags", "run-1", seq=i, tags=tags) for i, tags in enumerate(
+        [{"b": "2", "a": "1"}, {"a": "1", "b": "2"}, {"b": "2", "a": "1"}, {"x": "é"}])]
+    events.append(make_event("tags", "run-1", seq=9))
+    events[-1].pop("tags", None)
+    by_id = dict(zip(*(events_to_table(events).column(c).to_pylist()
+                       for c in ("event_id", "tags"))))
+    assert [by_id[e["event_id"]] for e in events] == [
+        '{"a":"1","b":"2"}', '{"a":"1","b":"2"}', '{"a":"1","b":"2"}', '{"x":"é"}', None]

@@ -83,13 +83,28 @@ _OPTIONAL = ("status_code", "span_id", "parent_id", "host", "pid", "sdk_version"
 _required = itemgetter(*_REQUIRED)
 
 
-def _json_columns(event: dict) -> tuple[bytes, bytes | None, bytes | None, Any]:
-    tags = event.get("tags")
-    response = event.get("response")
-    return (_dumps(event["request"]),
-            None if response is None else _dumps(response),
-            _dumps(tags, option=orjson.OPT_SORT_KEYS) if tags else None,
-            event.get("error"))
+# Many events carry the same few tag sets; their sorted JSON text is remembered (bounded).
+_TAGS_TEXT: dict[tuple, bytes] = {}
+_TAGS_TEXT_MAX = 4096
+_TAGS_TEXT_MAX_BYTES = 512
+
+
+def _tags_text(tags: Any) -> bytes | None:
+    """`tags` as JSON text with sorted keys, None for none; the same bytes as `_dumps`."""
+    if not tags:
+        return None
+    try:
+        key = tuple(tags.items())
+        text = _TAGS_TEXT.get(key)
+    except (AttributeError, TypeError):  # not a dict of hashables: no caching
+        return _dumps(tags, option=orjson.OPT_SORT_KEYS)
+    if text is None:
+        text = _dumps(tags, option=orjson.OPT_SORT_KEYS)
+        if len(text) <= _TAGS_TEXT_MAX_BYTES:
+            if len(_TAGS_TEXT) >= _TAGS_TEXT_MAX:
+                _TAGS_TEXT.clear()
+            _TAGS_TEXT[key] = text
+    return text
 
 
 def events_to_table(events: Sequence[dict]) -> pa.Table:
@@ -101,29 +116,42 @@ def events_to_table(events: Sequence[dict]) -> pa.Table:
     together and row-group statistics can skip the rest.
     """
     columns = {**_flat_columns_from_python(events), **_json_text_columns(events)}
-    arrays = [columns[f.name] if isinstance(columns[f.name], pa.Array)
-              else pa.array(columns[f.name], type=f.type) for f in EVENT_SCHEMA]
+    arrays = [columns[f.name] for f in EVENT_SCHEMA]
     table = pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
     order = pc.sort_indices(table, sort_keys=[("run_id", "ascending"),
                                               ("started_at", "ascending")])
     return table.take(order)
 
 
-def _json_text_columns(events: Sequence[dict]) -> dict[str, Sequence[Any]]:
-    request, response, tags, _ = zip(*map(_json_columns, events))
-    return {"request": request, "response": response, "tags": tags,
-            "extra": [_extra(e) for e in events]}
+def _json_text(values: list[bytes | None]) -> pa.Array:
+    """A string column from orjson output, which is always valid UTF-8: built as binary and
+    viewed as string, so Arrow does not validate it a second time."""
+    return pa.array(values, type=pa.binary()).view(pa.string())
 
 
-def _flat_columns_from_python(events: Sequence[dict]) -> dict[str, Any]:
+def _json_text_columns(events: Sequence[dict]) -> dict[str, pa.Array]:
+    dumps = _dumps
+    fields = CONTRACT_FIELDS
+    request = [dumps(e["request"]) for e in events]
+    response = [None if (r := e.get("response")) is None else dumps(r) for e in events]
+    tags = [_tags_text(e.get("tags")) for e in events]
+    # The common case (nothing outside the contract, a plain or absent error) without a call.
+    extra = [None if e.keys() <= fields and ((err := e.get("error")) is None or len(err) <= 2)
+             else _extra(e) for e in events]
+    return {"request": _json_text(request), "response": _json_text(response),
+            "tags": _json_text(tags), "extra": _json_text(extra)}
+
+
+def _flat_columns_from_python(events: Sequence[dict]) -> dict[str, pa.Array]:
     required = dict(zip(_REQUIRED, zip(*map(_required, events))))
     optional = {k: [e.get(k) for e in events] for k in _OPTIONAL}
     errors = [e.get("error") for e in events]
-    values = {
-        **required, **optional,
-        "error_type": [err.get("type") if type(err) is dict else None for err in errors],
-        "error_message": [err.get("message") if type(err) is dict else None for err in errors],
-    }
+    if any(errors):
+        error_type = [err.get("type") if type(err) is dict else None for err in errors]
+        error_message = [err.get("message") if type(err) is dict else None for err in errors]
+    else:
+        error_type = error_message = [None] * len(events)
+    values = {**required, **optional, "error_type": error_type, "error_message": error_message}
     return {name: pa.array(values[name], type=EVENT_SCHEMA.field(name).type) for name in values}
 
 

@@ -190,7 +190,10 @@ class StoreWriter:
                 self._write_remote(path, table)
             entry = self._ids[key]
             entry.files.add(path)
-            entry.ids.update(table.column("event_id").to_pylist())
+            if rejected:
+                entry.ids.update(table.column("event_id").to_pylist())
+            else:  # every event is in the table: their ids are already Python strings
+                entry.ids.update([e["event_id"] for e in events])
             report.written += table.num_rows
             report.files.append(path)
             self._touched.add(key)
@@ -214,8 +217,10 @@ class StoreWriter:
 
     def _known_ids(self, key: PartitionKey) -> set[str]:
         """The partition's stored event ids, refreshed against its current file listing."""
-        from tracelab.store.query import read_table
-
+        entry = self._ids.get(key)
+        if entry is not None and self._unchanged_local(key, entry):
+            self._ids.move_to_end(key)
+            return entry.ids
         files, journals = self.layout.list_partition(*key)
         if journals:
             for journal in journals:
@@ -227,6 +232,8 @@ class StoreWriter:
             entry = _PartitionIds()
         new = sorted(live - entry.files)
         if new:
+            from tracelab.store.query import read_table  # pandas: only when there is reading
+
             ids = read_table(self.layout, new, ["event_id"]).column("event_id")
             entry.ids.update(ids.to_pylist())
             entry.files.update(new)
@@ -235,6 +242,25 @@ class StoreWriter:
         while len(self._ids) > self._cached_partitions:
             self._ids.popitem(last=False)
         return entry.ids
+
+    def _unchanged_local(self, key: PartitionKey, entry: _PartitionIds) -> bool:
+        """True when a local partition holds exactly the data files the cache knows and no
+        journal: one `listdir` instead of a full listing (the common case of a writer alone
+        in its partitions). Anything else, including any doubt, takes the full path."""
+        if not self.layout.is_local:
+            return False
+        directory = self.layout.partition_dir(*key)
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return False
+        data = set()
+        for name in names:
+            if name.startswith(JOURNAL_PREFIX):
+                return False
+            if not name.startswith((".", "_")) and name.endswith(DATA_SUFFIX):
+                data.add(f"{directory}/{name}")
+        return data == entry.files
 
     def _new_name(self) -> str:
         self._seq += 1
