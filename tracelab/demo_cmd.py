@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tracelab.serve_cmd import port_number
+from tracelab.listen import port_number
 
 WORKFLOW = "refund-agent"
 NOTEBOOK = "notebooks/quickstart.ipynb"

@@ -9,7 +9,6 @@ to point its SDK at it are printed once all are listening. Heavy imports happen 
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import socket
 import sys
@@ -17,17 +16,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tracelab.listen import listen_socket, port_number
 from tracelab.mocks import DEFAULT_BASE_PORT, DEFAULT_HOST, VENDORS
-
-
-def port_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
-    return value
 
 
 def vendor_list(text: str) -> list[str]:
@@ -58,27 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _bind(host: str, port: int, name: str) -> socket.socket:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise SystemExit(f"tracelab mocks: cannot listen on {host}:{port} for {name}: "
-                         f"unknown host ({exc.strerror})") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-        sock.listen(1024)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise SystemExit(f"tracelab mocks: port {port} on {host} is already in use (mock "
-                             f"{name}); stop what uses it or choose another --base-port") \
-                from None
-        raise SystemExit(f"tracelab mocks: cannot listen on {host}:{port} for {name}: "
-                         f"{exc.strerror or exc}") from None
-    sock.setblocking(False)
-    return sock
+    return listen_socket(host, port, command="tracelab mocks", purpose=f"mock {name}",
+                         busy_hint="choose another --base-port")
 
 
 def _url(sock: socket.socket) -> str:

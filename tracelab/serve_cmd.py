@@ -7,23 +7,13 @@ a non-zero exit. Heavy imports (FastAPI, uvicorn, pandas) happen inside `run`.
 from __future__ import annotations
 
 import argparse
-import errno
 import ipaddress
 import os
 import socket
 import sys
 from typing import Any
 
-
-def port_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0 picks a "
-                                         "free one)")
-    return value
+from tracelab.listen import listen_socket, port_number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,28 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bind(host: str, port: int, what: str) -> socket.socket:
-    """A listening socket, or SystemExit with one line saying what is wrong."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise SystemExit(f"tracelab: cannot listen on {host}:{port} for the {what}: "
-                         f"unknown host ({exc.strerror})") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            flag = "--port" if what == "API" else "--ui-port"
-            raise SystemExit(f"tracelab: port {port} on {host} is already in use (the {what}); "
-                             f"stop what uses it or choose another with {flag}") from None
-        raise SystemExit(f"tracelab: cannot listen on {host}:{port} for the {what}: "
-                         f"{exc.strerror or exc}") from None
-    sock.setblocking(False)
-    return sock
+    """A listening socket for the API or the web UI, or SystemExit with one clear line."""
+    flag = "--port" if what == "API" else "--ui-port"
+    return listen_socket(host, port, command="tracelab", purpose=f"the {what}",
+                         busy_hint=f"choose another with {flag}")
 
 
 def _is_loopback(host: str) -> bool:
