@@ -247,6 +247,45 @@ def test_healthz_docs_openapi_metrics(api):
     assert names and all(n.startswith("tracelab_") for n in names)
 
 
+def _samples(text: str, name: str) -> dict[tuple, float]:
+    """Samples of one metric from the Prometheus text, keyed by their sorted label pairs."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                out[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def test_metrics_per_workflow_and_target(api, home):
+    import pandas as pd
+
+    from tracelab.store import query
+    from tracelab.store.layout import resolve_layout
+
+    text = api.get("/metrics").text
+    assert _samples(text, "tracelab_workflow_executions") == {(("workflow", "checkout"),): 2.0}
+    frame = query.events("checkout", layout=resolve_layout(str(home / "store")))
+    assert len(frame) == 7
+    vendor_target = frame.loc[frame["kind"] == "http", "target"].iloc[0]
+    # run-ok: checkout() + charge + email; run-err: checkout() + charge + 402 + email
+    expected = {(("status", "ok"), ("target", "__main__")): 2.0,
+                (("status", "ok"), ("target", vendor_target)): 4.0,
+                (("status", "error"), ("target", vendor_target)): 1.0}
+    assert _samples(text, "tracelab_target_events_total") == expected
+    latency = _samples(text, "tracelab_target_latency_ms")
+    assert {dict(k)["quantile"] for k in latency} == {"0.5", "0.95", "0.99"}
+    for target, group in frame.groupby("target"):
+        for q in (0.5, 0.95, 0.99):
+            got = latency[(("quantile", str(q)), ("target", target))]
+            assert got == pytest.approx(float(group["latency_ms"].quantile(q)))
+    assert pd.Series(list(latency.values())).gt(0).all()
+    # cached between scrapes: a second scrape within the TTL answers the same figures
+    assert _samples(api.get("/metrics").text, "tracelab_target_events_total") == expected
+
+
 def _read_sse(lines, want, timeout: float) -> list[tuple[str, dict]]:
     """SSE messages from an iterator of lines until `want(messages)` is true (or timeout)."""
     messages: list[tuple[str, dict]] = []

@@ -76,7 +76,10 @@ def test_a_compaction_killed_midway_loses_and_doubles_nothing(tracelab_home):
     proc.wait()
     # TraceLab's readers never double, even before anyone recovers the partition.
     assert query.store_stats()["events"] == len(events)
+    counts = query.target_counts()  # cached per file: compaction must not leave stale ones
+    assert int(counts["events"].sum()) == len(events)
     compact()
+    assert query.target_counts().equals(counts)
     ids = read_store_raw(tracelab_home / "store").column("event_id").to_pylist()
     assert Counter(ids) == Counter(e["event_id"] for e in events)
     assert not list((tracelab_home / "store").rglob("_compaction-*"))

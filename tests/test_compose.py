@@ -157,13 +157,30 @@ def _dashboard_metrics() -> set[str]:
     return names
 
 
+# One traced step recorded in embedded mode, so the per-workflow and per-target series exist.
+RECORD_SCRIPT = """
+import tracelab
+tracelab.init(workflow_name="compose-check", service_name="compose-test", run_id="run-1")
+
+@tracelab.trace
+def step():
+    return 1
+
+step()
+assert tracelab.flush(10)
+tracelab.shutdown()
+"""
+
+
 @pytest.mark.slow
 def test_dashboard_metric_names_are_exported_by_a_live_api(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELAB_")}
+    env["TRACELAB_HOME"] = str(tmp_path / "home")
+    subprocess.run([sys.executable, "-c", RECORD_SCRIPT], check=True, env=env, cwd=ROOT,
+                   timeout=60)
     redis = RedisServer(tmp_path)
     redis.start()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELAB_")}
-    env["TRACELAB_HOME"] = str(tmp_path / "home")
     proc = subprocess.Popen([sys.executable, "-m", "tracelab.cli", "up", "--port", str(port),
                              "--no-ui", "--redis-url", redis.url], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

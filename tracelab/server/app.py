@@ -12,7 +12,8 @@ as JSON. Routes (all under `/api`, bearer-protected when a token is set):
 - `GET /api/executions/{a}/diff/{b}`: `tracelab.notebook.diff.diff_executions` as JSON rows;
 - `GET /api/stream`: Server-Sent Events `workflow`, `execution`, `events` as data lands.
 
-Outside `/api`: `/healthz`, `/metrics` (Prometheus, `tracelab_` names), `/docs`, `/openapi.json`.
+Outside `/api`: `/healthz`, `/metrics` (Prometheus, `tracelab_` names, including executions per
+workflow and events, errors and latency quantiles per target), `/docs`, `/openapi.json`.
 Unknown ids are a JSON 404, bad parameters a JSON 422. With `OTEL_EXPORTER_OTLP_ENDPOINT` set,
 requests are traced with OpenTelemetry and exported over OTLP/HTTP.
 
@@ -55,6 +56,13 @@ STREAM_EVENTS_INLINE = 2000
 DIFF_PAYLOAD_STEPS = 20_000
 # A run whose last event ended this recently is shown as running.
 ACTIVE_SECONDS = 30.0
+# /metrics: per-target and per-workflow figures are recomputed at most this often; latency
+# quantiles cover events started in the last LATENCY_WINDOW seconds, the newest
+# LATENCY_SAMPLE of them per target.
+WORKLOAD_TTL = 10.0
+LATENCY_WINDOW = 3600.0
+LATENCY_SAMPLE = 10_000
+LATENCY_QUANTILES = (0.5, 0.95, 0.99)
 # Columns of the execution view (no payloads); `shape=columns` dictionary-encodes these.
 _DICT_COLUMNS = ("status", "service", "source", "kind", "target", "endpoint", "error_type")
 _EVENT_COLUMNS = ("event_id", "started_at", "latency_ms", "status", "status_code", "service",
@@ -389,6 +397,79 @@ class _Metrics:
                                     registry=self.registry)
         self.stream_clients.set_function(lambda: len(watcher.subscribers))
         self.registry.register(_StoreCollector(layout, ingester))
+        self.registry.register(_WorkloadCollector(layout))
+
+
+class _WorkloadCollector:
+    """Per-workflow and per-target figures from the query layer, cached for WORKLOAD_TTL.
+
+    `tracelab_workflow_executions{workflow}`, `tracelab_target_events_total{target,status}`
+    (events stored; a step without a target counts as target="") and
+    `tracelab_target_latency_ms{target,quantile}` over the last hour's events.
+    """
+
+    def __init__(self, layout: StoreLayout) -> None:
+        self.layout = layout
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list] | None = None
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= WORKLOAD_TTL:
+                self._cached = (now, self._families())
+            families = self._cached[1]
+        yield from families
+
+    def _families(self) -> list:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        executions = GaugeMetricFamily("tracelab_workflow_executions",
+                                       "Executions stored per workflow", labels=["workflow"])
+        events = CounterMetricFamily("tracelab_target_events", "Events stored per target and "
+                                     "status", labels=["target", "status"])
+        latency = GaugeMetricFamily("tracelab_target_latency_ms", "Latency quantiles per "
+                                    "target over events started in the last hour (ms)",
+                                    labels=["target", "quantile"])
+        try:
+            flows = query.workflows(layout=self.layout)
+            for row in flows.to_dict("records"):
+                executions.add_metric([row["workflow"]], int(row["executions"]))
+            counts = query.target_counts(layout=self.layout)
+            for row in counts.to_dict("records"):
+                events.add_metric([row["target"] or "", row["status"] or ""],
+                                  int(row["events"]))
+            for target, values in self._latency(flows).items():
+                for q, value in zip(LATENCY_QUANTILES, values):
+                    latency.add_metric([target, str(q)], value)
+        except Exception as exc:
+            log.warning("per-target metrics for /metrics failed: %s", exc)
+        return [executions, events, latency]
+
+    def _latency(self, flows: pd.DataFrame) -> dict[str, list[float]]:
+        """Quantiles of `latency_ms` per target over the recent events of every workflow."""
+        if flows.empty:
+            return {}
+        since = pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=LATENCY_WINDOW)
+        frames = []
+        for row in flows.to_dict("records"):
+            if row["last_event"] is None or pd.Timestamp(row["last_event"]) < since:
+                continue
+            frame = query.events(row["workflow"], since=since, layout=self.layout)
+            if not frame.empty:
+                frames.append(frame[["target", "started_at", "latency_ms"]])
+        if not frames:
+            return {}
+        frame = pd.concat(frames, ignore_index=True).dropna(subset=["latency_ms"])
+        frame["target"] = frame["target"].fillna("")
+        frame = frame.sort_values("started_at").groupby("target").tail(LATENCY_SAMPLE)
+        table = frame.groupby("target")["latency_ms"].quantile(list(LATENCY_QUANTILES)) \
+            .unstack()
+        return {str(t): [float(v) for v in values] for t, values in
+                zip(table.index, table.to_numpy())}
 
 
 class _StoreCollector:

@@ -460,6 +460,57 @@ def _matching_tag_values(layout: StoreLayout, files: list[DataFile],
     return out
 
 
+TARGET_COLUMNS = ["target", "status", "events"]
+_TARGET_SCHEMA = pa.schema([("target", pa.string()), ("status", pa.string()),
+                           ("events", pa.int64())])
+_TARGET_COUNTS: dict[str, dict[str, pa.Table]] = {}
+_TARGET_LOCK = threading.Lock()
+
+
+def target_counts(*, layout: StoreLayout | None = None) -> pd.DataFrame:
+    """Events stored per target and status (`target` null for steps without one).
+
+    Reads only the `target` and `status` columns; each file's counts are cached by path (files
+    never change), so a call lists the files and reads only those it has not seen.
+    """
+    layout = _layout(layout)
+    with _TARGET_LOCK:
+        cache = _TARGET_COUNTS.setdefault(layout.uri or layout.root, {})
+    for attempt in range(3):
+        files = layout.list_files()
+        try:
+            with _TARGET_LOCK:
+                live = {f.path for f in files}
+                for gone in set(cache) - live:
+                    del cache[gone]
+                new = [f for f in files if f.path not in cache]
+                if new:
+                    for data_file, table in _scan_by_file(layout, new, ["target", "status"]):
+                        grouped = table.group_by(["target", "status"], use_threads=False) \
+                            .aggregate([("status", "count", pc.CountOptions(mode="all"))])
+                        cache[data_file.path] = pa.table(
+                            [grouped["target"], grouped["status"], grouped["status_count"]],
+                            schema=_TARGET_SCHEMA)
+                    for data_file in new:  # files with no rows
+                        cache.setdefault(data_file.path, _TARGET_SCHEMA.empty_table())
+                tables = [cache[p] for p in sorted(live)]
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    if not tables:
+        return _empty(TARGET_COLUMNS)
+    table = pa.concat_tables(tables)
+    if table.num_rows == 0:
+        return _empty(TARGET_COLUMNS)
+    total = table.group_by(["target", "status"], use_threads=False) \
+        .aggregate([("events", "sum")]).sort_by([("target", "ascending"),
+                                                 ("status", "ascending")])
+    return pd.DataFrame({"target": total["target"].to_pylist(),
+                         "status": total["status"].to_pylist(),
+                         "events": total["events_sum"].to_numpy()})
+
+
 def store_stats(*, layout: StoreLayout | None = None) -> dict[str, int]:
     """Counts for `tracelab stats`: workflows, executions, events, files, bytes."""
     layout = _layout(layout)
