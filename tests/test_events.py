@@ -256,3 +256,22 @@ def test_events_module_imports_only_the_standard_library() -> None:
     out = subprocess.run([sys.executable, "-c", loader, events.__file__],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ids_after_fork_differ_between_parent_and_child() -> None:
+    """Ids come from a per-process generator: a forked child must not replay the parent's."""
+    import os
+
+    from tracelab.events import new_event_id, new_span_id
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next ids and leave at once
+        os.write(write_end, f"{new_event_id()} {new_span_id()}".encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_event, child_span = os.read(read_end, 200).decode().split()
+    os.close(read_end)
+    os.close(write_end)
+    assert (new_event_id(), new_span_id()) != (child_event, child_span)
+    assert child_event != new_event_id()

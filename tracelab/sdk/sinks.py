@@ -36,6 +36,7 @@ class BatchingSink:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._busy = False
+        self._flush_requested = False
         self._pending: list[bytes] = []
         self._outage_since: float | None = None
         self._lost = 0  # events this sink gave up on; flush() reports them as not delivered
@@ -70,6 +71,7 @@ class BatchingSink:
         while True:
             if not self._queue and not self._busy and not self._pending:
                 return self._lost == lost_before
+            self._flush_requested = True
             self._wake.set()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -118,26 +120,34 @@ class BatchingSink:
     def _run(self) -> None:
         interval = self.config.flush_interval
         while not self._stop.is_set():
-            self._wake.wait(interval)
+            woken = self._wake.wait(interval)
             self._wake.clear()
+            # Woken by a full queue: write full batches only. Timed out (the oldest event has
+            # waited an interval) or asked to flush: write everything. Writing whatever
+            # trickled in after each batch would mean one small write, and one GIL hand-off
+            # with the traced program, per event.
+            everything = not woken or self._flush_requested
+            self._flush_requested = False
             try:
-                self._drain()
+                self._drain(everything)
             except Exception as exc:  # never let the worker die
                 self.stats.count_error(self.kind, f"sink worker: {exc!r}")
                 self._busy = False
                 time.sleep(0.05)
 
-    def _drain(self) -> None:
+    def _drain(self, everything: bool = True) -> None:
         queue = self._queue
-        while (queue or self._pending) and not self._stop.is_set():
+        batch_size = self._batch_size
+        while not self._stop.is_set():
             self._busy = True
             if not self._pending:
+                if not queue or (len(queue) < batch_size and not everything):
+                    break
                 popleft = queue.popleft
-                self._pending = [popleft() for _ in range(min(self._batch_size, len(queue)))]
+                self._pending = [popleft() for _ in range(min(batch_size, len(queue)))]
             if not self._deliver():
-                self._busy = False
-                return
-            self._busy = False
+                break
+        self._busy = False
 
     def _deliver(self) -> bool:
         """Write the pending batch; on failure back off, and past the retry window drop it."""
@@ -199,20 +209,28 @@ class RedisStreamSink(BatchingSink):
         # per-command Python overhead (several µs an event, paid under the traced program's
         # GIL): hiredis parses the replies in C, one `gets()` each.
         head = self._command_head
+        chunks: list[bytes] = []
         parts: list[bytes] = []
         append = parts.append
+        size = 0
         for p in payloads:
             append(head)
             append(b"$%d\r\n" % len(p))
             append(p)
             append(b"\r\n")
-        buffer = b"".join(parts)
+            size += len(p)
+            if size >= _CHUNK_BYTES:
+                chunks.append(b"".join(parts))
+                parts.clear()
+                size = 0
+        if parts:
+            chunks.append(b"".join(parts))
         del parts
         pool = self._client.connection_pool
         connection = pool.get_connection()
         try:
-            connection.send_packed_command([buffer], check_health=False)
-            del buffer
+            connection.send_packed_command(chunks, check_health=False)
+            del chunks
             _read_replies(connection, len(payloads))  # an error reply (e.g. WRONGTYPE) raises
         except BaseException:
             connection.disconnect()  # replies may be left unread: never reuse this socket
@@ -238,6 +256,11 @@ class RedisStreamSink(BatchingSink):
 
     def _after_fork(self) -> None:
         self._client = self._connect()
+
+
+# Buffers stay below glibc's mmap threshold (128 KiB): a multi-megabyte buffer per batch is
+# mmap'ed and unmapped each time, and the unmap's TLB shootdown interrupts the app's core.
+_CHUNK_BYTES = 96 * 1024
 
 
 def _read_replies(connection: Any, n: int) -> None:
