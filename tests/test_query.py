@@ -117,3 +117,12 @@ def test_empty_store_answers_empty(tracelab_home):
     assert query.workflows().empty
     assert query.executions("x").empty
     assert query.events("x").empty
+
+
+def test_times_outside_the_stores_range_are_a_clear_error(store):
+    """Times are int64 nanoseconds (1677-2262): a far date is a ValueError, never an overflow."""
+    wf = query.workflows()["workflow"].iloc[0]
+    with pytest.raises(ValueError, match="out of range: times go from 1677 to 2262"):
+        query.executions(wf, since="2999-01-01")
+    with pytest.raises(ValueError, match="is not a time"):
+        query.events(wf, until="next tuesday")

@@ -183,11 +183,16 @@ def to_timestamp(value: TimeLike, name: str) -> pd.Timestamp:
             ts = pd.Timestamp(int(value), unit="ns", tz="UTC")
         else:
             ts = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ValueError(f"{name}={value!r} is not a time: use an ISO string such as "
                          f"'2024-05-01T12:00:00Z', a datetime, or epoch nanoseconds") from exc
     if ts is pd.NaT:
         raise ValueError(f"{name}={value!r} is not a time")
+    try:  # the store's times are int64 nanoseconds: years 1677 to 2262
+        ts = ts.as_unit("ns")
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{name}={value!r} is out of range: times go from 1677 to 2262") \
+            from exc
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
