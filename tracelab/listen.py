@@ -1,4 +1,4 @@
-"""Listening sockets for the commands that serve (`serve`, `up`, `mocks`, `demo`).
+"""Listening sockets and stopping for the commands that serve (`serve`, `up`, `mocks`, `demo`).
 
 Ports are bound before anything starts, so a busy port or a bad host is one clear line and a
 non-zero exit instead of a traceback from deep inside uvicorn.
@@ -6,8 +6,12 @@ non-zero exit instead of a traceback from deep inside uvicorn.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
+import signal
 import socket
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def port_number(text: str) -> int:
@@ -49,3 +53,22 @@ def listen_socket(host: str, port: int, *, command: str, purpose: str, busy_hint
                          f"{exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
+
+
+def stopper(servers: Sequence[Any]) -> Callable[[], None]:
+    """For uvicorn servers run together: the first call lets them finish, a second forces it."""
+    def stop() -> None:
+        for server in servers:
+            if server.should_exit:
+                server.force_exit = True
+            server.should_exit = True
+    return stop
+
+
+def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
+    """SIGINT and SIGTERM call `stop` (where the loop can take signal handlers)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no support
+            pass

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tracelab.listen import listen_socket, port_number
+from tracelab.listen import listen_socket, port_number, stop_on_signals, stopper
 from tracelab.mocks import DEFAULT_BASE_PORT, DEFAULT_HOST, VENDORS
 
 
@@ -95,7 +95,6 @@ class MockServers:
               handle_signals: bool = True) -> int:
         import asyncio
         import contextlib
-        import signal
 
         import uvicorn
 
@@ -117,20 +116,10 @@ class MockServers:
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
-
-            def stop() -> None:
-                for server in servers:
-                    if server.should_exit:
-                        server.force_exit = True
-                    server.should_exit = True
-
+            stop = stopper(servers)
             self._stop = lambda: loop.call_soon_threadsafe(stop)
             if handle_signals:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    try:
-                        loop.add_signal_handler(sig, stop)
-                    except (NotImplementedError, RuntimeError):
-                        pass
+                stop_on_signals(loop, stop)
 
             async def started() -> None:
                 while not all(s.started for s in servers):

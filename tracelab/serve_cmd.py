@@ -13,7 +13,7 @@ import socket
 import sys
 from typing import Any
 
-from tracelab.listen import listen_socket, port_number
+from tracelab.listen import listen_socket, port_number, stop_on_signals, stopper
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +68,6 @@ def serve(args: argparse.Namespace, ingester: Any = None, *, name: str = "serve"
         raise
 
     import asyncio
-    import signal
 
     import uvicorn
 
@@ -116,18 +115,8 @@ def serve(args: argparse.Namespace, ingester: Any = None, *, name: str = "serve"
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-
-        def stop() -> None:
-            for server in servers:
-                if server.should_exit:
-                    server.force_exit = True
-                server.should_exit = True
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop)
-            except (NotImplementedError, RuntimeError):
-                pass
+        stop = stopper(servers)
+        stop_on_signals(loop, stop)
         if on_ready is not None:
             loop.call_soon(on_ready, stop)
         await asyncio.gather(*(s.serve(sockets=[k]) for s, k in zip(servers, socks)))
