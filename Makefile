@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 # From Debian's packages when missing: redis-server (tests start their own on a free port),
 # Node.js with npm (the TypeScript SDK, the web UI build) and chromium (browser tests; never a
 # browser download).
-APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+APT_INSTALL := env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \

@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be at least 1")
     servers = None
     if args.start_mocks:
-        from tracelab.mocks_cmd import MockServers, ports_for
+        from tracelab.cli.mocks import MockServers, ports_for
 
         servers = MockServers(ports_for(None, args.base_port)).start()
         urls = dict(servers.urls)

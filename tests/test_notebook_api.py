@@ -18,7 +18,7 @@ import requests
 
 import tracelab as tl
 from conftest import LoopbackHTTP
-from tracelab.notebook.diff import diff_executions
+from tracelab.analysis.diff import diff_executions
 from tracelab.notebook.latency import latency_table
 from tracelab.notebook.timeline import assign_lanes, span_depths
 

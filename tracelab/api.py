@@ -15,7 +15,7 @@ import pandas as pd
 from tracelab.store import query
 
 if TYPE_CHECKING:
-    from tracelab.notebook.diff import ExecutionDiff
+    from tracelab.analysis.diff import ExecutionDiff
     from tracelab.notebook.timeline import TimelineWidget
 
 _EVENT_VIEW = ["started_at", "service", "kind", "target", "endpoint", "status", "status_code",
@@ -183,7 +183,7 @@ class Execution:
     def diff(self, other: Execution | str) -> ExecutionDiff:
         """Step-by-step comparison with another run (an `Execution` or a run id): added,
         removed and changed steps, latency deltas, which body fields differ."""
-        from tracelab.notebook.diff import diff_executions
+        from tracelab.analysis.diff import diff_executions
 
         if isinstance(other, str):
             other = execution(other)

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import sys
 
-    from tracelab.mocks_cmd import port_number, run_mocks
+    from tracelab.cli.mocks import port_number, run_mocks
 
     parser = argparse.ArgumentParser(prog="python -m tracelab.mocks",
                                      description="run one TraceLab mock vendor service")

@@ -9,7 +9,7 @@ as JSON. Routes (all under `/api`, bearer-protected when a token is set):
 - `GET /api/executions/{run_id}`: the execution and its events without payloads
   (`shape=columns` gives the events column-wise, dictionary-encoded: what the web UI reads);
 - `GET /api/events/{event_id}`: one event with its request and response, as the contract JSON;
-- `GET /api/executions/{a}/diff/{b}`: `tracelab.notebook.diff.diff_executions` as JSON rows;
+- `GET /api/executions/{a}/diff/{b}`: `tracelab.analysis.diff.diff_executions` as JSON rows;
 - `GET /api/stream`: Server-Sent Events `workflow`, `execution`, `events` as data lands.
 
 Outside `/api`: `/healthz`, `/metrics` (Prometheus, `tracelab_` names, including executions per
@@ -762,7 +762,7 @@ def create_app(store: str | StoreLayout | None = None, token: str | None = None,
                 frame = query.events(workflows[0], run_id=run_id, payloads=True, layout=layout)
             frames.append(frame)
         try:
-            from tracelab.notebook.diff import diff_executions
+            from tracelab.analysis.diff import diff_executions
         except ImportError as exc:
             raise HTTPException(501, detail=f"diff is not available in this install: {exc}") \
                 from None

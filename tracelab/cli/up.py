@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tracelab.serve_cmd import add_arguments as _add_serve_arguments
+from tracelab.cli.serve import add_arguments as _add_serve_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from tracelab.config import DEFAULT_STREAM, env_str, redis_url_for_server
-    from tracelab.serve_cmd import serve
+    from tracelab.cli.serve import serve
     from tracelab.server.ingest import IngestConfig, Ingester
     from tracelab.store.layout import resolve_layout
 

@@ -15,15 +15,15 @@ from tracelab import __version__
 
 # name -> (module, one-line help). Each module provides `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "validate": ("tracelab.validate_cmd", "check TraceEvent JSON files against the contract"),
-    "ingest": ("tracelab.ingest_cmd", "consume the Redis stream into the Parquet store"),
-    "compact": ("tracelab.compact_cmd", "merge the store's small files, keeping exactly-once"),
-    "stats": ("tracelab.stats_cmd", "print workflows, executions, events, files and bytes"),
-    "serve": ("tracelab.serve_cmd", "serve the API (:8000, /docs) and the web UI (:3000)"),
-    "up": ("tracelab.up_cmd", "service mode: the ingester and `serve` in one process"),
-    "proxy": ("tracelab.proxy_cmd", "record HTTP(S)/WebSocket traffic as a mitmproxy proxy"),
-    "mocks": ("tracelab.mocks_cmd", "run the mock vendors (Stripe, SendGrid, Twilio, SES, OpenAI)"),
-    "demo": ("tracelab.demo_cmd", "record the sample refund agent against the mocks, then serve"),
+    "validate": ("tracelab.cli.validate", "check TraceEvent JSON files against the contract"),
+    "ingest": ("tracelab.cli.ingest", "consume the Redis stream into the Parquet store"),
+    "compact": ("tracelab.cli.compact", "merge the store's small files, keeping exactly-once"),
+    "stats": ("tracelab.cli.stats", "print workflows, executions, events, files and bytes"),
+    "serve": ("tracelab.cli.serve", "serve the API (:8000, /docs) and the web UI (:3000)"),
+    "up": ("tracelab.cli.up", "service mode: the ingester and `serve` in one process"),
+    "proxy": ("tracelab.cli.proxy", "record HTTP(S)/WebSocket traffic as a mitmproxy proxy"),
+    "mocks": ("tracelab.cli.mocks", "run the mock vendors (Stripe, SendGrid, Twilio, SES, OpenAI)"),
+    "demo": ("tracelab.cli.demo", "record the sample refund agent against the mocks, then serve"),
 }
 
 

@@ -86,7 +86,7 @@ def _summary(home: Path) -> tuple[str, int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from tracelab.faults import FaultRuleError
-    from tracelab.mocks_cmd import MockServers, ports_for
+    from tracelab.cli.mocks import MockServers, ports_for
 
     home = Path(args.home or os.environ.get("TRACELAB_HOME") or "~/.tracelab").expanduser()
     home = home.resolve()
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, home: Path, mock_urls: dict[str, str]) -> int:
-    from tracelab.serve_cmd import serve
+    from tracelab.cli.serve import serve
 
     serve_args = argparse.Namespace(host=args.host, port=args.port, ui_port=args.ui_port,
                                     no_ui=False, token=None, store=None,
