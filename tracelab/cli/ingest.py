@@ -281,15 +281,9 @@ class _GroupProgress:
         self._next = 0.0
 
     def _backlog(self) -> int | None:
-        try:
-            for group in self._client.xinfo_groups(self._config.stream):
-                name = group.get("name")
-                name = name.decode() if isinstance(name, bytes) else name
-                if name == self._config.group:
-                    return int(group.get("lag") or 0) + int(group.get("pending", 0))
-        except Exception:  # the bar is a nicety; Redis trouble is the workers' to report
-            return None
-        return None
+        from tracelab.server.ingest import stream_backlog
+
+        return stream_backlog(self._client, self._config.stream, self._config.group)
 
     def poll(self) -> None:
         if self._total is None or time.monotonic() < self._next:

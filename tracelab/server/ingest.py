@@ -519,18 +519,7 @@ class Ingester:
     # -- reporting --------------------------------------------------------------------------
 
     def _backlog(self) -> int | None:
-        """Entries not yet delivered to the group (lag) plus those pending, when Redis says."""
-        try:
-            assert self._client is not None
-            for group in self._client.xinfo_groups(self.config.stream):
-                name = group.get("name")
-                name = name.decode() if isinstance(name, bytes) else name
-                if name == self.config.group:
-                    lag = group.get("lag")
-                    return (int(lag) if lag is not None else 0) + int(group.get("pending", 0))
-        except (redis.exceptions.RedisError, *_REDIS_DOWN):
-            return None
-        return None
+        return stream_backlog(self._client, self.config.stream, self.config.group)
 
     def _log_interval(self, now: float, last: tuple[float, int]) -> None:
         elapsed = max(1e-9, now - last[0])
@@ -539,6 +528,37 @@ class Ingester:
         log.info("stored %.0f ev/s (total %d, duplicates %d, dead %d); backlog %s",
                  rate, self.stats.stored, self.stats.duplicates, self.stats.dead,
                  "unknown" if lag is None else lag)
+
+
+def stream_backlog(client: Any, stream: str, group: str) -> int | None:
+    """Entries of `stream` the consumer group `group` has still to handle: its lag (not yet
+    delivered) plus its pending (delivered, not acknowledged).
+
+    None when Redis cannot say: no client, no such stream or group, Redis unreachable, or a
+    lag Redis reports as unknown (after entries were deleted or trimmed mid-group). One helper
+    for the ingester's log line, the `--once` progress bar and the API's lag gauge, so they
+    never disagree. Never raises.
+    """
+    if client is None:
+        return None
+    try:
+        groups = client.xinfo_groups(stream)
+    except (redis.exceptions.RedisError, OSError):
+        return None
+    for info in groups:
+        name = info.get("name")
+        if isinstance(name, bytes):
+            name = name.decode(errors="replace")
+        if name != group:
+            continue
+        lag, pending = info.get("lag"), info.get("pending")
+        if lag is None or pending is None:
+            return None
+        try:
+            return int(lag) + int(pending)
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 def _reason(fields: dict, max_bytes: int) -> str:
