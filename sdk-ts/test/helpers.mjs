@@ -165,18 +165,20 @@ export function spoolEvents(home) {
   return { files, events, raw };
 }
 
-/** ajv (draft 2020-12) compiled against spec/trace-event.schema.json, or null while it is missing. */
-export async function schemaValidator() {
-  const path = join(SPEC_DIR, "trace-event.schema.json");
-  if (!existsSync(path)) return null;
+/**
+ * ajv (draft 2020-12) compiled against spec/trace-event.schema.json. A missing schema (or ajv)
+ * is an error, never a skip: a contract check that quietly does nothing is worse than none.
+ */
+export async function schemaValidator(path = join(SPEC_DIR, "trace-event.schema.json")) {
+  if (!existsSync(path)) throw new Error(`the JSON Schema ${path} is missing: the contract cannot be checked`);
   const { default: Ajv2020 } = await import("ajv/dist/2020.js");
   const ajv = new Ajv2020({ allErrors: true, strict: false });
   return ajv.compile(JSON.parse(readFileSync(path, "utf8")));
 }
 
-/** Fails with ajv's messages when `event` does not validate. */
+/** Fails with ajv's messages when `event` does not validate (or there is no validator). */
 export function assertValid(validate, event) {
-  if (!validate) return;
+  if (typeof validate !== "function") throw new Error("assertValid needs a compiled schema validator");
   if (!validate(event)) {
     throw new Error(`event does not validate: ${JSON.stringify(validate.errors)}\n${JSON.stringify(event).slice(0, 2000)}`);
   }

@@ -218,8 +218,8 @@ describe("service mode through a real redis-server", () => {
     assert.equal(leaks, null, `secrets leaked: ${leaks}`);
   });
 
-  it("validates every event against spec/trace-event.schema.json", (t) => {
-    if (!validate) return t.skip("spec/trace-event.schema.json is not there yet");
+  it("validates every event against spec/trace-event.schema.json", () => {
+    assert.ok(events.length > 0);
     for (const e of events) assertValid(validate, e.event);
   });
 });
