@@ -213,3 +213,33 @@ def resolve_sdk_config(
         retry_seconds=env_float("TRACELAB_RETRY_SECONDS", 10.0),
         shutdown_timeout=env_float("TRACELAB_SHUTDOWN_TIMEOUT", 2.0),
     )
+
+
+def url_without_password(url: str) -> str:
+    """`url` fit to print: the password (or a lone userinfo, often a token) and secret query
+    values replaced by `***`, everything else as given.
+
+    Every message that names a Redis or proxy URL goes through this one function, so a URL
+    such as `redis://:secret@host:6379/0` never reaches a terminal or a log in clear.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+    query = re.sub(r"(?i)(^|[&;])((?:password|passwd|pass|pwd|secret|token|auth|access_token|"
+                   r"api_?key)=)[^&;#]*", r"\1\2***", parts.query)
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    # Rebuilt by hand: urlunsplit would turn `unix:///path` into `unix:/path`.
+    scheme = f"{parts.scheme}:" if parts.scheme else ""
+    authority = f"//{netloc}" if url[len(scheme):].startswith("//") else netloc
+    has_query = "?" in url.partition("#")[0]
+    return (scheme + authority + parts.path + (f"?{query}" if has_query else "")
+            + (f"#{parts.fragment}" if "#" in url else ""))

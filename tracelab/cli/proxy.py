@@ -82,15 +82,6 @@ def print_ca(ca_dir: Path) -> int:
     return 0
 
 
-def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
-
-
 def _redis_reachable(url: str) -> str | None:
     """None when Redis answers a PING within a second, else why not."""
     try:
@@ -103,7 +94,7 @@ def _redis_reachable(url: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracelab.config import ConfigError, env_str
+    from tracelab.config import ConfigError, env_str, url_without_password
     from tracelab.proxy.runner import ProxySettings, ProxyStartError, default_ca_dir
 
     if importlib.util.find_spec("mitmproxy") is None:
@@ -135,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     else:
         if config.redis_url:
-            destination = f"Redis {_without_password(config.redis_url)} (stream {config.stream})"
+            shown = url_without_password(config.redis_url)
+            destination = f"Redis {shown} (stream {config.stream})"
             problem = _redis_reachable(config.redis_url)
             if problem:
                 print(f"tracelab proxy: warning: Redis is not reachable now ({problem}); "

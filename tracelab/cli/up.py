@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import threading
 
-    from tracelab.config import DEFAULT_STREAM, env_str, redis_url_for_server
+    from tracelab.config import DEFAULT_STREAM, env_str, redis_url_for_server, url_without_password
     from tracelab.cli.serve import serve
     from tracelab.server.ingest import IngestConfig, Ingester
     from tracelab.store.layout import resolve_layout
@@ -34,13 +34,16 @@ def run(args: argparse.Namespace) -> int:
     config = IngestConfig(redis_url=redis_url_for_server(args.redis_url),
                           stream=args.stream or env_str("TRACELAB_STREAM") or DEFAULT_STREAM,
                           group=args.group)
+    shown_url = url_without_password(config.redis_url)
     try:
         import redis
 
         redis.Redis.from_url(config.redis_url, socket_connect_timeout=1).ping()
     except Exception as exc:
-        print(f"tracelab up: warning: Redis at {config.redis_url} does not answer yet ({exc}); "
+        print(f"tracelab up: warning: Redis at {shown_url} does not answer yet ({exc}); "
               "the ingester keeps retrying", file=sys.stderr)
+    print(f"TraceLab ingester: stream {config.stream!r} (group {config.group!r}) of Redis "
+          f"{shown_url}", flush=True)
     ingester = Ingester(config, layout=resolve_layout(args.store))
     failure: list[BaseException] = []
     stop_serving: list = []

@@ -17,7 +17,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 from IPython.core.error import UsageError
@@ -26,6 +25,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 import tracelab
+from tracelab.config import url_without_password
 from tracelab.sdk import recorder
 
 _HOOK_ATTR = "_tracelab_post_cell_flush"
@@ -80,15 +80,6 @@ class PostCellFlush:
 
 # -- %tracelab ------------------------------------------------------------------------------
 
-def _safe_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
-            f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
 def _redis_state(url: str | None) -> str:
     if not url:
         return "not used (embedded mode)"
@@ -96,9 +87,9 @@ def _redis_state(url: str | None) -> str:
         import redis
 
         redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping()
-        return f"reachable at {_safe_url(url)}"
+        return f"reachable at {url_without_password(url)}"
     except Exception as exc:
-        return f"UNREACHABLE at {_safe_url(url)}: {type(exc).__name__}: {exc}"
+        return f"UNREACHABLE at {url_without_password(url)}: {type(exc).__name__}: {exc}"
 
 
 @dataclass
