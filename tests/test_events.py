@@ -275,3 +275,48 @@ def test_ids_after_fork_differ_between_parent_and_child() -> None:
     os.close(write_end)
     assert (new_event_id(), new_span_id()) != (child_event, child_span)
     assert child_event != new_event_id()
+
+
+# ---- whole-event limits: nesting depth and size ---------------------------------------------
+
+def nested(levels: int, leaf: object = 1) -> object:
+    """`levels` arrays inside each other around `leaf` (the outermost is one level)."""
+    value = leaf
+    for i in range(levels):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("field", ["request", "response", "error", "extra_field"])
+def test_nesting_up_to_the_limit_is_valid_and_one_more_is_rejected(field: str) -> None:
+    # The event is level 1, the field's object level 2: `levels` more inside it.
+    room = events.MAX_NESTING_DEPTH - 1
+    for levels, ok in ((room - 1, True), (room, False)):
+        event = good_event()
+        event[field] = {"type": "T", "message": "m", "body": nested(levels)}
+        problems = validate(event)
+        assert (problems == []) is ok, (field, levels, problems)
+        if not ok:
+            assert problems == [f"event: nested deeper than {events.MAX_NESTING_DEPTH} levels "
+                                "(the event object is level 1, each object or array inside "
+                                "adds one)"]
+
+
+def test_nesting_far_beyond_any_serializer_is_a_problem_not_an_exception() -> None:
+    event = good_event()
+    event["request"] = {"body": nested(200_000)}  # orjson refuses 255, json recursion ~1000
+    assert validate(event) == [f"event: nested deeper than {events.MAX_NESTING_DEPTH} levels "
+                               "(the event object is level 1, each object or array inside "
+                               "adds one)"]
+    assert events.nests_within(nested(200_000), events.MAX_NESTING_DEPTH) is False
+    assert events.nests_within(nested(64), 64) and not events.nests_within(nested(65), 64)
+    assert events.nests_within("scalar", 0) and events.nests_within({}, 1)
+
+
+def test_the_schema_states_the_limits_validate_enforces(schema: dict) -> None:
+    assert events.MAX_NESTING_DEPTH == 64
+    assert events.MAX_EVENT_BYTES == 4 * 1024 * 1024
+    text = schema["description"]
+    assert f"nesting depth at most {events.MAX_NESTING_DEPTH}" in text
+    assert "event object is depth 1" in text
+    assert f"{events.MAX_EVENT_BYTES} bytes" in text

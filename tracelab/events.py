@@ -37,6 +37,17 @@ MAX_TAG_VALUE_CHARS = 1024
 # Integers land in the store's int64 columns; anything larger could not be written.
 MAX_INT64 = 2**63 - 1
 MAX_STATUS_CODE = 999
+# How deep an event may nest: the event object itself is depth 1, and each object or array
+# inside it adds one (`{"request": {"body": [1]}}` is depth 3). Serializers refuse deeper
+# data at different depths (orjson at 254, others far lower or on the stack), so the limit
+# sits well below all of them: an event that passes `validate()` can be written anywhere.
+MAX_NESTING_DEPTH = 64
+# The largest serialized event (UTF-8 JSON bytes) a transport carries: a spool line or a Redis
+# entry. 4 MiB is the ingester's long-standing `--max-event-bytes` default; with bodies capped
+# at 64 KiB by default an ordinary event is a few KiB, so the limit is only ever met by raised
+# body caps or huge function arguments, which the SDK then shrinks to markers. It bounds what
+# one event costs a batch in memory and an Arrow row, far below Redis's 512 MB bulk limit.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 STATUSES = ("ok", "error")
 
@@ -79,6 +90,11 @@ class TraceEvent(TypedDict, total=False):
       pid                 integer, 0 <= n <= 2**63-1
 
     Any other top-level field is allowed and kept by the store.
+
+    Limits on the whole event: it nests at most `MAX_NESTING_DEPTH` (64) levels, the event
+    object being level 1 and each object or array inside adding one (checked by `validate()`);
+    serialized, it is at most `MAX_EVENT_BYTES` (4 MiB) of UTF-8 JSON, a transport limit (the
+    SDK shrinks bodies to markers to stay under it; ingest and spool dead-letter larger ones).
     """
 
     event_id: Required[str]
@@ -199,6 +215,7 @@ def validate(obj: object) -> list[str]:
             and ((v := get("sdk_version", _ABSENT)) is _ABSENT or type(v) is str)
             and ((v := get("pid", _ABSENT)) is _ABSENT
                  or (type(v) is int and 0 <= v <= MAX_INT64))
+            and _members_nest_within(obj, MAX_NESTING_DEPTH - 1)
         ):
             return []
     return _problems(obj)
@@ -213,6 +230,53 @@ def ensure_valid(obj: object) -> dict[str, Any]:
 
 
 _ABSENT: Any = object()
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+_CONTRACT_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
+
+
+def _members_nest_within(event: dict[str, Any], depth: int) -> bool:
+    """The fast path's depth check, `depth` levels below the event: only members that can nest
+    are walked (`tags` is already known to be flat, the other contract fields scalars), and
+    the members of `request` and `response` inline, which keeps it cheap for the ingester."""
+    scalars = _SCALARS
+    for field in ("request", "response"):
+        value = event.get(field)
+        if type(value) is dict:
+            for member in value.values():
+                if type(member) not in scalars and not nests_within(member, depth - 1):
+                    return False
+        elif not nests_within(value, depth):
+            return False
+    if not nests_within(event.get("error"), depth):
+        return False
+    if not _CONTRACT_FIELDS.issuperset(event):
+        for field in event.keys() - _CONTRACT_FIELDS:
+            if not nests_within(event[field], depth):
+                return False
+    return True
+
+
+def nests_within(value: object, depth: int) -> bool:
+    """True when `value` nests at most `depth` levels: an object or array counts one level
+    plus its deepest member, anything else zero. Walks at most `depth` levels down, so it is
+    safe on data of any depth (no recursion error), and it looks only at containers."""
+    if type(value) in _SCALARS:
+        return True
+    if isinstance(value, dict):
+        members: Any = value.values()
+    elif isinstance(value, (list, tuple)):
+        members = value
+    else:
+        return True
+    if depth < 1:
+        return False
+    scalars = _SCALARS
+    for member in members:
+        if type(member) not in scalars and not nests_within(member, depth - 1):
+            return False
+    return True
 
 
 def _tags_ok(tags: dict[Any, Any]) -> bool:
@@ -360,4 +424,7 @@ def _problems(obj: object) -> list[str]:
             _check_string(problems, field, obj[field], 0, None)
     if present("pid"):
         _check_int(problems, "pid", obj["pid"], "an integer", 0, MAX_INT64)
+    if not nests_within(obj, MAX_NESTING_DEPTH):
+        problems.append(f"event: nested deeper than {MAX_NESTING_DEPTH} levels (the event "
+                        "object is level 1, each object or array inside adds one)")
     return problems
