@@ -1,8 +1,12 @@
 """All of TraceLab's configuration, read in one place.
 
-Arguments win over environment variables, which win over defaults. A malformed environment
-value never crashes the traced program: it is reported once as a warning and the default is
-used instead. The one hard error is a missing workflow name, because every event needs one.
+Arguments win over environment variables, which win over defaults. A malformed tuning value
+(a queue size that is not a number, TRACELAB_TAGS that is not JSON) never crashes the traced
+program: it is reported once as a warning and the default is used instead. The hard errors
+(`ConfigError`, raised by `init()` before anything is installed) are the settings every event
+would carry or be sent with: a missing workflow name, a name or tag beyond the event contract's
+limits (every event would be dead-lettered, silently, far from the cause) and a Redis URL that
+redis-py cannot parse.
 """
 from __future__ import annotations
 
@@ -15,6 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tracelab.events import (MAX_NAME_CHARS, MAX_TAG_KEY_CHARS, MAX_TAG_VALUE_CHARS, MAX_TAGS,
+                             new_run_id)
 
 DEFAULT_STREAM = "trace.events"
 DEFAULT_MAX_BODY_BYTES = 65536
@@ -91,20 +98,61 @@ def redis_url_for_server(flag: str | None = None) -> str:
             or "redis://localhost:6379/0")
 
 
-def normalize_tags(tags: Mapping[str, Any] | None, *, origin: str) -> dict[str, str]:
-    """Tags are string -> string in the contract; other values are turned into text."""
+def _preview(value: str, limit: int = 60) -> str:
+    """`value` for an error message: a huge value is cut to its start, marked by `…`."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}…"
+
+
+def _tag_text(value: Any) -> str:
+    """A tag value as text: strings as they are, anything else as JSON (`2`, `true`, `null`)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, default=str, ensure_ascii=False)
+    except (ValueError, TypeError, RecursionError):  # circular or unprintable: never raise
+        return repr(value)
+
+
+def normalize_tags(tags: Mapping[str, Any] | None, *, origin: str,
+                   strict: bool = True) -> dict[str, str]:
+    """Tags as the contract wants them: string -> string, within `tracelab.events`' limits.
+
+    The one tag normaliser of the SDK. `strict` (init's tags, TRACELAB_TAGS): a tag the contract
+    would refuse is a `ConfigError` naming `origin` and the tag, because every event would carry
+    it and be dead-lettered. Not strict (span and hook tags, met while the traced program runs,
+    where TraceLab must never raise): cut to fit, and past `MAX_TAGS` entries dropped.
+    """
     if tags is None:
         return {}
     if not isinstance(tags, Mapping):
-        _warn(f"{origin} must be a JSON object of tags, got {type(tags).__name__}; ignoring it")
+        if strict:
+            raise ConfigError(f"{origin} must be a mapping of tags such as "
+                              f'{{"team": "payments"}}, got {type(tags).__name__}')
         return {}
+    if strict and len(tags) > MAX_TAGS:
+        raise ConfigError(f"{origin} has {len(tags)} tags; an event carries at most {MAX_TAGS}")
     out: dict[str, str] = {}
     for key, value in tags.items():
-        out[str(key)] = value if isinstance(value, str) else json.dumps(value, default=str)
+        key, text = str(key), _tag_text(value)
+        if not strict:
+            if len(out) >= MAX_TAGS and key not in out:
+                continue
+            out[key[:MAX_TAG_KEY_CHARS] or "_"] = text[:MAX_TAG_VALUE_CHARS]
+            continue
+        if not key:
+            raise ConfigError(f"{origin}: a tag key must not be empty")
+        if len(key) > MAX_TAG_KEY_CHARS:
+            raise ConfigError(f"{origin}: tag key {_preview(key)} is too long: {len(key)} "
+                              f"chars, max {MAX_TAG_KEY_CHARS}")
+        if len(text) > MAX_TAG_VALUE_CHARS:
+            raise ConfigError(f"{origin}: tag {_preview(key)} has a value too long: "
+                              f"{_preview(text)} is {len(text)} chars, max {MAX_TAG_VALUE_CHARS}")
+        out[key] = text
     return out
 
 
 def parse_tags_env() -> dict[str, str]:
+    """TRACELAB_TAGS: not JSON, or not an object, is a warning; a tag past the limits an error."""
     raw = env_str("TRACELAB_TAGS")
     if raw is None:
         return {}
@@ -114,7 +162,56 @@ def parse_tags_env() -> dict[str, str]:
         _warn(f"TRACELAB_TAGS is not valid JSON ({exc}); expected an object such as "
               '{"team": "payments"}; ignoring it')
         return {}
+    if not isinstance(parsed, dict):
+        _warn(f"TRACELAB_TAGS must be a JSON object of tags, got {type(parsed).__name__}; "
+              "ignoring it")
+        return {}
     return normalize_tags(parsed, origin="TRACELAB_TAGS")
+
+
+def _merge_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:
+    merged = parse_tags_env()
+    merged.update(normalize_tags(tags, origin="init(tags=...)"))
+    if len(merged) > MAX_TAGS:
+        raise ConfigError(f"TRACELAB_TAGS and init(tags=...) together make {len(merged)} tags; "
+                          f"an event carries at most {MAX_TAGS}")
+    return merged
+
+
+def _name(value: Any, argument: str, variable: str, default: str | None = None) -> str | None:
+    """A workflow/service/run id from its argument, else its variable, checked against the
+    contract's length limit; the error names where the value came from."""
+    origin = f"init({argument}=...)"
+    if value is None or value == "":
+        value, origin = env_str(variable), variable
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ConfigError(f"{origin} must be a string, got {type(value).__name__}")
+    if len(value) > MAX_NAME_CHARS:
+        raise ConfigError(f"{origin}={_preview(value)} is too long: {len(value)} chars, and "
+                          f"an event's {argument.removesuffix('_name')} has at most "
+                          f"{MAX_NAME_CHARS}")
+    return value
+
+
+def check_redis_url(url: str, origin: str) -> None:
+    """Raise `ConfigError` unless redis-py can build a connection from `url` (nothing is
+    connected). The message names `origin` and shows the URL without its password."""
+    if not isinstance(url, str):
+        raise ConfigError(f"{origin} must be a string such as redis://localhost:6379/0, "
+                          f"got {type(url).__name__}")
+    import redis
+
+    try:
+        pool = redis.ConnectionPool.from_url(url)
+        pool.connection_class(**pool.connection_kwargs)
+    except Exception as exc:
+        raise ConfigError(
+            f"{origin}={_preview(url_without_password(url))} is not a Redis URL redis-py "
+            f"can use ({type(exc).__name__}: {exc}); "
+            "expected redis://[[user]:password@]host[:port][/db], rediss://… or "
+            "unix:///path/to/socket") from None
 
 
 def compile_patterns(patterns: Iterable[str], *, origin: str) -> tuple[re.Pattern[str], ...]:
@@ -173,18 +270,28 @@ def resolve_sdk_config(
     max_body_bytes: int | None = None,
     integrations: Iterable[str] | None = None,
 ) -> SDKConfig:
-    """Combine `init()` arguments with the environment into one SDKConfig."""
-    from tracelab.events import new_run_id
+    """Combine `init()` arguments with the environment into one SDKConfig.
 
-    workflow = workflow_name or env_str("TRACELAB_WORKFLOW_NAME")
+    Raises `ConfigError` (naming the argument or variable) for what would make every event
+    invalid or undeliverable, before the caller has installed anything.
+    """
+    workflow = _name(workflow_name, "workflow_name", "TRACELAB_WORKFLOW_NAME")
     if not workflow:
         raise ConfigError(
             "TraceLab needs a workflow name: pass init(workflow_name=...) or set the "
             "TRACELAB_WORKFLOW_NAME environment variable")
-    if not isinstance(workflow, str):
-        raise ConfigError(f"workflow_name must be a string, got {type(workflow).__name__}")
-    merged_tags = parse_tags_env()
-    merged_tags.update(normalize_tags(tags, origin="init(tags=...)"))
+    service = _name(service_name, "service_name", "TRACELAB_SERVICE_NAME",
+                    socket.gethostname()[:MAX_NAME_CHARS] or "unknown")
+    run = _name(run_id, "run_id", "TRACELAB_RUN_ID") or new_run_id()
+    merged_tags = _merge_tags(tags)
+    if redis_url:
+        check_redis_url(redis_url, "init(redis_url=...)")
+    else:
+        redis_url = env_str("TRACELAB_REDIS_URL")
+        if redis_url:
+            check_redis_url(redis_url, "TRACELAB_REDIS_URL")
+    if isinstance(integrations, str):
+        integrations = [integrations]
     if isinstance(redact, str):
         redact = [redact]
     env_redact = (env_str("TRACELAB_REDACT") or "").split(",")
@@ -195,10 +302,10 @@ def resolve_sdk_config(
     maxlen = env_int("TRACELAB_STREAM_MAXLEN", 0)
     return SDKConfig(
         workflow=workflow,
-        service=service_name or env_str("TRACELAB_SERVICE_NAME") or socket.gethostname(),
-        run_id=run_id or env_str("TRACELAB_RUN_ID") or new_run_id(),
+        service=service,
+        run_id=run,
         tags=merged_tags,
-        redis_url=redis_url or env_str("TRACELAB_REDIS_URL"),
+        redis_url=redis_url,
         capture_payloads=(env_flag("TRACELAB_CAPTURE_PAYLOADS", True)
                           if capture_payloads is None else bool(capture_payloads)),
         redact_patterns=compile_patterns([*redact, *env_redact], origin="redact"),

@@ -98,10 +98,12 @@ def init(
     """Start recording this process's interactions (see README, "Python SDK").
 
     Every argument falls back to its environment variable. Returns the resolved configuration,
-    or None when `TRACELAB_DISABLED=1`. Raises `tracelab.config.ConfigError` only for a missing
-    workflow name or an invalid argument, before anything is patched.
+    or None when `TRACELAB_DISABLED=1`. Raises `tracelab.config.ConfigError` for a missing
+    workflow name or a setting the event contract or redis-py would refuse, naming it. A failed
+    `init()` changes nothing: no library patched, no sink, no exit hook, and the recorder of a
+    previous `init()` (if any) still recording as before.
     """
-    global _recorder, _atexit_registered
+    global _recorder
     if is_disabled():
         return None
     config = resolve_sdk_config(
@@ -110,21 +112,46 @@ def init(
         integrations=integrations)
     from tracelab.sdk import integrations as integration_registry
 
+    integration_registry.check(config.integrations)
     with _lock:
         previous = _recorder
-        if previous is not None and _same_destination(previous.config, config):
-            sink = previous.sink
+        reuse = previous is not None and _same_destination(previous.config, config)
+        sink = previous.sink if reuse else _make_sink(config)
+        try:
+            recorder = Recorder(config, _stats, sink)
+            integration_registry.activate(config.integrations)
+            _register_at_exit()
+        except BaseException:
+            if not reuse:
+                sink.close(timeout=0)
+            _restore_integrations(previous)
+            raise
+        if reuse:
             sink.config = config
-        else:
-            sink = _make_sink(config)
-            if previous is not None:
-                previous.sink.close(timeout=config.shutdown_timeout)
-        _recorder = Recorder(config, _stats, sink)
-        integration_registry.activate(config.integrations)
-        if not _atexit_registered:
-            atexit.register(_shutdown_at_exit)
-            _atexit_registered = True
+        elif previous is not None:
+            previous.sink.close(timeout=config.shutdown_timeout)
+        _recorder = recorder
     return config
+
+
+def _register_at_exit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(_shutdown_at_exit)
+        _atexit_registered = True
+
+
+def _restore_integrations(previous: Recorder | None) -> None:
+    """After a failed `init()`: the patches as they were before it."""
+    from tracelab.sdk import integrations as integration_registry
+
+    try:
+        if previous is None:
+            integration_registry.deactivate()
+        else:
+            integration_registry.activate(previous.config.integrations)
+    except Exception as exc:
+        _stats.count_error("init", f"restoring integrations: {exc!r}")
 
 
 def flush(timeout: float = 5.0) -> bool:
@@ -190,6 +217,10 @@ def stats() -> dict[str, Any]:
 
 
 def _after_fork_in_child() -> None:
+    """In a forked child: a fresh lock (another parent thread may have held this one at fork
+    time, and it would stay held forever here) and a sink of the child's own."""
+    global _lock
+    _lock = threading.RLock()
     rec = _recorder
     if rec is not None:
         rec.sink.reset_after_fork()

@@ -7,6 +7,7 @@ never imported is never imported by us. `deactivate()` restores every original e
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 from collections.abc import Iterable
@@ -27,6 +28,16 @@ _hooked: set[str] = set()
 _lock = threading.RLock()
 
 
+def _new_lock_in_child() -> None:
+    """A forked child gets a fresh lock: one held by another parent thread at fork time would
+    stay held forever in the child (that thread does not exist there)."""
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def _on_import(name: str) -> None:
     with _lock:
         if name not in _wanted:
@@ -40,14 +51,20 @@ def _on_import(name: str) -> None:
         _stats.count_error(name, f"install failed: {type(exc).__name__}: {exc}")
 
 
-def activate(names: Iterable[str] | None) -> None:
-    """Install `names` (None: all known) and uninstall the ones no longer wanted."""
+def check(names: Iterable[str] | None) -> set[str]:
+    """The integrations `names` chooses (None: all known); `ConfigError` for an unknown name."""
     chosen = set(INTEGRATIONS) if names is None else set(names)
     unknown = chosen - set(INTEGRATIONS)
     if unknown:
         from tracelab.config import ConfigError
 
         raise ConfigError(f"unknown integration(s) {sorted(unknown)}; known: {sorted(INTEGRATIONS)}")
+    return chosen
+
+
+def activate(names: Iterable[str] | None) -> None:
+    """Install `names` (None: all known) and uninstall the ones no longer wanted."""
+    chosen = check(names)
     with _lock:
         for name in _wanted - chosen:
             _uninstall(name)
