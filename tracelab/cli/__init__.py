@@ -2,7 +2,8 @@
 
 Commands are registered by dotted path. Each command module keeps its top-level imports light
 (heavy libraries are imported inside `run`), so building the parser for `tracelab --help`
-stays fast and a missing optional extra only breaks the command that needs it.
+stays fast and a missing optional extra only breaks the command that needs it, with the
+install command instead of a traceback (`tracelab.cli.extras`).
 """
 from __future__ import annotations
 
@@ -51,6 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(importlib.import_module(args._module).run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        from tracelab.cli.extras import missing_extra_message
+
+        message = missing_extra_message(args.command, exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -66,7 +66,10 @@ class MockServers:
 
     def __init__(self, ports: Mapping[str, int], host: str = DEFAULT_HOST,
                  faults_text: str | None = None, log_level: str = "warning") -> None:
+        import uvicorn  # noqa: F401  # here, not in the serving thread: a missing extra fails now
+
         from tracelab.faults import FaultSet, parse_text
+        from tracelab.mocks import create_app  # noqa: F401
 
         self.log_level = log_level
         # Parse once so a bad rule fails before binding; each mock gets its own rule objects.

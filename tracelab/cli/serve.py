@@ -58,6 +58,16 @@ def serve(args: argparse.Namespace, ingester: Any = None, *, name: str = "serve"
     if not args.no_ui and args.port == args.ui_port and args.port != 0:
         raise SystemExit(f"tracelab {name}: --port and --ui-port are both {args.port}; "
                          "give them different ports")
+    # Imported before binding: without the `server` extra this raises ModuleNotFoundError,
+    # which `tracelab.cli.main` turns into the install command.
+    import asyncio
+
+    import uvicorn
+
+    from tracelab.server.app import create_app
+    from tracelab.server.ui import create_ui_app, ui_built
+    from tracelab.store.layout import resolve_layout
+
     api_sock = bind(args.host, args.port, "API")
     ui_sock = None
     try:
@@ -66,14 +76,6 @@ def serve(args: argparse.Namespace, ingester: Any = None, *, name: str = "serve"
     except SystemExit:
         api_sock.close()
         raise
-
-    import asyncio
-
-    import uvicorn
-
-    from tracelab.server.app import create_app
-    from tracelab.server.ui import create_ui_app, ui_built
-    from tracelab.store.layout import resolve_layout
 
     layout = resolve_layout(args.store)
     api = create_app(layout, token=token, ingester=ingester)

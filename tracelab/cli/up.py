@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import threading
 
+    import uvicorn  # noqa: F401  # the `server` extra, checked before anything starts
     from tracelab.config import DEFAULT_STREAM, env_str, redis_url_for_server, url_without_password
     from tracelab.cli.serve import serve
     from tracelab.server.ingest import IngestConfig, Ingester
