@@ -13,7 +13,7 @@ import { BatchingSink, type Destination } from "./sinks/batching.js";
 import { RedisStreamDestination } from "./sinks/redis.js";
 import { SpoolDestination } from "./sinks/spool.js";
 import { describeError, SDKStats, type StatsSnapshot } from "./stats.js";
-import { serializeEvent } from "./ids.js";
+import { fitEvent } from "./limits.js";
 import { activateIntegrations } from "./integrations/registry.js";
 import { finishPending } from "./integrations/pending.js";
 
@@ -28,11 +28,13 @@ export class Recorder {
     this.redactor = new Redactor(config.redactPatterns);
   }
 
-  /** Serialize and enqueue one event; never throws. */
+  /** Serialize (cut to the contract's depth and size limits) and enqueue one event; never throws. */
   submit(event: { started_at: bigint } & Record<string, unknown>, origin: string): void {
     let line: string;
     try {
-      line = serializeEvent(event);
+      const fitted = fitEvent(event);
+      line = fitted.line;
+      if (fitted.cut) this.stats.countCut(fitted.cut);
     } catch (err) {
       this.stats.countError(origin, `could not serialize an event: ${describeError(err)}`);
       this.stats.countDropped("unserializable");

@@ -6,6 +6,8 @@ export interface StatsSnapshot {
   spooled: number;
   dropped: number;
   dropped_by_reason: Record<string, number>;
+  /** Events recorded with a part cut to a marker to fit the contract's limits ("depth", "size"). */
+  cut_by_reason: Record<string, number>;
   errors: number;
   errors_by_origin: Record<string, number>;
   last_error: string | null;
@@ -23,6 +25,7 @@ export class SDKStats {
   spooled = 0;
   readonly dropped: Record<string, number> = {};
   readonly errors: Record<string, number> = {};
+  readonly cut: Record<string, number> = {};
   readonly byOrigin: Record<string, { captured: number; errors: number }> = {};
   lastError: string | null = null;
 
@@ -45,6 +48,10 @@ export class SDKStats {
     this.dropped[reason] = (this.dropped[reason] ?? 0) + n;
   }
 
+  countCut(reason: string): void {
+    this.cut[reason] = (this.cut[reason] ?? 0) + 1;
+  }
+
   countDelivered(sink: string, n: number): void {
     if (sink === "redis") this.published += n;
     else this.spooled += n;
@@ -57,6 +64,7 @@ export class SDKStats {
       spooled: this.spooled,
       dropped: sum(this.dropped),
       dropped_by_reason: { ...this.dropped },
+      cut_by_reason: { ...this.cut },
       errors: sum(this.errors),
       errors_by_origin: { ...this.errors },
       last_error: this.lastError,
