@@ -2,7 +2,9 @@
 
 The shapes (plain JSON, text, and the `$tracelab` markers for binary, truncated and
 not-captured bodies) are the contract in spec/README.md, shared with the TypeScript SDK and
-the proxy. Redaction always happens before truncation, so a cut never exposes a secret.
+the proxy. Redaction always happens before truncation, so a cut never exposes a secret: an
+over-cap JSON body is parsed, redacted, serialised compactly and then cut; an over-cap text is
+redacted, cut, and what the cut left half-visible at the end is redacted too (`Redactor.cut`).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from tracelab.sdk.redaction import Redactor
+from tracelab.sdk.redaction import Redactor, may_hold_shapes, redact_shapes
 
 _JSON_START = frozenset(b"{[")
 _WHITESPACE = b" \t\r\n"
@@ -24,6 +26,12 @@ _MAX_VALUE_DEPTH = 12
 _WALK_ALWAYS_BYTES = 2048
 _WALK_ALWAYS_BRACKETS = 200  # Redactor.value's depth limit
 _MAX_ITEMS = 200
+# An over-cap JSON body up to this size is parsed, redacted, then cut; a larger one is cut as
+# text (parsing megabytes for a 64 KiB excerpt would cost the traced call too much).
+_PARSE_OVER_CAP_BYTES = 4 * 1024 * 1024
+# Text past the cap that is redacted with the kept part, so a value straddling the cap
+# is matched whole before the cut.
+_MARGIN = 4096
 _repr = reprlib.Repr()
 _repr.maxstring = 1000
 _repr.maxother = 1000
@@ -71,25 +79,25 @@ def encode_body(data: Any, content_type: str | None, redactor: Redactor, cap: in
         return None
     ctype = (content_type or "").lower()
     first = raw.lstrip(_WHITESPACE)[:1]
-    if size <= cap and ("json" in ctype or (first and first[0] in _JSON_START)):
+    if (size <= cap or size <= _PARSE_OVER_CAP_BYTES) and \
+            ("json" in ctype or (first and first[0] in _JSON_START)):
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
         else:
-            # The byte pre-check costs more than walking a small body (~10 scans against a
-            # few dozen members), so small bodies are walked directly. The walk changes nothing
-            # the pre-check would have let through unless a body nests deeper than the walk's
-            # limit, which needs more brackets than `_WALK_ALWAYS_BRACKETS`.
-            if size <= _WALK_ALWAYS_BYTES and \
-                    raw.count(b"[") + raw.count(b"{") <= _WALK_ALWAYS_BRACKETS:
-                return redactor.value(parsed, found)
-            return redactor.value(parsed, found) if redactor.may_hold_secrets(raw) else parsed
+            parsed = _redact_json(parsed, raw, redactor, found)
+            if size <= cap:
+                return parsed
+            return _cut_json(parsed, size, redactor, cap, found) or \
+                truncated(size, "text", redactor.cut(_head(raw, cap) or "", found))
     if size > cap:
-        text = _utf8_prefix(raw, cap)
-        if text is None:
+        if _utf8_prefix(raw, cap) is None:
             return truncated(size, "base64", base64.b64encode(raw[:cap]).decode("ascii"))
-        return truncated(size, "text", redactor.text(text, found))
+        # Redact before cutting: a value straddling the cap is matched whole (the margin),
+        # and `cut` catches one cut off at the margin's end.
+        return truncated(size, "text", _cut_text(redactor.text(_head(raw, cap + _MARGIN), found),
+                                                 redactor, cap, found))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -97,6 +105,45 @@ def encode_body(data: Any, content_type: str | None, redactor: Redactor, cap: in
     if "x-www-form-urlencoded" in ctype:
         return redactor.form(text, found)
     return redactor.text(text, found)
+
+
+def _redact_json(parsed: Any, raw: bytes, redactor: Redactor, found: set[str] | None) -> Any:
+    """A parsed JSON body with secret names and secret-shaped strings redacted."""
+    # The byte pre-check costs more than walking a small body (~10 scans against a few dozen
+    # members), so small bodies are walked directly. The walk changes nothing the pre-check
+    # would have let through unless a body nests deeper than the walk's limit, which needs
+    # more brackets than `_WALK_ALWAYS_BRACKETS`.
+    if (len(raw) <= _WALK_ALWAYS_BYTES and
+            raw.count(b"[") + raw.count(b"{") <= _WALK_ALWAYS_BRACKETS) or \
+            redactor.may_hold_secrets(raw):
+        parsed = redactor.value(parsed, found)
+    if may_hold_shapes(raw) or b"\\u" in raw:  # an escape can hide a shape from the bytes
+        parsed = redactor.shapes_in(parsed, found)
+    return parsed
+
+
+def _head(raw: bytes, limit: int) -> str | None:
+    """The first `limit` bytes as text (a partial character at the end dropped)."""
+    head = _utf8_prefix(raw, limit)
+    return head if head is not None else raw[:limit].decode("utf-8", errors="ignore")
+
+
+def _cut_text(text: str, redactor: Redactor, cap: int, found: set[str] | None) -> str:
+    """Redacted `text` cut to `cap` UTF-8 bytes, with what the cut left half-visible redacted."""
+    data = redactor.cut(_utf8_prefix(text.encode("utf-8", errors="surrogatepass"), cap) or "",
+                        found)
+    encoded = data.encode("utf-8", errors="surrogatepass")
+    return data if len(encoded) <= cap else (_utf8_prefix(encoded, cap) or "")
+
+
+def _cut_json(parsed: Any, size: int, redactor: Redactor, cap: int,
+              found: set[str] | None) -> dict[str, Any] | None:
+    """An over-cap JSON body, already redacted, serialised compactly and cut (spec/redaction)."""
+    try:
+        compact = orjson.dumps(parsed)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    return truncated(size, "text", _cut_text(compact.decode("utf-8"), redactor, cap, found))
 
 
 def to_jsonable(value: Any, redactor: Redactor, cap: int, depth: int = 0) -> Any:
@@ -110,8 +157,8 @@ def to_jsonable(value: Any, redactor: Redactor, cap: int, depth: int = 0) -> Any
     if isinstance(value, str):
         if len(value) > cap:
             return truncated(len(value.encode("utf-8", errors="surrogatepass")), "text",
-                             redactor.text(value[:cap]))
-        return value
+                             _cut_text(redactor.text(value[:cap + _MARGIN]), redactor, cap, None))
+        return redact_shapes(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return encode_body(value, None, redactor, cap)
     if depth >= _MAX_VALUE_DEPTH:

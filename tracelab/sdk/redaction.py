@@ -1,10 +1,20 @@
 """Redaction: secrets are replaced by a fixed marker before an event leaves the process.
 
-Names (of headers, query parameters, JSON and form fields) are judged by the words they are
-made of, so `access_token`, `stripeToken` and `card[number]` are secrets while `max_tokens`
-and `total_tokens` (LLM usage counters people want to see) are not. Decisions are cached per
-name because the same few names repeat on every call. The marker is a constant, never a hash:
-a hash of a short secret can be brute-forced, and a constant keeps recordings comparable.
+Two kinds of rules, applied everywhere a request, response or traced value can carry text:
+
+- by *name*: headers, query parameters, JSON and form fields are judged by the words their
+  names are made of, so `access_token`, `stripeToken` and `card[number]` are secrets while
+  `max_tokens` and `total_tokens` (LLM usage counters people want to see) are not. Decisions
+  are cached per name because the same few names repeat on every call.
+- by *shape*: credential formats that secret scanners (gitleaks, detect-secrets) recognise on
+  sight — `sk_live_…`, `AKIA…`, `ghp_…`, JWTs, private key blocks, `user:password@` in URLs —
+  are replaced wherever they turn up, whatever the name next to them. `SHAPE_RULES` is the one
+  definition; `tracelab scan` uses it too. A cheap literal pre-check (`_SHAPE_HINT`) keeps text
+  without any credential-looking prefix off the full expression.
+
+The marker is a constant, never a hash: a hash of a short secret can be brute-forced, and a
+constant keeps recordings comparable. spec/redaction/ holds the examples every producer (this
+SDK, sdk-ts, the proxy) is tested against.
 """
 from __future__ import annotations
 
@@ -20,7 +30,8 @@ MARKER = "[REDACTED]"
 
 SECRET_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
-    "x-amz-security-token",
+    "x-amz-security-token", "ocp-apim-subscription-key", "x-goog-api-key", "stripe-key",
+    "x-auth-token", "x-auth-key", "x-functions-key", "private-token", "x-vault-token",
 })
 SECRET_WORDS = frozenset({
     "password", "passwd", "pwd", "secret", "token", "authorization", "apikey", "signature",
@@ -37,6 +48,7 @@ _SECRET_FRAGMENTS = (b"passw", b"pwd", b"secret", b"token", b"authoriz", b"signa
                      b"credential", b"key", b"number", b"cookie")
 _CONTAINERS = (dict, list)
 _CONTAINER_SET = frozenset(_CONTAINERS)
+_TEXT_OR_CONTAINER = (str, dict, list)
 _ONLY_DICTS = {dict}
 _chain = chain.from_iterable
 _MIN_SCRUB_CHARS = 6  # shorter values ("1", "true") would scrub innocent text
@@ -47,7 +59,102 @@ _MAX_DEPTH = 200
 _JSON_MEMBER = re.compile(
     r'"((?:[^"\\]|\\.){1,200})"(\s*:\s*)("(?:[^"\\]|\\.)*"|-?[\d.eE+-]+|true|false|null)')
 _KEY_VALUE = re.compile(r"(?<![\w.\-\[\]])([\w.\-\[\]]{1,200})(=)([^&\s\"',;]*)")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
+# A JSON string member left open at the very end of a cut text: `"password": "hunter2-SUP`.
+_OPEN_MEMBER = re.compile(r'"((?:[^"\\]|\\.){1,200})"(\s*:\s*")((?:[^"\\]|\\.)*\\?)\Z')
+_TOKEN = "[A-Za-z0-9_.~+/=-]"
+
+# Credential shapes: (rule id, pattern). When the pattern has a group, the group is the secret
+# (the rest is context that stays); otherwise the whole match is. Patterns use only syntax that
+# means the same in JavaScript (sdk-ts copies them), except `\Z` (JS: `$` without the m flag).
+SHAPE_RULES: tuple[tuple[str, str], ...] = (
+    ("private-key", r"-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----(?:[\s\S]*?"
+                    r"-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----|[\s\S]*\Z)"),
+    ("url-userinfo", r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:\"'<>]*:"
+                     r"([^\s/?#@\"'<>]+)@"),
+    ("bearer", r"(?<![A-Za-z0-9])(?:[Bb]earer|BEARER|[Bb]asic|BASIC)\s+"
+               r"(?=[A-Za-z]*[0-9_.~+/=-])(" + _TOKEN + r"{6,})"),
+    ("jwt", r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
+    ("aws-access-key-id", r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}"
+                          r"(?![A-Za-z0-9])"),
+    ("stripe-key", r"(?<![A-Za-z0-9])(?:sk|rk)_(?:live|test|prod)_[A-Za-z0-9]{10,}"),
+    ("stripe-webhook-secret", r"(?<![A-Za-z0-9])whsec_[A-Za-z0-9]{20,}"),
+    ("anthropic-key", r"(?<![A-Za-z0-9_-])sk-ant-[A-Za-z0-9_-]{20,}"),
+    ("openai-key", r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}"),
+    ("github-token", r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{20,}"),
+    ("github-fine-grained-pat", r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{22,}"),
+    ("gitlab-token", r"(?<![A-Za-z0-9_])glpat-[A-Za-z0-9_-]{20,}"),
+    ("slack-token", r"(?<![A-Za-z0-9])xox[abpors]-[A-Za-z0-9-]{10,}"),
+    ("slack-webhook", r"hooks\.slack\.com/(?:services|workflows|triggers)/([A-Za-z0-9+/]{20,})"),
+    ("google-api-key", r"(?<![A-Za-z0-9_-])AIza[A-Za-z0-9_-]{30,}"),
+    ("sendgrid-key", r"(?<![A-Za-z0-9])SG\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),
+    ("huggingface-token", r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{30,}"),
+    ("npm-token", r"(?<![A-Za-z0-9_])npm_[A-Za-z0-9]{36,}"),
+)
+# What every rule above needs to find in the text (a superset: a hit only means "look closer").
+_SHAPE_HINT_PATTERN = (r"PRIVATE KEY|://[^\s/\"]*@|[Bb]earer|BEARER|[Bb]asic|BASIC|eyJ|A[KS]IA|"
+                       r"ABIA|ACCA|A3T|_live_|_test_|_prod_|whsec_|sk-|gh[pousr]_|github_pat_|"
+                       r"glpat-|xox|hooks\.slack|AIza|SG\.|hf_|npm_")
+# A credential prefix at the very end of a cut text: the rest of the value was cut off.
+_TAIL_RULES = re.compile(
+    r"(?:(?<![A-Za-z0-9_-])(?:AKIA|ASIA|ABIA|ACCA|(?:sk|rk)_(?:live|test|prod)_|whsec_|sk-|"
+    r"gh[pousr]_|github_pat_|glpat-|xox[abpors]-|AIza|SG\.|eyJ|hf_|npm_)" + _TOKEN + r"*"
+    r"|(?<![A-Za-z0-9])(?:[Bb]earer|BEARER|[Bb]asic|BASIC)\s+(" + _TOKEN + r"+)"
+    r"|[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:\"'<>]*:([^\s/?#@\"'<>]+))\Z")
+
+
+def _compile_shapes() -> tuple[re.Pattern[str], dict[str, tuple[str, int]]]:
+    """One alternation of all rules, and per rule's group name: (rule id, secret group)."""
+    parts: list[str] = []
+    groups: dict[str, tuple[str, int]] = {}
+    index = 0
+    for i, (rule, pattern) in enumerate(SHAPE_RULES):
+        inner = re.compile(pattern).groups
+        index += 1
+        groups[f"r{i}"] = (rule, index + 1 if inner else index)
+        parts.append(f"(?P<r{i}>{pattern})")
+        index += inner
+    return re.compile("|".join(parts)), groups
+
+
+SHAPES, _SHAPE_GROUPS = _compile_shapes()
+_SHAPE_HINT = re.compile(_SHAPE_HINT_PATTERN)
+_SHAPE_HINT_BYTES = re.compile(_SHAPE_HINT_PATTERN.encode())
+
+
+def find_shapes(text: str) -> list[tuple[str, int, int]]:
+    """(rule id, start, end) of each secret-shaped part of `text` that is not already redacted."""
+    if not _SHAPE_HINT.search(text):
+        return []
+    found = []
+    for m in SHAPES.finditer(text):
+        rule, group = _SHAPE_GROUPS[m.lastgroup or ""]
+        start, end = m.span(group)
+        if text[start:end] != MARKER:
+            found.append((rule, start, end))
+    return found
+
+
+def may_hold_shapes(raw: bytes) -> bool:
+    """False when no credential shape can be in `raw` (the cheap literal pre-check)."""
+    return _SHAPE_HINT_BYTES.search(raw) is not None
+
+
+def redact_shapes(text: str, found: set[str] | None = None) -> str:
+    """Every secret-shaped part of `text` replaced by the marker."""
+    if not _SHAPE_HINT.search(text):
+        return text
+
+    def replace(m: re.Match[str]) -> str:
+        group = _SHAPE_GROUPS[m.lastgroup or ""][1]
+        secret = m.group(group)
+        if secret == MARKER:
+            return m.group(0)
+        remember(found, secret)
+        offset = m.start()
+        whole = m.group(0)
+        return whole[: m.start(group) - offset] + MARKER + whole[m.end(group) - offset:]
+
+    return SHAPES.sub(replace, text)
 
 
 def name_words(name: str) -> list[str]:
@@ -119,8 +226,11 @@ class Redactor:
                 if found is not None:
                     remember_header(found, name, value)
                 value = MARKER
-            elif content_type is None and len(name) == 12 and name.lower() == "content-type":
-                content_type = value
+            else:
+                if content_type is None and len(name) == 12 and name.lower() == "content-type":
+                    content_type = value
+                if _SHAPE_HINT.search(value):
+                    value = redact_shapes(value, found)
             if unique:
                 out[name] = value
             else:
@@ -130,7 +240,9 @@ class Redactor:
 
     # -- URLs and form bodies -------------------------------------------------------------
     def url(self, url: str, found: set[str] | None = None) -> str:
-        """Redacts secret query parameters and the password of `user:password@host`."""
+        """Redacts secret query parameters, the password of `user:password@host` and shapes."""
+        if _SHAPE_HINT.search(url):
+            url = redact_shapes(url, found)
         if "?" not in url and "@" not in url:
             return url
         base, sep, query = url.partition("?")
@@ -139,7 +251,7 @@ class Redactor:
         if ssep:
             netloc, slash, path = rest.partition("/")
             userinfo, at, hostport = netloc.rpartition("@")
-            if at and ":" in userinfo:
+            if at and ":" in userinfo and userinfo.partition(":")[2] != MARKER:
                 remember(found, userinfo.partition(":")[2])
                 netloc = f"{userinfo.partition(':')[0]}:{MARKER}@{hostport}"
             base = f"{scheme}://{netloc}{slash}{path}"
@@ -149,6 +261,8 @@ class Redactor:
 
     def form(self, text: str, found: set[str] | None = None) -> str:
         """`a=1&password=x` -> `a=1&password=[REDACTED]`, keeping the original encoding."""
+        if _SHAPE_HINT.search(text):
+            text = redact_shapes(text, found)
         parts = text.split("&")
         changed = False
         for i, part in enumerate(parts):
@@ -224,7 +338,7 @@ class Redactor:
                 obj[key] = MARKER
 
     def text(self, text: str, found: set[str] | None = None) -> str:
-        """Best-effort redaction of free text: JSON members, key=value pairs, bearer tokens."""
+        """Redaction of free text: JSON members and key=value pairs by name, shapes anywhere."""
         def member(m: re.Match[str]) -> str:
             if not self.is_secret(m.group(1)):
                 return m.group(0)
@@ -241,7 +355,43 @@ class Redactor:
             text = _JSON_MEMBER.sub(member, text)
         if "=" in text:
             text = _KEY_VALUE.sub(pair, text)
-        return _BEARER.sub(lambda m: f"{m.group(1)} {MARKER}", text)
+        return redact_shapes(text, found)
+
+    def cut(self, text: str, found: set[str] | None = None) -> str:
+        """`text` for the first bytes of a longer text: also what was cut off in mid-value.
+
+        A JSON string left open at the end (`"password": "hunt`), a credential prefix
+        (`sk_live_51F`, `eyJhbGci`), a `Bearer` credential or a URL password at the very end
+        are redacted even though they are incomplete: the full value would have been.
+        """
+        text = self.text(text, found)
+        m = _OPEN_MEMBER.search(text)
+        if m and m.group(3) != MARKER and self.is_secret(m.group(1)):
+            remember(found, m.group(3))
+            text = text[: m.start(3)] + MARKER
+        m = _TAIL_RULES.search(text)
+        if m:
+            group = m.lastindex or 0
+            if m.group(group) != MARKER and not m.group(group).startswith(MARKER):
+                text = text[: m.start(group)] + MARKER
+        return text
+
+    def shapes_in(self, obj: Any, found: set[str] | None = None, depth: int = 0) -> Any:
+        """Replace secret-shaped parts of every string in a parsed JSON value, in place."""
+        kind = type(obj)
+        if kind is str:
+            return redact_shapes(obj, found)
+        if depth > _MAX_DEPTH:
+            return obj
+        if kind is dict:
+            for key, member in obj.items():
+                if type(member) in _TEXT_OR_CONTAINER:
+                    obj[key] = self.shapes_in(member, found, depth + 1)
+        elif kind is list:
+            for i, member in enumerate(obj):
+                if type(member) in _TEXT_OR_CONTAINER:
+                    obj[i] = self.shapes_in(member, found, depth + 1)
+        return obj
 
 
 def remember(found: set[str] | None, value: str) -> None:
