@@ -1,6 +1,7 @@
 """Embedded mode: the spool folded into the store, by the recorder and by any reader."""
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -52,10 +53,12 @@ def test_complete_and_crashed_files_are_folded_then_removed(tracelab_home):
 
 
 def test_a_live_writers_file_is_folded_up_to_its_last_complete_line(tracelab_home):
-    name = f"20240501T000000-{os.getpid()}-cccccccc.jsonl.open"  # our pid: still being written
+    name = "20240501T000000-1-cccccccc.jsonl.open"
     first = [make_event("live", "run-1", seq=i) for i in range(5)]
     half = orjson.dumps(make_event("live", "run-1", seq=99))
     path = write_spool(tracelab_home, name, first, tail=half[:40])
+    writer = os.open(path, os.O_WRONLY | os.O_APPEND)
+    fcntl.flock(writer, fcntl.LOCK_EX)  # what a writer holds while it may append
     assert fold_spool(tracelab_home) == 5
     assert path.exists()  # still being written: folded, not removed
     # The writer finishes the line and appends more; only the new lines are folded.
@@ -66,6 +69,7 @@ def test_a_live_writers_file_is_folded_up_to_its_last_complete_line(tracelab_hom
     assert len(stored_ids(tracelab_home)) == 9
     # Renamed to complete by its writer: folded to the end and removed, nothing doubled.
     path.rename(path.with_suffix(""))
+    os.close(writer)
     assert fold_spool(tracelab_home) == 0
     assert not path.with_suffix("").exists()
     assert max(stored_ids(tracelab_home).values()) == 1

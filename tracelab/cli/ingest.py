@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Any
 
+from tracelab.events import MAX_EVENT_BYTES
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -83,8 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(seconds, default 60)")
     parser.add_argument("--dead-stream", help="where malformed entries go "
                         "(default: <stream>.dead)")
-    parser.add_argument("--max-event-bytes", type=_positive_int, default=4 * 1024 * 1024,
-                        help="larger entries are dead-lettered (default 4 MiB)")
+    parser.add_argument("--max-event-bytes", type=_positive_int, default=MAX_EVENT_BYTES,
+                        help="larger entries are dead-lettered (default 4 MiB, the contract's "
+                        "MAX_EVENT_BYTES)")
     parser.add_argument("--log-interval", type=_positive_float, default=10.0,
                         help="seconds between progress log lines (default 10)")
     parser.add_argument("--store", help="store root or URI (default: $TRACELAB_STORE, "

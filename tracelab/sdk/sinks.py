@@ -8,6 +8,7 @@ nothing but a counted drop. This is the Sentry transport's design.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import threading
@@ -300,6 +301,11 @@ class SpoolSink(BatchingSink):
 
     One file per process, `<time>-<pid>-<rand>.jsonl.open` while written and renamed to
     `.jsonl` when complete; the store folds them into Parquet (spec/README.md, "Transport").
+    For as long as it may append, the writer holds an exclusive `flock` on its `.open` file:
+    that lock, not the PID in the name (meaningless in another container), is how a folder
+    knows the file is still being written. The file is created and locked under a hidden
+    name and only then renamed into view, so no folder ever sees it unlocked while live; at
+    completion it is renamed before its descriptor (and lock) is closed, for the same reason.
     """
 
     kind = "spool"
@@ -314,10 +320,19 @@ class SpoolSink(BatchingSink):
     def _open(self) -> int:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        self._path = self.directory / f"{stamp}-{os.getpid()}-{secrets.token_hex(4)}.jsonl.open"
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        name = f"{stamp}-{os.getpid()}-{secrets.token_hex(4)}.jsonl.open"
+        hidden = self.directory / f".{name}.new"  # dot names are never folded
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(hidden, self.directory / name)
+        except BaseException:
+            os.close(fd)
+            hidden.unlink(missing_ok=True)
+            raise
+        self._fd, self._path = fd, self.directory / name
         self._written = 0
-        return self._fd
+        return fd
 
     def _write(self, payloads: list[bytes]) -> None:
         fd = self._fd if self._fd is not None else self._open()
@@ -334,10 +349,12 @@ class SpoolSink(BatchingSink):
         """Close the current file and mark it complete by dropping the `.open` suffix."""
         if self._fd is None or self._path is None:
             return
-        os.close(self._fd)
-        self._fd = None
-        os.replace(self._path, self._path.with_suffix(""))
-        self._path = None
+        fd, path = self._fd, self._path
+        self._fd = self._path = None
+        try:
+            os.replace(path, path.with_suffix(""))
+        finally:
+            os.close(fd)  # after the rename: the `.open` name is never seen unlocked
 
     def _release(self) -> None:
         try:
@@ -346,7 +363,9 @@ class SpoolSink(BatchingSink):
             self.stats.count_error(self.kind, f"closing spool file: {exc}")
 
     def _after_fork(self) -> None:
-        if self._fd is not None:  # the parent's file: leave it to the parent
+        # The parent's file: leave it to the parent. The lock belongs to the open file both
+        # share, so closing the child's copy leaves the parent's lock in place.
+        if self._fd is not None:
             os.close(self._fd)
         self._fd = None
         self._path = None

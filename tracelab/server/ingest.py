@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 import redis
 
-from tracelab.events import validate
+from tracelab.events import MAX_EVENT_BYTES, validate
 from tracelab.store.layout import StoreLayout, resolve_layout
 from tracelab.store.locks import FileLock
 from tracelab.store.writer import StoreWriter, WriteReport
@@ -62,7 +62,7 @@ class IngestConfig:
     flush_interval: float = 1.0
     claim_idle: float = 60.0
     dead_stream: str | None = None
-    max_event_bytes: int = 4 * 1024 * 1024
+    max_event_bytes: int = MAX_EVENT_BYTES
     log_interval: float = 10.0
     read_count: int = 2000
 
@@ -108,6 +108,7 @@ class _Batch:
     def __init__(self) -> None:
         self.events: list[dict] = []
         self.event_ids: list[bytes] = []     # stream ids, parallel to `events`
+        self.raws: list[bytes] = []          # the entries' `event` bytes, parallel too
         self.dead: list[tuple[bytes, dict | None, str]] = []
         self.other_ids: list[bytes] = []     # gone entries: nothing to store, only to ack
         self.oldest: float | None = None
@@ -354,7 +355,7 @@ class Ingester:
             self.stats.first_read = now
         self.stats.read += len(entries)
         max_bytes = self.config.max_event_bytes
-        events, event_ids = batch.events, batch.event_ids
+        events, event_ids, raws = batch.events, batch.event_ids, batch.raws
         loads = orjson.loads
         for entry_id, fields in entries:
             if not fields:
@@ -376,6 +377,7 @@ class Ingester:
                 if type(obj) is dict and not validate(obj):
                     events.append(obj)
                     event_ids.append(entry_id)
+                    raws.append(raw)
                     continue
             if type(fields) is list:
                 fields = dict(zip(fields[::2], fields[1::2]))
@@ -400,15 +402,22 @@ class Ingester:
         return [], [], None
 
     def _write_batch(self, batch: _Batch) -> tuple[list[bytes], list, WriteReport | None]:
-        """Durably store one batch (runs on the write thread); returns what to settle."""
+        """Durably store one batch (runs on the write thread); returns what to settle.
+
+        An event the store refuses becomes a dead letter carrying the entry's original bytes
+        (never a re-serialization of the parsed event, which may be what failed), so one
+        poison entry is acknowledged once and never stops or re-enters the line.
+        """
         dead = list(batch.dead)
         report = None
         if batch.events:
-            report = self.writer.write(batch.events)
+            report = _write_or_isolate(self.writer, batch.events)
             if report.rejected:
-                by_object = {id(e): i for e, i in zip(batch.events, batch.event_ids)}
+                where = {id(e): (i, raw) for e, i, raw in
+                         zip(batch.events, batch.event_ids, batch.raws)}
                 for event, reason in report.rejected:
-                    dead.append((by_object[id(event)], {b"event": orjson.dumps(event)}, reason))
+                    entry_id, raw = where[id(event)]
+                    dead.append((entry_id, {b"event": raw}, reason))
         ids = batch.event_ids + [d[0] for d in batch.dead] + batch.other_ids
         return ids, dead, report
 
@@ -528,6 +537,29 @@ class Ingester:
         log.info("stored %.0f ev/s (total %d, duplicates %d, dead %d); backlog %s",
                  rate, self.stats.stored, self.stats.duplicates, self.stats.dead,
                  "unknown" if lag is None else lag)
+
+
+def _write_or_isolate(writer: StoreWriter, events: list[dict]) -> WriteReport:
+    """`writer.write(events)`; if the store raises instead of refusing a poison event in its
+    report, write one event at a time and refuse those that still raise. An `OSError` is the
+    store's trouble (disk, lock), not an event's: it propagates and nothing is acknowledged."""
+    try:
+        return writer.write(events)
+    except OSError:
+        raise
+    except Exception as exc:
+        log.warning("the store raised on a batch (%s: %.300s); writing its events one by one",
+                    type(exc).__name__, exc)
+    report = WriteReport()
+    for event in events:
+        try:
+            report.add(writer.write([event]))
+        except OSError:
+            raise
+        except Exception as exc:
+            report.rejected.append((event, f"cannot be stored: {type(exc).__name__}: "
+                                           f"{str(exc)[:1000]}"))
+    return report
 
 
 def stream_backlog(client: Any, stream: str, group: str) -> int | None:
