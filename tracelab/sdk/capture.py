@@ -9,6 +9,7 @@ them too. Nothing here may raise into the traced program: callers wrap `record_*
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable, Mapping
@@ -25,8 +26,27 @@ if TYPE_CHECKING:
 
 HOST = socket.gethostname()
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+# LLM detection (the same rule in sdk-ts): a known provider host, or an LLM-style path whose
+# request body looks like an LLM request (`model` plus `messages`, `input` or `prompt`). A path
+# alone is not enough: `/api/surveys/42/responses` is not an LLM call.
+LLM_HOSTS = {
+    "api.openai.com": "openai", "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "google", "api.mistral.ai": "mistral",
+    "api.groq.com": "groq", "api.cohere.com": "cohere", "api.cohere.ai": "cohere",
+    "openrouter.ai": "openrouter", "api.together.xyz": "together", "api.together.ai": "together",
+    "api.deepseek.com": "deepseek", "api.fireworks.ai": "fireworks",
+    "api.perplexity.ai": "perplexity", "api.x.ai": "xai",
+}
+LLM_HOST_PATTERNS = (
+    (re.compile(r"[a-z0-9-]+\.openai\.azure\.com"), "azure-openai"),
+    (re.compile(r"bedrock-runtime(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com"), "bedrock"),
+    (re.compile(r"[a-z0-9-]+-aiplatform\.googleapis\.com"), "google-vertex"),
+)
 LLM_PATH_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/responses",
                      "/v1/messages")
+LLM_BODY_FIELDS = ("messages", "input", "prompt")
+_TRUNCATED_MODEL = re.compile(r'"model":"')
+_TRUNCATED_FIELDS = re.compile(r'"(?:messages|input|prompt)":')
 _PID = [os.getpid()]
 _MAX_TAGS, _MAX_KEY, _MAX_VALUE = 64, 128, 1024
 
@@ -117,11 +137,37 @@ def http_target(scheme: str, netloc: str) -> str:
     return hostport or "unknown"
 
 
-def llm_tags(path: str, request_body: Any, response_body: Any) -> dict[str, str] | None:
-    """Model and token usage for OpenAI- and Anthropic-style calls; None for other paths."""
-    if not path.endswith(LLM_PATH_SUFFIXES):
+def llm_provider(host: str, path: str, request_body: Any) -> str | None:
+    """The provider when this HTTP call is an LLM call (the rule above), else None."""
+    host = host.lower().rstrip(".")
+    provider = LLM_HOSTS.get(host)
+    if provider is not None:
+        return provider
+    for pattern, name in LLM_HOST_PATTERNS:
+        if pattern.fullmatch(host):
+            return name
+    if path.endswith(LLM_PATH_SUFFIXES) and _llm_shaped(request_body):
+        return "anthropic" if path.endswith("/v1/messages") else "openai-compatible"
+    return None
+
+
+def _llm_shaped(body: Any) -> bool:
+    """A stored request body with a string `model` and `messages`, `input` or `prompt`."""
+    if isinstance(body, dict):
+        if body.get("$tracelab") == "truncated" and isinstance(body.get("data"), str):
+            data = body["data"]  # compact JSON cut at the cap: look for the members' text
+            return bool(_TRUNCATED_MODEL.search(data) and _TRUNCATED_FIELDS.search(data))
+        return isinstance(body.get("model"), str) and any(f in body for f in LLM_BODY_FIELDS)
+    return False
+
+
+def llm_tags(host: str, path: str, request_body: Any,
+             response_body: Any) -> dict[str, str] | None:
+    """Provider, model and token usage for an LLM call; None when it is not one."""
+    provider = llm_provider(host, path, request_body)
+    if provider is None:
         return None
-    tags = {"llm.provider": "anthropic" if path.endswith("/v1/messages") else "openai-compatible"}
+    tags = {"llm.provider": provider}
     for body in (request_body, response_body):
         if isinstance(body, dict) and isinstance(body.get("model"), str):
             tags["llm.model"] = body["model"]
@@ -199,7 +245,7 @@ def record_http(
                 resp_body["size"] = max(resp_body["size"], response_body_size)
         response = {"status_code": status_code, "headers": resp_headers, "body": resp_body}
     path = parts.path or "/"
-    tags = llm_tags(path, req_body, response["body"] if response else None)
+    tags = llm_tags(parts.hostname or "", path, req_body, response["body"] if response else None)
     failed = exc is not None or (status_code is not None and status_code >= 400)
     event = build_event(
         rec, kind=kind or ("llm" if tags else "http"),
