@@ -1,7 +1,9 @@
 """Counters the SDK keeps about itself, so drops and failures are visible instead of silent."""
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections import defaultdict
 from typing import Any
 
@@ -11,6 +13,7 @@ class SDKStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        _instances.add(self)
         self.captured = 0
         self.published = 0
         self.spooled = 0
@@ -55,3 +58,17 @@ class SDKStats:
                 "integrations": {k: dict(v) for k, v in self.by_origin.items()},
                 **extra,
             }
+
+
+_instances: weakref.WeakSet[SDKStats] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    """A forked child gets fresh locks: one held by another parent thread at fork time would
+    stay held forever in the child (that thread does not exist there), and the next count
+    would hang the child."""
+    for stats in list(_instances):
+        stats._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
