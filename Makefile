@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[all]'
+	$(PY) -m pip download -q --no-deps -d $(VENV)/wheels "$$(grep -o 'redis\[hiredis\]>=[0-9.]*' pyproject.toml | sed 's/\[hiredis\]>=/==/')"
 	touch $(STAMP)
 
 # From Debian's packages when missing: redis-server (tests start their own on a free port),
