@@ -17,6 +17,7 @@ from tracelab import __version__
 # name -> (module, one-line help). Each module provides `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("tracelab.cli.validate", "check TraceEvent JSON files against the contract"),
+    "scan": ("tracelab.cli.scan", "find secrets left in files of events before committing them"),
     "ingest": ("tracelab.cli.ingest", "consume the Redis stream into the Parquet store"),
     "compact": ("tracelab.cli.compact", "merge the store's small files, keeping exactly-once"),
     "stats": ("tracelab.cli.stats", "print workflows, executions, events, files and bytes"),
