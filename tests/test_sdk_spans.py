@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import RedisServer, read_events
@@ -118,3 +119,29 @@ def test_before_init_trace_only_calls_through(tracelab_home) -> None:  # type: i
 
     assert add(1, 2) == 3
     assert tracelab.stats()["active"] is False
+
+
+def test_span_tags_are_normalised_as_init_tags_are_and_cut_to_fit(
+        redis_server: RedisServer, tracelab_home: Path) -> None:
+    from tracelab.events import MAX_TAG_KEY_CHARS, MAX_TAG_VALUE_CHARS, MAX_TAGS
+
+    given = {"retries": 2, "cached": True, "owner": None, "ids": [1, 2]}
+    config = tracelab.init(workflow_name="tags", redis_url=redis_server.url, tags=given)
+    try:
+        with tracelab.span("same") as block:  # the same values, met at run time
+            for key, value in given.items():
+                block.set_tag(f"span.{key}", value)
+        with tracelab.span("too-many") as block:  # past the limits: cut, never an error
+            block.set_tag("k" * 500, "v" * 5000)
+            for n in range(2 * MAX_TAGS):
+                block.set_tag(f"extra{n}", n)
+        events = _events(redis_server)
+    finally:
+        tracelab.shutdown()
+    assert config is not None
+    assert {k.removeprefix("span."): v for k, v in events["same"]["tags"].items()
+            if k.startswith("span.")} == config.tags == \
+        {"retries": "2", "cached": "true", "owner": "null", "ids": "[1, 2]"}
+    crowded = events["too-many"]["tags"]  # read_events checked it against the contract
+    assert len(crowded) == MAX_TAGS
+    assert crowded["k" * MAX_TAG_KEY_CHARS] == "v" * MAX_TAG_VALUE_CHARS
