@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from tracelab import __version__
+from tracelab.config import normalize_tags
 from tracelab.events import SCHEMA_VERSION, new_event_id
 from tracelab.sdk.context import current_span_id
 from tracelab.sdk.payloads import encode_body, not_captured
@@ -101,7 +102,7 @@ def build_event(
     config = rec.config
     merged = config.tags
     if tags:
-        merged = clean_tags({**config.tags, **tags})
+        merged = normalize_tags({**config.tags, **tags}, origin="tags", strict=False)
     return {
         "event_id": new_event_id(),
         "schema": SCHEMA_VERSION,
