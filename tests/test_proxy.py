@@ -670,3 +670,104 @@ def test_busy_port_gives_one_clear_line(home: Path) -> None:
     assert result.stderr.strip() == (
         f"tracelab proxy: cannot listen on 127.0.0.1:{port}: the port is already in use "
         "(another proxy?); stop it or pick another --port")
+
+
+# -- the shared redaction corpus (spec/redaction) through the real proxy ----------------------
+
+REDACTION_CORPUS = ROOT / "spec" / "redaction" / "cases"
+
+
+def corpus_case(name: str) -> dict[str, Any]:
+    """One case of the shared corpus; a missing case fails (never skips) the test."""
+    assert REDACTION_CORPUS.is_dir() and any(REDACTION_CORPUS.glob("*.json")), REDACTION_CORPUS
+    return json.loads((REDACTION_CORPUS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+class _MirrorHandler(BaseHTTPRequestHandler):
+    """Answers with the request's own body and Content-Type: what was sent comes back."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _handle(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", self.headers.get("Content-Type") or "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _handle
+
+
+@pytest.fixture
+def mirror() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _MirrorHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+BODY_CASES = ("body-json-every-shape", "body-json-near-misses", "body-form", "body-text",
+              "body-json-key-by-shape")
+HEADER_CASES = ("headers-shapes-in-harmless-headers", "headers-names-any-case")
+
+
+def test_redaction_corpus_through_the_proxy(redis_server: RedisServer, mirror: str,
+                                            start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy("--redis-url", redis_server.url)
+    session = client(proxy)
+    for name in BODY_CASES:
+        case = corpus_case(name)
+        headers = {"Content-Type": case["content_type"]} if "content_type" in case else {}
+        session.post(f"{mirror}/{name}", data=case["input"].encode(), headers=headers)
+    for name in HEADER_CASES:
+        session.get(f"{mirror}/{name}", headers=corpus_case(name)["input"])
+    url_case = corpus_case("url-shape-in-query-value")
+    path = url_case["input"].split("googleapis.com", 1)[1]
+    session.get(f"{mirror}{path}")
+    events, raw = wait_events(redis_server, len(BODY_CASES) + len(HEADER_CASES) + 1)
+    seen = by_endpoint(events)
+    for name in BODY_CASES:
+        event = seen[f"POST /{name}"]
+        expected = corpus_case(name)["expected"]
+        assert event["request"]["body"] == expected, name
+        assert event["response"]["body"] == expected, name
+    for name in HEADER_CASES:
+        recorded = {k.lower(): v for k, v in seen[f"GET /{name}"]["request"]["headers"].items()}
+        for header, value in corpus_case(name)["expected"].items():
+            assert recorded[header.lower()] == value, (name, header)
+    assert seen[f"GET {path.split('?')[0]}"]["request"]["url"] == \
+        url_case["expected"].replace("https://maps.googleapis.com", mirror)
+    for secret in ("sk_live_51FAKE", "sk-proj-FAKE", "ghp_FAKE", "AKIAIOSFODNN7EXAMPLE",
+                   "eyJzdWIi", "AIzaSyFAKE", "hunter2"):
+        assert secret.encode() not in raw, secret
+
+
+def test_over_cap_bodies_are_redacted_before_the_cut_by_the_proxy(
+        redis_server: RedisServer, mirror: str, start_proxy: Callable[..., Proxy]) -> None:
+    case = corpus_case("body-truncated-json-redacted-before-cut")
+    cap = case["max_body_bytes"]
+    proxy = start_proxy("--redis-url", redis_server.url,
+                        env={"TRACELAB_MAX_BODY_BYTES": str(cap)})
+    session = client(proxy)
+    session.post(f"{mirror}/big", data=case["input"].encode(),
+                 headers={"Content-Type": case["content_type"]})
+    cut_in_half = b'{"user": "ada", "password": "hunter2-SUPER-SECRET-AND-THEN-SOME"}'
+    session.post(f"{mirror}/cut", data=cut_in_half, headers={"Content-Type": "application/json"})
+    events, raw = wait_events(redis_server, 2)
+    big, cut = by_endpoint(events)["POST /big"], by_endpoint(events)["POST /cut"]
+    # The request arrives whole: exactly the corpus's answer (parsed, redacted, then cut).
+    assert big["request"]["body"] == case["expected"]
+    # A response is streamed through, keeping only the first cap+1 bytes: redacted as text,
+    # and a secret value that the cut halves is still redacted.
+    body = big["response"]["body"]
+    assert body["$tracelab"] == "truncated" and body["size"] == len(case["input"].encode())
+    assert body["data"] == '{"password": "[REDACTED]", "filler": "x'
+    assert cut["response"]["body"]["data"] == '{"user": "ada", "password": "[REDACTED]'
+    assert cut["request"]["body"]["data"] == '{"user":"ada","password":"[REDACTED]"}'
+    assert b"hunter" not in raw
