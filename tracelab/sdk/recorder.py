@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import orjson
 
 from tracelab.config import SDKConfig, is_disabled, resolve_sdk_config
+from tracelab.events import MAX_EVENT_BYTES
 from tracelab.sdk.redaction import Redactor, scrub_json_bytes
 from tracelab.sdk.sinks import BatchingSink, RedisStreamSink, SpoolSink
 from tracelab.sdk.stats import SDKStats
@@ -38,21 +39,45 @@ class Recorder:
 
         Serializing on the caller's thread costs about as much as it would on the sink's, but
         the queue then holds one bytes object per event instead of a tree of ~150 objects,
-        which keeps the garbage collector out of the traced program's way.
+        which keeps the garbage collector out of the traced program's way. An event that would
+        be over `MAX_EVENT_BYTES`, or cannot be serialized, is shrunk to fit (bodies become
+        `$tracelab` markers, counted as `shrunk` in stats) rather than dropped.
         """
         try:
             try:  # str keys only (every HTTP event): about twice as fast as OPT_NON_STR_KEYS
                 payload = _dumps(event, default=repr, option=orjson.OPT_SERIALIZE_NUMPY)
             except TypeError:  # a non-str key (a hook's or a function's payload): same output
                 payload = _dumps(event, default=repr, option=_ORJSON_OPTIONS)
-        except Exception as exc:
-            self.stats.count_error(origin, f"could not serialize an event: {exc}")
-            self.stats.count_dropped("unserializable")
-            return
+        except Exception:
+            payload = None
+        if payload is None or len(payload) > MAX_EVENT_BYTES:
+            payload = self._shrunk(event, origin)
+            if payload is None:
+                return
         if found:
             payload = scrub_json_bytes(payload, found)
         self.stats.count_captured(origin)
         self.sink.submit(payload)
+
+    def _shrunk(self, event: dict[str, Any], origin: str) -> bytes | None:
+        """The event's JSON with its bulky parts as markers (`tracelab.sdk.limits`)."""
+        from tracelab.sdk.limits import fit_event
+
+        def dumps(value: Any) -> bytes:
+            return _dumps(value, default=repr, option=_ORJSON_OPTIONS)
+
+        try:
+            fitted = fit_event(event, dumps)
+        except Exception as exc:
+            fitted = None
+            self.stats.count_error(origin, f"could not shrink an event: {exc!r}")
+        if fitted is None:
+            self.stats.count_error(origin, "an event could not be serialized within "
+                                           f"{MAX_EVENT_BYTES} bytes")
+            self.stats.count_dropped("unserializable")
+            return None
+        self.stats.count_shrunk()
+        return fitted[1]
 
     def safely(self, origin: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """Run capture code so that its failure is counted, never felt by the traced program."""

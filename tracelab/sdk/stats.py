@@ -17,6 +17,7 @@ class SDKStats:
         self.captured = 0
         self.published = 0
         self.spooled = 0
+        self.shrunk = 0  # events over MAX_EVENT_BYTES whose bodies became markers
         self.dropped: dict[str, int] = defaultdict(int)
         self.errors: dict[str, int] = defaultdict(int)
         self.by_origin: dict[str, dict[str, int]] = defaultdict(lambda: {"captured": 0, "errors": 0})
@@ -37,6 +38,10 @@ class SDKStats:
         with self._lock:
             self.dropped[reason] += n
 
+    def count_shrunk(self) -> None:
+        with self._lock:
+            self.shrunk += 1
+
     def count_delivered(self, sink: str, n: int) -> None:
         with self._lock:
             if sink == "redis":
@@ -50,6 +55,7 @@ class SDKStats:
                 "captured": self.captured,
                 "published": self.published,
                 "spooled": self.spooled,
+                "shrunk": self.shrunk,
                 "dropped": sum(self.dropped.values()),
                 "dropped_by_reason": dict(self.dropped),
                 "errors": sum(self.errors.values()),
