@@ -156,14 +156,42 @@ def test_executions_filters_and_paging(api):
 
 @pytest.mark.parametrize("params", [
     {"status": "broken"}, {"limit": 0}, {"limit": "many"}, {"since": "not a time"},
-    {"until": "yesterday-ish"}, {"since": "2999-01-01"}, {"cursor": "garbage"},
-    {"tag": "no-separator"},
+    {"until": "yesterday-ish"}, {"since": "2023-02-30T00:00:00Z"}, {"tag": "no-separator"},
+    {"tag": ":value"},
 ])
 def test_bad_parameters_are_json_422(api, params):
     r = api.get("/api/workflows/checkout/executions", params=params)
     assert r.status_code == 422, (params, r.text)
     assert r.headers["content-type"].startswith("application/json")
-    assert r.json()["detail"]
+    body = r.json()
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert set(body) <= {"detail", "errors"}
+
+
+def test_validation_errors_name_each_field(api):
+    body = api.get("/api/workflows/checkout/executions",
+                   params={"limit": "many", "status": "broken"}).json()
+    assert isinstance(body["detail"], str) and "limit" in body["detail"]
+    assert {tuple(e["loc"]) for e in body["errors"]} == {("query", "limit"), ("query", "status")}
+    assert all(isinstance(e["msg"], str) and isinstance(e["type"], str) for e in body["errors"])
+
+
+def test_times_beyond_the_store_are_clamped_not_rejected(api):
+    def ids(**params):
+        r = api.get("/api/workflows/checkout/executions", params=params)
+        assert r.status_code == 200, r.text
+        return sorted(x["run_id"] for x in r.json()["executions"])
+
+    assert ids(since="2999-01-01T00:00:00Z") == []
+    assert ids(until="0001-01-01T00:00:00+05:00") == []
+    assert ids(since="0001-01-01T00:00:00Z", until="9999-12-31T23:59:59Z") == ["run-err", "run-ok"]
+    assert ids(since="-" + "9" * 25) == ["run-err", "run-ok"]
+    assert ids(until="9" * 25) == ["run-err", "run-ok"]
+
+
+def test_unknown_cursor_is_no_such_page(api):
+    r = api.get("/api/workflows/checkout/executions", params={"cursor": "garbage"})
+    assert r.status_code == 404 and "next_cursor" in r.json()["detail"]
 
 
 def test_unknown_ids_are_json_404(api):
