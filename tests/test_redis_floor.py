@@ -1,9 +1,10 @@
-"""The `redis` floor in pyproject.toml is a version the SDK really works with.
+"""The `redis` floor in pyproject.toml is a version TraceLab really works with.
 
-The sink calls `ConnectionPool.get_connection()` without a command name, which redis-py
-accepts from 5.3.0 on; an older floor would let pip install a redis-py that drops every event.
-`make install` downloads the floor's wheel into `.venv/wheels`; this installs it into a
-directory of its own (no network) and publishes through it to a real redis-server.
+The SDK's sink and the ingester call `ConnectionPool.get_connection()` without a command name,
+which redis-py accepts from 5.3.0 on; an older floor would let pip install a redis-py that
+drops every event. `make install` downloads the floor's wheel into `.venv/wheels`; this
+installs it into a directory of its own (no network), publishes through it to a real
+redis-server and ingests the stream with it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import textwrap
 import tomllib
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from conftest import RedisServer, read_stream
 
 from tracelab.events import validate
@@ -46,8 +48,8 @@ def redis_floor() -> str:
     return match.group(1)
 
 
-def test_the_sdk_publishes_with_the_oldest_redis_py_it_allows(redis_server: RedisServer,
-                                                               tmp_path: Path) -> None:
+def test_publish_and_ingest_with_the_oldest_redis_py_allowed(redis_server: RedisServer,
+                                                              tmp_path: Path) -> None:
     floor = redis_floor()
     wheel = REPO / ".venv" / "wheels" / f"redis-{floor}-py3-none-any.whl"
     assert wheel.is_file(), f"{wheel} is missing: run `make install` (it downloads the floor)"
@@ -61,3 +63,13 @@ def test_the_sdk_publishes_with_the_oldest_redis_py_it_allows(redis_server: Redi
     events = read_stream(redis_server.client())
     assert [e["endpoint"] for e in events] == ["step-0", "step-1", "step-2"]
     assert all(validate(e) == [] for e in events)
+
+    store = tmp_path / "store"
+    subprocess.run([sys.executable, "-m", "tracelab.cli", "ingest", "--once", "--redis-url",
+                    redis_server.url, "--store", str(store)], check=True, timeout=60, env=env,
+                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis_server.client()
+    assert client.xpending("trace.events", "tracelab-ingest")["pending"] == 0
+    assert client.xlen("trace.events.dead") == 0
+    stored = pq.read_table(sorted((store / "events").rglob("*.parquet")), columns=["endpoint"])
+    assert sorted(stored.column("endpoint").to_pylist()) == ["step-0", "step-1", "step-2"]
