@@ -12,6 +12,7 @@ import { currentSpanId } from "./context.js";
 import { newEventId } from "./ids.js";
 import { CapturedBytes, encodeBody, encodeCaptured, notCaptured } from "./payloads.js";
 import type { Redactor } from "./redaction.js";
+import { redactShapes } from "./shapes.js";
 import type { HeaderInput } from "./redaction.js";
 import type { Recorder } from "./recorder.js";
 import { SDK_VERSION } from "./version.js";
@@ -29,7 +30,10 @@ export interface ErrorInfo {
   message: string;
 }
 
-/** `{type, message}` of anything thrown; fetch's "fetch failed" gets its cause appended. */
+/**
+ * `{type, message}` of anything thrown; fetch's "fetch failed" gets its cause appended.
+ * Messages quote URLs and keys ("Invalid API key provided: sk_live_…"): shapes are redacted.
+ */
 export function errorInfo(err: unknown): ErrorInfo {
   let type = "Error";
   let message: string;
@@ -48,7 +52,7 @@ export function errorInfo(err: unknown): ErrorInfo {
   } catch {
     message = "<String() of the error failed>";
   }
-  return { type, message: message.slice(0, 4000) };
+  return { type, message: redactShapes(message.slice(0, 4000)) };
 }
 
 /** Tags that fit the contract: strings, at most 64, keys <= 128 and values <= 1024 chars. */

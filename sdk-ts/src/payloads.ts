@@ -4,12 +4,22 @@
  * The shapes (plain JSON, text, and the `$tracelab` markers for binary, truncated and
  * not-captured bodies) are the contract in spec/README.md, shared with the Python SDK
  * (`tracelab/sdk/payloads.py`, of which this is a port) and the proxy. Redaction always happens
- * before truncation, so a cut never exposes a secret. Nothing here reads a stream.
+ * before truncation, so a cut never exposes a secret: an over-cap JSON body is parsed, redacted,
+ * serialised compactly and then cut; an over-cap text is redacted, cut, and what the cut left
+ * half-visible at the end is redacted too (`Redactor.cut`). Nothing here reads a stream.
  */
 import { inspect } from "node:util";
 import { Redactor } from "./redaction.js";
+import { redactShapes } from "./shapes.js";
 
 const MAX_VALUE_DEPTH = 12;
+/**
+ * An over-cap JSON body up to this size is parsed, redacted, then cut; a larger one is cut as
+ * text (parsing megabytes for a 64 KiB excerpt would cost the traced call too much).
+ */
+export const PARSE_OVER_CAP_BYTES = 4 * 1024 * 1024;
+/** Text past the cap redacted with the kept part, so a value straddling the cap is matched whole. */
+export const MARGIN = 4096;
 const MAX_ITEMS = 200;
 const MAX_REPR = 1000;
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -87,25 +97,47 @@ export function encodeBody(
   let first = 0;
   while (first < raw.length && isWhitespace(raw[first])) first++;
   const firstByte = raw[first];
-  if (size <= cap && (ctype.includes("json") || firstByte === 0x7b || firstByte === 0x5b)) {
+  if ((size <= cap || size <= PARSE_OVER_CAP_BYTES) && (ctype.includes("json") || firstByte === 0x7b || firstByte === 0x5b)) {
     const text = decodeUtf8(raw);
     if (text !== null) {
+      let parsed: unknown;
+      let ok = false;
       try {
-        return redactor.value(JSON.parse(text));
+        parsed = JSON.parse(text);
+        ok = true;
       } catch {
         // not JSON after all: stored as text below
+      }
+      if (ok) {
+        parsed = redactor.shapesIn(redactor.value(parsed));
+        if (size <= cap) return parsed;
+        return truncated(size, "text", cutText(JSON.stringify(parsed), redactor, cap));
       }
     }
   }
   if (size > cap) {
-    const text = utf8Prefix(raw, cap);
-    if (text === null) return truncated(size, "base64", toBase64(raw.subarray(0, cap)));
-    return truncated(size, "text", redactor.text(text));
+    const head = utf8Prefix(raw, cap);
+    if (head === null) return truncated(size, "base64", toBase64(raw.subarray(0, cap)));
+    return truncated(size, "text", cutText(redactor.text(headText(raw, cap + MARGIN)), redactor, cap));
   }
   const text = decodeUtf8(raw);
   if (text === null) return binary(raw);
   if (ctype.includes("x-www-form-urlencoded")) return redactor.form(text);
   return redactor.text(text);
+}
+
+/** The first `limit` bytes as text, a partial character at the end dropped. */
+function headText(raw: Uint8Array, limit: number): string {
+  const head = utf8Prefix(raw, limit);
+  return head !== null ? head : new TextDecoder("utf-8").decode(raw.subarray(0, limit)).replace(/\uFFFD+$/, "");
+}
+
+/** Redacted `text` cut to `cap` UTF-8 bytes, with what the cut left half-visible redacted. */
+function cutText(text: string, redactor: Redactor, cap: number): string {
+  const bytes = encoder.encode(text);
+  const data = redactor.cut(bytes.byteLength <= cap ? text : utf8Prefix(bytes, cap) ?? "");
+  const encoded = encoder.encode(data);
+  return encoded.byteLength <= cap ? data : utf8Prefix(encoded, cap) ?? "";
 }
 
 function isPlainObject(value: object): boolean {
@@ -129,9 +161,10 @@ export function toJsonable(value: unknown, redactor: Redactor, cap: number, dept
       return value.toString();
     case "string":
       if (value.length > cap) {
-        return truncated(encoder.encode(value).byteLength, "text", redactor.text(value.slice(0, cap)));
+        return truncated(encoder.encode(value).byteLength, "text",
+          cutText(redactor.text(value.slice(0, cap + MARGIN)), redactor, cap));
       }
-      return value;
+      return redactShapes(value);
     case "symbol":
       return value.toString();
     case "function":
@@ -171,7 +204,7 @@ export function toJsonable(value: unknown, redactor: Redactor, cap: number, dept
 function safeRepr(value: object): string {
   try {
     const text = inspect(value, { depth: 2, breakLength: Infinity, maxArrayLength: 50, maxStringLength: MAX_REPR });
-    return text.length > MAX_REPR ? `${text.slice(0, MAX_REPR)}...` : text;
+    return redactShapes(text.length > MAX_REPR ? `${text.slice(0, MAX_REPR)}...` : text);
   } catch (err) {
     return `<${value?.constructor?.name ?? "object"} (inspect failed: ${(err as Error)?.name ?? "Error"})>`;
   }
@@ -197,10 +230,21 @@ export function encodeCaptured(
   redactor: Redactor,
   cap: number,
 ): unknown {
-  if (captured.size <= cap && captured.head.byteLength === captured.size) {
+  if (captured.complete && captured.head.byteLength === captured.size) {
     return encodeBody(captured.head, contentType, redactor, cap);
   }
-  const text = utf8Prefix(captured.head, cap);
-  if (text === null) return truncated(captured.size, "base64", toBase64(captured.head.subarray(0, cap)));
-  return truncated(captured.size, "text", redactor.text(text));
+  if (utf8Prefix(captured.head, cap) === null) {
+    return truncated(captured.size, "base64", toBase64(captured.head.subarray(0, cap)));
+  }
+  return truncated(captured.size, "text", cutText(redactor.text(headText(captured.head, cap + MARGIN)), redactor, cap));
+}
+
+/**
+ * How many bytes of a body to hold while it streams past: the cap plus the margin that lets
+ * redaction see a value straddling the cap, and for JSON enough to parse and redact it whole
+ * before cutting (up to `PARSE_OVER_CAP_BYTES`).
+ */
+export function keepBytes(cap: number, contentType: string | null | undefined): number {
+  const json = (contentType ?? "").toLowerCase().includes("json");
+  return Math.max(cap + MARGIN, json ? PARSE_OVER_CAP_BYTES : 0);
 }

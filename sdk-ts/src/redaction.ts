@@ -1,18 +1,22 @@
 /**
  * Redaction: secrets are replaced by a fixed marker before an event leaves the process.
  *
- * A line-by-line port of the Python SDK's `tracelab/sdk/redaction.py`: names (of headers,
- * query parameters, JSON and form fields) are judged by the words they are made of, so
- * `access_token`, `stripeToken` and `card[number]` are secrets while `max_tokens` and
- * `total_tokens` are not. The marker is a constant, never a hash. This module must not
+ * A line-by-line port of the Python SDK's `tracelab/sdk/redaction.py`, with two kinds of rules:
+ * by *name* (headers, query parameters, JSON and form fields are judged by the words they are
+ * made of, so `access_token`, `stripeToken` and `card[number]` are secrets while `max_tokens`
+ * and `total_tokens` are not) and by *shape* (`shapes.ts`: `sk_live_…`, `AKIA…`, JWTs, …
+ * anywhere in any string). The marker is a constant, never a hash. This module must not
  * perform I/O or know about events; it only transforms names and values.
  */
 
-export const MARKER = "[REDACTED]";
+import { MARKER, TAIL_RULES, redactShapes } from "./shapes.js";
+
+export { MARKER };
 
 const SECRET_HEADERS = new Set([
   "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
-  "x-amz-security-token",
+  "x-amz-security-token", "ocp-apim-subscription-key", "x-goog-api-key", "stripe-key",
+  "x-auth-token", "x-auth-key", "x-functions-key", "private-token", "x-vault-token",
 ]);
 const SECRET_WORDS = new Set([
   "password", "passwd", "pwd", "secret", "token", "authorization", "apikey", "signature",
@@ -31,7 +35,8 @@ const MAX_DEPTH = 200;
 const JSON_MEMBER =
   /"((?:[^"\\]|\\.){1,200})"(\s*:\s*)("(?:[^"\\]|\\.)*"|-?[\d.eE+-]+|true|false|null)/g;
 const KEY_VALUE = /(?<![\w.\-[\]])([\w.\-[\]]{1,200})(=)([^&\s"',;]*)/g;
-const BEARER = /\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}/gi;
+// A JSON string member left open at the very end of a cut text: `"password": "hunter2-SUP`.
+const OPEN_MEMBER = /"((?:[^"\\]|\\.){1,200})"(\s*:\s*")((?:[^"\\]|\\.)*\\?)$/;
 
 /** `X-Api-Key` -> ["x", "api", "key"]; `stripeToken` -> ["stripe", "token"]. */
 export function nameWords(name: string): string[] {
@@ -96,17 +101,16 @@ export class Redactor {
       const name = String(rawName);
       const value = this.isSecret(name)
         ? MARKER
-        : Array.isArray(rawValue)
-          ? rawValue.map(String).join(", ")
-          : String(rawValue);
+        : redactShapes(Array.isArray(rawValue) ? rawValue.map(String).join(", ") : String(rawValue));
       const previous = Object.prototype.hasOwnProperty.call(out, name) ? out[name] : undefined;
       out[name] = previous === undefined ? value : `${previous}, ${value}`;
     }
     return out;
   }
 
-  /** Redacts secret query parameters and the password of `user:password@host`. */
+  /** Redacts secret query parameters, the password of `user:password@host` and shapes. */
   url(url: string): string {
+    url = redactShapes(url);
     if (!url.includes("?") && !url.includes("@")) return url;
     let [base, sep, query] = partition(url, "?");
     const [q, hashSep, fragment] = partition(query, "#");
@@ -115,7 +119,7 @@ export class Redactor {
     if (ssep) {
       let [netloc, slash, path] = partition(rest, "/");
       const [userinfo, at, hostport] = rpartition(netloc, "@");
-      if (at && userinfo.includes(":")) {
+      if (at && userinfo.includes(":") && partition(userinfo, ":")[2] !== MARKER) {
         netloc = `${partition(userinfo, ":")[0]}:${MARKER}@${hostport}`;
       }
       base = `${scheme}://${netloc}${slash}${path}`;
@@ -126,6 +130,7 @@ export class Redactor {
 
   /** `a=1&password=x` -> `a=1&password=[REDACTED]`, keeping the original encoding. */
   form(text: string): string {
+    text = redactShapes(text);
     const parts = text.split("&");
     let changed = false;
     for (let i = 0; i < parts.length; i++) {
@@ -163,7 +168,7 @@ export class Redactor {
     return obj;
   }
 
-  /** Best-effort redaction of free text: JSON members, key=value pairs, bearer tokens. */
+  /** Redaction of free text: JSON members and key=value pairs by name, shapes anywhere. */
   text(text: string): string {
     if (text.includes('"')) {
       text = text.replace(JSON_MEMBER, (whole: string, name: string, colon: string) =>
@@ -173,7 +178,44 @@ export class Redactor {
       text = text.replace(KEY_VALUE, (whole: string, name: string) =>
         this.isSecret(name) ? `${name}=${MARKER}` : whole);
     }
-    return text.replace(BEARER, (_whole: string, scheme: string) => `${scheme} ${MARKER}`);
+    return redactShapes(text);
+  }
+
+  /**
+   * `text` for the first bytes of a longer text: also what was cut off in mid-value. A JSON
+   * string left open at the end (`"password": "hunt`), a credential prefix (`sk_live_51F`,
+   * `eyJhbGci`), a `Bearer` credential or a URL password at the very end are redacted even
+   * though they are incomplete: the full value would have been.
+   */
+  cut(text: string): string {
+    text = this.text(text);
+    const open = OPEN_MEMBER.exec(text);
+    if (open && open[3] !== MARKER && this.isSecret(open[1])) {
+      text = text.slice(0, open.index + open[0].length - open[3].length) + MARKER;
+    }
+    const tail = TAIL_RULES.exec(text);
+    if (tail) {
+      const group = tail[2] !== undefined ? 2 : tail[1] !== undefined ? 1 : 0;
+      const secret = tail[group];
+      if (secret !== MARKER && !secret.startsWith(MARKER)) {
+        const start = tail.index + (group === 0 ? 0 : tail[0].length - secret.length);
+        text = text.slice(0, start) + MARKER;
+      }
+    }
+    return text;
+  }
+
+  /** Replace secret-shaped parts of every string in a parsed JSON value, in place. */
+  shapesIn(obj: unknown, depth = 0): unknown {
+    if (typeof obj === "string") return redactShapes(obj);
+    if (depth > MAX_DEPTH || obj === null || typeof obj !== "object") return obj;
+    if (Array.isArray(obj)) {
+      for (let i = 0; i < obj.length; i++) obj[i] = this.shapesIn(obj[i], depth + 1);
+    } else {
+      const record = obj as Record<string, unknown>;
+      for (const key of Object.keys(record)) record[key] = this.shapesIn(record[key], depth + 1);
+    }
+    return obj;
   }
 }
 

@@ -10,6 +10,7 @@
 import { recordHttp } from "../capture.js";
 import { httpSuppressed } from "../context.js";
 import { Timer } from "../ids.js";
+import { keepBytes } from "../payloads.js";
 import { current, type Recorder } from "../recorder.js";
 import { headerPairs, type HeaderPairs, type PendingBody, readCapped, requestBodyOf } from "./http-common.js";
 
@@ -47,7 +48,8 @@ async function recordResponse(rec: Recorder, call: Call, response: Response): Pr
       note = "streamed response (text/event-stream): not read on the caller's behalf";
     } else if (response.body) {
       try {
-        responseBody = await readCapped(response.clone().body as ReadableStream<Uint8Array>, rec.config.maxBodyBytes);
+        const keep = keepBytes(rec.config.maxBodyBytes, contentType);
+        responseBody = await readCapped(response.clone().body as ReadableStream<Uint8Array>, keep);
       } catch (err) {
         note = `response body could not be read: ${(err as Error)?.message ?? String(err)}`;
       }

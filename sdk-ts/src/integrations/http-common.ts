@@ -2,7 +2,7 @@
  * Pieces shared by the HTTP integrations: reading a body we were handed a copy of (bounded),
  * describing a request body without consuming it, and header pairs that keep their case.
  */
-import { CapturedBytes } from "../payloads.js";
+import { CapturedBytes, keepBytes } from "../payloads.js";
 
 /** Never hold more than this much of one body while counting its size. */
 export const HARD_READ_LIMIT = 32 * 1024 * 1024;
@@ -101,7 +101,7 @@ export function requestBodyOf(input: unknown, init: { body?: unknown } | undefin
     if (typeof Request !== "undefined" && input instanceof Request && input.body) {
       if (input.bodyUsed) return settled(null, "request body already used");
       const clone = input.clone();
-      const read = readCapped(clone.body as ReadableStream<Uint8Array>, cap)
+      const read = readCapped(clone.body as ReadableStream<Uint8Array>, keepBytes(cap, input.headers.get("content-type")))
         .then((bytes) => ({ data: bytes as unknown, note: null }))
         .catch((err: Error) => ({ data: null, note: `request body could not be read: ${err?.message}` }));
       return { resolve: () => read };

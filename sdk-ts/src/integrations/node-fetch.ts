@@ -16,7 +16,7 @@ import * as zlib from "node:zlib";
 import { recordHttp } from "../capture.js";
 import { httpSuppressed } from "../context.js";
 import { Timer } from "../ids.js";
-import { CapturedBytes } from "../payloads.js";
+import { CapturedBytes, keepBytes } from "../payloads.js";
 import { current, type Recorder } from "../recorder.js";
 import { ByteCollector } from "./http-common.js";
 import { trackPending } from "./pending.js";
@@ -107,7 +107,8 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
   const cap = rec.config.maxBodyBytes;
   const url = requestUrl(args, req, defaultProtocol);
   const method = req.method || "GET";
-  const sent = new ByteCollector(cap);
+  const sent = new ByteCollector(keepBytes(cap, null));
+  let keep = keepBytes(cap, null);
   let recorded = false;
   let headersSent: Array<[string, string]> | null = null;
   let res: IncomingMessage | null = null;
@@ -144,12 +145,12 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
         const encoding = String(res.headers["content-encoding"] ?? "identity").toLowerCase().trim();
         if (encoding === "identity" || encoding === "") {
           responseBody = received.result(true);
-        } else if (received.total > cap * COMPRESSED_FACTOR) {
+        } else if (received.total > keep * COMPRESSED_FACTOR) {
           responseNote = `${encoding}-compressed response of ${received.total} bytes: over the capture limit`;
         } else {
           const plain = decompress(encoding, Buffer.from(received.head()), HARD_OUTPUT);
           if (plain === null) responseNote = `${encoding}-compressed response could not be decompressed`;
-          else responseBody = new CapturedBytes(plain.subarray(0, cap), plain.length, true);
+          else responseBody = new CapturedBytes(plain.subarray(0, keep), plain.length, true);
         }
       }
       const requestHeaders = headersSent ?? rec.safely(ORIGIN, () => requestHeaderPairs(req)) ?? null;
@@ -176,7 +177,8 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
       res = response;
       headersSent = requestHeaderPairs(req);
       const compressed = !["identity", ""].includes(String(response.headers["content-encoding"] ?? "").toLowerCase().trim());
-      received = new ByteCollector(compressed ? cap * COMPRESSED_FACTOR + 1 : cap);
+      keep = keepBytes(cap, String(response.headers["content-type"] ?? ""));
+      received = new ByteCollector(compressed ? keep * COMPRESSED_FACTOR + 1 : keep);
       const collector = received;
       untrack = trackPending(() => record(undefined, "response body not read to its end before flush()"));
       if (!rec.config.capturePayloads || /text\/event-stream/i.test(String(response.headers["content-type"] ?? ""))) {
