@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -182,9 +183,13 @@ def _restore_integrations(previous: Recorder | None) -> None:
 def flush(timeout: float = 5.0) -> bool:
     """Deliver everything recorded so far; returns False if `timeout` seconds were not enough.
 
-    In embedded mode the spool is then folded into the Parquet store, so queries made after
-    `flush()` see every event recorded before it.
+    In embedded mode the spool is then folded into the Parquet store within what is left of
+    `timeout`, so queries made after `flush()` see every event recorded before it. Folding is
+    never waited on: if another process holds the fold lock, or the time runs out mid-fold,
+    the rest is left (safely, by offsets) to the next reader, which folds before answering.
+    Returns by `timeout` either way.
     """
+    deadline = time.monotonic() + max(0.0, timeout)
     rec = _recorder
     if rec is None:
         return True
@@ -194,16 +199,18 @@ def flush(timeout: float = 5.0) -> bool:
         _stats.count_error("flush", repr(exc))
         return False
     if delivered and rec.config.redis_url is None:
-        _fold_spool(rec)
+        _fold_spool(rec, deadline)
     return delivered
 
 
-def _fold_spool(rec: Recorder) -> None:
+def _fold_spool(rec: Recorder, deadline: float) -> None:
+    if time.monotonic() >= deadline:
+        return
     try:
-        from tracelab.store.spool import fold_spool
+        from tracelab.store.spool import fold_within
     except ImportError:  # the store is optional for a recording-only install
         return
-    rec.safely("store", fold_spool, rec.config.home)
+    rec.safely("store", fold_within, rec.config.home, deadline)
 
 
 def shutdown(timeout: float | None = None) -> bool:
