@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from tracelab.store.layout import StoreLayout, resolve_layout
+from tracelab.store.layout import (DATA_SUFFIX, INDEX_PREFIX, INDEX_SUFFIX, StoreLayout,
+                                   resolve_layout)
 from tracelab.store.query import read_table
 from tracelab.store.writer import StoreWriter
 
@@ -49,26 +50,31 @@ def compact(workflow: str | None = None, date: str | None = None, *, min_files: 
     writer = writer or StoreWriter(layout)
     report = CompactionReport()
     writer.recover_all()
-    partitions: dict[tuple[str, str], int] = {}
+    # A partition is a workflow name (the files' own, never a decoded directory) and a day in
+    # the directory its files are really in; both the lock and the merged file follow them.
+    partitions: dict[tuple[str, str, str], int] = {}
     for data_file in layout.list_files(workflow):
         if date is None or data_file.date == date:
-            key = (data_file.workflow, data_file.date)
+            key = (data_file.workflow, data_file.date, data_file.directory)
             partitions[key] = partitions.get(key, 0) + 1
-    for (wf, day), count in sorted(partitions.items()):
+    for (wf, day, directory), count in sorted(partitions.items()):
         report.partitions += 1
         report.files_before += count
         if count < min_files:
             report.files_after += count
             continue
         with writer.partition_lock(wf, day):
-            writer.recover(wf, day)
-            files, _ = layout.list_partition(wf, day)
+            writer.recover(wf, day, directory)
+            files = [f for f in layout.list_dir(directory)[0] if f.workflow == wf]
+            if len(files) < min_files:  # another compaction got here first
+                report.files_after += len(files)
+                continue
             events, dropped = _merge(writer, wf, day, [f.path for f in files])
             report.duplicates_dropped += dropped
             report.events += events
             report.files_after += 1
             report.merged.append((wf, day))
-            _remove_stale_temps(layout, layout.partition_dir(wf, day))
+            _remove_leftovers(layout, directory)
         log.info("compacted %s %s: %d files -> 1 (%d events)", wf, day, len(files), events)
     return report
 
@@ -98,6 +104,8 @@ def compact_tiered(writer: StoreWriter, workflow: str, date: str) -> int:
 
 def _merge(writer: StoreWriter, workflow: str, date: str, paths: list[str]) -> tuple[int, int]:
     """Replace `paths` by one sorted, deduplicated file; returns (events, duplicates dropped)."""
+    if not paths:
+        return 0, 0
     table = read_table(writer.layout, paths)
     deduped = _dedupe(table)
     deduped = deduped.sort_by([("run_id", "ascending"), ("started_at", "ascending")])
@@ -117,20 +125,26 @@ def _dedupe(table: pa.Table) -> pa.Table:
     return table.take(first)
 
 
-def _remove_stale_temps(layout: StoreLayout, directory: str) -> None:
-    """Temporary files a killed writer left behind are invisible but take space."""
+def _remove_leftovers(layout: StoreLayout, directory: str) -> None:
+    """Temporary files a killed writer left behind are invisible but take space, and so do
+    event indexes whose data file is gone (a crash between writing the two)."""
     if not layout.is_local:
         return
     now = time.time()
     try:
-        names = os.listdir(directory)
+        names = set(os.listdir(directory))
     except FileNotFoundError:
         return
     for name in names:
-        if name.startswith(".") and name.endswith(".tmp"):
-            path = os.path.join(directory, name)
-            try:
+        path = os.path.join(directory, name)
+        try:
+            if name.startswith(".") and name.endswith(".tmp"):
                 if now - os.stat(path).st_mtime > STALE_TEMP_SECONDS:
                     os.unlink(path)
-            except FileNotFoundError:
-                pass
+            elif name.startswith(INDEX_PREFIX) and name.endswith(INDEX_SUFFIX):
+                data = name[len(INDEX_PREFIX):-len(INDEX_SUFFIX)] + DATA_SUFFIX
+                if data not in names and f".{data}.tmp" not in names \
+                        and now - os.stat(path).st_mtime > STALE_TEMP_SECONDS:
+                    os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from tracelab.store.layout import DataFile, StoreLayout, resolve_layout
+from tracelab.store import event_index
+from tracelab.store.layout import NAME_COLUMN, DataFile, StoreLayout, resolve_layout
 from tracelab.store.schema import EVENT_SCHEMA, LIGHT_COLUMNS, TIMESTAMP, row_to_event
 
 TimeLike = str | datetime | date_type | pd.Timestamp | int | float
@@ -357,8 +358,14 @@ def _events_frame(parts: list[tuple[DataFile, pa.Table]], sort: bool,
     tables = []
     for data_file, table in parts:
         if table.num_rows:
-            table = table.append_column("workflow", pa.array([data_file.workflow] * table.num_rows,
-                                                             pa.string()))
+            # The exact name stored in the file wins; files older than it are named by the
+            # directory they are in.
+            workflow: pa.ChunkedArray | pa.Array = pa.array(
+                [data_file.workflow] * table.num_rows, pa.string())
+            if NAME_COLUMN in table.column_names:
+                workflow = pc.coalesce(table[NAME_COLUMN], workflow)
+                table = table.drop_columns([NAME_COLUMN])
+            table = table.append_column("workflow", workflow)
             tables.append(table.append_column(
                 "date", pa.array([data_file.date] * table.num_rows, pa.string())))
     if not tables:
@@ -376,17 +383,90 @@ def _events_frame(parts: list[tuple[DataFile, pa.Table]], sort: bool,
 def event(event_id: str, *, layout: StoreLayout | None = None) -> pd.DataFrame:
     """One event as a one-row DataFrame, payload columns (JSON text) included.
 
+    Found through each file's event-id index (see `event_index`): only the row groups that
+    may hold the id are read; files without a trustworthy index are scanned.
     Raises KeyError naming the event id when the store does not hold it.
     """
     layout = _layout(layout)
-    files = layout.list_files()
-    parts = _scan_by_file(layout, files, EVENT_SCHEMA.names,
-                          filter=ds.field("event_id") == event_id) if files else []
-    frame = _events_frame(parts, sort=False, limit=1)
+    for attempt in range(3):  # compaction may remove a file between listing and reading
+        try:
+            frame = _find_event(layout, layout.list_files(), event_id)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
     if frame.empty:
         raise KeyError(f"unknown event_id {event_id!r}: the store at "
                        f"{layout.uri or layout.root} does not hold it")
     return frame
+
+
+def _find_event(layout: StoreLayout, files: list[DataFile], event_id: str) -> pd.DataFrame:
+    hashed = event_index.id_hash(event_id)
+    wanted = ds.field("event_id") == event_id
+    candidates: list[tuple[DataFile, list[int]]] = []
+    unindexed: list[DataFile] = []
+    for data_file, index in _file_indexes(layout, files):
+        if index is None:
+            unindexed.append(data_file)
+        elif groups := index.row_groups(hashed):
+            candidates.append((data_file, groups))
+    for data_file, groups in candidates:
+        try:
+            table = _read_row_groups(layout, data_file, groups, wanted)
+        except (pa.ArrowInvalid, IndexError):  # an index that does not fit its file
+            table = None
+        if table is None or table.num_rows == 0:  # a hash collision, or a wrong index
+            table = read_table(layout, [data_file.path], filter=wanted)
+        if table.num_rows:
+            return _events_frame([(data_file, table)], sort=False, limit=1)
+    if unindexed:
+        parts = _scan_by_file(layout, unindexed, EVENT_SCHEMA.names, filter=wanted)
+        return _events_frame(parts, sort=False, limit=1)
+    return pd.DataFrame()
+
+
+def _read_row_groups(layout: StoreLayout, data_file: DataFile, groups: list[int],
+                     filter: pc.Expression) -> pa.Table:
+    fragment = ds.ParquetFileFormat().make_fragment(data_file.path, layout.fs,
+                                                    row_groups=groups)
+    return fragment.to_table(schema=EVENT_SCHEMA, filter=filter)
+
+
+_INDEXES: dict[str, dict[str, event_index.FileIndex | None]] = {}
+_INDEXES_LOCK = threading.Lock()
+
+
+def _file_indexes(layout: StoreLayout, files: list[DataFile]
+                  ) -> list[tuple[DataFile, event_index.FileIndex | None]]:
+    """Each file with its loaded index, or None when it has none that describes it.
+
+    Loaded once per file and process (files and their indexes never change); an index that
+    names another file or size is stale and never used.
+    """
+    with _INDEXES_LOCK:
+        cache = _INDEXES.setdefault(layout.uri or layout.root, {})
+        live = {f.path for f in files}
+        for gone in [p for p in cache if p not in live]:
+            del cache[gone]
+    out: list[tuple[DataFile, event_index.FileIndex | None]] = []
+    for data_file in files:
+        if data_file.index is None:
+            out.append((data_file, None))
+            continue
+        if data_file.path not in cache:
+            try:
+                with layout.fs.open_input_stream(data_file.index) as stream:
+                    loaded = event_index.load(stream.read())
+            except OSError:  # gone or unreadable right now: scan the file this time
+                out.append((data_file, None))
+                continue
+            with _INDEXES_LOCK:
+                cache[data_file.path] = loaded
+        index = cache.get(data_file.path)
+        out.append((data_file, index if index is not None
+                    and index.describes(data_file.path, data_file.size) else None))
+    return out
 
 
 def event_dict(event_id: str, *, layout: StoreLayout | None = None) -> dict[str, Any]:
@@ -446,7 +526,8 @@ def events(workflow: str, since: TimeLike | None = None, until: TimeLike | None 
     columns = EVENT_SCHEMA.names if payloads else LIGHT_COLUMNS
     parts = _scan_by_file(layout, files, columns, filter=expression) if files else []
     frame = _events_frame(parts, sort=True, limit=limit)
-    return frame if not frame.empty else _empty(["event_id", "workflow", "run_id", *columns])
+    return frame if not frame.empty else _empty(
+        ["event_id", "workflow", "run_id", *(c for c in columns if c != NAME_COLUMN)])
 
 
 def _matching_tag_values(layout: StoreLayout, files: list[DataFile],

@@ -3,8 +3,10 @@
 Flat, typed columns for everything list, aggregate and timeline queries touch; JSON text for
 what they never touch (`request`, `response`) and for what has no fixed shape (`tags`, and
 `extra`, which keeps every top-level field outside the contract so nothing is dropped).
-`workflow` and `date` are not in the files: they are the hive partition, which is how DuckDB,
-Spark and pyarrow all expect them.
+`workflow` and `date` are the hive partition, which is how DuckDB, Spark and pyarrow all
+expect them; the exact workflow name is also kept in every file as `workflow_name`, because a
+directory name cannot hold every name (length, and readers that would decode it) and a file
+column named `workflow` would be hidden by the partition value in DuckDB and pyarrow.
 """
 from __future__ import annotations
 
@@ -42,13 +44,14 @@ EVENT_SCHEMA = pa.schema([
     ("extra", pa.string()),
     ("request", pa.string()),
     ("response", pa.string()),
+    ("workflow_name", pa.string()),
 ])
 
 PAYLOAD_COLUMNS = ("request", "response")
 PARTITION_COLUMNS = ("workflow", "date")
 LIGHT_COLUMNS = tuple(n for n in EVENT_SCHEMA.names if n not in PAYLOAD_COLUMNS)
 # Dictionary encoding pays off only for columns with few distinct values.
-DICTIONARY_COLUMNS = ["run_id", "status", "service", "source", "kind", "target", "endpoint",
+DICTIONARY_COLUMNS = ["workflow_name", "run_id", "status", "service", "source", "kind", "target", "endpoint",
                       "error_type", "tags", "host", "sdk_version"]
 
 CONTRACT_FIELDS = frozenset({
@@ -151,7 +154,8 @@ def _flat_columns_from_python(events: Sequence[dict]) -> dict[str, pa.Array]:
         error_message = [err.get("message") if type(err) is dict else None for err in errors]
     else:
         error_type = error_message = [None] * len(events)
-    values = {**required, **optional, "error_type": error_type, "error_message": error_message}
+    values = {**required, **optional, "error_type": error_type, "error_message": error_message,
+              "workflow_name": [e["workflow"] for e in events]}
     return {name: pa.array(values[name], type=EVENT_SCHEMA.field(name).type) for name in values}
 
 

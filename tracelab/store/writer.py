@@ -17,6 +17,7 @@ Exactly-once rests on three rules kept here:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -28,10 +29,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from tracelab.store import event_index
 from tracelab.store.layout import (DATA_SUFFIX, JOURNAL_PREFIX, StoreLayout, date_of,
-                                   read_journal, resolve_layout)
+                                   index_path, read_journal, resolve_layout)
 from tracelab.store.locks import FileLock
 from tracelab.store.schema import DICTIONARY_COLUMNS, events_to_table
+
+log = logging.getLogger("tracelab.store")
 
 ROW_GROUP_SIZE = 16_384
 # Min/max statistics only where a filter can use them; on JSON text they cost and never help.
@@ -94,8 +98,10 @@ class StoreWriter:
     def write(self, events: Sequence[dict]) -> WriteReport:
         """Store events not stored yet; returns only once they are durable.
 
-        Events must already be valid by the contract. One that Arrow still cannot hold is
-        returned in `rejected` with the reason; the others are written regardless.
+        Events must already be valid by the contract. One that still cannot be stored (Arrow
+        cannot hold it, orjson cannot serialize its payload, its workflow cannot name a
+        directory) is returned in `rejected` with the reason; the others are written
+        regardless. One bad event never makes this raise.
         """
         report = WriteReport()
         groups: dict[PartitionKey, list[int]] = {}
@@ -104,10 +110,12 @@ class StoreWriter:
             try:
                 event_id = event["event_id"]
                 key = (event["workflow"], date_of(event["started_at"]))
-            except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
-                report.rejected.append((event, f"cannot be partitioned: {exc!r}"))
+                self.layout.partition_dir(*key)  # a name that cannot be a path fails here
+                duplicate = event_id in seen
+            except Exception as exc:  # noqa: BLE001 - whatever it is, it is this event's
+                report.rejected.append((event, _reason("cannot be partitioned", exc)))
                 continue
-            if event_id in seen:
+            if duplicate:
                 report.duplicates += 1
                 continue
             seen.add(event_id)
@@ -119,20 +127,29 @@ class StoreWriter:
     def replace(self, workflow: str, date: str, table: pa.Table, old_paths: Iterable[str]) -> str:
         """Atomically swap `old_paths` of one partition for one file holding `table`.
 
-        The caller holds `partition_lock(workflow, date)`; the journal makes a crash at any
-        point recoverable with neither loss nor double.
+        The new file goes in the directory the old files are in (the partition's directory
+        when there are none), which is not always the one `workflow` encodes to today: a store
+        written by an older version may file a long name elsewhere. The caller holds
+        `partition_lock(workflow, date)`; the journal makes a crash at any point recoverable
+        with neither loss nor double.
         """
         key = (workflow, date)
-        directory = self.layout.partition_dir(workflow, date)
+        old_paths = list(old_paths)
+        directories = {p.rsplit("/", 1)[0] for p in old_paths}
+        if len(directories) > 1:
+            raise ValueError(f"files of several directories cannot be merged: {directories}")
+        directory = directories.pop() if directories else self.layout.partition_dir(*key)
         old_names = [p.rsplit("/", 1)[1] for p in old_paths]
         new_name = self._new_name()
         tmp_name = f".{new_name}.tmp"
         journal = f"{directory}/{JOURNAL_PREFIX}{uuid.uuid4().hex[:12]}.json"
         with self.partition_lock(workflow, date):
             if self.layout.is_local:
-                self._write_local(f"{directory}/{tmp_name}", table)
+                self._write_local(f"{directory}/{tmp_name}", table,
+                                  final=f"{directory}/{new_name}")
             self._put_bytes(journal, json.dumps(
-                {"new": new_name, "tmp": tmp_name, "old": old_names}).encode())
+                {"new": new_name, "tmp": tmp_name, "old": old_names,
+                 "workflow": workflow}).encode())
             if self.layout.is_local:
                 os.rename(f"{directory}/{tmp_name}", f"{directory}/{new_name}")
                 _fsync_dir(directory)
@@ -145,10 +162,14 @@ class StoreWriter:
                 ids.files = (ids.files - replaced) | {f"{directory}/{new_name}"}
         return f"{directory}/{new_name}"
 
-    def recover(self, workflow: str, date: str) -> None:
-        """Finish any compaction a crash interrupted in this partition."""
+    def recover(self, workflow: str, date: str, directory: str | None = None) -> None:
+        """Finish any compaction a crash interrupted in this partition (or in `directory`,
+        the place its files really are, for stores filed by an older version)."""
         with self.partition_lock(workflow, date):
-            _, journals = self.layout.list_partition(workflow, date)
+            if directory is None:
+                _, journals = self.layout.list_partition(workflow, date)
+            else:
+                _, journals = self.layout.list_dir(directory)
             for journal in journals:
                 self._finish_journal(journal)
 
@@ -156,15 +177,24 @@ class StoreWriter:
         """Finish every interrupted compaction in the store; returns how many were found.
 
         Until this runs, TraceLab's readers already skip replaced files, but an outside reader
-        (DuckDB, Spark) would see both the merged file and the files it replaced.
+        (DuckDB, Spark) would see both the merged file and the files it replaced. Each journal
+        is finished under the lock of the workflow it names (older journals: of the name its
+        directory's files carry), the lock every writer of that partition takes.
         """
         journals = [f for f in self.layout.fs.get_file_info(pafs.FileSelector(
             self.layout.events_root, recursive=True, allow_not_found=True))
             if f.type == pafs.FileType.File and f.base_name.startswith(JOURNAL_PREFIX)]
         for info in journals:
             parsed = self.layout.parse_partition(info.path)
-            if parsed is not None:
-                self.recover(*parsed)
+            if parsed is None:
+                continue
+            directory = info.path.rsplit("/", 1)[0]
+            entry = read_journal(self.layout.fs, info.path)
+            workflow = entry.get("workflow") if entry is not None else None
+            if not isinstance(workflow, str):
+                files, _ = self.layout.list_dir(directory)
+                workflow = files[0].workflow if files else parsed[0]
+            self.recover(workflow, parsed[1], directory)
         return len(journals)
 
     # -- internals --------------------------------------------------------------------------
@@ -267,7 +297,10 @@ class StoreWriter:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         return f"part-{stamp}-{self._writer_id}-{self._seq:06d}{DATA_SUFFIX}"
 
-    def _write_local(self, path: str, table: pa.Table, atomic: bool = False) -> None:
+    def _write_local(self, path: str, table: pa.Table, atomic: bool = False,
+                     final: str | None = None) -> None:
+        """Write `path` durably (under a temporary name first when `atomic`), and the event
+        index of the file that will be live at `final` (default: `path`)."""
         directory, name = path.rsplit("/", 1)
         _makedirs_durable(directory)
         target = f"{directory}/.{name}.tmp" if atomic else path
@@ -275,8 +308,10 @@ class StoreWriter:
         fd = os.open(target, os.O_RDONLY)
         try:
             os.fsync(fd)
+            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
+        self._write_index(final or path, table, size)
         if atomic:
             os.rename(target, path)
         _fsync_dir(directory)
@@ -285,6 +320,27 @@ class StoreWriter:
         self.layout.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with self.layout.fs.open_output_stream(path) as out:
             _write_parquet(table, out)
+            size = out.tell()
+        self._write_index(path, table, size)
+
+    def _write_index(self, data_path: str, table: pa.Table, data_size: int) -> None:
+        """The event-id index beside a data file (see `event_index`). Not fsynced and never
+        fatal: a lost or torn index only makes `event()` scan that file."""
+        path = index_path(data_path)
+        try:
+            data = event_index.build(table.column("event_id"), ROW_GROUP_SIZE,
+                                     data_path.rsplit("/", 1)[1], data_size)
+            if self.layout.is_local:
+                directory, name = path.rsplit("/", 1)
+                tmp = f"{directory}/.{name}.tmp"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.rename(tmp, path)
+            else:
+                with self.layout.fs.open_output_stream(path) as out:
+                    out.write(data)
+        except Exception as exc:  # noqa: BLE001 - the data file is what must not fail
+            log.warning("could not write the event index %s: %s", path, exc)
 
     def _put_bytes(self, path: str, data: bytes) -> None:
         directory, name = path.rsplit("/", 1)
@@ -319,28 +375,50 @@ class StoreWriter:
             if _exists(fs, new_path):
                 for name in entry["old"]:
                     self._delete(f"{directory}/{name}")
+                    self._delete(index_path(f"{directory}/{name}"))
         self._delete(journal)
         if self.layout.is_local:
             _fsync_dir(directory)
 
 
+_CHUNK = 1024
+
+
 def _to_table(events: list[dict]) -> tuple[pa.Table | None, list[tuple[dict, str]]]:
-    """Convert in one go; if Arrow refuses, find the offending events one by one."""
+    """Convert in one go; if that fails, chunk by chunk, then event by event in a failing
+    chunk, so one event that cannot be stored is rejected and never takes the batch down."""
     try:
         return events_to_table(events), []
-    except (pa.ArrowException, TypeError, ValueError, OverflowError, KeyError) as exc:
-        first_error = exc
-    good: list[dict] = []
+    except Exception:  # noqa: BLE001 - narrowed below, event by event
+        pass
+    tables: list[pa.Table] = []
     rejected: list[tuple[dict, str]] = []
-    for event in events:
+    for start in range(0, len(events), _CHUNK):
+        chunk = events[start:start + _CHUNK]
         try:
-            events_to_table([event])
-            good.append(event)
-        except (pa.ArrowException, TypeError, ValueError, OverflowError, KeyError) as exc:
-            rejected.append((event, f"cannot be stored: {exc}"))
-    if not rejected:  # pragma: no cover - a batch-only failure would be an Arrow bug
-        raise first_error
-    return (events_to_table(good) if good else None), rejected
+            tables.append(events_to_table(chunk))
+            continue
+        except Exception:  # noqa: BLE001
+            pass
+        for event in chunk:
+            try:
+                tables.append(events_to_table([event]))
+            except Exception as exc:  # noqa: BLE001 - this event's own problem
+                rejected.append((event, _reason("cannot be stored", exc)))
+    if not tables:
+        return None, rejected
+    table = pa.concat_tables(tables).combine_chunks()
+    return table.sort_by([("run_id", "ascending"), ("started_at", "ascending")]), rejected
+
+
+def _reason(what: str, exc: BaseException) -> str:
+    """A short, always-printable reason (an exception's text may quote a huge value)."""
+    try:
+        detail = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose text cannot be made
+        detail = "(no message)"
+    text = f"{what}: {type(exc).__name__}: {detail}"
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def _write_parquet(table: pa.Table, where: str | pa.NativeFile) -> None:
