@@ -20,7 +20,26 @@ import { SDK_VERSION } from "./version.js";
 export const SOURCE = "sdk-ts";
 const HOST = hostname();
 const DEFAULT_PORTS: Record<string, string> = { http: "80", https: "443", ws: "80", wss: "443" };
+// LLM detection (the Python SDK's rule, tracelab/sdk/capture.py): a known provider host, or an
+// LLM-style path whose request body looks like an LLM request (`model` plus `messages`, `input`
+// or `prompt`). A path alone is not enough: `/api/surveys/42/responses` is not an LLM call.
+export const LLM_HOSTS: Readonly<Record<string, string>> = {
+  "api.openai.com": "openai", "api.anthropic.com": "anthropic",
+  "generativelanguage.googleapis.com": "google", "api.mistral.ai": "mistral",
+  "api.groq.com": "groq", "api.cohere.com": "cohere", "api.cohere.ai": "cohere",
+  "openrouter.ai": "openrouter", "api.together.xyz": "together", "api.together.ai": "together",
+  "api.deepseek.com": "deepseek", "api.fireworks.ai": "fireworks",
+  "api.perplexity.ai": "perplexity", "api.x.ai": "xai",
+};
+const LLM_HOST_PATTERNS: ReadonlyArray<readonly [RegExp, string]> = [
+  [/^[a-z0-9-]+\.openai\.azure\.com$/, "azure-openai"],
+  [/^bedrock-runtime(?:-fips)?\.[a-z0-9-]+\.amazonaws\.com$/, "bedrock"],
+  [/^[a-z0-9-]+-aiplatform\.googleapis\.com$/, "google-vertex"],
+];
 const LLM_PATH_SUFFIXES = ["/chat/completions", "/completions", "/embeddings", "/responses", "/v1/messages"];
+const LLM_BODY_FIELDS = ["messages", "input", "prompt"];
+const TRUNCATED_MODEL = /"model":"/;
+const TRUNCATED_FIELDS = /"(?:messages|input|prompt)":/;
 const MAX_TAGS = 64;
 const MAX_KEY = 128;
 const MAX_VALUE = 1024;
@@ -130,12 +149,47 @@ export function httpTarget(scheme: string, netloc: string): string {
   return hostport || "unknown";
 }
 
-/** Model and token usage for OpenAI- and Anthropic-style calls; null for other paths. */
-export function llmTags(path: string, requestBody: unknown, responseBody: unknown): Record<string, string> | null {
-  if (!LLM_PATH_SUFFIXES.some((s) => path.endsWith(s))) return null;
-  const tags: Record<string, string> = {
-    "llm.provider": path.endsWith("/v1/messages") ? "anthropic" : "openai-compatible",
-  };
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/** A stored request body with a string `model` and `messages`, `input` or `prompt`. */
+function llmShaped(body: unknown): boolean {
+  if (!isRecord(body)) return false;
+  if (body.$tracelab === "truncated" && typeof body.data === "string") {
+    return TRUNCATED_MODEL.test(body.data) && TRUNCATED_FIELDS.test(body.data);
+  }
+  return typeof body.model === "string" && LLM_BODY_FIELDS.some((f) => f in body);
+}
+
+/** The provider when this HTTP call is an LLM call (the rule above), else null. */
+export function llmProvider(host: string, path: string, requestBody: unknown): string | null {
+  const name = host.toLowerCase().replace(/\.$/, "");
+  const known = Object.prototype.hasOwnProperty.call(LLM_HOSTS, name) ? LLM_HOSTS[name] : undefined;
+  if (known) return known;
+  for (const [pattern, provider] of LLM_HOST_PATTERNS) if (pattern.test(name)) return provider;
+  if (LLM_PATH_SUFFIXES.some((s) => path.endsWith(s)) && llmShaped(requestBody)) {
+    return path.endsWith("/v1/messages") ? "anthropic" : "openai-compatible";
+  }
+  return null;
+}
+
+/** The host of a URL's netloc as Python's `urlsplit().hostname` gives it: no userinfo, port or brackets. */
+export function hostOf(netloc: string): string {
+  const hostport = netloc.slice(netloc.lastIndexOf("@") + 1).toLowerCase();
+  if (hostport.startsWith("[")) {
+    const end = hostport.indexOf("]");
+    return hostport.slice(1, end < 0 ? undefined : end);
+  }
+  const colon = hostport.lastIndexOf(":");
+  return colon >= 0 ? hostport.slice(0, colon) : hostport;
+}
+
+/** Provider, model and token usage for an LLM call; null when it is not one. */
+export function llmTags(host: string, path: string, requestBody: unknown, responseBody: unknown): Record<string, string> | null {
+  const provider = llmProvider(host, path, requestBody);
+  if (provider === null) return null;
+  const tags: Record<string, string> = { "llm.provider": provider };
   for (const body of [requestBody, responseBody]) {
     if (body && typeof body === "object" && !Array.isArray(body)) {
       const model = (body as Record<string, unknown>).model;
@@ -222,7 +276,7 @@ export function recordHttp(rec: Recorder, call: HttpCall): TraceEvent {
     response = { status_code: statusCode, headers: respHeaders, body: respBody };
   }
   const path = parts.path || "/";
-  const tags = llmTags(path, reqBody, response ? response.body : null);
+  const tags = llmTags(hostOf(parts.netloc), path, reqBody, response ? response.body : null);
   const failed = call.error !== undefined || (statusCode !== null && statusCode >= 400);
   const event = buildEvent(rec, {
     kind: tags ? "llm" : "http",
