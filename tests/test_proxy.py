@@ -550,6 +550,10 @@ def test_websocket_echo_is_one_event_per_connection(redis_server: RedisServer,
         assert json.loads(conn.recv())["n"] == 2
         conn.send_binary(b"\x00\x01\x02")
         assert conn.recv() == b"\x00\x01\x02"
+        conn.send("auth password=WS-SECRET-2 key sk_live_51FAKEtracelabExample0000000000")
+        conn.recv()
+        conn.send('{"note": "x", "password": "WS-SECRET-3' + "p" * 5000 + '"}')  # over 4 KiB
+        conn.recv()
         conn.close()
         (event,), raw = wait_events(redis_server, 1)
     finally:
@@ -558,7 +562,7 @@ def test_websocket_echo_is_one_event_per_connection(redis_server: RedisServer,
     assert event["endpoint"] == "GET /chat" and event["status_code"] == 101
     assert event["request"]["url"] == f"ws://127.0.0.1:{server.port}/chat?room=1"
     summary = event["response"]["body"]
-    assert summary["messages"] == {"from_client": 3, "from_server": 3}
+    assert summary["messages"] == {"from_client": 5, "from_server": 5}
     assert summary["close_code"] == 1000 and summary["closed_by"] == "client"
     first = [(m["from"], m["type"], m["content"]) for m in summary["first"]]
     assert first == [
@@ -567,8 +571,13 @@ def test_websocket_echo_is_one_event_per_connection(redis_server: RedisServer,
         ("server", "text", {"access_token": "[REDACTED]", "n": 2}),
         ("client", "binary", {"$tracelab": "binary", "size": 3, "base64": "AAEC"}),
         ("server", "binary", {"$tracelab": "binary", "size": 3, "base64": "AAEC"}),
-    ]
-    assert b"WS-SECRET-1" not in raw
+        ("client", "text", "auth password=[REDACTED] key [REDACTED]"),
+        ("server", "text", "auth password=[REDACTED] key [REDACTED]"),
+    ] + [(side, "text", {"$tracelab": "truncated", "size": 5040, "encoding": "text",
+                         "data": '{"note": "x", "password": "[REDACTED]'})
+         for side in ("client", "server")]
+    for secret in (b"WS-SECRET-1", b"WS-SECRET-2", b"WS-SECRET-3", b"sk_live_51FAKE"):
+        assert secret not in raw
 
 
 # -- acceptance 3: workflow from the environment and from override headers ------------------

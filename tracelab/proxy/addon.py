@@ -147,6 +147,19 @@ def _message_content(content: bytes, is_text: bool) -> Any:
     return {"$tracelab": "truncated", "size": size, "encoding": "base64", "data": encoded}
 
 
+def redact_messages(first: list[dict[str, Any]], rec: Recorder) -> None:
+    """Text messages get the text rules (JSON ones get the body rules when the summary is
+    encoded); a message cut at 4 KiB gets the rules for a cut text, in place."""
+    redactor = rec.redactor
+    for message in first:
+        content = message["content"]
+        if isinstance(content, str):
+            message["content"] = redactor.text(content)
+        elif isinstance(content, dict) and content.get("$tracelab") == "truncated" \
+                and content.get("encoding") == "text":
+            content["data"] = redactor.cut(content["data"])
+
+
 def should_stream(response: http.Response, cap: int) -> bool:
     """Forward this body as it arrives: a streaming type, an unknown length, or above the cap."""
     headers = response.headers
@@ -327,6 +340,7 @@ class TraceLabAddon:
         end = ws.timestamp_end or time.time()
         closed_by = None if ws.closed_by_client is None else (
             "client" if ws.closed_by_client else "server")
+        redact_messages(summary.first, rec)
         body = {"messages": summary.messages, "bytes": summary.bytes, "first": summary.first,
                 "close_code": ws.close_code, "close_reason": ws.close_reason or None,
                 "closed_by": closed_by}
