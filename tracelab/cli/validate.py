@@ -1,73 +1,202 @@
-"""`tracelab validate FILE...`: check TraceEvent JSON files against the contract.
+"""`tracelab validate FILE...`: check files of TraceEvents as the ingester would take them.
 
-Each FILE holds one JSON event (pretty-printed or not) or JSON Lines (one event per line, blank
-lines ignored, as in the embedded spool); `-` reads standard input. Every invalid event is
-reported as `FILE:LINE: problem; problem`, then a summary. Exit status: 0 when every event is
-valid, 1 when any is invalid (or not JSON), 2 when a file cannot be read.
+A FILE holds one JSON event (pretty-printed or not), a JSON array of events, or JSON Lines (one
+event per line, blank lines ignored: the spool, a recording); `-` reads standard input.
 
-Imports stay light (standard library and `tracelab.events`): the CLI imports this module to
-build its parser even when another command runs.
+Each event is parsed as the ingester and the spool parse it, with orjson (so `NaN`,
+`Infinity`, a lone surrogate such as `"\\ud800"`, a number out of range or a byte order mark
+is not JSON), must be at most `MAX_EVENT_BYTES` of JSON, and is checked twice: by
+`tracelab.events.validate()` (what the ingester runs) and against the JSON Schema
+`trace-event.schema.json` shipped in the package (`--schema FILE` for another). A schema
+problem about a field `validate()` already named is not repeated; any other ends in
+`(JSON Schema)`. Without the `jsonschema` package one line on standard error says so and
+`validate()` alone decides.
+
+Every invalid event is one line, `FILE:LINE: problem; problem` (for an array element,
+`FILE:[INDEX]:`, counted from 0), then a summary. Exit status: 0 when every event is valid,
+1 when any is invalid (or not JSON), 2 when a file or the `--schema` cannot be read.
+
+Imports stay light: the CLI imports this module to build its parser whatever command runs.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
-from tracelab.events import validate
+from tracelab.events import MAX_EVENT_BYTES, validate
+
+Checker = Callable[[object], list[str]]
+
+_SCHEMA_MESSAGE_CHARS = 160
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "files", nargs="+", metavar="FILE",
-        help="a file holding one JSON event or JSON Lines (one event per line); - for stdin",
+        help="a file holding one JSON event, a JSON array of events, or JSON Lines (one event "
+             "per line); - for stdin",
     )
     parser.add_argument(
         "-q", "--quiet", action="store_true",
         help="print only the invalid events, not the summary",
     )
+    parser.add_argument(
+        "--schema", metavar="FILE", default=None,
+        help="check against this JSON Schema instead of the shipped trace-event.schema.json",
+    )
 
 
-def _json_error(exc: ValueError) -> str:
-    if isinstance(exc, json.JSONDecodeError):
-        return f"not valid JSON: {exc.msg} (column {exc.colno})"
-    return f"not valid JSON: {exc}"  # e.g. UnicodeDecodeError: the bytes are not UTF-8
+# -- parsing, as the ingester does ----------------------------------------------------------
 
-
-def _documents(data: bytes) -> Iterator[tuple[int, object, str | None]]:
-    """Yield (line number, parsed value, parse problem) for each event in a file's bytes."""
+def _json_error(data: bytes, exc: Any) -> str:
+    """orjson's complaint, said so a person sees what to fix."""
+    msg, pos = exc.msg, exc.pos
     try:
-        whole_file = json.loads(data)
-    except ValueError as exc:
-        whole_file_error = exc
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not valid JSON: the bytes are not UTF-8 (byte {bad.start + 1})"
+    for word in ("NaN", "Infinity"):
+        if data.startswith(word.encode(), pos):
+            sign = data[pos - 1:pos].decode() if pos and data[pos - 1:pos] in b"+-" else ""
+            return f"not valid JSON: {sign}{word} is not a JSON number (column {exc.colno})"
+    if "surrogate" in msg:
+        return (f"not valid JSON: a lone surrogate escape is not Unicode text ({msg}, "
+                f"column {exc.colno})")
+    return f"not valid JSON: {msg} (column {exc.colno})"
+
+
+def _documents(data: bytes) -> Iterator[tuple[str, object, str | None, int | None]]:
+    """Yield (where, parsed value, parse problem, size in bytes) for each event in a file."""
+    import orjson
+
+    try:
+        whole = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        whole_error = exc
     else:
-        yield 1, whole_file, None
+        if isinstance(whole, list):
+            for index, item in enumerate(whole):
+                yield f"[{index}]", item, None, None
+        else:
+            yield "1", whole, None, None
         return
     lines = data.split(b"\n")
     if not any(line.strip() for line in lines):
         return  # empty or only whitespace: no events
-    if not (getattr(whole_file_error, "msg", "") == "Extra data"
-            or any(_is_json_object(line) for line in lines)):
+    first = next(line.strip() for line in lines if line.strip())
+    if not (whole_error.msg == "unexpected content after document"
+            or (not first.startswith(b"[")
+                and ((first.startswith(b"{") and first.endswith(b"}"))
+                     or any(_is_json_object(line) for line in lines)))):
         # No line is an event on its own: this is one (broken) JSON document, so report it
         # once, where the parser stopped, rather than once per line.
-        yield getattr(whole_file_error, "lineno", 1), None, _json_error(whole_file_error)
+        yield str(whole_error.lineno), None, _json_error(data, whole_error), None
         return
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line), None
-        except ValueError as exc:
-            yield number, None, _json_error(exc)
+            yield str(number), orjson.loads(line), None, len(line.rstrip(b"\r"))
+        except orjson.JSONDecodeError as exc:
+            yield str(number), None, _json_error(line, exc), None
 
 
 def _is_json_object(line: bytes) -> bool:
+    import orjson
+
     try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
         return False
 
+
+def _size_problem(value: object, size: int | None) -> list[str]:
+    if size is None:
+        import orjson
+
+        try:
+            size = len(orjson.dumps(value))
+        except (TypeError, orjson.JSONEncodeError):
+            return []  # too deep to serialize: validate() reports the nesting
+    if size > MAX_EVENT_BYTES:
+        return [f"event: {size} bytes of JSON, over the limit of {MAX_EVENT_BYTES} "
+                "(MAX_EVENT_BYTES): the ingester and the spool dead-letter it"]
+    return []
+
+
+# -- the JSON Schema ------------------------------------------------------------------------
+
+class SchemaUnusable(Exception):
+    """`--schema` (or the shipped schema) cannot be read or is not a JSON Schema."""
+
+
+def schema_checker(schema_file: str | None) -> Checker | None:
+    """A function listing an event's JSON Schema problems, or None without `jsonschema`."""
+    import orjson
+
+    from tracelab.events import schema_path
+
+    try:
+        import jsonschema
+    except ImportError:
+        if schema_file is not None:
+            raise SchemaUnusable("--schema needs the jsonschema package: pip install "
+                                 "jsonschema") from None
+        return None
+    path = Path(schema_file) if schema_file is not None else schema_path()
+    try:
+        schema = orjson.loads(path.read_bytes())
+        validator_class = jsonschema.validators.validator_for(schema)
+        validator_class.check_schema(schema)
+    except OSError as exc:
+        raise SchemaUnusable(f"cannot read the schema {path}: {exc.strerror or exc}") from None
+    except orjson.JSONDecodeError as exc:
+        raise SchemaUnusable(f"the schema {path} is not JSON: {exc}") from None
+    except jsonschema.SchemaError as exc:
+        raise SchemaUnusable(f"{path} is not a valid JSON Schema: {exc.message}") from None
+    validator = validator_class(schema)
+
+    def check(value: object) -> list[str]:
+        return sorted(_schema_problem(error) for error in validator.iter_errors(value))
+
+    return check
+
+
+def _schema_problem(error: Any) -> str:
+    where = ""
+    for part in error.absolute_path:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    message = error.message
+    if error.validator == "required" and not where:
+        where = message.partition(" is a required property")[0].strip("'\"")
+        message = "required field is missing"
+    if len(message) > _SCHEMA_MESSAGE_CHARS:
+        message = message[:_SCHEMA_MESSAGE_CHARS - 1] + "…"
+    return f"{where or 'event'}: {message} (JSON Schema)"
+
+
+def _field(problem: str) -> str:
+    """The top-level field a problem is about: `tags[k]: …` -> `tags`, `error.type: …` -> `error`."""
+    head = problem.partition(":")[0]
+    for mark in ".[":
+        head = head.partition(mark)[0]
+    return head
+
+
+def problems_of(value: object, size: int | None, check_schema: Checker | None) -> list[str]:
+    """`validate()`'s problems, the size limit's, then the schema's about other fields."""
+    problems = validate(value) + _size_problem(value, size)
+    if check_schema is not None:
+        named = {_field(p) for p in problems}
+        if "event" not in named:
+            problems += [p for p in check_schema(value) if _field(p) not in named]
+    return problems
+
+
+# -- the command ----------------------------------------------------------------------------
 
 def _read(name: str) -> bytes:
     if name == "-":
@@ -78,6 +207,15 @@ def _read(name: str) -> bytes:
 
 def run(args: argparse.Namespace) -> int:
     out = sys.stdout
+    try:
+        check_schema = schema_checker(args.schema)
+    except SchemaUnusable as exc:
+        print(f"tracelab validate: {exc}", file=sys.stderr)
+        return 2
+    if check_schema is None:
+        print("tracelab validate: the jsonschema package is not installed: checking with "
+              "tracelab.events.validate() only, not against the JSON Schema (pip install "
+              "jsonschema)", file=sys.stderr)
     checked = invalid = unreadable = 0
     for name in args.files:
         try:
@@ -88,12 +226,13 @@ def run(args: argparse.Namespace) -> int:
             unreadable += 1
             continue
         label = "<stdin>" if name == "-" else name
-        for lineno, value, parse_problem in _documents(data):
+        for where, value, parse_problem, size in _documents(data):
             checked += 1
-            problems = [parse_problem] if parse_problem else validate(value)
+            problems = [parse_problem] if parse_problem else problems_of(value, size,
+                                                                         check_schema)
             if problems:
                 invalid += 1
-                out.write(f"{label}:{lineno}: {'; '.join(problems)}\n")
+                out.write(f"{label}:{where}: {'; '.join(problems)}\n")
     if not args.quiet:
         files = len(args.files) - unreadable
         summary = (f"{checked} event{'s' if checked != 1 else ''} in {files} "
