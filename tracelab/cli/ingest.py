@@ -88,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-event-bytes", type=_positive_int, default=MAX_EVENT_BYTES,
                         help="larger entries are dead-lettered (default 4 MiB, the contract's "
                         "MAX_EVENT_BYTES)")
+    parser.add_argument("--connect-timeout", type=_positive_float, default=5.0,
+                        help="exit non-zero when Redis does not answer at start-up within "
+                        "this many seconds (default 5)")
     parser.add_argument("--log-interval", type=_positive_float, default=10.0,
                         help="seconds between progress log lines (default 10)")
     parser.add_argument("--store", help="store root or URI (default: $TRACELAB_STORE, "
@@ -112,11 +115,18 @@ def run(args: argparse.Namespace) -> int:
         group=args.group, consumer=args.consumer, batch=args.batch,
         flush_interval=args.flush_interval, claim_idle=args.claim_idle,
         dead_stream=args.dead_stream, max_event_bytes=args.max_event_bytes,
-        log_interval=args.log_interval,
+        log_interval=args.log_interval, connect_timeout=args.connect_timeout,
     )
     layout = resolve_layout(args.store)
     workers = getattr(args, "workers", 1)
     if workers > 1:
+        from tracelab.server.ingest import RedisUnavailable, wait_for_redis
+
+        try:  # once here, rather than once per worker
+            wait_for_redis(config.redis_url, config.connect_timeout)
+        except RedisUnavailable as exc:
+            print(f"tracelab ingest: {exc}", file=sys.stderr)
+            return 1
         return _run_workers(config, layout, workers, args.once)
     return _run_one(config, layout, args.once, progress=args.once, summary=args.once)
 
@@ -124,13 +134,16 @@ def run(args: argparse.Namespace) -> int:
 def _run_one(config: Any, layout: Any, once: bool, progress: bool, summary: bool,
              report: Any = None) -> int:
     """One ingester in this process; `report` (a pipe end) receives its totals."""
-    from tracelab.server.ingest import Ingester
+    from tracelab.server.ingest import Ingester, RedisUnavailable
 
     ingester = Ingester(config, layout=layout)
     signal.signal(signal.SIGTERM, ingester.request_stop)
     signal.signal(signal.SIGINT, ingester.request_stop)
     try:
         stats = ingester.run(once=once, progress=progress)
+    except RedisUnavailable as exc:
+        print(f"tracelab ingest: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"tracelab ingest: cannot write the store at {layout.root}: {exc}. "
               "Nothing was acknowledged that is not stored; fix the store and restart.",

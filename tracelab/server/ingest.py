@@ -63,6 +63,9 @@ class IngestConfig:
     claim_idle: float = 60.0
     dead_stream: str | None = None
     max_event_bytes: int = MAX_EVENT_BYTES
+    # Give up (RedisUnavailable) when the first connection fails for this long; None keeps
+    # retrying, for a server (`tracelab up`) that must come up before its Redis does.
+    connect_timeout: float | None = None
     log_interval: float = 10.0
     read_count: int = 2000
 
@@ -100,6 +103,47 @@ def default_consumer_name(home: os.PathLike[str] | str) -> tuple[str, FileLock]:
         if lock.acquire(blocking=False):
             return f"ingest-{host}-{slot}", lock
         slot += 1
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis could not be reached (refused, timed out, wrong credentials) at start-up."""
+
+
+def wait_for_redis(url: str, timeout: float) -> None:
+    """Return once Redis at `url` answers PING; raise `RedisUnavailable` after `timeout` s.
+
+    Every attempt has its own short socket timeouts and no client retries, so a port that
+    refuses and a server that accepts but never answers both end by the deadline, with the
+    last error in the message (the URL shown without its password).
+    """
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from tracelab.config import url_without_password
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = max(0.05, deadline - time.monotonic())
+        client = redis.Redis.from_url(url, socket_connect_timeout=min(left, 2.0),
+                                      socket_timeout=left, retry=Retry(NoBackoff(), 0),
+                                      health_check_interval=0)
+        try:
+            client.ping()
+            return
+        except redis.exceptions.ResponseError as exc:  # NOAUTH, WRONGPASS: retrying won't help
+            problem: BaseException = exc
+            break
+        except (redis.exceptions.RedisError, OSError) as exc:
+            problem = exc
+            if isinstance(exc, redis.exceptions.AuthenticationError):
+                break
+        finally:
+            client.close()
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    raise RedisUnavailable(f"cannot reach Redis at {url_without_password(url)} within "
+                           f"{timeout:g} s: {problem}")
 
 
 class _Batch:
@@ -176,6 +220,8 @@ class Ingester:
         cfg = self.config
         log.info("ingesting %s (group %s, consumer %s) into %s", cfg.stream, cfg.group,
                  self.consumer, self.layout.uri or self.layout.root)
+        if cfg.connect_timeout is not None:
+            wait_for_redis(cfg.redis_url, cfg.connect_timeout)
         recovered = self.writer.recover_all()
         if recovered:
             log.info("finished %d interrupted compactions", recovered)
