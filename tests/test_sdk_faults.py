@@ -193,7 +193,7 @@ def test_embedded_mode_spools_valid_json_lines(loopback_http: LoopbackHTTP, trac
 
     import tracelab.sdk.recorder as recorder
 
-    monkeypatch.setattr(recorder, "_fold_spool", lambda rec: None)  # look at the raw spool
+    monkeypatch.setattr(recorder, "_fold_spool", lambda *_: None)  # look at the raw spool
     tracelab.init(workflow_name="embedded")
     requests.get(f"{loopback_http.url}/echo")
     assert tracelab.flush(5.0)

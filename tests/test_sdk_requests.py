@@ -143,7 +143,7 @@ def test_forked_child_records_into_its_own_spool(tracelab_home, loopback_http: L
 
     import tracelab.sdk.recorder as recorder
 
-    monkeypatch.setattr(recorder, "_fold_spool", lambda rec: None)  # look at the raw spool
+    monkeypatch.setattr(recorder, "_fold_spool", lambda *_: None)  # look at the raw spool
     tracelab.init(workflow_name="forked")
     try:
         requests.get(f"{loopback_http.url}/parent")
