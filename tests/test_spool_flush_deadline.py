@@ -73,3 +73,20 @@ def test_the_notebook_after_cell_flush_does_not_wait_on_the_fold_lock(tracelab_h
         holder.kill()
         holder.wait()
     assert len(query.execution_events("cell-run")) == 3
+
+
+def test_a_fold_past_its_deadline_stops_and_the_next_fold_finishes(tracelab_home):
+    import orjson
+
+    from event_factory import make_event
+    from tracelab.store.spool import fold_spool, has_pending
+
+    spool = tracelab_home / "spool"
+    spool.mkdir(parents=True)
+    events = [make_event("dl", "run-1", seq=i) for i in range(10)]
+    (spool / "20240501T000000-1-aaaaaaaa.jsonl").write_bytes(
+        b"".join(orjson.dumps(e) + b"\n" for e in events))
+    assert fold_spool(tracelab_home, deadline=time.monotonic()) == 0  # already past: no work
+    assert has_pending(tracelab_home)
+    assert fold_spool(tracelab_home) == 10
+    assert not has_pending(tracelab_home)
