@@ -6,6 +6,7 @@ same files, first as written and then after `tracelab compact`:
 
   executions(workflow)      target p95 <= 150 ms
   execution_events(run_id)  target p95 <= 50 ms
+  event(event_id)           through the per-file event-id index, vs a full scan of the store
 
 "cold" is the first call in the process (nothing cached); "warm" calls reuse the per-file
 summaries, which are valid forever because store files never change once written.
@@ -28,10 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
+import pyarrow.dataset as ds  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 from tracelab.store import query  # noqa: E402
 from tracelab.store.compact import compact  # noqa: E402
 from tracelab.store.layout import resolve_layout  # noqa: E402
+from tracelab.store.schema import EVENT_SCHEMA  # noqa: E402
 from tracelab.store.writer import StoreWriter  # noqa: E402
 
 WORKFLOWS = 20
@@ -138,6 +142,41 @@ def measure(label: str, store: Path, home: Path, repeats: int) -> None:
           f"{statistics.median(ours_events):6.1f} p95 {p95(ours_events):6.1f} ms (target <= 50) | "
           f"DuckDB raw p50 {statistics.median(duck_r):6.1f} p95 {p95(duck_r):6.1f} ms | "
           f"ratio ours/duckdb p95 {p95(ours_events) / p95(duck_r):.2f}")
+    measure_event_lookup(layout, files, con, glob_all, repeats)
+
+
+def measure_event_lookup(layout, files, con, glob_all: str, repeats: int) -> None:
+    """event(event_id): the index (cold = indexes not loaded yet) vs scanning every file."""
+    rng = random.Random(3)
+    ids = []
+    for data_file in rng.sample(files, min(repeats, len(files))):
+        column = pq.read_table(data_file.path, columns=["event_id"])["event_id"]
+        ids.append(column[rng.randrange(len(column))].as_py())
+    ids = (ids * (repeats // len(ids) + 1))[:repeats]
+    rng.shuffle(ids)
+    query._INDEXES.clear()
+    t = time.perf_counter()
+    query.event(ids[0], layout=layout)
+    cold = (time.perf_counter() - t) * 1000
+    it = iter(ids)
+    ours = timed(lambda: query.event(next(it), layout=layout), repeats)
+    it = iter(ids)
+
+    def full_scan() -> None:  # what event() did before the index: every file's event_id
+        wanted = ds.field("event_id") == next(it)
+        parts = query._scan_by_file(layout, layout.list_files(), EVENT_SCHEMA.names, wanted)
+        assert sum(t.num_rows for _, t in parts) >= 1
+
+    scan = timed(full_scan, repeats)
+    it = iter(ids)
+    duck = timed(lambda: con.execute("SELECT * FROM read_parquet(?, hive_partitioning = true) "
+                                     "WHERE event_id = ?", [glob_all, next(it)]).fetch_df(),
+                 repeats)
+    print(f"event(event_id)          cold {cold:7.1f} ms | warm p50 "
+          f"{statistics.median(ours):6.1f} p95 {p95(ours):6.1f} ms | full scan p50 "
+          f"{statistics.median(scan):6.1f} p95 {p95(scan):6.1f} ms | DuckDB raw p50 "
+          f"{statistics.median(duck):6.1f} p95 {p95(duck):6.1f} ms | ratio scan/index p95 "
+          f"{p95(scan) / p95(ours):.1f}")
 
 
 def main() -> None:

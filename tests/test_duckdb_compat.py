@@ -35,3 +35,6 @@ def test_duckdb_reads_the_same_counts_as_the_query_layer(tracelab_home):
     assert prod == sum(len(query.executions(wf, tags={"env": "prod"})) for wf in per_workflow)
     started = con.execute("SELECT typeof(started_at) FROM ev LIMIT 1").fetchone()[0]
     assert started.startswith("TIMESTAMP")
+    # The exact name kept in the files does not clash with the hive partition, and agrees.
+    assert con.execute("SELECT count(*) FROM ev WHERE workflow_name IS DISTINCT FROM workflow"
+                       ).fetchone()[0] == 0

@@ -127,6 +127,8 @@ def test_a_store_written_before_the_name_column_still_reads(tracelab_home):
     assert query.event_dict(events[0]["event_id"], layout=layout)["workflow"] == name
     assert compact(layout=layout).merged == [(name, "2024-05-01")]
     assert query.executions(name, layout=layout)["events"].tolist() == [3]
+    (merged,) = Path(layout.events_root).rglob("*.parquet")
+    assert pq.read_table(merged)["workflow_name"].to_pylist() == [name] * 3
     assert StoreWriter(layout).write(events).duplicates == 3
 
 

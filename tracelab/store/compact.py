@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from tracelab.store.layout import (DATA_SUFFIX, INDEX_PREFIX, INDEX_SUFFIX, StoreLayout,
-                                   resolve_layout)
+from tracelab.store.layout import (DATA_SUFFIX, INDEX_PREFIX, INDEX_SUFFIX, NAME_COLUMN,
+                                   StoreLayout, resolve_layout)
 from tracelab.store.query import read_table
 from tracelab.store.writer import StoreWriter
 
@@ -107,6 +108,11 @@ def _merge(writer: StoreWriter, workflow: str, date: str, paths: list[str]) -> t
     if not paths:
         return 0, 0
     table = read_table(writer.layout, paths)
+    # Rows of files older than the name column get the name they were read under.
+    names = table[NAME_COLUMN]
+    if names.null_count:
+        table = table.set_column(table.schema.get_field_index(NAME_COLUMN), NAME_COLUMN,
+                                 pc.coalesce(names, pa.scalar(workflow, pa.string())))
     deduped = _dedupe(table)
     deduped = deduped.sort_by([("run_id", "ascending"), ("started_at", "ascending")])
     writer.replace(workflow, date, deduped, paths)

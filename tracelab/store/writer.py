@@ -110,7 +110,8 @@ class StoreWriter:
             try:
                 event_id = event["event_id"]
                 key = (event["workflow"], date_of(event["started_at"]))
-                self.layout.partition_dir(*key)  # a name that cannot be a path fails here
+                if key not in groups:
+                    self.layout.partition_dir(*key)  # a name that cannot be a path fails here
                 duplicate = event_id in seen
             except Exception as exc:  # noqa: BLE001 - whatever it is, it is this event's
                 report.rejected.append((event, _reason("cannot be partitioned", exc)))
