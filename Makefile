@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test system-deps clean
+.PHONY: install test fuzz system-deps clean
 
 .DEFAULT_GOAL := install
 include web/build.mk
@@ -38,6 +38,13 @@ system-deps:
 
 test: install
 	$(PY) -m pytest -q
+
+# Schemathesis (default checks) against `tracelab serve` over real data, with and without a
+# token: tests/test_api_fuzz.py with more examples and a fresh seed (FUZZ_EXAMPLES, FUZZ_SEED).
+FUZZ_EXAMPLES ?= 100
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$${FUZZ_SEED:-$$RANDOM$$RANDOM} \
+	  $(PY) -m pytest -q tests/test_api_fuzz.py -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache web/node_modules $(WEB_STATIC)
