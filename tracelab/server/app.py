@@ -297,7 +297,7 @@ def create_app(store: str | StoreLayout | None = None, token: str | None = None,
         events = event_columns(table, t0) if shape == "columns" else event_rows(table, t0)
         return ORJSONResponse({"execution": summary, "t0_ns": str(t0), "events": events})
 
-    @route("/api/events/{event_id}", 404, tags=["events"])
+    @route("/api/events/{event_id}", 404, 422, tags=["events"])
     def get_event(event_id: str) -> Response:
         """One event with its request and response payloads, as the contract JSON."""
         event_id = path_id(event_id)
@@ -307,7 +307,7 @@ def create_app(store: str | StoreLayout | None = None, token: str | None = None,
             raise HTTPException(404, detail=f"unknown event_id {event_id!r}") from None
         return ORJSONResponse(event)
 
-    @route("/api/executions/{a}/diff/{b}", 404, tags=["executions"])
+    @route("/api/executions/{a}/diff/{b}", 404, 422, tags=["executions"])
     def diff(a: str, b: str) -> Response:
         """Step-by-step differences between two executions (`diff_executions`): one row per
         aligned step, `change` = added / removed / changed / same; request and response
