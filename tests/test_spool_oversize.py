@@ -9,7 +9,7 @@ import requests
 
 import tracelab
 from event_factory import make_event
-from tracelab.events import MAX_EVENT_BYTES, validate
+from tracelab.events import MAX_EVENT_BYTES
 from tracelab.store.spool import CHUNK_BYTES, fold_spool
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tracelab.events import MAX_EVENT_BYTES, MAX_NESTING_DEPTH, REQUIRED_FIELDS, \
-    OPTIONAL_FIELDS, nests_within
+from tracelab.events import (MAX_EVENT_BYTES, MAX_NESTING_DEPTH, OPTIONAL_FIELDS,
+                             REQUIRED_FIELDS, nests_within)
 from tracelab.sdk.capture import clean_tags
 from tracelab.sdk.payloads import not_captured, truncated
 
