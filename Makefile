@@ -21,20 +21,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip download -q --no-deps -d $(VENV)/wheels "$$(grep -o 'redis\[hiredis\]>=[0-9.]*' pyproject.toml | sed 's/\[hiredis\]>=/==/')"
 	touch $(STAMP)
 
-# From Debian's packages when missing: redis-server (tests start their own on a free port),
-# Node.js with npm (the TypeScript SDK, the web UI build) and chromium (browser tests; never a
-# browser download).
+# From Debian's packages when missing, as `command:package,package` pairs: redis-server (tests
+# start their own on a free port), Node.js with npm (the TypeScript SDK, the web UI build) and
+# chromium (browser tests; never a browser download). `make demo` needs only npm (DEMO_DEPS in
+# mocks/demo.mk): it records in embedded mode, without Redis or a browser.
+SYSTEM_DEPS := redis-server:redis-server npm:nodejs,npm chromium:chromium
 APT_INSTALL := env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
-system-deps:
+define apt-missing
 	@missing=""; \
-	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	for pair in $(1); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
+	missing="$${missing//,/ }"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing from Debian's packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO $(APT_INSTALL) $$missing >/dev/null; \
 	fi
+endef
+
+system-deps:
+	$(call apt-missing,$(SYSTEM_DEPS))
 
 test: install
 	$(PY) -m pytest -q

@@ -1,5 +1,5 @@
-"""`tracelab demo`: the sample refund agent recorded against the mocks, in embedded mode, in a
-temporary TRACELAB_HOME; then the store holds the expected workflow, errors exactly where
+"""`tracelab demo`: the sample refund agent recorded against the mocks, in embedded mode, in the
+demo's own home (never the user's store); then the store holds the expected workflow, errors exactly where
 faults were injected, and events of kinds http, llm, email and sms. One test also checks the
 serving half (API and UI answer with the recorded workflow, Ctrl-C stops it).
 """
@@ -17,10 +17,6 @@ import pytest
 import requests
 
 from conftest import free_port
-
-pytest.importorskip("stripe")
-pytest.importorskip("sendgrid")
-pytest.importorskip("openai")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,10 +102,12 @@ def test_demo_records_the_refund_agent(recorded: tuple[Path, str]) -> None:
 def test_demo_serves_api_and_ui(tmp_path: Path) -> None:
     home = tmp_path / "home"
     api, ui = free_port(), free_port()
+    env = _env(home)
+    env["TRACELAB_STORE"] = str(tmp_path / "users-store")  # the demo serves its own store
     proc = subprocess.Popen(
         [sys.executable, "-m", "tracelab.cli", "demo", "--runs", "2", "--home", str(home),
          "--port", str(api), "--ui-port", str(ui), "--mocks-base-port", "0"],
-        cwd=ROOT, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 90
         workflows = None
@@ -142,3 +140,25 @@ def test_demo_refuses_bad_flags(tmp_path: Path) -> None:
                          cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "out of range" in bad.stderr
+
+
+def test_demo_records_into_its_own_home_never_the_users_store(tmp_path: Path) -> None:
+    """Without --home: $TRACELAB_HOME/demo, whatever TRACELAB_STORE says; the user's store and
+    spool stay untouched, and the summary says where the runs are."""
+    user_home, user_store = tmp_path / "home", tmp_path / "my-store"
+    env = _env(user_home)
+    env["TRACELAB_STORE"] = str(user_store)
+    done = subprocess.run(
+        [sys.executable, "-m", "tracelab.cli", "demo", "--no-serve", "--runs", "1",
+         "--mocks-base-port", "0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr
+    demo_home = (user_home / "demo").resolve()
+    assert "ignoring TRACELAB_STORE" in done.stderr
+    assert f"recorded 1 executions of workflow 'refund-agent' (0 with errors) in " \
+        f"{demo_home / 'store'}" in done.stdout
+    assert f"TRACELAB_HOME={demo_home} tracelab serve" in done.stdout
+    assert not user_store.exists()
+    assert sorted(p.name for p in user_home.iterdir()) == ["demo"]
+    runs, _events = _store(demo_home)
+    assert len(runs) == 1

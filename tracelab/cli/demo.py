@@ -4,9 +4,12 @@
    (`--mocks-base-port 0` picks free ports);
 2. runs the sample customer-support refund agent (`examples/refund_agent.py`) against them as
    a child process: `--runs` executions of the workflow `refund-agent`, some under injected
-   faults (rate limits, resets, an SMS outage), recorded into `$TRACELAB_HOME` (`--home`);
-3. serves what was recorded: the API on :8000 and the web UI on :3000 (`tracelab serve`'s own
-   code), with the mocks still up, until Ctrl-C. `--no-serve` stops after recording.
+   faults (rate limits, resets, an SMS outage), recorded into the demo's own home,
+   `$TRACELAB_HOME/demo` (default `~/.tracelab/demo`; `--home DIR` for another), never into
+   your store: `TRACELAB_STORE` and `TRACELAB_REDIS_URL` are ignored;
+3. serves what was recorded (that home's store only): the API on :8000 and the web UI on :3000
+   (`tracelab serve`'s own code), with the mocks still up, until Ctrl-C. `--no-serve` stops
+   after recording.
 
 It prints where to look, and the notebook to open (`notebooks/quickstart.ipynb`).
 """
@@ -36,6 +39,15 @@ def agent_path() -> Path | None:
     return None
 
 
+def demo_home(flag: str | None) -> Path:
+    """`--home`, else `$TRACELAB_HOME/demo`, else `~/.tracelab/demo`: a home of its own, so the
+    demo's runs never mix with the user's recordings."""
+    from tracelab.config import tracelab_home
+
+    home = Path(flag).expanduser() if flag else tracelab_home() / "demo"
+    return home.resolve()
+
+
 def positive(text: str) -> int:
     try:
         value = int(text)
@@ -53,8 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"executions of the sample agent to record (default {DEFAULT_RUNS}: "
                              "one per scenario, some under injected faults)")
     parser.add_argument("--home", default=None,
-                        help="TRACELAB_HOME to record into (default: $TRACELAB_HOME, else "
-                             "~/.tracelab)")
+                        help="the demo's TRACELAB_HOME, where it records and what it serves "
+                             "(default: $TRACELAB_HOME/demo, else ~/.tracelab/demo; never your "
+                             "own store)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address for the API, UI and mocks (default 127.0.0.1)")
     parser.add_argument("--port", type=port_number, default=8000, help="API port (default 8000)")
@@ -88,12 +101,14 @@ def run(args: argparse.Namespace) -> int:
     from tracelab.faults import FaultRuleError
     from tracelab.cli.mocks import MockServers, ports_for
 
-    home = Path(args.home or os.environ.get("TRACELAB_HOME") or "~/.tracelab").expanduser()
-    home = home.resolve()
+    home = demo_home(args.home)
     home.mkdir(parents=True, exist_ok=True)
     os.environ["TRACELAB_HOME"] = str(home)
     if os.environ.pop("TRACELAB_REDIS_URL", None):
         print("tracelab demo: ignoring TRACELAB_REDIS_URL: the demo records in embedded mode",
+              file=sys.stderr)
+    if os.environ.pop("TRACELAB_STORE", None):
+        print(f"tracelab demo: ignoring TRACELAB_STORE: the demo keeps its store in {home}",
               file=sys.stderr)
     missing = [name for name in ("stripe", "sendgrid", "openai", "twilio", "boto3")
                if importlib.util.find_spec(name) is None]
@@ -127,14 +142,14 @@ def run(args: argparse.Namespace) -> int:
         print("TraceLab demo: mock vendors up: " +
               ", ".join(f"{n} {u}" for n, u in mocks.urls.items()), flush=True)
         env = {k: v for k, v in os.environ.items()
-               if k not in ("TRACELAB_REDIS_URL", "TRACELAB_RUN_ID", "TRACELAB_WORKFLOW_NAME",
-                            "TRACELAB_SERVICE_NAME", "TRACELAB_TAGS", "TRACELAB_DISABLED",
-                            "MOCK_FAULTS")}
+               if k not in ("TRACELAB_REDIS_URL", "TRACELAB_STORE", "TRACELAB_RUN_ID",
+                            "TRACELAB_WORKFLOW_NAME", "TRACELAB_SERVICE_NAME", "TRACELAB_TAGS",
+                            "TRACELAB_DISABLED", "MOCK_FAULTS")}
         env["TRACELAB_HOME"] = str(home)
         env.update({f"MOCK_{name.upper()}_URL": url for name, url in mocks.urls.items()})
         env["PYTHONUNBUFFERED"] = "1"
         print(f"TraceLab demo: recording {args.runs} runs of the sample refund agent "
-              f"({agent})", flush=True)
+              f"({agent}) into the demo's own home {home}", flush=True)
         code = subprocess.call([sys.executable, str(agent), "--runs", str(args.runs),
                                 "--base-port", str(args.mocks_base_port or 9100)], env=env)
         if code != 0:
@@ -149,8 +164,9 @@ def run(args: argparse.Namespace) -> int:
             return 1
         if args.no_serve:
             print(f"\nLook at them: `TRACELAB_HOME={home} tracelab serve`, then "
-                  f"http://127.0.0.1:3000 ; in Jupyter: open {NOTEBOOK}, or "
-                  f"`import tracelab as tl; tl.executions({WORKFLOW!r})`", flush=True)
+                  f"http://127.0.0.1:3000 ; in Jupyter (`TRACELAB_HOME={home} jupyter lab`): "
+                  f"`import tracelab as tl; tl.executions({WORKFLOW!r})`; the notebook tour: "
+                  f"{NOTEBOOK}", flush=True)
             return 0
         return _serve(args, home, mocks.urls)
     finally:
@@ -161,7 +177,7 @@ def _serve(args: argparse.Namespace, home: Path, mock_urls: dict[str, str]) -> i
     from tracelab.cli.serve import serve
 
     serve_args = argparse.Namespace(host=args.host, port=args.port, ui_port=args.ui_port,
-                                    no_ui=False, token=None, store=None,
+                                    no_ui=False, token=None, store=str(home / "store"),
                                     log_level=args.log_level)
     shown = f"[{args.host}]" if ":" in args.host else args.host
 
