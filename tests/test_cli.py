@@ -37,3 +37,10 @@ def test_unknown_command_is_one_clear_error() -> None:
 def test_no_command_prints_help_and_fails() -> None:
     done = _run()
     assert done.returncode == 2 and "usage: tracelab" in done.stdout
+
+
+def test_python_dash_m_tracelab_cli_is_the_same_entry_point() -> None:
+    """`python -m tracelab.cli` (what the tests and docker images run) works like the script."""
+    done = subprocess.run([sys.executable, "-m", "tracelab.cli", "--version"],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, f"tracelab {tracelab.__version__}")
