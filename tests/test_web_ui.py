@@ -213,3 +213,53 @@ def test_unknown_execution_and_diff_page(site, watched):
     page.goto(site["base"] + "/diff/run-ok/run-err")
     page.get_by_text("GET /status/402").first.wait_for()
     assert "added" in page.locator("table.diff").inner_text()
+
+
+@pytest.fixture(scope="module")
+def odd_site(tmp_path_factory) -> Iterator[str]:
+    """A second server over a store whose workflow names and run ids hold `/`, `%`, CJK."""
+    from api_serve import clean_env, seed_store
+
+    build_ui()
+    home = tmp_path_factory.mktemp("ui-odd") / "home"
+    seed_store(home)
+    api_port, ui_port = free_port(), free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("tracelab")), "serve",
+                             "--port", str(api_port), "--ui-port", str(ui_port)],
+                            cwd=ROOT, env=clean_env(home), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{ui_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, "tracelab serve exited"
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "tracelab serve did not answer"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("workflow,run_id", [("pay/ments", "pay/run/2"),
+                                             ("日本語ワークフロー 🚀", "run 🚀 2"),
+                                             ("a b%c=d.e", "100%")])
+def test_links_encode_ids_with_slash_percent_and_non_ascii(odd_site, watched, workflow, run_id):
+    page = watched.page
+    page.goto(odd_site + "/")
+    page.get_by_role("link", name=workflow, exact=True).click()
+    page.get_by_role("link", name=run_id, exact=True).click()
+    page.get_by_role("link", name=workflow, exact=True).wait_for()  # the breadcrumb
+    page.wait_for_selector("canvas.gantt-canvas[data-drawn-steps='3']")
+    page.goto(page.url)  # the same page as a deep link (the prefetch path in main.tsx)
+    page.get_by_role("link", name=workflow, exact=True).wait_for()
+    page.wait_for_selector("canvas.gantt-canvas[data-drawn-steps='3']")
