@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import requests
 from conftest import RedisServer, read_events
 
@@ -106,3 +108,22 @@ def test_an_over_cap_json_body_is_redacted_before_it_is_cut(small_cap: RedisServ
     assert len(body["data"].encode()) <= 1024
     assert body["data"].startswith('{"password":"[REDACTED]","pad":"ppp')
     assert b"hunter2" not in raw
+
+
+PIECES = ["sk_live_", "rk_test_", "sk-", "sk-ant-", "sk-proj-", "ghp_", "gho_", "ghs_",
+          "github_pat_", "glpat-", "xoxb-", "xoxp-", "AKIA", "ASIA", "AIza", "SG.", "eyJ", ".eyJ",
+          "hf_", "npm_", "whsec_", "Bearer ", "basic\t", "-----BEGIN RSA PRIVATE KEY-----",
+          "https://", "ada:", "@", "hooks.slack.com/services/", "0123456789", "ABCDEFGHIJ",
+          "abcdefghij", "_", "-", ".", " ", "\n", "é"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=14))
+def test_the_pre_check_never_skips_a_text_a_rule_matches(pieces: list[str]) -> None:
+    """`may_have_shapes` lets text skip the full rules: it must say yes whenever they match."""
+    from tracelab.sdk.redaction import SHAPES, may_have_shapes, may_hold_shapes
+
+    text = "".join(pieces)
+    if SHAPES.search(text):
+        assert may_have_shapes(text), text
+        assert may_hold_shapes(text.encode()), text

@@ -9,8 +9,8 @@ Two kinds of rules, applied everywhere a request, response or traced value can c
 - by *shape*: credential formats that secret scanners (gitleaks, detect-secrets) recognise on
   sight — `sk_live_…`, `AKIA…`, `ghp_…`, JWTs, private key blocks, `user:password@` in URLs —
   are replaced wherever they turn up, whatever the name next to them. `SHAPE_RULES` is the one
-  definition; `tracelab scan` uses it too. A cheap literal pre-check (`_SHAPE_HINT`) keeps text
-  without any credential-looking prefix off the full expression.
+  definition; `tracelab scan` uses it too. A cheap pre-check (`_SHAPE_HINT_PATTERN`) keeps
+  text without any credential-looking prefix off the full expression.
 
 The marker is a constant, never a hash: a hash of a short secret can be brute-forced, and a
 constant keeps recordings comparable. spec/redaction/ holds the examples every producer (this
@@ -71,7 +71,7 @@ SHAPE_RULES: tuple[tuple[str, str], ...] = (
                     r"-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----|[\s\S]*\Z)"),
     ("url-userinfo", r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:\"'<>]*:"
                      r"([^\s/?#@\"'<>]+)@"),
-    ("bearer", r"(?<![A-Za-z0-9])(?:[Bb]earer|BEARER|[Bb]asic|BASIC)\s+"
+    ("bearer", r"(?<![A-Za-z0-9])(?:[Bb]earer|BEARER|[Bb]asic|BASIC)[ \t]+"
                r"(?=[A-Za-z]*[0-9_.~+/=-])(" + _TOKEN + r"{6,})"),
     ("jwt", r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
     ("aws-access-key-id", r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}"
@@ -91,14 +91,18 @@ SHAPE_RULES: tuple[tuple[str, str], ...] = (
     ("npm-token", r"(?<![A-Za-z0-9_])npm_[A-Za-z0-9]{36,}"),
 )
 # What every rule above needs to find in the text (a superset: a hit only means "look closer").
-_SHAPE_HINT_PATTERN = (r"PRIVATE KEY|://[^\s/\"]*@|[Bb]earer|BEARER|[Bb]asic|BASIC|eyJ|A[KS]IA|"
-                       r"ABIA|ACCA|A3T|_live_|_test_|_prod_|whsec_|sk-|gh[pousr]_|github_pat_|"
-                       r"glpat-|xox|hooks\.slack|AIza|SG\.|hf_|npm_")
+# Each alternative starts with a literal character, mostly a rare one (`_ - . A B`), so `re`
+# skips every other position in C; URL userinfo needs `://`, checked apart.
+_SHAPE_HINT_PATTERN = (
+    r"_(?:live_|test_|prod_|pat_)|_(?<=gh[pousr]_)|_(?<=hf_)|_(?<=npm_)|_(?<=whsec_)"
+    r"|-----BEGIN|-(?<=sk-)|-(?<=glpat-)|-(?<=xox[abpors]-)|\.eyJ|\.slack\.com/|\.(?<=SG\.)"
+    r"|A(?:KIA|SIA|BIA|CCA|3T|Iza)|Bearer|bearer|BEARER|Basic|basic|BASIC")
+_USERINFO_HINT_PATTERN = r"://[^\s/\"]*@"
 # A credential prefix at the very end of a cut text: the rest of the value was cut off.
 _TAIL_RULES = re.compile(
     r"(?:(?<![A-Za-z0-9_-])(?:AKIA|ASIA|ABIA|ACCA|(?:sk|rk)_(?:live|test|prod)_|whsec_|sk-|"
     r"gh[pousr]_|github_pat_|glpat-|xox[abpors]-|AIza|SG\.|eyJ|hf_|npm_)" + _TOKEN + r"*"
-    r"|(?<![A-Za-z0-9])(?:[Bb]earer|BEARER|[Bb]asic|BASIC)\s+(" + _TOKEN + r"+)"
+    r"|(?<![A-Za-z0-9])(?:[Bb]earer|BEARER|[Bb]asic|BASIC)[ \t]+(" + _TOKEN + r"+)"
     r"|[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:\"'<>]*:([^\s/?#@\"'<>]+))\Z")
 
 
@@ -117,13 +121,27 @@ def _compile_shapes() -> tuple[re.Pattern[str], dict[str, tuple[str, int]]]:
 
 
 SHAPES, _SHAPE_GROUPS = _compile_shapes()
-_SHAPE_HINT = re.compile(_SHAPE_HINT_PATTERN)
-_SHAPE_HINT_BYTES = re.compile(_SHAPE_HINT_PATTERN.encode())
+_HINT = re.compile(_SHAPE_HINT_PATTERN).search
+_HINT_BYTES = re.compile(_SHAPE_HINT_PATTERN.encode()).search
+_USERINFO_HINT = re.compile(_USERINFO_HINT_PATTERN).search
+_USERINFO_HINT_BYTES = re.compile(_USERINFO_HINT_PATTERN.encode()).search
+
+
+def may_have_shapes(text: str) -> bool:
+    """False when no credential shape can be in `text` (the cheap pre-check)."""
+    return _HINT(text) is not None or \
+        ("@" in text and "://" in text and _USERINFO_HINT(text) is not None)
+
+
+def may_hold_shapes(raw: bytes) -> bool:
+    """`may_have_shapes` for bytes (a raw body, before it is parsed)."""
+    return _HINT_BYTES(raw) is not None or \
+        (b"@" in raw and b"://" in raw and _USERINFO_HINT_BYTES(raw) is not None)
 
 
 def find_shapes(text: str) -> list[tuple[str, int, int]]:
     """(rule id, start, end) of each secret-shaped part of `text` that is not already redacted."""
-    if not _SHAPE_HINT.search(text):
+    if not may_have_shapes(text):
         return []
     found = []
     for m in SHAPES.finditer(text):
@@ -134,14 +152,9 @@ def find_shapes(text: str) -> list[tuple[str, int, int]]:
     return found
 
 
-def may_hold_shapes(raw: bytes) -> bool:
-    """False when no credential shape can be in `raw` (the cheap literal pre-check)."""
-    return _SHAPE_HINT_BYTES.search(raw) is not None
-
-
 def redact_shapes(text: str, found: set[str] | None = None) -> str:
     """Every secret-shaped part of `text` replaced by the marker."""
-    if not _SHAPE_HINT.search(text):
+    if not may_have_shapes(text):
         return text
 
     def replace(m: re.Match[str]) -> str:
@@ -226,23 +239,22 @@ class Redactor:
                 if found is not None:
                     remember_header(found, name, value)
                 value = MARKER
-            else:
-                if content_type is None and len(name) == 12 and name.lower() == "content-type":
-                    content_type = value
-                if _SHAPE_HINT.search(value):
-                    value = redact_shapes(value, found)
+            elif content_type is None and len(name) == 12 and name.lower() == "content-type":
+                content_type = value
             if unique:
                 out[name] = value
             else:
                 previous = out.get(name)
                 out[name] = value if previous is None else f"{previous}, {value}"
+        if may_have_shapes("\n".join(out.values())):  # one check for all values
+            for name, value in out.items():
+                out[name] = redact_shapes(value, found)
         return out, content_type
 
     # -- URLs and form bodies -------------------------------------------------------------
     def url(self, url: str, found: set[str] | None = None) -> str:
         """Redacts secret query parameters, the password of `user:password@host` and shapes."""
-        if _SHAPE_HINT.search(url):
-            url = redact_shapes(url, found)
+        url = redact_shapes(url, found)
         if "?" not in url and "@" not in url:
             return url
         base, sep, query = url.partition("?")
@@ -261,8 +273,7 @@ class Redactor:
 
     def form(self, text: str, found: set[str] | None = None) -> str:
         """`a=1&password=x` -> `a=1&password=[REDACTED]`, keeping the original encoding."""
-        if _SHAPE_HINT.search(text):
-            text = redact_shapes(text, found)
+        text = redact_shapes(text, found)
         parts = text.split("&")
         changed = False
         for i, part in enumerate(parts):
