@@ -268,12 +268,13 @@ class Redactor:
                 netloc = f"{userinfo.partition(':')[0]}:{MARKER}@{hostport}"
             base = f"{scheme}://{netloc}{slash}{path}"
         if sep:
-            query = self.form(query, found)
+            query = self.form(query, found, shapes=False)  # shapes: done for the whole URL
         return f"{base}{sep}{query}{hash_sep}{fragment}"
 
-    def form(self, text: str, found: set[str] | None = None) -> str:
+    def form(self, text: str, found: set[str] | None = None, shapes: bool = True) -> str:
         """`a=1&password=x` -> `a=1&password=[REDACTED]`, keeping the original encoding."""
-        text = redact_shapes(text, found)
+        if shapes:
+            text = redact_shapes(text, found)
         parts = text.split("&")
         changed = False
         for i, part in enumerate(parts):
