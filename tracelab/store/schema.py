@@ -51,8 +51,8 @@ PAYLOAD_COLUMNS = ("request", "response")
 PARTITION_COLUMNS = ("workflow", "date")
 LIGHT_COLUMNS = tuple(n for n in EVENT_SCHEMA.names if n not in PAYLOAD_COLUMNS)
 # Dictionary encoding pays off only for columns with few distinct values.
-DICTIONARY_COLUMNS = ["workflow_name", "run_id", "status", "service", "source", "kind", "target", "endpoint",
-                      "error_type", "tags", "host", "sdk_version"]
+DICTIONARY_COLUMNS = ["workflow_name", "run_id", "status", "service", "source", "kind",
+                      "target", "endpoint", "error_type", "tags", "host", "sdk_version"]
 
 CONTRACT_FIELDS = frozenset({
     "event_id", "schema", "workflow", "run_id", "service", "source", "kind", "target",
