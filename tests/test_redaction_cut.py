@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,3 +60,14 @@ def test_a_secret_member_cut_anywhere_leaves_nothing(value: str, name: str, pad:
                  Redactor().cut(body[:cap])):
         text = kept["data"] if isinstance(kept, dict) and "$tracelab" in kept else json.dumps(kept)
         assert [p for p in pieces if p in text] == [], text
+
+
+@pytest.mark.timeout(30)
+def test_cutting_a_long_run_of_letters_stays_linear():
+    """A kept prefix that ends inside a long base64/hex/filler value (a raised cap) must not
+    cost the traced call seconds: the URL tail rule once retried at every letter of the run,
+    scanning to its end each time (quadratic: ~1 s for 32k letters, minutes for 400k)."""
+    text = '{"pad": "' + "y" * 400_000
+    assert Redactor().cut(text) == text
+    secret_tail = "x " + "y" * 400_000 + " https://ada:hunter2"
+    assert Redactor().cut(secret_tail).endswith("https://ada:[REDACTED]")

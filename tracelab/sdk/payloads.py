@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from tracelab.events import MAX_NESTING_DEPTH, nests_within
 from tracelab.sdk.redaction import Redactor, may_hold_shapes, redact_shapes
 
 _JSON_START = frozenset(b"{[")
@@ -26,6 +27,12 @@ _MAX_VALUE_DEPTH = 12
 _WALK_ALWAYS_BYTES = 2048
 _WALK_ALWAYS_BRACKETS = 200  # Redactor.value's depth limit
 _MAX_ITEMS = 200
+# How deep a body may nest: the event is level 1, `request`/`response` level 2, so a body has
+# `MAX_NESTING_DEPTH - 2` levels; two more are left for producers that wrap bodies (the
+# proxy's WebSocket messages). Deeper parts become markers, or every validator downstream
+# (ingester, spool fold) would dead-letter the whole event.
+BODY_MAX_DEPTH = MAX_NESTING_DEPTH - 4
+_DEEPER_THAN_BODY_MAX = b"\n" + b"  " * BODY_MAX_DEPTH
 # An over-cap JSON body up to this size is parsed, redacted, then cut; a larger one is cut as
 # text (parsing megabytes for a 64 KiB excerpt would cost the traced call too much).
 _PARSE_OVER_CAP_BYTES = 4 * 1024 * 1024
@@ -86,7 +93,7 @@ def encode_body(data: Any, content_type: str | None, redactor: Redactor, cap: in
         except orjson.JSONDecodeError:
             pass
         else:
-            parsed = _redact_json(parsed, raw, redactor, found)
+            parsed = _redact_json(_within_depth(parsed, raw), raw, redactor, found)
             if size <= cap:
                 return parsed
             return _cut_json(parsed, size, redactor, cap, found) or \
@@ -120,6 +127,38 @@ def _redact_json(parsed: Any, raw: bytes, redactor: Redactor, found: set[str] | 
     if may_hold_shapes(raw) or b"\\u" in raw:  # an escape can hide a shape from the bytes
         parsed = redactor.shapes_in(parsed, found)
     return parsed
+
+
+def _within_depth(parsed: Any, raw: bytes) -> Any:
+    """`parsed` with whatever nests deeper than `BODY_MAX_DEPTH` replaced by a marker.
+
+    Cheap for ordinary bodies: a body with fewer brackets than the limit cannot be too deep,
+    and for the rest orjson's indented output (C speed) shows the depth: a line indented by
+    `2 * BODY_MAX_DEPTH` spaces exists only under a non-empty container that deep.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= BODY_MAX_DEPTH:
+        return parsed
+    try:
+        indented = orjson.dumps(parsed, option=orjson.OPT_INDENT_2)
+    except orjson.JSONEncodeError:  # deeper than orjson's own limit (254)
+        return _limit_depth(parsed, BODY_MAX_DEPTH)
+    if _DEEPER_THAN_BODY_MAX not in indented:
+        return parsed
+    return _limit_depth(parsed, BODY_MAX_DEPTH)
+
+
+def _limit_depth(value: Any, room: int) -> Any:
+    """`value` fitted into `room` levels; a container that does not fit becomes a marker."""
+    if not isinstance(value, (dict, list)):
+        return value
+    if room <= 1:
+        if nests_within(value, 1):
+            return value
+        return not_captured(f"nested deeper than {BODY_MAX_DEPTH} levels (the contract allows "
+                            f"{MAX_NESTING_DEPTH} for the whole event)")
+    if isinstance(value, dict):
+        return {key: _limit_depth(member, room - 1) for key, member in value.items()}
+    return [_limit_depth(member, room - 1) for member in value]
 
 
 def _head(raw: bytes, limit: int) -> str | None:

@@ -103,7 +103,10 @@ _TAIL_RULES = re.compile(
     r"(?:(?<![A-Za-z0-9_-])(?:AKIA|ASIA|ABIA|ACCA|(?:sk|rk)_(?:live|test|prod)_|whsec_|sk-|"
     r"gh[pousr]_|github_pat_|glpat-|xox[abpors]-|AIza|SG\.|eyJ|hf_|npm_)" + _TOKEN + r"*"
     r"|(?<![A-Za-z0-9])(?:[Bb]earer|BEARER|[Bb]asic|BASIC)[ \t]+(" + _TOKEN + r"+)"
-    r"|[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:\"'<>]*:([^\s/?#@\"'<>]+))\Z")
+    # The lookbehind (as in `url-userinfo`) keeps the search linear: without it the URL
+    # alternative is tried at every position of a long run of letters, each try scanning to
+    # the end of the run.
+    r"|(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:\"'<>]*:([^\s/?#@\"'<>]+))\Z")
 
 
 def _compile_shapes() -> tuple[re.Pattern[str], dict[str, tuple[str, int]]]:
