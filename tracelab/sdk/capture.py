@@ -49,7 +49,6 @@ LLM_BODY_FIELDS = ("messages", "input", "prompt")
 _TRUNCATED_MODEL = re.compile(r'"model":"')
 _TRUNCATED_FIELDS = re.compile(r'"(?:messages|input|prompt)":')
 _PID = [os.getpid()]
-_MAX_TAGS, _MAX_KEY, _MAX_VALUE = 64, 128, 1024
 
 
 def _refresh_pid() -> None:
@@ -65,17 +64,6 @@ def error_info(exc: BaseException) -> dict[str, str]:
     except Exception:
         message = "<str() of the exception failed>"
     return {"type": type(exc).__qualname__, "message": message[:4000]}
-
-
-def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
-    """Tags that fit the contract: strings, at most 64, keys <= 128 and values <= 1024 chars."""
-    out: dict[str, str] = {}
-    for key, value in tags.items():
-        if len(out) >= _MAX_TAGS:
-            break
-        key = str(key)[:_MAX_KEY] or "_"
-        out[key] = (value if isinstance(value, str) else str(value))[:_MAX_VALUE]
-    return out
 
 
 def build_event(

@@ -14,7 +14,7 @@ from typing import Any
 
 from tracelab.events import (MAX_EVENT_BYTES, MAX_NESTING_DEPTH, OPTIONAL_FIELDS,
                              REQUIRED_FIELDS, nests_within)
-from tracelab.sdk.capture import clean_tags
+from tracelab.config import normalize_tags
 from tracelab.sdk.payloads import not_captured, truncated
 
 PREVIEW_CHARS = 1024       # what a shrunk part keeps of its JSON text
@@ -29,7 +29,7 @@ def fit_event(event: dict[str, Any], dumps: Dumps) -> tuple[dict[str, Any], byte
     JSON; None only if even the bare event (every part a marker) does not fit."""
     out = dict(event)
     if isinstance(out.get("tags"), dict):
-        out["tags"] = clean_tags(out["tags"])
+        out["tags"] = normalize_tags(out["tags"], origin="tags", strict=False)
     error = out.get("error")
     if isinstance(error, dict) and isinstance(error.get("message"), str) \
             and len(error["message"]) > MAX_ERROR_CHARS:
