@@ -1,0 +1,1 @@
+"""Record & replay: re-run a command with its outbound calls answered from a recording."""
