@@ -3,6 +3,7 @@ embedded mode); `make install` and `make test` still install everything. Read fr
 dry run (`make -n`), which prints every command the goal would run, runs none."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,8 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def dry_run(goal: str) -> str:
     make = shutil.which("make")
     assert make is not None, "make is not installed"
-    done = subprocess.run([make, "-n", goal], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    # Run as a top-level make even under `make test`: no inherited MAKEFLAGS/MAKELEVEL, which
+    # would add "Entering directory" lines and the parent's flags.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    done = subprocess.run([make, "--no-print-directory", "-n", goal], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
