@@ -42,6 +42,7 @@ class ProxySettings:
     ssl_insecure: bool = False
     upstream_ca: Path | None = None
     confdir: Path | None = None  # default: $TRACELAB_HOME/proxy
+    extra_options: tuple[tuple[str, object], ...] = ()  # more mitmproxy options (replay mode)
 
     @property
     def ca_dir(self) -> Path:
@@ -116,7 +117,7 @@ async def serve(settings: ProxySettings, addon: object) -> None:
     opts = Options(**mitmproxy_options(settings))  # type: ignore[arg-type]
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     # Warnings and errors only: mitmproxy logs every streamed response at info level.
-    master.options.update(termlog_verbosity="warn")
+    master.options.update(termlog_verbosity="warn", **dict(settings.extra_options))
     master.addons.add(addon)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

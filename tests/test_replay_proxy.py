@@ -1,0 +1,199 @@
+"""The replay proxy (`python -m tracelab.proxy.replay`) on its own: real mitmproxy in a
+subprocess, real clients, upstreams that are not running (a closed loopback port)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import requests
+
+from tests.conftest import LoopbackHTTP, free_port
+from tests.event_factory import make_event
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = "rec-run-1"
+
+
+def http_event(method: str, url: str, status: int, body: Any, *, seq: int,
+               request_body: Any = None, content_type: str = "application/json",
+               **extra: Any) -> dict[str, Any]:
+    path = "/" + url.split("://", 1)[1].split("/", 1)[1].split("?")[0]
+    event = make_event("shop", RUN, seq=seq, target=url.split("://", 1)[1].split("/")[0],
+                       endpoint=f"{method} {path}", status_code=status,
+                       request={"method": method, "url": url, "headers": {},
+                                "body": request_body},
+                       response={"status_code": status,
+                                 "headers": {"Content-Type": content_type,
+                                             "Content-Length": "999"},
+                                 "body": body}, tags={}, **extra)
+    return event
+
+
+class ReplayProxy:
+    """The replay proxy as `tracelab replay` starts it."""
+
+    def __init__(self, home: Path, recording: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.report = recording.with_suffix(".report")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("TRACELAB_") and k.lower() not in
+               ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+        env.update(TRACELAB_HOME=str(home), TRACELAB_WORKFLOW_NAME="shop",
+                   PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH")))),
+                   TRACELAB_RUN_ID="replayed-1", TRACELAB_TAGS='{"replay_of": "rec-run-1"}')
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tracelab.proxy.replay", "--recording", str(recording),
+             "--port", str(self.port), "--report", str(self.report), *args],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"replay proxy exited: {self.proc.stdout.read()!r}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.03)
+        raise AssertionError("the replay proxy did not listen within 20 s")
+
+    def session(self, ca: Path | None = None) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False
+        session.proxies = {"http": self.url, "https": self.url}
+        if ca is not None:
+            session.verify = str(ca)
+        return session
+
+    def stop(self) -> list[dict[str, Any]]:
+        """Stop it as the runner does (SIGTERM) and return its report lines."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        assert self.proc.returncode == 0, self.proc.stdout.read()
+        return [orjson.loads(line) for line in self.report.read_bytes().splitlines()]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def start(home: Path, tmp_path: Path) -> Iterator[Any]:
+    started: list[ReplayProxy] = []
+
+    def go(events: list[dict[str, Any]], *args: str) -> ReplayProxy:
+        path = tmp_path / f"recording{len(started)}.jsonl"
+        path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+        started.append(ReplayProxy(home, path, *args))
+        return started[-1]
+
+    yield go
+    for proxy in started:
+        if proxy.proc.poll() is None:
+            proxy.proc.kill()
+            proxy.proc.wait()
+
+
+def closed_port() -> int:
+    return free_port()  # nothing listens there: any forwarded request would be refused
+
+
+def test_hits_misses_https_streams_and_the_report(home: Path, start: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    port = closed_port()
+    base = f"http://127.0.0.1:{port}"
+    sse = http_event("GET", f"{base}/events", 200, "data: one\n\ndata: two\n\n", seq=3,
+                     content_type="text/event-stream")
+    sse["response"]["chunks"] = [{"t": 1.0, "data": "data: one\n\n"},
+                                 {"t": 5.0, "data": "data: two\n\n"}]
+    events = [
+        http_event("POST", f"{base}/v1/charges", 200, {"id": "ch_1"}, seq=0,
+                   request_body={"amount": 100, "currency": "eur"}),
+        http_event("POST", f"{base}/v1/charges", 200, {"id": "ch_2"}, seq=1,
+                   request_body={"amount": 100, "currency": "eur"}),
+        http_event("GET", "https://api.example.invalid/v1/me", 200, {"user": "ada"}, seq=2),
+        sse,
+        http_event("GET", f"{base}/binary", 200,
+                   {"$tracelab": "binary", "size": 3, "base64": "AAEC"}, seq=4,
+                   content_type="application/octet-stream"),
+        make_event("shop", RUN, seq=5, kind="function", target="agent", endpoint="plan",
+                   request={"args": []}, response=None, tags={}),
+    ]
+    proxy = start(events)
+    ca = home / "proxy" / "mitmproxy-ca-cert.pem"
+    session = proxy.session(ca)
+
+    # Same key twice: answered in recorded order; a third time is a miss, never a repeat.
+    body = {"currency": "eur", "amount": 100}  # key order does not matter
+    assert session.post(f"{base}/v1/charges", json=body).json() == {"id": "ch_1"}
+    assert session.post(f"{base}/v1/charges", json=body).json() == {"id": "ch_2"}
+    third = session.post(f"{base}/v1/charges", json=body)
+    assert third.status_code == 502 and third.headers["X-Tracelab-Replay"] == "miss"
+    assert "POST 127.0.0.1" in third.text and "/v1/charges" in third.text
+
+    # HTTPS to a host that does not exist: the tunnel is never connected upstream.
+    assert session.get("https://api.example.invalid/v1/me").json() == {"user": "ada"}
+
+    # A recorded stream comes back whole, from its chunks; a binary body as its bytes.
+    streamed = session.get(f"{base}/events")
+    assert streamed.text == "data: one\n\ndata: two\n\n"
+    assert streamed.headers["Content-Type"] == "text/event-stream"
+    assert streamed.headers["Content-Length"] == str(len(streamed.content))
+    assert session.get(f"{base}/binary").content == b"\x00\x01\x02"
+
+    # A differing body is a miss naming the JSON path that differs.
+    other = session.post(f"{base}/v1/charges", json={"amount": 250, "currency": "eur"})
+    assert other.status_code == 502 and "amount" in other.text
+
+    reports = proxy.stop()
+    assert len(reports) == 1
+    report = reports[0]
+    assert report["source"] == "proxy" and report["passthrough"] == []
+    assert report["hits"] == [events[i]["event_id"] for i in (0, 1, 2, 3, 4)]
+    assert [m["call"] for m in report["misses"]] == [f"POST 127.0.0.1:{port} /v1/charges"] * 2
+
+    # The answered calls are events of the new run, tagged with their outcome.
+    monkeypatch.setenv("TRACELAB_HOME", str(home))
+    from tracelab.store import query
+
+    frame = query.execution_events("replayed-1", "shop")
+    outcomes = sorted(orjson.loads(t)["replay"] if isinstance(t, str) else t["replay"]
+                      for t in frame["tags"])
+    assert outcomes == ["hit"] * 5 + ["miss"] * 2
+    assert set(frame["source"]) == {"proxy"}
+
+
+def test_passthrough_forwards_and_records(home: Path, start: Any,
+                                          loopback_http: LoopbackHTTP) -> None:
+    proxy = start([http_event("GET", f"{loopback_http.url}/recorded", 200, {"ok": 1}, seq=0)],
+                  "--on-miss", "passthrough")
+    session = proxy.session()
+    assert session.get(f"{loopback_http.url}/recorded").json() == {"ok": 1}
+    live = session.get(f"{loopback_http.url}/echo?live=1")
+    assert live.status_code == 200 and live.json()["path"] == "/echo?live=1"
+    assert [seen[1] for seen in loopback_http.requests_seen] == ["/echo?live=1"]
+    (report,) = proxy.stop()
+    assert report["passthrough"] == [f"GET 127.0.0.1:{loopback_http.port} /echo"]
+    assert report["misses"] == [] and len(report["hits"]) == 1
+
+
+def test_a_call_an_sdk_already_handled_is_forwarded_uncounted(home: Path, start: Any,
+                                                              loopback_http: LoopbackHTTP) -> None:
+    proxy = start([])
+    response = proxy.session().get(f"{loopback_http.url}/echo",
+                                   headers={"X-Tracelab-Replay-Handled": "sdk-py"})
+    assert response.status_code == 200
+    assert "X-Tracelab-Replay-Handled" not in loopback_http.requests_seen[0][2]
+    (report,) = proxy.stop()
+    assert report["hits"] == [] and report["misses"] == [] and report["passthrough"] == []

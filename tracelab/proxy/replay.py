@@ -1,0 +1,310 @@
+"""The replay proxy: a mitmproxy addon that answers every request from a recording.
+
+`tracelab replay` starts it (`python -m tracelab.proxy.replay`) for the programs the Python SDK
+cannot answer in-process: curl, a Node program without the SDK, a closed binary. Unlike
+mitmproxy's own server replay, which forwards an unknown request to the real server by
+default, this proxy fails closed: a request the recording does not hold is answered with
+`502`, the header `X-Tracelab-Replay: miss` and the miss explanation (the closest recorded call
+and what differs) as the body, and nothing leaves the machine. `--on-miss passthrough` (or
+`record`) forwards it instead, and the recording addon records it tagged `replay=passthrough`.
+
+Matching is the SDK's: the live request is turned into the stored request shape by
+`tracelab.replay.matching.http_request_view` (same redaction, same body encoding) and handed to
+the one `Matcher`, so the proxy and the SDK agree on what a hit is. Every answered request is
+recorded as an event of the new run (`source: proxy`, tag `replay=hit|miss|passthrough`) by
+the recording addon this class extends, so the replayed execution shows the calls of programs
+without an SDK. At shutdown the addon appends its one report line (`TRACELAB_REPLAY_REPORT`
+protocol) that `tracelab replay` sums into its verdict.
+
+A request carrying `X-Tracelab-Replay-Handled` was already answered or passed through by an SDK
+in the child process (which records it itself): it is forwarded untouched, not recorded and not
+counted, so it is never counted twice.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from tracelab.proxy.addon import TraceLabAddon
+from tracelab.sdk.capture import http_target, llm_tags
+from tracelab.sdk.recorder import Recorder, current
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+    from tracelab.replay.matching import Matcher
+
+SOURCE = "proxy"
+ON_MISS_MODES = ("fail", "passthrough", "record")
+MISS_HEADER = "X-Tracelab-Replay"
+HANDLED_HEADER = "X-Tracelab-Replay-Handled"
+_TAG_KEY = "tracelab.replay"
+# Headers describing the recorded wire form, not the stored (decoded) body we send back.
+_HOP_HEADERS = frozenset(("content-length", "transfer-encoding", "content-encoding",
+                          "connection", "keep-alive"))
+
+
+def body_bytes(body: Any) -> bytes:
+    """A stored body (JSON value, text or `$tracelab` marker) back as the bytes to send."""
+    if body is None:
+        return b""
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, dict) and isinstance(body.get("$tracelab"), str):
+        marker = body["$tracelab"]
+        if marker == "binary":
+            return base64.b64decode(body.get("base64") or "")
+        if marker == "truncated":
+            data = body.get("data") or ""
+            return base64.b64decode(data) if body.get("encoding") == "base64" else \
+                data.encode("utf-8")
+        return b""  # not_captured and other markers: nothing was kept
+    return orjson.dumps(body)
+
+
+def recorded_content(response: dict[str, Any]) -> bytes:
+    """The recorded response body; a recorded stream is its chunks joined in order."""
+    chunks = response.get("chunks")
+    if isinstance(chunks, list) and chunks and all(
+            isinstance(c, dict) and isinstance(c.get("data"), str) for c in chunks):
+        return "".join(c["data"] for c in chunks).encode("utf-8")
+    return body_bytes(response.get("body"))
+
+
+def recorded_headers(response: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    headers = response.get("headers") or {}
+    items = headers.items() if isinstance(headers, dict) else headers
+    fields: list[tuple[bytes, bytes]] = []
+    for name, value in items:
+        if str(name).lower() in _HOP_HEADERS:
+            continue
+        values = value if isinstance(value, list) else [value]
+        fields.extend((str(name).encode("latin-1", "replace"),
+                       str(v).encode("latin-1", "replace")) for v in values)
+    return fields
+
+
+def answerable(event: dict[str, Any]) -> bool:
+    """An HTTP call the proxy can answer: a recorded request with a method and a URL."""
+    request = event.get("request")
+    return event.get("kind") in ("http", "llm") and isinstance(request, dict) \
+        and isinstance(request.get("url"), str) and isinstance(request.get("method"), str)
+
+
+def answer(event: dict[str, Any]) -> http.Response:
+    """The recorded response; a call that got none (refused, reset) gets the 502 that
+    mitmproxy answers such a call with, carrying the recorded error."""
+    from mitmproxy import http as mhttp
+
+    response = event.get("response")
+    if isinstance(response, dict) and isinstance(response.get("status_code"), int):
+        return mhttp.Response.make(response["status_code"], recorded_content(response),
+                                   recorded_headers(response))
+    error = event.get("error") if isinstance(event.get("error"), dict) else {}
+    return mhttp.Response.make(
+        502, f"{error.get('type', 'Error')}: {error.get('message', 'no response')}\n".encode(),
+        {"Content-Type": "text/plain; charset=utf-8", MISS_HEADER: "recorded-error"})
+
+
+class _Tagged:
+    """The recorder, with tags added to each event it submits (the `replay` outcome)."""
+
+    def __init__(self, rec: Recorder, tags: dict[str, str]) -> None:
+        self._rec = rec
+        self._tags = tags
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rec, name)
+
+    def submit(self, event: dict[str, Any], origin: str, found: set[str] | None = None) -> None:
+        event["tags"] = {**(event.get("tags") or {}), **self._tags}
+        self._rec.submit(event, origin, found)
+
+
+class ReplayAddon(TraceLabAddon):
+    """Answers requests from a recording through the shared `Matcher`; records the outcomes."""
+
+    def __init__(self, matcher: Matcher, *, on_miss: str = "fail", speed: float = 0.0,
+                 report: Path | None = None) -> None:
+        super().__init__()
+        if on_miss not in ON_MISS_MODES:
+            raise ValueError(f"on_miss must be one of {', '.join(ON_MISS_MODES)}, got {on_miss!r}")
+        self.matcher = matcher
+        self.on_miss = on_miss
+        self.speed = max(0.0, float(speed))
+        self.report = report
+        self.hits: list[str] = []
+        self.misses: list[dict[str, str]] = []
+        self.passthrough: list[str] = []
+        self._lock = threading.Lock()
+        self._reported = False
+
+    # -- answering ------------------------------------------------------------------------------
+    def live_view(self, flow: http.HTTPFlow, rec: Recorder | None) -> dict[str, Any]:
+        """The live request in the stored event shape the matcher keys on."""
+        from tracelab.replay.matching import http_request_view
+        from tracelab.sdk.redaction import Redactor
+
+        request = flow.request
+        redactor = rec.redactor if rec is not None else Redactor(())
+        cap = rec.config.max_body_bytes if rec is not None else 64 * 1024
+        body = request.get_content(strict=False) if request.raw_content else None
+        view = http_request_view(request.method, request.url, request.headers.fields, body,
+                                 request.headers.get("content-type"), redactor, cap)
+        parts = urlsplit(request.url)
+        path = parts.path or "/"
+        kind = "llm" if llm_tags(parts.hostname or "", path, view.get("body"), None) else "http"
+        return {"kind": kind, "target": http_target(parts.scheme, parts.netloc),
+                "endpoint": f"{request.method.upper()} {path}", "request": view}
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        from mitmproxy import http as mhttp
+
+        from tracelab.replay.matching import Hit, describe
+
+        if flow.response is not None or flow.error is not None:
+            return
+        if HANDLED_HEADER in flow.request.headers:
+            del flow.request.headers[HANDLED_HEADER]
+            flow.metadata[_TAG_KEY] = None  # an SDK's call: it records it, we do not
+            return
+        try:
+            live = self.live_view(flow, current())
+            call = describe(live)
+            outcome = self.matcher.take(live)
+        except Exception as exc:  # a bug of ours must never answer as if it were a hit
+            outcome = None
+            call = f"{flow.request.method} {flow.request.pretty_host} {flow.request.path}"
+            message = f"{call}: the replay proxy could not match it ({type(exc).__name__}: {exc})"
+        else:
+            message = getattr(outcome, "message", "")
+        if isinstance(outcome, Hit):
+            event = outcome.event
+            with self._lock:
+                self.hits.append(str(event.get("event_id")))
+            flow.metadata[_TAG_KEY] = "hit"
+            if self.speed > 0:
+                await asyncio.sleep(float(event.get("latency_ms") or 0) / 1000 / self.speed)
+            flow.response = answer(event)
+            flow.is_replay = "response"
+            return
+        if self.on_miss == "fail":
+            with self._lock:
+                self.misses.append({"call": call, "message": message})
+            flow.metadata[_TAG_KEY] = "miss"
+            flow.response = mhttp.Response.make(
+                502, f"tracelab replay: no recorded answer. {message}\n".encode(),
+                {"Content-Type": "text/plain; charset=utf-8", MISS_HEADER: "miss"})
+            flow.is_replay = "response"
+            return
+        with self._lock:
+            self.passthrough.append(call)
+        flow.metadata[_TAG_KEY] = "passthrough"
+
+    # -- recording the outcome ------------------------------------------------------------------
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(_TAG_KEY, "") is None:
+            return
+        super().response(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(_TAG_KEY, "") is None:
+            return
+        super().error(flow)
+
+    def _record_flow(self, rec: Recorder, flow: http.HTTPFlow,
+                     exc: BaseException | None) -> None:
+        outcome = flow.metadata.get(_TAG_KEY) or "passthrough"
+        super()._record_flow(_Tagged(rec, {"replay": outcome}), flow, exc)  # type: ignore[arg-type]
+
+    # -- the report -----------------------------------------------------------------------------
+    def report_line(self) -> dict[str, Any]:
+        with self._lock:
+            return {"source": SOURCE, "pid": os.getpid(), "hits": list(self.hits),
+                    "misses": list(self.misses), "passthrough": list(self.passthrough)}
+
+    def write_report(self) -> None:
+        """Append this process's one line to the report file (once)."""
+        if self.report is None or self._reported:
+            return
+        self._reported = True
+        line = orjson.dumps(self.report_line()) + b"\n"
+        fd = os.open(self.report, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def done(self) -> None:
+        self.write_report()
+
+
+def _json_list(text: str, name: str) -> tuple[str, ...]:
+    value = orjson.loads(text or "[]")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be a JSON list of strings, got {text!r}")
+    return tuple(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tracelab.proxy.replay`: the replay proxy as `tracelab replay` starts it.
+
+    The new run's workflow, run id and tags come from the environment (TRACELAB_WORKFLOW_NAME,
+    TRACELAB_RUN_ID, TRACELAB_TAGS), as for any SDK process.
+    """
+    parser = argparse.ArgumentParser(prog="python -m tracelab.proxy.replay")
+    parser.add_argument("--recording", required=True, type=Path)
+    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--on-miss", choices=ON_MISS_MODES, default="fail")
+    parser.add_argument("--speed", type=float, default=0.0)
+    parser.add_argument("--ignore", default="[]", help="JSON list of ignore rules")
+    parser.add_argument("--headers", default="[]", help="JSON list of header names")
+    parser.add_argument("--report", type=Path)
+    parser.add_argument("--ssl-insecure", action="store_true")
+    args = parser.parse_args(argv)
+
+    import tracelab
+    from tracelab.proxy.runner import ProxySettings, ProxyStartError, default_ca_dir, run_proxy
+    from tracelab.replay.matching import Matcher, MatchOptions, parse_ignore
+    from tracelab.replay.recording import load_recording
+
+    try:
+        recording = load_recording(args.recording)
+        options = MatchOptions(
+            ignore=tuple(parse_ignore(rule) for rule in _json_list(args.ignore, "--ignore")),
+            headers=tuple(h.lower() for h in _json_list(args.headers, "--headers")))
+    except (ValueError, OSError) as exc:
+        print(f"tracelab replay proxy: {exc}", file=sys.stderr)
+        return 2
+    addon = ReplayAddon(Matcher(filter(answerable, recording.events), options), on_miss=args.on_miss,
+                        speed=args.speed, report=args.report)
+    settings = ProxySettings(
+        host=args.host, port=args.port, ssl_insecure=args.ssl_insecure, confdir=default_ca_dir(),
+        # Fail closed means no upstream connection unless a request is forwarded: no eager
+        # connect on CONNECT, no peek at the upstream certificate.
+        extra_options=(("connection_strategy", "lazy"), ("upstream_cert", False)))
+    tracelab.init(service_name=os.environ.get("TRACELAB_SERVICE_NAME") or "proxy")
+    try:
+        run_proxy(settings, addon)
+    except ProxyStartError as exc:
+        print(f"tracelab replay proxy: {exc}", file=sys.stderr)
+        return exc.exit_status
+    finally:
+        addon.write_report()
+        tracelab.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
