@@ -253,19 +253,51 @@ function header(headers: Record<string, string>, name: string): string | null {
   return null;
 }
 
-/** Build and submit one HTTP event. `*BodyNote` marks a body as deliberately not captured. */
-export function recordHttp(rec: Recorder, call: HttpCall): TraceEvent {
+/** The stored shape of an HTTP call's request: what the event holds and the replay key reads. */
+export interface HttpRequestView {
+  kind: "http" | "llm";
+  target: string;
+  endpoint: string;
+  request: Record<string, unknown>;
+  host: string;
+  path: string;
+}
+
+/**
+ * The request of `call` exactly as `recordHttp` stores it (redacted, body encoded and capped),
+ * so a live call under replay is keyed like the recorded one.
+ */
+export function httpRequestView(rec: Recorder, call: HttpCall): HttpRequestView {
   const { config, redactor } = rec;
   const parts = splitUrl(call.url);
   const method = call.method.toUpperCase();
   const reqHeaders = redactor.headers(call.requestHeaders);
+  const reqBody = !config.capturePayloads ? notCaptured("capture_payloads is off")
+    : call.requestBodyNote ? notCaptured(call.requestBodyNote)
+    : encodeAny(call.requestBody, header(reqHeaders, "content-type"), redactor, config.maxBodyBytes);
+  const path = parts.path || "/";
+  const host = hostOf(parts.netloc);
+  return {
+    kind: llmProvider(host, path, reqBody) ? "llm" : "http",
+    target: httpTarget(parts.scheme, parts.netloc),
+    endpoint: `${method} ${path}`,
+    request: { method, url: redactor.url(call.url), headers: reqHeaders, body: reqBody },
+    host,
+    path,
+  };
+}
+
+/**
+ * Build and submit one HTTP event. `*BodyNote` marks a body as deliberately not captured;
+ * `extraTags` (the replay outcome) are merged into the event's tags.
+ */
+export function recordHttp(rec: Recorder, call: HttpCall, extraTags?: Record<string, string> | null,
+  view?: HttpRequestView): TraceEvent {
+  const { config, redactor } = rec;
   const capture = config.capturePayloads;
   const cap = config.maxBodyBytes;
   const off = notCaptured("capture_payloads is off");
-  const reqBody = !capture ? off
-    : call.requestBodyNote ? notCaptured(call.requestBodyNote)
-    : encodeAny(call.requestBody, header(reqHeaders, "content-type"), redactor, cap);
-  const request = { method, url: redactor.url(call.url), headers: reqHeaders, body: reqBody };
+  const { request, host, path, target, endpoint } = view ?? httpRequestView(rec, call);
   let response: Record<string, unknown> | null = null;
   const statusCode = call.statusCode ?? null;
   if (statusCode !== null) {
@@ -275,13 +307,13 @@ export function recordHttp(rec: Recorder, call: HttpCall): TraceEvent {
       : encodeAny(call.responseBody, header(respHeaders, "content-type"), redactor, cap);
     response = { status_code: statusCode, headers: respHeaders, body: respBody };
   }
-  const path = parts.path || "/";
-  const tags = llmTags(hostOf(parts.netloc), path, reqBody, response ? response.body : null);
+  const llm = llmTags(host, path, request.body, response ? response.body : null);
+  const tags = llm || extraTags ? { ...(llm ?? {}), ...(extraTags ?? {}) } : null;
   const failed = call.error !== undefined || (statusCode !== null && statusCode >= 400);
   const event = buildEvent(rec, {
-    kind: tags ? "llm" : "http",
-    target: httpTarget(parts.scheme, parts.netloc),
-    endpoint: `${method} ${path}`,
+    kind: llm ? "llm" : "http",
+    target,
+    endpoint,
     startedAt: call.startedAt,
     latencyMs: call.latencyMs,
     status: failed ? "error" : "ok",

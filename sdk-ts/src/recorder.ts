@@ -16,6 +16,7 @@ import { describeError, SDKStats, type StatsSnapshot } from "./stats.js";
 import { fitEvent } from "./limits.js";
 import { activateIntegrations } from "./integrations/registry.js";
 import { finishPending } from "./integrations/pending.js";
+import { replaySession, startReplayFromEnv } from "./replay/session.js";
 
 export class Recorder {
   readonly redactor: Redactor;
@@ -130,6 +131,11 @@ export function init(options: InitOptions = {}): SDKConfig | null {
     if (previous) void previous.sink.close(config.shutdownTimeoutMs);
   }
   recorder = new Recorder(config, stats, sink);
+  try {
+    startReplayFromEnv();
+  } catch (err) {
+    stats.countError("replay", describeError(err));
+  }
   activateIntegrations(config.integrations, stats);
   installExitHooks();
   return config;
@@ -144,6 +150,7 @@ export async function flush(timeoutMs = 5000): Promise<boolean> {
   if (!rec) return true;
   try {
     finishPending();
+    replaySession()?.writeReport(false);
     return await rec.sink.flush(timeoutMs);
   } catch (err) {
     stats.countError("flush", describeError(err));
@@ -159,6 +166,7 @@ export async function shutdown(timeoutMs?: number): Promise<boolean> {
   const rec = recorder;
   if (!rec) return true;
   finishPending();
+  replaySession()?.writeReport(false);
   recorder = null;
   try {
     return await rec.sink.close(timeoutMs ?? rec.config.shutdownTimeoutMs);

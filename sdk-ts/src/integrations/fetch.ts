@@ -7,11 +7,14 @@
  * consumed and the caller never waits for us. A `text/event-stream` (SSE) response is never
  * read on the caller's behalf: it is recorded at its headers, body marked not captured.
  */
-import { recordHttp } from "../capture.js";
+import { type HttpRequestView, httpRequestView, recordHttp } from "../capture.js";
 import { httpSuppressed } from "../context.js";
 import { Timer } from "../ids.js";
 import { keepBytes } from "../payloads.js";
 import { current, type Recorder } from "../recorder.js";
+import { bodyBytes, chunksOf, chunkStream, headerPairs as responseHeaderPairs, recordReplayed, sleep, streamError } from "../replay/answer.js";
+import { missError, PASSTHROUGH } from "../replay/errors.js";
+import { replaySession, type ReplaySession } from "../replay/session.js";
 import { headerPairs, type HeaderPairs, type PendingBody, readCapped, requestBodyOf } from "./http-common.js";
 
 export const ORIGIN = "fetch";
@@ -19,6 +22,8 @@ const ORIGINAL = Symbol.for("tracelab.fetch.original");
 
 type FetchFn = typeof globalThis.fetch;
 type Wrapped = FetchFn & { [ORIGINAL]?: FetchFn };
+
+type Tags = Record<string, string> | null;
 
 interface Call {
   method: string;
@@ -39,7 +44,7 @@ function describe(input: unknown, init: RequestInit | undefined, cap: number): C
   return { method, url, headers, timer: new Timer(), body: requestBodyOf(input, init, cap) };
 }
 
-async function recordResponse(rec: Recorder, call: Call, response: Response): Promise<void> {
+async function recordResponse(rec: Recorder, call: Call, response: Response, tags: Tags = null): Promise<void> {
   let responseBody: unknown = null;
   let note: string | null = null;
   const contentType = response.headers.get("content-type") ?? "";
@@ -70,10 +75,10 @@ async function recordResponse(rec: Recorder, call: Call, response: Response): Pr
     responseHeaders: Array.from(response.headers.entries()),
     responseBody,
     responseBodyNote: note,
-  }));
+  }, tags));
 }
 
-async function recordFailure(rec: Recorder, call: Call, error: unknown): Promise<void> {
+async function recordFailure(rec: Recorder, call: Call, error: unknown, tags: Tags = null): Promise<void> {
   const latencyMs = call.timer.elapsedMs();
   const requestBody = await call.body.resolve();
   rec.safely(ORIGIN, () => recordHttp(rec, {
@@ -86,13 +91,81 @@ async function recordFailure(rec: Recorder, call: Call, error: unknown): Promise
     startedAt: call.timer.startedAt,
     latencyMs,
     error: error ?? new Error("fetch rejected without a reason"),
-  }));
+  }, tags));
+}
+
+/**
+ * Under replay: answer from the recording, never touching the network. A miss in `fail` mode
+ * rejects like fetch does on a refused connection (`TypeError: fetch failed`, the miss in
+ * `cause`); in `passthrough`/`record` mode the call goes out live, tagged `replay=passthrough`.
+ */
+async function replayFetch(rec: Recorder, session: ReplaySession, live: () => Promise<Response>,
+  input: unknown, init: RequestInit | undefined): Promise<Response> {
+  let call: Call;
+  let view: HttpRequestView;
+  let outcome: ReturnType<ReplaySession["take"]>;
+  const startMs = Date.now();
+  try {
+    call = describe(input, init, rec.config.maxBodyBytes);
+    const body = await call.body.resolve();
+    view = httpRequestView(rec, {
+      origin: ORIGIN, method: call.method, url: call.url, requestHeaders: call.headers,
+      requestBody: body.data, requestBodyNote: body.note, startedAt: call.timer.startedAt, latencyMs: 0,
+    });
+    outcome = session.take({ kind: view.kind, target: view.target, endpoint: view.endpoint, request: view.request });
+  } catch (err) {
+    rec.safely(ORIGIN, () => { throw err; });
+    throw new TypeError("fetch failed", { cause: new Error(`TraceLab replay could not match this call: ${(err as Error)?.message}`) });
+  }
+  if (!outcome.hit && session.onMiss !== "fail") {
+    return live().then(
+      (response) => {
+        recordResponse(rec, call, response, PASSTHROUGH).catch(() => undefined);
+        return response;
+      },
+      (error: unknown) => {
+        recordFailure(rec, call, error, PASSTHROUGH).catch(() => undefined);
+        throw error;
+      },
+    );
+  }
+  if (!outcome.hit) {
+    const error = new TypeError("fetch failed", { cause: missError(outcome.message) });
+    rec.safely(ORIGIN, () => recordHttp(rec, {
+      origin: ORIGIN, method: call.method, url: call.url, requestHeaders: call.headers,
+      startedAt: call.timer.startedAt, latencyMs: call.timer.elapsedMs(), error,
+    }, { replay: "miss" }, view));
+    throw error;
+  }
+  const recorded = outcome.event;
+  const response = isRecord(recorded.response) ? recorded.response : null;
+  const chunks = chunksOf(response);
+  if (!chunks) await sleep(session.delayMs(recorded.latency_ms));
+  rec.safely(ORIGIN, () => recordReplayed(rec, ORIGIN, view, recorded, call.timer.startedAt, call.timer.elapsedMs()));
+  const status = typeof recorded.status_code === "number" ? recorded.status_code : null;
+  if (status === null || response === null) {
+    const recordedError = isRecord(recorded.error) ? recorded.error : { message: "no response was recorded" };
+    throw new TypeError("fetch failed", { cause: new Error(`${String(recordedError.message)} (as recorded)`) });
+  }
+  const noBody = [101, 103, 204, 205, 304].includes(status);
+  const body = noBody ? null
+    : chunks ? chunkStream(chunks, session.speed, startMs, streamError(response))
+    : bodyBytes(response.body);
+  const answer = new Response(body as BodyInit | null, { status, headers: responseHeaderPairs(response) });
+  Object.defineProperty(answer, "url", { value: call.url });
+  return answer;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
 function makeWrapper(fetchImpl: FetchFn): Wrapped {
   const wrapped: Wrapped = function fetch(this: unknown, input: unknown, init?: RequestInit): Promise<Response> {
     const rec = current();
     if (rec === null || httpSuppressed()) return fetchImpl.call(this, input as never, init);
+    const session = replaySession();
+    if (session) return replayFetch(rec, session, () => fetchImpl.call(this, input as never, init), input, init);
     const call = rec.safely(ORIGIN, () => describe(input, init, rec.config.maxBodyBytes));
     const promise = fetchImpl.call(this, input as never, init);
     if (!call) return promise;

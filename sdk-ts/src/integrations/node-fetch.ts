@@ -13,7 +13,14 @@ import http, { type ClientRequest, type IncomingMessage } from "node:http";
 import https from "node:https";
 import { syncBuiltinESMExports } from "node:module";
 import * as zlib from "node:zlib";
-import { recordHttp } from "../capture.js";
+import net from "node:net";
+import type { Duplex } from "node:stream";
+import tls from "node:tls";
+import { httpRequestView, recordHttp } from "../capture.js";
+import { bodyBytes, chunksOf, headerPairs as responseHeaderPairs, recordReplayed, sleep, streamError } from "../replay/answer.js";
+import { missError, PASSTHROUGH } from "../replay/errors.js";
+import { replaySession, type ReplaySession } from "../replay/session.js";
+import { ReplaySocket } from "../replay/socket.js";
 import { httpSuppressed } from "../context.js";
 import { Timer } from "../ids.js";
 import { CapturedBytes, keepBytes } from "../payloads.js";
@@ -102,7 +109,8 @@ function decompress(encoding: string, data: Buffer, maxOutputLength: number): Bu
   }
 }
 
-function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProtocol: string): void {
+function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProtocol: string,
+  tags: Record<string, string> | null = null): { cancel(): void } {
   const timer = new Timer();
   const cap = rec.config.maxBodyBytes;
   const url = requestUrl(args, req, defaultProtocol);
@@ -167,7 +175,7 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
         responseBody,
         responseBodyNote: responseNote,
         error: error === undefined ? undefined : error,
-      });
+      }, tags);
     });
   };
 
@@ -194,9 +202,125 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
       });
     });
   });
+  return {
+    cancel(): void {
+      recorded = true;
+      untrack();
+    },
+  };
 }
 
 const HARD_OUTPUT = 32 * 1024 * 1024;
+
+type OnCreate = (err: Error | null, socket?: Duplex) => void;
+
+/** `args` of `http.request` with a connection we choose once the request has ended. */
+function deferConnection(args: unknown[], connect: (opts: Record<string, unknown>, oncreate: OnCreate) => void): unknown[] {
+  const extra = { agent: undefined, createConnection: (opts: Record<string, unknown>, oncreate: OnCreate) => { connect(opts, oncreate); } };
+  const [first, second, ...rest] = args;
+  if (typeof first === "string" || first instanceof URL) {
+    if (second && typeof second === "object") return [first, { ...(second as object), ...extra }, ...rest];
+    return [first, extra, ...(second === undefined ? [] : [second]), ...rest];
+  }
+  return [{ ...(first as object ?? {}), ...extra }, ...(second === undefined ? [] : [second]), ...rest];
+}
+
+/** A real connection, as the default agent would open it (passthrough of a miss). */
+function liveConnection(opts: Record<string, unknown>, defaultProtocol: string): Duplex {
+  if (defaultProtocol !== "https:") return net.createConnection(opts as unknown as net.NetConnectOpts);
+  const host = String(opts.host ?? opts.hostname ?? "localhost");
+  return tls.connect({ ...opts, servername: (opts.servername as string | undefined) ?? (net.isIP(host) ? undefined : host) } as tls.ConnectionOptions);
+}
+
+/**
+ * Under replay: node-fetch's request gets no connection until it has ended; then its stored
+ * shape is keyed. A hit is played back through an in-memory socket (node-fetch parses it as a
+ * real response); a miss in `fail` mode fails the connection with an ECONNREFUSED-style error,
+ * which node-fetch rejects as its FetchError; in `passthrough`/`record` mode the request goes
+ * out on a real connection and is recorded tagged `replay=passthrough`.
+ */
+function replayRequest(rec: Recorder, session: ReplaySession, send: (args: unknown[]) => ClientRequest,
+  args: unknown[], defaultProtocol: string): ClientRequest {
+  let connection: { opts: Record<string, unknown>; oncreate: OnCreate } | null = null;
+  let ended = false;
+  const connected = (opts: Record<string, unknown>, oncreate: OnCreate) => {
+    connection = { opts, oncreate };
+    if (ended) start();
+  };
+  const req = send(deferConnection(args, connected));
+  const timer = new Timer();
+  const startMs = Date.now();
+  const url = requestUrl(args, req, defaultProtocol);
+  const method = req.method || "GET";
+  const sent = new ByteCollector(keepBytes(rec.config.maxBodyBytes, null));
+  const live = session.onMiss === "fail" ? null : rec.safely(ORIGIN, () => observe(rec, req, args, defaultProtocol, PASSTHROUGH)) ?? null;
+  const origWrite = req.write;
+  const origEnd = req.end;
+  req.write = function (this: ClientRequest, chunk: unknown, ...rest: unknown[]): boolean {
+    const bytes = chunkBytes(chunk, rest[0]);
+    if (bytes) sent.add(bytes);
+    return (origWrite as (...a: unknown[]) => boolean).call(this, chunk, ...rest);
+  } as typeof req.write;
+  req.end = function (this: ClientRequest, chunk?: unknown, ...rest: unknown[]): ClientRequest {
+    if (typeof chunk !== "function") {
+      const bytes = chunkBytes(chunk, rest[0]);
+      if (bytes) sent.add(bytes);
+    }
+    const result = (origEnd as (...a: unknown[]) => ClientRequest).call(this, chunk, ...rest);
+    ended = true;
+    if (connection) start();
+    return result;
+  } as typeof req.end;
+
+  let started = false;
+  const start = () => {
+    if (started || !connection) return;
+    started = true;
+    const { opts, oncreate } = connection;
+    setImmediate(() => {
+      answer(opts, oncreate).catch((err: unknown) => {
+        rec.safely(ORIGIN, () => { throw err; });
+        oncreate(missError(`TraceLab replay could not answer this call: ${(err as Error)?.message}`));
+      });
+    });
+  };
+
+  const answer = async (opts: Record<string, unknown>, oncreate: OnCreate): Promise<void> => {
+    const call = {
+      origin: ORIGIN, method, url, requestHeaders: requestHeaderPairs(req),
+      requestBody: sent.total ? sent.result(true) : null, startedAt: timer.startedAt, latencyMs: 0,
+    };
+    const view = httpRequestView(rec, call);
+    const outcome = session.take({ kind: view.kind, target: view.target, endpoint: view.endpoint, request: view.request });
+    if (!outcome.hit && live) {
+      oncreate(null, liveConnection(opts, defaultProtocol));
+      return;
+    }
+    live?.cancel();
+    if (!outcome.hit) {
+      const error = missError(outcome.message);
+      rec.safely(ORIGIN, () => recordHttp(rec, { ...call, latencyMs: timer.elapsedMs(), error }, { replay: "miss" }, view));
+      oncreate(error);
+      return;
+    }
+    const recorded = outcome.event;
+    const response = recorded.response !== null && typeof recorded.response === "object" ? recorded.response as Record<string, unknown> : null;
+    const chunks = chunksOf(response);
+    if (!chunks) await sleep(session.delayMs(recorded.latency_ms));
+    rec.safely(ORIGIN, () => recordReplayed(rec, ORIGIN, view, recorded, timer.startedAt, timer.elapsedMs()));
+    const status = typeof recorded.status_code === "number" ? recorded.status_code : null;
+    if (status === null || response === null) {
+      const recordedError = recorded.error as { message?: unknown } | null;
+      oncreate(Object.assign(new Error(`${String(recordedError?.message ?? "no response was recorded")} (as recorded)`), { code: "ECONNRESET" }));
+      return;
+    }
+    const socket = new ReplaySocket();
+    oncreate(null, socket);
+    await socket.respond(status, responseHeaderPairs(response), chunks ? null : bodyBytes(response.body),
+      chunks ? { chunks, speed: session.speed, startMs, error: streamError(response) } : null);
+  };
+  return req;
+}
 
 function wrap(module: Module, defaultProtocol: string): void {
   const existing = module.request as Wrapped;
@@ -207,6 +331,8 @@ function wrap(module: Module, defaultProtocol: string): void {
     if (rec === null || httpSuppressed() || !calledFromNodeFetch(wrapped)) {
       return (original as (...a: unknown[]) => ClientRequest).apply(this, args);
     }
+    const session = replaySession();
+    if (session) return replayRequest(rec, session, (a) => (original as (...x: unknown[]) => ClientRequest).apply(this, a), args, defaultProtocol);
     const req = (original as (...a: unknown[]) => ClientRequest).apply(this, args);
     rec.safely(ORIGIN, () => observe(rec, req, args, defaultProtocol));
     return req;

@@ -1,0 +1,173 @@
+// Record & replay: a Node program recorded live against a real loopback server (embedded mode),
+// its spool lines written as a JSONL recording, the server stopped, then the same program run
+// with TRACELAB_REPLAY: answered from the recording, never touching the network.
+import assert from "node:assert/strict";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { assertValid, removeDir, runScript, schemaValidator, spoolEvents, startHttp, tempDir, userProject } from "./helpers.mjs";
+
+// The program under test: its calls depend on env knobs so one recording serves every case.
+const PROGRAM = `
+import { init, flush } from "@tracelab/sdk";
+import nodeFetch from "node-fetch";
+init({ workflowName: "ts-replay", serviceName: "replayer" });
+const base = process.env.TEST_HTTP;
+const out = [];
+async function call(name, fn) {
+  try {
+    const r = await fn();
+    out.push({ name, status: r.status, body: await r.text(), type: r.headers.get("content-type") });
+  } catch (err) {
+    out.push({ name, error: err.name, message: err.message, code: err.code, cause: err.cause ? { message: err.cause.message, code: err.cause.code } : null });
+  }
+}
+await call("items", () => fetch(base + "/items?b=2&a=1"));
+await call("order", () => fetch(base + "/orders", {
+  method: "POST",
+  headers: { "content-type": "application/json", authorization: "Bearer " + (process.env.SECRET || "sk-live-original") },
+  body: JSON.stringify({ items: [{ sku: "A1", qty: Number(process.env.QTY || 2) }], password: process.env.PASSWORD || "hunter2" }),
+}));
+for (let i = 0; i < Number(process.env.PINGS || 2); i++) {
+  await call("ping" + i, () => fetch(base + "/ping", { method: "POST", body: "ping" }));
+}
+await call("node-fetch", () => nodeFetch(base + "/nf", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ n: Number(process.env.NF || 1) }) }));
+await flush(2000);
+console.log(JSON.stringify(out));
+`;
+
+describe("replay from a recording (TRACELAB_REPLAY)", () => {
+  let server, dir, recording, recorded, validate, work;
+  let pings = 0;
+
+  before(async () => {
+    server = await startHttp((req, res, body) => {
+      if (req.url.startsWith("/items")) {
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ items: ["x", "y"], query: req.url }));
+      } else if (req.url === "/orders") {
+        res.writeHead(201, { "content-type": "application/json" });
+        res.end(JSON.stringify({ id: "ord_1", got: JSON.parse(body.toString()).items }));
+      } else if (req.url === "/ping") {
+        pings++;
+        res.writeHead(200, { "content-type": "text/plain" });
+        res.end(`pong ${pings}`);
+      } else {
+        res.writeHead(202, { "content-type": "application/json" });
+        res.end(JSON.stringify({ nf: JSON.parse(body.toString()).n }));
+      }
+    });
+    dir = userProject();
+    work = tempDir("tracelab-replay-");
+    validate = await schemaValidator();
+    const home = join(work, "record-home");
+    const run = await runScript(dir, "program.mjs", PROGRAM, { TRACELAB_HOME: home, TEST_HTTP: server.url, TRACELAB_RUN_ID: "run-original" });
+    assert.equal(run.code, 0, run.stderr);
+    recorded = JSON.parse(run.stdout.trim());
+    const { events } = spoolEvents(home);
+    recording = join(work, "recording.jsonl");
+    writeFileSync(recording, events.map((e) => e.raw).join("\n") + "\n");
+    await server.close();
+    server = null;
+  });
+
+  after(async () => {
+    await server?.close();
+    if (dir) removeDir(dir);
+    if (work) removeDir(work);
+  });
+
+  async function replay(name, env = {}) {
+    const home = join(work, `${name}-home`);
+    const report = join(work, `${name}-report.jsonl`);
+    const run = await runScript(dir, `${name}.mjs`, PROGRAM, {
+      TRACELAB_HOME: home, TEST_HTTP: baseOf(recording), ...env,
+      TRACELAB_REPLAY: recording, TRACELAB_REPLAY_REPORT: report,
+      TRACELAB_RUN_ID: `run-${name}`, TRACELAB_TAGS: JSON.stringify({ replay_of: "run-original" }),
+    });
+    assert.equal(run.code, 0, run.stderr);
+    const reports = readFileSync(report, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    return { out: JSON.parse(run.stdout.trim()), events: spoolEvents(home).events.map((e) => e.event), reports, stderr: run.stderr };
+  }
+
+  it("recorded the live answers", () => {
+    assert.deepEqual(recorded.map((r) => r.status), [200, 201, 200, 200, 202]);
+    assert.equal(recorded[2].body, "pong 1");
+    assert.equal(recorded[3].body, "pong 2");
+  });
+
+  it("answers every call from the recording with the server gone, tagged replay=hit", async () => {
+    const { out, events, reports } = await replay("same", { TEST_HTTP: baseOf(recording) });
+    assert.deepEqual(out.map((r) => [r.name, r.status, r.error]), recorded.map((r) => [r.name, r.status, r.error]));
+    for (let i = 0; i < out.length; i++) {
+      assert.equal(out[i].type, recorded[i].type);
+      if (recorded[i].type === "application/json") assert.deepEqual(JSON.parse(out[i].body), JSON.parse(recorded[i].body));
+      else assert.equal(out[i].body, recorded[i].body);
+    }
+    assert.equal(events.length, 5);
+    for (const event of events) {
+      assertValid(validate, event);
+      assert.equal(event.tags.replay, "hit", event.endpoint);
+      assert.equal(event.tags.replay_of, "run-original");
+      assert.equal(event.run_id, "run-same");
+    }
+    assert.equal(reports.length, 1);
+    const [report] = reports;
+    assert.equal(report.source, "sdk-ts");
+    assert.equal(typeof report.pid, "number");
+    assert.equal(report.hits.length, 5);
+    assert.deepEqual(report.misses, []);
+    assert.deepEqual(report.passthrough, []);
+  });
+
+  it("a changed request body is a miss naming the JSON path, as fetch's own network error", async () => {
+    const { out, events, reports } = await replay("changed", { TEST_HTTP: baseOf(recording), QTY: "3", NF: "7" });
+    const order = out.find((r) => r.name === "order");
+    assert.equal(order.error, "TypeError");
+    assert.equal(order.message, "fetch failed");
+    assert.equal(order.cause.code, "ECONNREFUSED");
+    assert.match(order.cause.message, /POST 127\.0\.0\.1:\d+ \/orders/);
+    assert.match(order.cause.message, /closest recorded call: POST 127\.0\.0\.1:\d+ \/orders/);
+    assert.match(order.cause.message, /body \$\.items\[0\]\.qty: 2 != 3/);
+    const nf = out.find((r) => r.name === "node-fetch");
+    assert.equal(nf.error, "FetchError");
+    assert.equal(nf.code, "ECONNREFUSED");
+    assert.match(nf.message, /body \$\.n: 1 != 7/);
+    assert.equal(out.find((r) => r.name === "items").status, 200);
+    const missed = events.filter((e) => e.tags.replay === "miss").map((e) => e.endpoint).sort();
+    assert.deepEqual(missed, ["POST /nf", "POST /orders"]);
+    assert.deepEqual(reports[0].misses.map((m) => m.call.replace(/:\d+/, ":P")).sort(), ["POST 127.0.0.1:P /nf", "POST 127.0.0.1:P /orders"]);
+    assert.match(reports[0].misses.find((m) => m.call.endsWith("/orders")).message, /\$\.items\[0\]\.qty/);
+  });
+
+  it("a call recorded twice is answered twice, in order, then it is a miss", async () => {
+    const { out, reports } = await replay("repeat", { TEST_HTTP: baseOf(recording), PINGS: "3" });
+    const pings = out.filter((r) => r.name.startsWith("ping"));
+    assert.deepEqual(pings.map((r) => r.body ?? r.message), ["pong 1", "pong 2", "fetch failed"]);
+    assert.match(pings[2].cause.message, /^replay miss: POST 127\.0\.0\.1:\d+ \/ping was recorded 2 time\(s\) and every recorded answer is used/);
+    assert.equal(reports[0].misses.length, 1);
+    assert.match(reports[0].misses[0].message, /recorded 2 time\(s\)/);
+  });
+
+  it("a recording with [REDACTED] matches a live call carrying another secret", async () => {
+    const lines = readFileSync(recording, "utf8");
+    assert.ok(!lines.includes("hunter2") && !lines.includes("sk-live-original"), "the recording holds no secret");
+    assert.ok(lines.includes("[REDACTED]"));
+    const { out, events } = await replay("secret", { TEST_HTTP: baseOf(recording), SECRET: "sk-live-other", PASSWORD: "s3cret!" });
+    assert.equal(out.find((r) => r.name === "order").status, 201);
+    const order = events.find((e) => e.endpoint === "POST /orders");
+    assert.equal(order.tags.replay, "hit");
+    assert.equal(order.request.body.password, "[REDACTED]");
+  });
+});
+
+function recordedUrl(path) {
+  const first = readFileSync(path, "utf8").split("\n").find((l) => l.includes('"url"'));
+  return new URL(JSON.parse(first).request.url);
+}
+function baseOf(path) {
+  return recordedUrl(path).origin;
+}
+function portOf(path) {
+  return recordedUrl(path).port;
+}
