@@ -47,11 +47,12 @@ LLM_IGNORED_FIELDS = frozenset({
 })
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _MAX_SAFE_INTEGER = 2**53 - 1
-_RULE = re.compile(r"\A(body|query|header):(.+)\Z", re.S)
+_RULE = re.compile(r"\A(body|query|header):(.*)\Z", re.S)
 _PATH_TOKEN = re.compile(
     r"\.([^.\[\]]+)|\[(\*|\d+)\]|\['((?:[^'\\]|\\.)*)'\]|\[\"((?:[^\"\\]|\\.)*)\"\]")
 _BOUNDARY_CHARS = r"[0-9A-Za-z'()+_,./:=?-]{1,70}"
-_CLOSING_DELIMITER = re.compile(r"^--(" + _BOUNDARY_CHARS + r")--[ \t]*\r?$", re.M)
+_BOUNDARY = re.compile(_BOUNDARY_CHARS)
+_ALNUM = re.compile(r"[0-9A-Za-z]")
 _BOUNDARY_PARAM = re.compile(r"""boundary\s*=\s*(?:"([^"]{1,70})"|([^\s;,"]{1,70}))""", re.I)
 _MAX_DIFFERENCES = 12
 _MAX_CANDIDATES = 32
@@ -311,24 +312,25 @@ def _header(headers: Mapping[str, Any], name: str) -> str | None:
 
 def _http_body(body: Any, content_type: str | None, rules: _Rules) -> Any:
     """The body's key: null, {"json": v}, {"text": s} or {"form": [[name, value], …]}."""
-    ctype = (content_type or "").lower()
+    ctype = content_type or ""
+    lowered = ctype.lower()
     if body is None:
         canonical: Any = None
-    elif isinstance(body, str) and "x-www-form-urlencoded" in ctype:
+    elif isinstance(body, str) and "x-www-form-urlencoded" in lowered:
         fields = parse_qsl(body, keep_blank_values=True)
         canonical = {"form": sorted([k, v] for k, v in fields)}
     elif isinstance(body, str):
         canonical = {"text": _strip_boundaries(body, ctype)}
-    elif ctype.startswith("multipart/") and isinstance(body, dict):
+    elif lowered.startswith("multipart/") and isinstance(body, dict):
         canonical = {"json": _marker_without_boundaries(body, ctype)}
     else:
         canonical = {"json": body}
     for steps in rules.body:
-        if canonical is None or canonical is _GONE:
-            break
         if not steps:
-            canonical = _GONE
-        elif "form" in canonical:
+            return _GONE
+        if canonical is None:
+            continue
+        if "form" in canonical:
             if len(steps) == 1:
                 name = steps[0]
                 canonical = {"form": [f for f in canonical["form"]
@@ -352,26 +354,45 @@ def _sorted_addresses(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-def _boundaries(text: str, content_type: str) -> list[str]:
-    found = [m.group(1) or m.group(2) for m in _BOUNDARY_PARAM.finditer(content_type)]
-    found += _CLOSING_DELIMITER.findall(text)
-    return sorted(set(found), key=len, reverse=True)
+def _closing_boundaries(text: str) -> list[str]:
+    """Boundaries whose closing delimiter line (`--BOUNDARY--`) is in the text.
+
+    Lines are split at `\n`, one trailing `\r` and trailing spaces/tabs are dropped; a
+    boundary is 1-70 of RFC 2046's characters (no space), at least one a letter or digit.
+    """
+    found = []
+    for line in text.split("\n"):
+        line = line.removesuffix("\r").rstrip(" \t")
+        if len(line) >= 5 and line.startswith("--") and line.endswith("--"):
+            middle = line[2:-2]
+            if _BOUNDARY.fullmatch(middle) and _ALNUM.search(middle):
+                found.append(middle)
+    return found
+
+
+def _without_boundaries(text: str, boundaries: Iterable[str]) -> str:
+    """`--B` -> `--` and `boundary="B"` -> `boundary=""` for each boundary, longest first."""
+    for boundary in sorted(set(boundaries), key=lambda b: (-len(b), b)):
+        text = text.replace("--" + boundary, "--")
+        text = text.replace(f'boundary="{boundary}"', 'boundary=""')
+    return text
+
+
+def _header_boundaries(content_type: str) -> list[str]:
+    return [m.group(1) or m.group(2) for m in _BOUNDARY_PARAM.finditer(content_type)]
 
 
 def _strip_boundaries(text: str, content_type: str) -> str:
-    """Multipart text with its (random) boundaries removed: `--abc123` -> `--`."""
-    if not content_type.startswith("multipart/"):
+    """A multipart text body with its (random) boundaries removed: `--abc123` -> `--`."""
+    if not content_type.lower().startswith("multipart/"):
         return text
-    for boundary in _boundaries(text, content_type):
-        text = text.replace("--" + boundary, "--")
-    return text
+    return _without_boundaries(text, _header_boundaries(content_type) + _closing_boundaries(text))
 
 
 def _email_body(body: Any) -> Any:
     """A mail body (no Content-Type is stored) with MIME boundaries found by their closers."""
     if isinstance(body, str) and "--" in body:
-        for boundary in sorted(set(_CLOSING_DELIMITER.findall(body)), key=len, reverse=True):
-            body = body.replace("--" + boundary, "--")
+        return _without_boundaries(body, _closing_boundaries(body))
     return body
 
 
@@ -380,8 +401,8 @@ def _marker_without_boundaries(marker: dict[str, Any], content_type: str) -> dic
     kind = marker.get("$tracelab")
     if kind == "binary" and isinstance(marker.get("base64"), str):
         raw = base64.b64decode(marker["base64"])
-        for boundary in _boundaries("", content_type):
-            raw = raw.replace(b"--" + boundary.encode("latin-1"), b"--")
+        for boundary in sorted(set(_header_boundaries(content_type)), key=lambda b: (-len(b), b)):
+            raw = raw.replace(b"--" + boundary.encode("utf-8"), b"--")
         return {**marker, "size": len(raw), "base64": base64.b64encode(raw).decode("ascii")}
     if kind == "truncated" and isinstance(marker.get("data"), str):
         if marker.get("encoding") == "text":
