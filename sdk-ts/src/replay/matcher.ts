@@ -1,92 +1,116 @@
 /**
- * Answering live calls from recorded ones: a queue per key, in recorded order, so a call asked
- * more often than it was recorded is a miss (never a silent repeat), and calls to different
- * endpoints may arrive in any order. Lookup is a Map get, whatever the recording's size.
+ * Answering live calls from recorded ones (the Python `Matcher`, ported): a queue per key in
+ * recorded order, so a call asked more often than it was recorded is a miss (never a silent
+ * repeat) and calls to different endpoints may arrive in any order. A lookup is one Map get,
+ * whatever the recording's size; only a miss looks for the closest recorded call.
  */
-import { type MatchOptions, DEFAULT_OPTIONS, keyParts, canonicalJson, partDifferences } from "./matching.js";
+import {
+  canonicalJson, DEFAULT_OPTIONS, describe, differences, keyParts, locator, type MatchOptions, site,
+} from "./matching.js";
 
 export type RecordedEvent = Record<string, unknown>;
 
 export interface Hit { hit: true; event: RecordedEvent }
 export interface Miss { hit: false; message: string; closest: RecordedEvent | null; differences: string[] }
 
-/** `POST api.stripe.com /v1/charges` (or `email sendgrid mail.send`). */
-export function describeCall(event: RecordedEvent): string {
-  const endpoint = String(event.endpoint ?? "");
-  const space = endpoint.indexOf(" ");
-  if ((event.kind === "http" || event.kind === "llm") && space > 0) {
-    return `${endpoint.slice(0, space)} ${String(event.target ?? "")} ${endpoint.slice(space + 1)}`;
-  }
-  return `${String(event.kind ?? "")} ${String(event.target ?? "")} ${endpoint}`;
+const MAX_DIFFERENCES = 12;
+const MAX_CANDIDATES = 32;
+
+/** Events answered from a recording: calls that left the process, not spans. */
+export function replayable(event: RecordedEvent): boolean {
+  return ["http", "llm", "email", "sms"].includes(String(event.kind)) && event.request !== null && typeof event.request === "object";
 }
 
-/** Only events that went out of the process are answered: calls, not spans or custom hooks. */
-export function replayable(event: RecordedEvent): boolean {
-  return ["http", "llm", "email", "sms"].includes(String(event.kind)) && event.request !== null;
+function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
+  const list = map.get(key);
+  if (list) list.push(value);
+  else map.set(key, [value]);
 }
 
 export class Matcher {
-  private readonly queues = new Map<string, RecordedEvent[]>();
-  private readonly parts = new Map<RecordedEvent, Record<string, unknown>>();
-  private readonly all: RecordedEvent[] = [];
+  private readonly events: RecordedEvent[] = [];
+  private readonly parts: Array<Record<string, unknown>> = [];
+  private readonly queues = new Map<string, number[]>();
+  private readonly indexes = new Map<string, number[]>();
+  private readonly byLocator = new Map<string, number[]>();
+  private readonly bySite = new Map<string, number[]>();
+  private readonly taken = new Set<number>();
 
   constructor(events: Iterable<RecordedEvent>, readonly options: MatchOptions = DEFAULT_OPTIONS) {
     for (const event of events) {
-      if (!replayable(event)) continue;
       const parts = keyParts(event, options);
       const key = canonicalJson(parts);
-      this.parts.set(event, parts);
-      this.all.push(event);
-      const queue = this.queues.get(key);
-      if (queue) queue.push(event);
-      else this.queues.set(key, [event]);
+      const index = this.events.length;
+      this.events.push(event);
+      this.parts.push(parts);
+      push(this.queues, key, index);
+      push(this.indexes, key, index);
+      push(this.byLocator, locator(parts), index);
+      push(this.bySite, site(parts), index);
     }
   }
 
-  /** The next recorded answer for `live`, or a Miss that says why. */
+  get size(): number {
+    return this.events.length;
+  }
+
+  /** The next recorded answer for `live` (same shape as a stored event), or a Miss. */
   take(live: RecordedEvent): Hit | Miss {
     const parts = keyParts(live, this.options);
-    const queue = this.queues.get(canonicalJson(parts));
-    const event = queue?.shift();
-    if (event) return { hit: true, event };
-    return this.explain(live, parts, queue !== undefined);
+    const key = canonicalJson(parts);
+    const queue = this.queues.get(key);
+    if (queue && queue.length) {
+      const index = queue.shift() as number;
+      this.taken.add(index);
+      return { hit: true, event: this.events[index] };
+    }
+    return this.miss(live, parts, key);
   }
 
-  /** Recorded calls nobody asked for (yet). */
+  /** Recorded events no call has taken, in recorded order. */
   unused(): RecordedEvent[] {
-    const left = new Set<RecordedEvent>();
-    for (const queue of this.queues.values()) for (const event of queue) left.add(event);
-    return this.all.filter((event) => left.has(event));
+    return this.events.filter((_, i) => !this.taken.has(i));
   }
 
-  private explain(live: RecordedEvent, parts: Record<string, unknown>, exhausted: boolean): Miss {
-    const call = describeCall(live);
-    if (exhausted) {
-      const used = this.all.filter((e) => canonicalJson(this.parts.get(e)) === canonicalJson(parts)).length;
+  private miss(live: RecordedEvent, parts: Record<string, unknown>, key: string): Miss {
+    const call = describe(live);
+    const same = this.indexes.get(key);
+    if (same && same.length) {
+      const event = this.events[same[same.length - 1]];
+      const times = same.length === 1 ? "once" : `${same.length} times`;
       return {
-        hit: false,
-        closest: null,
-        differences: [],
-        message: `replay miss: ${call} was recorded ${used} time(s) and every recorded answer is used`,
+        hit: false, closest: event, differences: [],
+        message: `replay miss: ${call} was recorded ${times} and every recorded answer is used ` +
+          `(last: event ${String(event.event_id)}); a call made more often than recorded is a miss, never a repeat`,
       };
     }
-    let closest: RecordedEvent | null = null;
-    let best: string[] = [];
-    let bestScore = Infinity;
-    for (const event of this.all) {
-      const diffs = partDifferences(this.parts.get(event) ?? {}, parts);
-      // A different endpoint weighs more than any number of body differences.
-      const score = diffs.reduce((n, d) => n + (/^(kind|method|scheme|host|port|path|target|endpoint)\b/.test(d) ? 1000 : 1), 0);
-      if (score < bestScore) {
-        bestScore = score;
-        closest = event;
-        best = diffs;
+    if (!this.events.length) {
+      return { hit: false, closest: null, differences: [], message: `replay miss: ${call}: the recording has no calls to answer from` };
+    }
+    let best: { rank: [number, number, number]; index: number; found: string[] } | null = null;
+    for (const index of this.candidates(parts)) {
+      const found = differences(parts, this.parts[index]);
+      const rank: [number, number, number] = [found.length, this.taken.has(index) ? 1 : 0, index];
+      if (best === null || rank[0] < best.rank[0] || (rank[0] === best.rank[0] &&
+        (rank[1] < best.rank[1] || (rank[1] === best.rank[1] && rank[2] < best.rank[2])))) {
+        best = { rank, index, found };
       }
     }
-    const message = closest === null
-      ? `replay miss: ${call} is not in the recording (it holds no calls)`
-      : `replay miss: ${call} is not in the recording; closest recorded call: ${describeCall(closest)}` +
-        ` (event ${String(closest.event_id ?? "?")}), differing: ${best.join("; ")}`;
-    return { hit: false, closest, differences: best, message };
+    const { index, found } = best as { index: number; found: string[] };
+    const event = this.events[index];
+    const shown = found.slice(0, MAX_DIFFERENCES);
+    if (found.length > shown.length) shown.push(`… and ${found.length - shown.length} more`);
+    const used = this.taken.has(index) ? " (already used)" : "";
+    return {
+      hit: false, closest: event, differences: found,
+      message: `replay miss: no recorded call matches ${call}; closest recorded call: event ` +
+        `${String(event.event_id)} ${describe(event)}${used}; differs in (live != recorded): ${shown.join("; ")}`,
+    };
+  }
+
+  private candidates(parts: Record<string, unknown>): number[] {
+    const found = this.byLocator.get(locator(parts)) ?? this.bySite.get(site(parts));
+    if (found && found.length) return found.slice(0, MAX_CANDIDATES);
+    return this.events.slice(0, MAX_CANDIDATES).map((_, i) => i);
   }
 }

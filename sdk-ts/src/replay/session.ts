@@ -8,8 +8,8 @@
  * never a live call.
  */
 import { appendFileSync, readFileSync } from "node:fs";
-import { DEFAULT_OPTIONS, type MatchOptions, parseIgnore } from "./matching.js";
-import { type Hit, Matcher, type Miss, type RecordedEvent, describeCall } from "./matcher.js";
+import { DEFAULT_OPTIONS, describe, type MatchOptions, parseIgnore } from "./matching.js";
+import { type Hit, Matcher, type Miss, type RecordedEvent, replayable } from "./matcher.js";
 
 export type OnMiss = "fail" | "passthrough" | "record";
 
@@ -89,7 +89,7 @@ export class ReplaySession {
   ) {
     this.pending = this.emptyReport();
     try {
-      this.matcher = new Matcher(loadRecording(source), options);
+      this.matcher = new Matcher(loadRecording(source).filter(replayable), options);
     } catch (err) {
       this.loadError = `the recording ${source} could not be loaded: ${(err as Error)?.message ?? String(err)}`;
       warn(`TraceLab replay: ${this.loadError}; every call is a miss`);
@@ -104,10 +104,10 @@ export class ReplaySession {
   take(live: RecordedEvent): Hit | Miss {
     const outcome: Hit | Miss = this.matcher
       ? this.matcher.take(live)
-      : { hit: false, closest: null, differences: [], message: `replay miss: ${describeCall(live)}: ${this.loadError}` };
+      : { hit: false, closest: null, differences: [], message: `replay miss: ${describe(live)}: ${this.loadError}` };
     if (outcome.hit) this.pending.hits.push(String(outcome.event.event_id ?? ""));
-    else if (this.onMiss === "fail") this.pending.misses.push({ call: describeCall(live), message: outcome.message });
-    else this.pending.passthrough.push(describeCall(live));
+    else if (this.onMiss === "fail") this.pending.misses.push({ call: describe(live), message: outcome.message });
+    else this.pending.passthrough.push(describe(live));
     return outcome;
   }
 
