@@ -113,8 +113,14 @@ def _parse_path(path: str, rule: str) -> tuple[Any, ...]:
             steps.append(_STAR if name == "*" else name)
         elif index is not None:
             steps.append(_STAR if index == "*" else int(index))
+        elif quoted1 is not None:
+            steps.append(re.sub(r"\\(.)", r"\1", quoted1))
         else:
-            steps.append(re.sub(r"\\(.)", r"\1", quoted1 if quoted1 is not None else quoted2))
+            try:  # ["name"] is a JSON string: \uXXXX escapes work
+                steps.append(orjson.loads(f'"{quoted2}"'))
+            except orjson.JSONDecodeError:
+                raise ValueError(f"match-ignore rule {rule!r}: {path[at:m.end()]} is not a JSON "
+                                 "string") from None
         at = m.end()
     return tuple(steps)
 
@@ -533,7 +539,9 @@ def differences(live: Mapping[str, Any], recorded: Mapping[str, Any]) -> list[st
         if part == "query":
             out += _pairs_differences("query", a or [], b or [])
         elif part == "headers":
-            out += json_differences(a or {}, b or {}, "header")
+            out += [f"header {name}: {_show(a.get(name))} != {_show(b.get(name))}"
+                    for name in sorted(set(a or {}) | set(b or {}))
+                    if (a or {}).get(name) != (b or {}).get(name)]
         elif part in ("body", "request") and isinstance(a, dict) and isinstance(b, dict) \
                 and "method" in live and set(a) == set(b) and len(a) == 1:
             form = next(iter(a))
