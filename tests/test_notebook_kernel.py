@@ -106,7 +106,8 @@ for i in range(3):
 rec = tl.executions("record-wf")
 requests.get(BASE + "/after-record")
 print(json.dumps({"rows": len(rec.df), "events": len(tl.execution("rec-1").events),
-                  "tags": rec.df["tags"].iloc[0], "restored": tl.stats()["run_id"]}))
+                  "tags": {k: v for k, v in rec.df["tags"].iloc[0].items()
+                           if not k.startswith("command.")}, "restored": tl.stats()["run_id"]}))
 '''),
     ("restored", '''
 print(json.dumps({"kernel_run_events": len(tl.execution("kernel-run").events)}))

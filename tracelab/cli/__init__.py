@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("tracelab.cli.up", "service mode: the ingester and `serve` in one process"),
     "proxy": ("tracelab.cli.proxy", "record HTTP(S)/WebSocket traffic as a mitmproxy proxy"),
     "mocks": ("tracelab.cli.mocks", "run the mock vendors (Stripe, SendGrid, Twilio, SES, OpenAI)"),
+    "export": ("tracelab.cli.export", "write a stored run as a recording (JSON Lines of events)"),
+    "import": ("tracelab.cli.import_", "load recordings into the store, each event once"),
     "demo": ("tracelab.cli.demo", "record the sample refund agent against the mocks, then serve"),
 }
 

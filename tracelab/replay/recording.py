@@ -52,6 +52,7 @@ class ImportReport:
     stored: int = 0
     duplicates: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (file:line, reason)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     files: int = 0
 
 
@@ -249,7 +250,7 @@ def import_recordings(paths: Iterable[str | Path], *, layout: Any = None) -> Imp
         try:
             good, bad = parse_file(path)
         except OSError as exc:
-            report.rejected.append((str(path), f"cannot read: {exc.strerror or exc}"))
+            report.unreadable.append((str(path), f"cannot read: {exc.strerror or exc}"))
             continue
         report.files += 1
         report.rejected.extend(bad)

@@ -7,6 +7,7 @@ and spans read it through `current()` on every call, which is a single global re
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import threading
 import time
@@ -136,6 +137,10 @@ def init(
         workflow_name, service_name, run_id=run_id, tags=tags, redis_url=redis_url,
         capture_payloads=capture_payloads, redact=redact, max_body_bytes=max_body_bytes,
         integrations=integrations)
+    from tracelab.sdk.command import with_command
+
+    config = dataclasses.replace(config, tags=with_command(config.tags,
+                                                           Redactor(config.redact_patterns)))
     from tracelab.sdk import integrations as integration_registry
 
     integration_registry.check(config.integrations)
