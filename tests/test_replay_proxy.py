@@ -190,10 +190,75 @@ def test_passthrough_forwards_and_records(home: Path, start: Any,
 
 def test_a_call_an_sdk_already_handled_is_forwarded_uncounted(home: Path, start: Any,
                                                               loopback_http: LoopbackHTTP) -> None:
-    proxy = start([])
+    proxy = start([http_event("GET", f"{loopback_http.url}/echo", 200, {"recorded": 1}, seq=0)])
     response = proxy.session().get(f"{loopback_http.url}/echo",
                                    headers={"X-Tracelab-Replay-Handled": "sdk-py"})
-    assert response.status_code == 200
+    assert response.status_code == 200 and response.json()["path"] == "/echo"  # live, not replayed
     assert "X-Tracelab-Replay-Handled" not in loopback_http.requests_seen[0][2]
     (report,) = proxy.stop()
     assert report["hits"] == [] and report["misses"] == [] and report["passthrough"] == []
+
+
+# -- the shared matching corpus through the real proxy -------------------------------------
+
+CORPUS = ROOT / "spec" / "matching" / "cases"
+
+
+def corpus() -> list[dict[str, Any]]:
+    """The HTTP cases of spec/matching/ (missing or empty fails, never skips)."""
+    cases = [orjson.loads(p.read_bytes()) for p in sorted(CORPUS.glob("*.json"))]
+    assert cases, f"no matching corpus in {CORPUS}"
+    return [c for c in cases if isinstance(c["event"]["request"].get("url"), str)]
+
+
+def sendable(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """A stored-shape request as raw bytes a client can send; None when the wire cannot carry
+    it as stored (a space in the URL, a body that is a `$tracelab` marker)."""
+    request = entry["request"]
+    body = request.get("body")
+    if " " in request["url"] or (isinstance(body, dict) and "$tracelab" in body):
+        return None
+    raw = None if body is None else body.encode() if isinstance(body, str) else orjson.dumps(body)
+    return {"method": request["method"], "url": request["url"],
+            "headers": request.get("headers") or {}, "body": raw}
+
+
+def test_matching_corpus_through_the_proxy(home: Path, start: Any) -> None:
+    groups: dict[bytes, list[dict[str, Any]]] = {}
+    for case in corpus():
+        groups.setdefault(orjson.dumps(case.get("options") or {}, option=orjson.OPT_SORT_KEYS),
+                          []).append(case)
+    checked = 0
+    for options_json, cases in groups.items():
+        options = orjson.loads(options_json)
+        plan: list[tuple[str, dict[str, Any], bool]] = []  # (case, raw request, must hit it)
+        recording: list[dict[str, Any]] = []
+        for case in cases:
+            hits = [(e if "method" in e else sendable(e)) for e in
+                    (case.get("live") or []) + [case["event"]] + (case.get("same") or [])]
+            misses = [sendable(e) for e in case.get("different") or []]
+            hits = [h for h in hits if h is not None]
+            plan += [(case["name"], h, True) for h in hits]
+            plan += [(case["name"], m, False) for m in misses if m is not None]
+            for i in range(len(hits)):
+                recording.append(make_event(
+                    "shop", RUN, seq=len(recording), tags={}, **{
+                        k: case["event"][k] for k in ("kind", "target", "endpoint", "request")},
+                    response={"status_code": 200, "headers": {"Content-Type": "application/json"},
+                              "body": {"case": case["name"]}}))
+        args = ["--ignore", orjson.dumps(options.get("ignore", [])).decode(),
+                "--headers", orjson.dumps(options.get("headers", [])).decode()]
+        proxy = start(recording, *args)
+        session = proxy.session(home / "proxy" / "mitmproxy-ca-cert.pem")
+        plan.sort(key=lambda step: not step[2])  # every hit first: a miss may take a queue
+        for name, raw, must_hit in plan:
+            response = session.request(raw["method"].upper(), raw["url"], data=raw["body"],
+                                       headers=raw["headers"])
+            answered = response.json() if response.status_code == 200 else None
+            if must_hit:
+                assert answered == {"case": name}, (name, raw, response.text)
+            else:
+                assert answered != {"case": name}, (name, raw)
+            checked += 1
+        proxy.stop()
+    assert checked >= 60, checked

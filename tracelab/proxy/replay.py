@@ -195,21 +195,29 @@ class ReplayAddon(TraceLabAddon):
             flow.metadata[_TAG_KEY] = "hit"
             if self.speed > 0:
                 await asyncio.sleep(float(event.get("latency_ms") or 0) / 1000 / self.speed)
-            flow.response = answer(event)
-            flow.is_replay = "response"
+            self._answer(flow, answer(event))
             return
         if self.on_miss == "fail":
             with self._lock:
                 self.misses.append({"call": call, "message": message})
             flow.metadata[_TAG_KEY] = "miss"
-            flow.response = mhttp.Response.make(
+            self._answer(flow, mhttp.Response.make(
                 502, f"tracelab replay: no recorded answer. {message}\n".encode(),
-                {"Content-Type": "text/plain; charset=utf-8", MISS_HEADER: "miss"})
-            flow.is_replay = "response"
+                {"Content-Type": "text/plain; charset=utf-8", MISS_HEADER: "miss"}))
             return
         with self._lock:
             self.passthrough.append(call)
         flow.metadata[_TAG_KEY] = "passthrough"
+
+    @staticmethod
+    def _answer(flow: http.HTTPFlow, response: http.Response) -> None:
+        """Answer without upstream; a HEAD answer carries no body (it would desync the
+        client's connection), nor do 1xx, 204 and 304 answers."""
+        if flow.request.method.upper() == "HEAD" or response.status_code < 200 \
+                or response.status_code in (204, 304):
+            response.content = b""
+        flow.response = response
+        flow.is_replay = "response"
 
     # -- recording the outcome ------------------------------------------------------------------
     def response(self, flow: http.HTTPFlow) -> None:
