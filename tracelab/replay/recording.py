@@ -110,28 +110,32 @@ def parse_file(path: Path) -> tuple[list[tuple[str, dict]], list[tuple[str, str]
     data = path.read_bytes()
     good: list[tuple[str, dict]] = []
     bad: list[tuple[str, str]] = []
-    items: list[tuple[str, object]] = []
+
+    def check(where: str, item: object) -> None:
+        problems = validate(item)
+        if problems:
+            bad.append((where, "; ".join(problems)))
+        else:
+            good.append((where, item))  # type: ignore[arg-type]
+
     stripped = data.strip()
     if stripped.startswith(b"["):
         try:
             whole = orjson.loads(stripped)
         except orjson.JSONDecodeError as exc:
             return [], [(f"{path}:{exc.lineno}", f"not valid JSON: {exc.msg}")]
-        items = [(f"{path}:[{i}]", item) for i, item in enumerate(whole)]
-    else:
-        for number, line in enumerate(data.split(b"\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append((f"{path}:{number}", orjson.loads(line)))
-            except orjson.JSONDecodeError as exc:
-                bad.append((f"{path}:{number}", f"not valid JSON: {exc.msg}"))
-    for where, item in items:
-        problems = validate(item)
-        if problems:
-            bad.append((where, "; ".join(problems)))
-        else:
-            good.append((where, item))  # type: ignore[arg-type]
+        for index, item in enumerate(whole):
+            check(f"{path}:[{index}]", item)
+        return good, bad
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            bad.append((f"{path}:{number}", f"not valid JSON: {exc.msg}"))
+            continue
+        check(f"{path}:{number}", item)
     return good, bad
 
 
@@ -143,7 +147,7 @@ def _load_file(path: Path) -> Recording:
     if bad:
         where, reason = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise RecordingError(f"{where}: not a valid TraceEvent: {reason}{more}")
+        raise RecordingError(f"{where}: invalid event: {reason}{more}")
     if not good:
         raise RecordingError(f"{path}: the file holds no events")
     return _recording([event for _, event in good], str(path))
