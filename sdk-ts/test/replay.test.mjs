@@ -171,3 +171,201 @@ function baseOf(path) {
 function portOf(path) {
   return recordedUrl(path).port;
 }
+
+describe("replay: passthrough mode sends a miss live and tags it", () => {
+  let server, dir, work;
+
+  before(async () => {
+    server = await startHttp((req, res) => {
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.end(`live ${req.method} ${req.url}`);
+    });
+    dir = userProject();
+    work = tempDir("tracelab-replay-pass-");
+  });
+
+  after(async () => {
+    await server?.close();
+    if (dir) removeDir(dir);
+    if (work) removeDir(work);
+  });
+
+  it("passes fetch and node-fetch misses through, recorded as replay=passthrough", async () => {
+    const recording = join(work, "empty.jsonl");
+    writeFileSync(recording, "");
+    const home = join(work, "home");
+    const report = join(work, "report.jsonl");
+    const run = await runScript(dir, "pass.mjs", `
+      import { init, flush } from "@tracelab/sdk";
+      import nodeFetch from "node-fetch";
+      init({ workflowName: "ts-replay-pass" });
+      const a = await (await fetch(process.env.TEST_HTTP + "/a")).text();
+      const b = await (await nodeFetch(process.env.TEST_HTTP + "/b", { method: "POST", body: "x" })).text();
+      await flush(2000);
+      console.log(JSON.stringify([a, b]));
+    `, { TRACELAB_HOME: home, TEST_HTTP: server.url, TRACELAB_REPLAY: recording, TRACELAB_REPLAY_ON_MISS: "passthrough",
+      TRACELAB_REPLAY_REPORT: report });
+    assert.equal(run.code, 0, run.stderr);
+    assert.deepEqual(JSON.parse(run.stdout), ["live GET /a", "live POST /b"]);
+    assert.equal(server.requests.length, 2);
+    const events = spoolEvents(home).events.map((e) => e.event);
+    assert.deepEqual(events.map((e) => [e.endpoint, e.tags.replay]).sort(), [["GET /a", "passthrough"], ["POST /b", "passthrough"]]);
+    assert.equal(events.find((e) => e.endpoint === "POST /b").response.body, "live POST /b");
+    const [line] = readFileSync(report, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    assert.deepEqual(line.passthrough.map((c) => c.replace(/:\d+/, ":P")).sort(), ["GET 127.0.0.1:P /a", "POST 127.0.0.1:P /b"]);
+    assert.deepEqual(line.hits, []);
+  });
+});
+
+describe("replay: a streamed recording (response.chunks)", () => {
+  let dir, work;
+
+  before(() => {
+    dir = userProject();
+    work = tempDir("tracelab-replay-stream-");
+  });
+
+  after(() => {
+    if (dir) removeDir(dir);
+    if (work) removeDir(work);
+  });
+
+  function streamEvent(id, path, stream) {
+    return {
+      event_id: id, schema: 1, workflow: "w", run_id: "run-stream", service: "s", source: "sdk-py", kind: "http",
+      target: "sse.example.com", endpoint: `GET ${path}`, started_at: 1764500000000000000 + Number(id.slice(-1)),
+      latency_ms: 40, status: "ok", status_code: 200, error: null, tags: {}, span_id: null, parent_id: null,
+      request: { method: "GET", url: `https://sse.example.com${path}`, headers: {}, body: null },
+      response: {
+        status_code: 200, headers: { "content-type": "text/event-stream", "content-length": "999" }, body: null,
+        chunks: [{ t: 5, data: "data: one\n\n" }, { t: 10, data: "data: two\n\n" }, { t: 20, data: "data: three\n\n" }],
+        stream,
+      },
+    };
+  }
+
+  it("yields the recorded chunks one by one (fetch and node-fetch), and fails where the recording failed", async () => {
+    const recording = join(work, "stream.jsonl");
+    writeFileSync(recording, [
+      streamEvent("e0000000000000000000000000000001", "/events", { complete: true, error: null, size: 35, truncated: false }),
+      streamEvent("e0000000000000000000000000000002", "/broken", { complete: false, error: { type: "ConnectionResetError", message: "peer reset" }, size: 35, truncated: false }),
+      streamEvent("e0000000000000000000000000000003", "/nf", { complete: true, error: null, size: 35, truncated: false }),
+    ].map((e) => JSON.stringify(e)).join("\n") + "\n");
+    const home = join(work, "home");
+    const run = await runScript(dir, "stream.mjs", `
+      import { init, flush } from "@tracelab/sdk";
+      import nodeFetch from "node-fetch";
+      init({ workflowName: "ts-replay-stream" });
+      const decoder = new TextDecoder();
+      async function reads(path) {
+        const response = await fetch("https://sse.example.com" + path);
+        const reader = response.body.getReader();
+        const got = [];
+        try {
+          for (;;) {
+            const { done, value } = await reader.read();
+            if (done) break;
+            got.push(decoder.decode(value));
+          }
+        } catch (err) {
+          got.push("error: " + err.message + " / " + err.cause?.message);
+        }
+        return { type: response.headers.get("content-type"), length: response.headers.get("content-length"), got };
+      }
+      const out = { events: await reads("/events"), broken: await reads("/broken") };
+      const nf = await nodeFetch("https://sse.example.com/nf");
+      out.nf = [];
+      for await (const chunk of nf.body) out.nf.push(chunk.toString());
+      await flush(2000);
+      console.log(JSON.stringify(out));
+    `, { TRACELAB_HOME: home, TRACELAB_REPLAY: recording, TRACELAB_REPLAY_SPEED: "1" });
+    assert.equal(run.code, 0, run.stderr);
+    const out = JSON.parse(run.stdout);
+    assert.deepEqual(out.events, { type: "text/event-stream", length: null, got: ["data: one\n\n", "data: two\n\n", "data: three\n\n"] });
+    assert.equal(out.broken.got.length, 4);
+    assert.match(out.broken.got[3], /^error: terminated \/ ConnectionResetError: peer reset \(as recorded\)$/);
+    assert.equal(out.nf.join(""), "data: one\n\ndata: two\n\ndata: three\n\n");
+    const events = spoolEvents(home).events.map((e) => e.event);
+    assert.equal(events.length, 3);
+    for (const event of events) {
+      assert.equal(event.tags.replay, "hit");
+      assert.equal(event.response.chunks.length, 3);
+    }
+  });
+});
+
+describe("replay: @sendgrid/mail", () => {
+  let sendgrid, dir, work;
+  const MAIL = `
+    import sgMail from "@sendgrid/mail";
+    import { init, flush } from "@tracelab/sdk";
+    init({ workflowName: "ts-replay-mail" });
+    sgMail.setApiKey("SG.PLANTED_SENDGRID_KEY");
+    sgMail.client.setDefaultRequest("baseUrl", process.env.SENDGRID_URL);
+    const out = {};
+    try {
+      const [response, body] = await sgMail.send({ to: "alice@example.com", from: "bot@example.com", subject: process.env.SUBJECT || "Your report", text: "Hello" });
+      out.sent = { status: response.statusCode, id: response.headers["x-message-id"], body };
+    } catch (err) {
+      out.sent = { name: err.name, code: err.code, message: err.message };
+    }
+    try {
+      await sgMail.send({ to: "e@example.com", from: "nobody@example.com", subject: "reject me", text: "x" });
+    } catch (err) {
+      out.rejected = { name: err.name, code: err.code, body: err.response?.body };
+    }
+    await flush(2000);
+    console.log(JSON.stringify(out));
+  `;
+
+  before(async () => {
+    sendgrid = await startHttp((req, res, body) => {
+      const mail = JSON.parse(body.toString() || "{}");
+      if (mail.subject === "reject me") {
+        res.writeHead(400, { "content-type": "application/json" });
+        return res.end(JSON.stringify({ errors: [{ message: "unverified sender", field: "from" }] }));
+      }
+      res.writeHead(202, { "x-message-id": "msg-1" });
+      res.end();
+    });
+    dir = userProject();
+    work = tempDir("tracelab-replay-mail-");
+  });
+
+  after(async () => {
+    await sendgrid?.close();
+    if (dir) removeDir(dir);
+    if (work) removeDir(work);
+  });
+
+  it("answers sends from the recording (202 and the 4xx ResponseError), nothing sent; a changed subject is a refused connection", async () => {
+    const recordHome = join(work, "record");
+    const recorded = await runScript(dir, "mail-record.mjs", MAIL, { TRACELAB_HOME: recordHome, SENDGRID_URL: sendgrid.url });
+    assert.equal(recorded.code, 0, recorded.stderr);
+    const live = JSON.parse(recorded.stdout);
+    assert.deepEqual(live.sent, { status: 202, id: "msg-1", body: "" });
+    assert.equal(live.rejected.code, 400);
+    const recording = join(work, "mail.jsonl");
+    writeFileSync(recording, spoolEvents(recordHome).events.map((e) => e.raw).join("\n") + "\n");
+    const sentLive = sendgrid.requests.length;
+
+    const home = join(work, "replay");
+    const replayed = await runScript(dir, "mail-replay.mjs", MAIL, { TRACELAB_HOME: home, SENDGRID_URL: sendgrid.url, TRACELAB_REPLAY: recording });
+    assert.equal(replayed.code, 0, replayed.stderr);
+    assert.deepEqual(JSON.parse(replayed.stdout), live);
+    assert.equal(sendgrid.requests.length, sentLive, "nothing was sent");
+    const events = spoolEvents(home).events.map((e) => e.event);
+    assert.deepEqual(events.map((e) => [e.kind, e.tags.replay, e.status_code]), [["email", "hit", 202], ["email", "hit", 400]]);
+
+    const missHome = join(work, "miss");
+    const missed = await runScript(dir, "mail-miss.mjs", MAIL, { TRACELAB_HOME: missHome, SENDGRID_URL: sendgrid.url, TRACELAB_REPLAY: recording, SUBJECT: "Your NEW report" });
+    assert.equal(missed.code, 0, missed.stderr);
+    const out = JSON.parse(missed.stdout);
+    assert.equal(out.sent.name, "AxiosError");
+    assert.equal(out.sent.code, "ECONNREFUSED");
+    assert.match(out.sent.message, /^replay miss: no recorded call matches sendgrid mail\.send; .*subject: 'Your NEW report' != 'Your report'/);
+    assert.equal(out.rejected.code, 400);
+    assert.equal(sendgrid.requests.length, sentLive, "nothing was sent");
+    assert.equal(spoolEvents(missHome).events.find((e) => e.event.tags.replay === "miss").event.error.type, "AxiosError");
+  });
+});

@@ -15,6 +15,10 @@ import { runSuppressingHttp } from "../context.js";
 import { Timer } from "../ids.js";
 import { encodeBody, notCaptured, toJsonable } from "../payloads.js";
 import { current, type Recorder } from "../recorder.js";
+import { bodyBytes, headerPairs as responseHeaderPairs, recordReplayed, sleep } from "../replay/answer.js";
+import { missError, PASSTHROUGH } from "../replay/errors.js";
+import { replaySession, type ReplaySession } from "../replay/session.js";
+import { STATUS_CODES } from "node:http";
 
 export const ORIGIN = "sendgrid";
 const ORIGINAL = Symbol.for("tracelab.sendgrid.original");
@@ -25,15 +29,20 @@ type SendFn = ((...args: unknown[]) => unknown) & { [ORIGINAL]?: SendFn };
 interface MailServiceClass { prototype: { send: SendFn } }
 
 const patched = new Set<MailServiceClass["prototype"]>();
+/** The file each MailService prototype was loaded from: its own copies of axios and helpers live near it. */
+const origins = new WeakMap<object, string>();
 
 /** Every MailService prototype the app can reach: resolved from its entry points, or loaded. */
 function findPrototypes(): Set<MailServiceClass["prototype"]> {
   const found = new Set<MailServiceClass["prototype"]>();
-  const consider = (exported: unknown) => {
+  const consider = (exported: unknown, from: string) => {
     const mod = exported as { MailService?: MailServiceClass; send?: unknown } | null;
     if (!mod) return;
     const proto = mod.MailService?.prototype ?? (typeof mod.send === "function" ? Object.getPrototypeOf(mod) : null);
-    if (proto && typeof proto.send === "function" && proto !== Object.prototype) found.add(proto);
+    if (proto && typeof proto.send === "function" && proto !== Object.prototype) {
+      found.add(proto);
+      if (!origins.has(proto)) origins.set(proto, from);
+    }
   };
   const bases = [process.argv[1] ? resolve(process.argv[1]) : null, join(process.cwd(), "__tracelab__.js")];
   for (const base of bases) {
@@ -41,10 +50,10 @@ function findPrototypes(): Set<MailServiceClass["prototype"]> {
     try {
       const req = createRequire(base);
       const path = req.resolve(PACKAGE);
-      consider(req(path));
+      consider(req(path), path);
       const cache = req.cache;
       for (const key of Object.keys(cache)) {
-        if (MODULE_PATH.test(key) && /[\\/]mail[\\/](index\.js|src[\\/]mail\.js)$/.test(key)) consider(cache[key]?.exports);
+        if (MODULE_PATH.test(key) && /[\\/]mail[\\/](index\.js|src[\\/]mail\.js)$/.test(key)) consider(cache[key]?.exports, key);
       }
     } catch {
       // not installed where the app can see it
@@ -112,7 +121,8 @@ function responseOf(rec: Recorder, statusCode: number, headers: unknown, body: u
   return { status_code: statusCode, headers: redacted, body: encoded };
 }
 
-function record(rec: Recorder, data: Record<string, unknown>, timer: Timer, outcome: { result?: unknown; error?: unknown; failed: boolean }): void {
+function record(rec: Recorder, data: Record<string, unknown>, timer: Timer,
+  outcome: { result?: unknown; error?: unknown; failed: boolean }, tags: Record<string, string> | null = null): void {
   let statusCode: number | null = null;
   let response: Record<string, unknown> | null = null;
   if (!outcome.failed) {
@@ -140,8 +150,100 @@ function record(rec: Recorder, data: Record<string, unknown>, timer: Timer, outc
     response,
     statusCode,
     error: outcome.failed ? errorInfo(outcome.error) : null,
+    tags,
   });
   rec.submit(event, ORIGIN);
+}
+
+type Loader = (id: string) => unknown;
+
+/** `require` as seen from the @sendgrid/mail copy that owns `proto` (null if unknown). */
+function loaderFor(proto: object): Loader | null {
+  const from = origins.get(proto);
+  if (!from) return null;
+  try {
+    const mailRequire = createRequire(from);
+    const client = mailRequire.resolve("@sendgrid/client");
+    return createRequire(client) as Loader;
+  } catch {
+    return null;
+  }
+}
+
+function load<T>(loader: Loader | null, id: string, pick: (mod: unknown) => T | undefined): T | undefined {
+  try {
+    return loader ? pick(loader(id)) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * What `send` rejects with when the connection is refused: axios's `AxiosError` with code
+ * ECONNREFUSED (the client passes it through), here carrying the replay miss explanation.
+ */
+function refusedError(proto: object, message: string): Error {
+  const cause = missError(message);
+  type AxiosErrorClass = new (message: string, code: string) => Error;
+  const AxiosError = load(loaderFor(proto), "axios", (m) => (m as { AxiosError?: AxiosErrorClass }).AxiosError);
+  if (AxiosError) return Object.assign(new AxiosError(message, "ECONNREFUSED"), { cause });
+  return Object.assign(new Error(message), { name: "AxiosError", code: "ECONNREFUSED", cause });
+}
+
+/** The body as the client hands it back: parsed JSON, text, or "" for none. */
+function clientBody(body: unknown): unknown {
+  if (body === null || body === undefined) return "";
+  if (typeof body === "object" && !("$tracelab" in (body as object))) return body;
+  return typeof body === "string" ? body : Buffer.from(bodyBytes(body)).toString("utf8");
+}
+
+/** `send` answered from the recording: `[Response, body]`, or the ResponseError of a 4xx/5xx. */
+function answerSend(proto: object, recorded: Record<string, unknown>): [unknown, unknown] {
+  const response = recorded.response !== null && typeof recorded.response === "object" ? recorded.response as Record<string, unknown> : null;
+  const status = typeof recorded.status_code === "number" ? recorded.status_code : null;
+  if (status === null || response === null) {
+    const error = recorded.error as { message?: unknown } | null;
+    throw refusedError(proto, `${String(error?.message ?? "no response was recorded")} (as recorded)`);
+  }
+  const headers = Object.fromEntries(responseHeaderPairs(response));
+  const body = clientBody(response.body);
+  const loader = loaderFor(proto);
+  if (status >= 400) {
+    type ErrorClass = new (r: unknown) => Error;
+    const ResponseError = load(loader, "@sendgrid/helpers/classes/response-error", (m) => m as ErrorClass);
+    if (ResponseError) throw new ResponseError({ status, statusText: STATUS_CODES[status] ?? "", headers, data: body });
+    throw Object.assign(new Error(STATUS_CODES[status] ?? String(status)), { name: "ResponseError", code: status, response: { headers, body } });
+  }
+  type ResponseClass = new (status: number, body: unknown, headers: unknown) => unknown;
+  const Response = load(loader, "@sendgrid/helpers/classes/response", (m) => m as ResponseClass);
+  return [Response ? new Response(status, body, headers) : { statusCode: status, body, headers }, body];
+}
+
+/**
+ * `send` under replay: answered from the recording, nothing sent. A miss in `fail` mode
+ * rejects as a refused connection would; in passthrough/record mode the message is sent live.
+ */
+function replaySend(rec: Recorder, session: ReplaySession, proto: object, data: Record<string, unknown>,
+  cb: unknown, live: () => unknown): unknown {
+  const timer = new Timer();
+  const request = describeMessage(rec, data);
+  const view = { kind: "email", target: "sendgrid", endpoint: "mail.send", request };
+  const outcome = session.take(view);
+  if (!outcome.hit && session.onMiss !== "fail") return live();
+  const promise = (async () => {
+    if (!outcome.hit) {
+      const error = refusedError(proto, outcome.message);
+      rec.safely(ORIGIN, () => record(rec, data, timer, { error, failed: true }, { replay: "miss" }));
+      throw error;
+    }
+    await sleep(session.delayMs(outcome.event.latency_ms));
+    rec.safely(ORIGIN, () => recordReplayed(rec, ORIGIN, view, outcome.event, timer.startedAt, timer.elapsedMs()));
+    return answerSend(proto, outcome.event);
+  })();
+  if (typeof cb === "function") {
+    return promise.then((result) => cb(null, result), (error: unknown) => cb(error, null));
+  }
+  return promise;
 }
 
 function patch(proto: MailServiceClass["prototype"]): void {
@@ -155,27 +257,43 @@ function patch(proto: MailServiceClass["prototype"]): void {
     if (rec === null || !data || typeof data !== "object" || Array.isArray(data)) {
       return original.apply(this, args);
     }
+    const session = replaySession();
+    if (session) {
+      try {
+        return replaySend(rec, session, proto, data as Record<string, unknown>, args[2],
+          () => sendTraced(this, rec, data as Record<string, unknown>, args, PASSTHROUGH));
+      } catch (err) {
+        rec.safely(ORIGIN, () => { throw err; });
+        return Promise.reject(refusedError(proto, `TraceLab replay could not match this call: ${(err as Error)?.message}`));
+      }
+    }
+    return sendTraced(this, rec, data as Record<string, unknown>, args, null);
+  };
+
+  /** The original send, recorded (with `tags`: the replay outcome of a call sent live). */
+  const sendTraced = (self: unknown, rec: Recorder, data: Record<string, unknown>, args: unknown[],
+    tags: Record<string, string> | null): unknown => {
     const timer = new Timer();
     let result: unknown;
     try {
-      result = runSuppressingHttp(() => original.apply(this, args));
+      result = runSuppressingHttp(() => original.apply(self, args));
     } catch (err) {
-      rec.safely(ORIGIN, () => record(rec, data as Record<string, unknown>, timer, { error: err, failed: true }));
+      rec.safely(ORIGIN, () => record(rec, data, timer, { error: err, failed: true }, tags));
       throw err;
     }
     if (result && typeof (result as PromiseLike<unknown>).then === "function") {
       return (result as Promise<unknown>).then(
         (value) => {
-          rec.safely(ORIGIN, () => record(rec, data as Record<string, unknown>, timer, { result: value, failed: false }));
+          rec.safely(ORIGIN, () => record(rec, data, timer, { result: value, failed: false }, tags));
           return value;
         },
         (err: unknown) => {
-          rec.safely(ORIGIN, () => record(rec, data as Record<string, unknown>, timer, { error: err, failed: true }));
+          rec.safely(ORIGIN, () => record(rec, data, timer, { error: err, failed: true }, tags));
           throw err;
         },
       );
     }
-    rec.safely(ORIGIN, () => record(rec, data as Record<string, unknown>, timer, { result, failed: false }));
+    rec.safely(ORIGIN, () => record(rec, data, timer, { result, failed: false }, tags));
     return result;
   };
   Object.defineProperty(send, "name", { value: "send", configurable: true });
