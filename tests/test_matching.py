@@ -221,3 +221,18 @@ def test_describe() -> None:
     assert describe(http("get", "http://127.0.0.1:8080")) == "GET 127.0.0.1:8080 /"
     assert describe({"kind": "email", "target": "aws:ses", "endpoint": "SendEmail",
                      "request": {}}) == "aws:ses SendEmail"
+
+
+def test_closest_prefers_a_call_not_yet_used() -> None:
+    used = http("POST", "https://api.example.com/v1/pay", {"amount": 1}, event_id="USED")
+    free = http("POST", "https://api.example.com/v1/pay", {"amount": 2}, event_id="FREE")
+    many = [http("POST", "https://api.example.com/v1/pay", {"amount": 10 + i}, event_id=f"M{i}")
+            for i in range(40)]
+    matcher = Matcher([used, *many, free])
+    assert matcher.take(http("POST", "https://api.example.com/v1/pay", {"amount": 1})) == Hit(used)
+    for i in range(40):
+        assert isinstance(matcher.take(http("POST", "https://api.example.com/v1/pay",
+                                            {"amount": 10 + i})), Hit)
+    miss = matcher.take(http("POST", "https://api.example.com/v1/pay", {"amount": 3}))
+    assert isinstance(miss, Miss) and miss.closest is free  # not USED, though just as close
+    assert "FREE" in miss.message and "(already used)" not in miss.message

@@ -68,3 +68,42 @@ def test_recording_matches_live_calls_with_other_secrets(traced: RedisServer,
     assert isinstance(miss, Miss) and miss.closest == events[4]
     assert miss.differences == ["body $.items[0].qty: 3 != 2"]
     assert events[4]["event_id"] in miss.message
+
+
+class _Keep:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "250 OK"
+
+
+def test_recorded_mails_match_despite_random_mime_boundaries(traced: RedisServer) -> None:
+    """Two real sends of one multipart mail (each with a new random boundary, recipients in
+    another order) get one key; a changed text part does not, and the miss says where."""
+    import smtplib
+    from email.message import EmailMessage
+
+    from aiosmtpd.controller import Controller
+    from conftest import free_port
+
+    def mail(text: str) -> EmailMessage:
+        msg = EmailMessage()
+        msg["Subject"], msg["From"], msg["To"] = "Receipt", "shop@example.com", "a@example.com"
+        msg.set_content(text)
+        msg.add_alternative(f"<p>{text}</p>", subtype="html")
+        return msg
+
+    controller = Controller(_Keep(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", controller.port) as smtp:
+            smtp.send_message(mail("Thanks!"), to_addrs=["b@example.com", "a@example.com"])
+            smtp.send_message(mail("Thanks!"), to_addrs=["a@example.com", "b@example.com"])
+            smtp.send_message(mail("Thanks."), to_addrs=["a@example.com", "b@example.com"])
+    finally:
+        controller.stop()
+    first, second, changed = read_events(traced)[0]
+    assert first["kind"] == "email" and first["request"]["body"] != second["request"]["body"]
+    matcher = Matcher([first])
+    assert matcher.take(second) == Hit(first)
+    miss = Matcher([first]).take(changed)
+    assert isinstance(miss, Miss) and miss.closest == first
+    assert len(miss.differences) == 1 and miss.differences[0].startswith("body: differs at")

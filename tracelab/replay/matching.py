@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -235,7 +236,8 @@ def _numbers_as_js(value: Any) -> Any:
 
 def canonical_json(value: Any) -> str:
     """Compact JSON, object keys sorted by code point, numbers as JavaScript writes them."""
-    return orjson.dumps(_numbers_as_js(value), option=orjson.OPT_SORT_KEYS).decode("utf-8")
+    return orjson.dumps(_numbers_as_js(value), default=repr,
+                        option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode("utf-8")
 
 
 # -- the key ---------------------------------------------------------------------------------
@@ -658,7 +660,7 @@ class Matcher:
             return Miss(f"replay miss: {call}: the recording has no calls to answer from",
                         None, [])
         best: tuple[tuple[int, int, int], int, list[str]] | None = None
-        for index in self._candidates(parts):
+        for index in self._candidates(parts, taken):
             found = differences(parts, self._parts[index])
             rank = (len(found), index in taken, index)
             if best is None or rank < best[0]:
@@ -675,10 +677,12 @@ class Matcher:
                    f"(live != recorded): " + "; ".join(shown))
         return Miss(message, event, found)
 
-    def _candidates(self, parts: dict[str, Any]) -> list[int]:
-        """Recorded calls worth comparing: same method+host+path, else same host, else any."""
-        for index in (self._by_locator, self._by_site):
-            found = index.get(_locator(parts) if index is self._by_locator else _site(parts))
-            if found:
-                return found[:_MAX_CANDIDATES]
-        return list(range(min(len(self._events), _MAX_CANDIDATES)))
+    def _candidates(self, parts: dict[str, Any], taken: set[int]) -> list[int]:
+        """Recorded calls worth comparing: same method+host+path, else same host, else any;
+        at most `_MAX_CANDIDATES`, those not yet used first."""
+        group = self._by_locator.get(_locator(parts)) or self._by_site.get(_site(parts)) or \
+            range(len(self._events))
+        fresh = list(islice((i for i in group if i not in taken), _MAX_CANDIDATES))
+        if len(fresh) < _MAX_CANDIDATES:
+            fresh += islice((i for i in group if i in taken), _MAX_CANDIDATES - len(fresh))
+        return fresh
