@@ -269,3 +269,20 @@ def import_recordings(paths: Iterable[str | Path], *, layout: Any = None) -> Imp
         report.rejected.extend((where.get(id(event), str(path)), reason)
                                for event, reason in written.rejected)
     return report
+
+
+# -- replays of a run -----------------------------------------------------------------------
+
+REPLAY_OF_TAG = "replay_of"
+
+
+def replays_of(run_id: str, *, layout: Any = None) -> list[str]:
+    """The run ids tagged `replay_of=<run_id>` (replays of that run), oldest first, in any
+    workflow (`tracelab replay --workflow` may have named another)."""
+    from tracelab.store import query
+
+    found: list[tuple[Any, str]] = []
+    for workflow in query.workflows(layout=layout)["workflow"].tolist():
+        frame = query.executions(workflow, tags={REPLAY_OF_TAG: run_id}, layout=layout)
+        found.extend(zip(frame["started_at"].tolist(), frame["run_id"].tolist()))
+    return [run for _, run in sorted(found)]

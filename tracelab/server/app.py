@@ -8,6 +8,7 @@ as JSON (`shapes.py`). Routes (all under `/api`, bearer-protected when a token i
   `until`, `tag=key:value` (repeatable), paged by `limit` and an opaque `cursor`;
 - `GET /api/executions/{run_id}`: the execution and its events without payloads
   (`shape=columns` gives the events column-wise, dictionary-encoded: what the web UI reads);
+  the execution names the run it replays (`replay_of`, from its tag) and its own `replays`;
 - `GET /api/events/{event_id}`: one event with its request and response, as the contract JSON;
 - `GET /api/executions/{a}/diff/{b}`: `tracelab.analysis.diff.diff_executions` as JSON rows;
 - `GET /api/stream`: Server-Sent Events `workflow`, `execution`, `events` as data lands
@@ -39,6 +40,7 @@ from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBear
 
 from tracelab import __version__
 from tracelab.analysis.diff import diff_executions
+from tracelab.replay.recording import REPLAY_OF_TAG, replays_of
 from tracelab.server import errors
 from tracelab.server.ids import RawPathIds, path_id
 from tracelab.server.live import StoreWatcher, sse
@@ -290,8 +292,11 @@ def create_app(store: str | StoreLayout | None = None, token: str | None = None,
     ) -> Response:
         """One execution (its run id percent-encoded) and its events in start order, without
         payloads."""
-        frame = run_events(path_id(run_id), workflow)
+        run_id = path_id(run_id)
+        frame = run_events(run_id, workflow)
         summary = summary_from_events(frame)
+        summary["replay_of"] = summary["tags"].get(REPLAY_OF_TAG)
+        summary["replays"] = replays_of(run_id, layout=layout)
         table = events_table(frame)
         t0 = summary["started_at_ns"]
         events = event_columns(table, t0) if shape == "columns" else event_rows(table, t0)
