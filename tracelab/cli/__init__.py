@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mocks": ("tracelab.cli.mocks", "run the mock vendors (Stripe, SendGrid, Twilio, SES, OpenAI)"),
     "export": ("tracelab.cli.export", "write a stored run as a recording (JSON Lines of events)"),
     "import": ("tracelab.cli.import_", "load recordings into the store, each event once"),
+    "replay": ("tracelab.cli.replay", "run a command again, its calls answered from a recording"),
     "demo": ("tracelab.cli.demo", "record the sample refund agent against the mocks, then serve"),
 }
 
