@@ -220,3 +220,42 @@ def test_ts_sdk_npm_test(sdk_built: Path) -> None:
     proc = subprocess.run([NPM, "test"], cwd=sdk_built, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+
+
+MISS_SCRIPT = """
+import { readFileSync } from "node:fs";
+const { Matcher } = await import(process.env.SDK_DIST + "/replay/matcher.js");
+const pairs = JSON.parse(readFileSync(0, "utf8"));
+console.log(JSON.stringify(pairs.map(([recorded, live, options]) =>
+  new Matcher([recorded], options).take(live).message)));
+"""
+
+
+def test_ts_miss_explanations_equal_python(sdk_built: Path, tmp_path: Path) -> None:
+    """Every `different` call of spec/matching/ is explained by sdk-ts word for word as the
+    Python Matcher explains it (closest call, JSON paths, repr-quoted text excerpts)."""
+    from tracelab.replay.matching import Matcher, MatchOptions
+
+    cases = sorted((REPO / "spec" / "matching" / "cases").glob("*.json"))
+    assert cases, "the matching corpus spec/matching/cases/ is missing or empty"
+    pairs, expected = [], []
+    for path in cases:
+        case = json.loads(path.read_text("utf-8"))
+        raw = case.get("options") or {}
+        options = {"ignore": raw.get("ignore", []), "headers": raw.get("headers", [])}
+        recorded = {**case["event"], "event_id": "rec-1"}
+        for live in case.get("different", []):
+            pairs.append([recorded, live, options])
+            miss = Matcher([recorded], MatchOptions(tuple(options["ignore"]),
+                                                    tuple(options["headers"]))).take(live)
+            expected.append(miss.message)
+    assert len(pairs) >= 20
+    script = tmp_path / "miss.mjs"
+    script.write_text(MISS_SCRIPT, "utf-8")
+    proc = subprocess.run([NODE, str(script)], input=json.dumps(pairs), capture_output=True,
+                          text=True, timeout=60,
+                          env={**os.environ, "SDK_DIST": (sdk_built / "dist" / "esm").as_uri()})
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    for message, want in zip(got, expected, strict=True):
+        assert message == want

@@ -438,9 +438,28 @@ export function describe(event: Record<string, unknown>): string {
   return `${String(event.target || "unknown")} ${String(event.endpoint || "unknown")}`;
 }
 
+/** A string as Python's `repr` writes it (the Python matcher's messages use it). */
+export function pyRepr(text: string): string {
+  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
+  let out = quote;
+  for (const ch of text) {
+    const cp = ch.codePointAt(0) as number;
+    if (ch === "\\" || ch === quote) out += `\\${ch}`;
+    else if (ch === "\n") out += "\\n";
+    else if (ch === "\r") out += "\\r";
+    else if (ch === "\t") out += "\\t";
+    else if (ch !== " " && /^[\p{C}\p{Z}]$/u.test(ch)) {
+      out += cp < 0x100 ? `\\x${cp.toString(16).padStart(2, "0")}`
+        : cp < 0x10000 ? `\\u${cp.toString(16).padStart(4, "0")}` : `\\U${cp.toString(16).padStart(8, "0")}`;
+    } else out += ch;
+  }
+  return out + quote;
+}
+
+/** At most MAX_SHOWN code points of a value, as the Python matcher shows it. */
 function show(value: unknown): string {
-  const text = typeof value === "string" ? `'${value}'` : canonicalJson(value);
-  return text.length <= MAX_SHOWN ? text : `${text.slice(0, MAX_SHOWN - 1)}…`;
+  const text = [...(typeof value === "string" ? pyRepr(value) : canonicalJson(value))];
+  return text.length <= MAX_SHOWN ? text.join("") : `${text.slice(0, MAX_SHOWN - 1).join("")}…`;
 }
 
 function memberPath(path: string, name: string): string {
@@ -486,12 +505,14 @@ function pairsDifferences(label: string, live: string[][], recorded: string[][])
   return out;
 }
 
-function textDifference(label: string, live: string, recorded: string): string {
+function textDifference(label: string, liveText: string, recordedText: string): string {
+  const live = [...liveText]; // code points, as Python counts characters
+  const recorded = [...recordedText];
   let at = 0;
   while (at < live.length && at < recorded.length && live[at] === recorded[at]) at++;
   const start = Math.max(0, at - 20);
-  return `${label}: differs at character ${at}: ${show(live.slice(start, start + 40))} != ` +
-    `${show(recorded.slice(start, start + 40))} (lengths ${live.length} and ${recorded.length})`;
+  return `${label}: differs at character ${at}: ${show(live.slice(start, start + 40).join(""))} != ` +
+    `${show(recorded.slice(start, start + 40).join(""))} (lengths ${live.length} and ${recorded.length})`;
 }
 
 const PART_ORDER = ["kind", "method", "scheme", "host", "port", "path", "query", "headers", "target", "endpoint",
@@ -508,7 +529,15 @@ export function differences(live: Record<string, unknown>, recorded: Record<stri
     if (canonicalJson(a) === canonicalJson(b)) continue;
     const body = part === "body" || part === "request";
     if (part === "query") out.push(...pairsDifferences("query", (a ?? []) as string[][], (b ?? []) as string[][]));
-    else if (part === "headers") out.push(...jsonDifferences(a ?? {}, b ?? {}, "header"));
+    else if (part === "headers") {
+      const x = (isRecord(a) ? a : {}) as Record<string, unknown>;
+      const y = (isRecord(b) ? b : {}) as Record<string, unknown>;
+      for (const name of [...new Set([...Object.keys(x), ...Object.keys(y)])].sort(compareCodePoints)) {
+        if (canonicalJson(x[name] ?? null) !== canonicalJson(y[name] ?? null)) {
+          out.push(`header ${name}: ${show(x[name] ?? null)} != ${show(y[name] ?? null)}`);
+        }
+      }
+    }
     else if (body && isRecord(a) && isRecord(b) && "method" in live && Object.keys(a).length === 1 &&
       canonicalJson(Object.keys(a)) === canonicalJson(Object.keys(b))) {
       const form = Object.keys(a)[0];
