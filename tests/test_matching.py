@@ -1,4 +1,4 @@
-"""Matcher: a queue per key in recorded order, fail closed, thread-safe; misses explained by part."""
+"""Matcher: a queue per key in recorded order, fail closed, thread-safe; misses explained."""
 from __future__ import annotations
 
 import threading
@@ -68,7 +68,8 @@ def test_miss_names_the_differing_json_path_and_the_closest_call() -> None:
 
 
 def test_miss_on_query_method_and_host() -> None:
-    matcher = Matcher([http("GET", "https://api.example.com/v1/feed?cursor=abc&ts=1", event_id="F")])
+    matcher = Matcher([http("GET", "https://api.example.com/v1/feed?cursor=abc&ts=1",
+                            event_id="F")])
     miss = matcher.take(http("GET", "https://api.example.com/v1/feed?cursor=abd&page=2"))
     assert isinstance(miss, Miss)
     assert miss.differences == ["query cursor: 'abd' != 'abc'", "query page: not in the recording",
@@ -173,7 +174,8 @@ def test_concurrent_threads_take_each_recorded_call_exactly_once() -> None:
 
 def test_queue_order_is_kept_under_threads() -> None:
     """Threads calling the same key each get recorded answers in recorded order."""
-    recorded = [http("GET", "https://api.example.com/tick", event_id=f"T{i:03}") for i in range(300)]
+    recorded = [http("GET", "https://api.example.com/tick", event_id=f"T{i:03}")
+                for i in range(300)]
     matcher = Matcher(recorded)
     seen: list[list[str]] = [[], [], []]
 

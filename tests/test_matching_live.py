@@ -26,7 +26,8 @@ def _calls(base: str, token: str, key: str, password: str, amount: int) -> list[
         requests.Request("POST", f"{base}/v1/files", files={"file": ("a.txt", b"line one\n")},
                          data={"purpose": "batch"}),
         requests.Request("GET", f"{base}/v1/items?page=2&tag=a"),
-        requests.Request("POST", f"{base}/v1/orders", json={"items": [{"sku": "A", "qty": amount}]}),
+        requests.Request("POST", f"{base}/v1/orders",
+                         json={"items": [{"sku": "A", "qty": amount}]}),
     ]
 
 

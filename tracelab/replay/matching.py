@@ -37,7 +37,8 @@ from tracelab.sdk.redaction import Redactor, scrub
 
 __all__ = [
     "LLM_IGNORED_FIELDS", "Hit", "MatchOptions", "Matcher", "Miss", "canonical_json", "describe",
-    "http_request_view", "key_parts", "parse_ignore", "request_key",
+    "differences", "http_request_view", "js_number", "json_differences", "key_parts",
+    "parse_ignore", "request_key",
 ]
 
 # Top-level members of an LLM request body that do not change the answer: who is asking and
@@ -264,7 +265,8 @@ def key_parts(event: Mapping[str, Any], options: MatchOptions = MatchOptions()) 
         parts: dict[str, Any] = {
             "kind": "email", "target": target, "endpoint": endpoint,
             "from": request.get("from"), "to": _sorted_addresses(request.get("to")),
-            "cc": _sorted_addresses(request.get("cc")), "bcc": _sorted_addresses(request.get("bcc")),
+            "cc": _sorted_addresses(request.get("cc")),
+            "bcc": _sorted_addresses(request.get("bcc")),
             "subject": request.get("subject"),
             "body": _apply_body_rules(_email_body(body), rules),
         }
@@ -408,7 +410,10 @@ def _marker_without_boundaries(marker: dict[str, Any], content_type: str) -> dic
     """A binary or truncated multipart body's marker with the boundaries stripped from it."""
     kind = marker.get("$tracelab")
     if kind == "binary" and isinstance(marker.get("base64"), str):
-        raw = base64.b64decode(marker["base64"])
+        try:
+            raw = base64.b64decode(marker["base64"], validate=True)
+        except ValueError:  # binascii.Error: not a marker we wrote; matched as it is
+            return marker
         for boundary in sorted(set(_header_boundaries(content_type)), key=lambda b: (-len(b), b)):
             raw = raw.replace(b"--" + boundary.encode("utf-8"), b"--")
         return {**marker, "size": len(raw), "base64": base64.b64encode(raw).decode("ascii")}
@@ -422,7 +427,8 @@ def _marker_without_boundaries(marker: dict[str, Any], content_type: str) -> dic
 
 def http_request_view(method: str, url: str, headers: Any, body: bytes | str | None,
                       content_type: str | None, redactor: Redactor, max_body_bytes: int, *,
-                      capture_payloads: bool = True, body_note: str | None = None) -> dict[str, Any]:
+                      capture_payloads: bool = True,
+                      body_note: str | None = None) -> dict[str, Any]:
     """A live HTTP request as the SDK would store it: `{"method", "url", "headers", "body"}`.
 
     The same calls as `tracelab.sdk.capture.record_http` (header, URL and body redaction, body
@@ -534,7 +540,7 @@ def _text_difference(label: str, live: str, recorded: str) -> str:
 def differences(live: Mapping[str, Any], recorded: Mapping[str, Any]) -> list[str]:
     """Which parts of two keys (`key_parts`) differ, part by part, live value first."""
     out: list[str] = []
-    for part in sorted(set(live) | set(recorded), key=_PART_ORDER.get):
+    for part in sorted(set(live) | set(recorded), key=lambda p: _PART_ORDER.get(p, 99)):
         a, b = live.get(part), recorded.get(part)
         if canonical_json(a) == canonical_json(b):
             continue
