@@ -263,3 +263,27 @@ def test_links_encode_ids_with_slash_percent_and_non_ascii(odd_site, watched, wo
     page.goto(page.url)  # the same page as a deep link (the prefetch path in main.tsx)
     page.get_by_role("link", name=workflow, exact=True).wait_for()
     page.wait_for_selector("canvas.gantt-canvas[data-drawn-steps='3']")
+
+
+def test_a_replay_links_to_its_original_and_opens_the_diff_of_the_two(site, watched):
+    import json
+
+    from recorded_runs import record_run
+
+    record_run(site["home"], site["vendor"].url, "checkout-replays", "run-replayed",
+               env={"TRACELAB_TAGS": json.dumps({"replay_of": "run-ok"})})
+    page = watched.page
+    page.goto(site["base"] + "/executions/run-replayed")
+    line = page.get_by_test_id("replay-of")
+    line.wait_for()
+    assert line.inner_text().startswith("replay of run-ok")
+    line.get_by_role("link", name="diff with the original").click()
+    page.wait_for_url("**/diff/run-ok/run-replayed")
+    page.locator("table.diff").wait_for()
+    page.goto(site["base"] + "/executions/run-ok")
+    replays = page.get_by_test_id("replays")
+    replays.get_by_role("link", name="diff with run-replayed").wait_for()
+    assert page.get_by_test_id("replay-of").count() == 0
+    replays.get_by_role("link", name="run-replayed", exact=True).click()
+    page.wait_for_url("**/executions/run-replayed")
+    page.get_by_test_id("replay-of").wait_for()

@@ -24,6 +24,10 @@ export interface ExecutionSummary {
   targets: string[];
   tags: Record<string, string>;
   active: boolean;
+  /** Only in an execution's detail: the run this one replays (its `replay_of` tag). */
+  replay_of?: string | null;
+  /** Only in an execution's detail: the runs tagged `replay_of` this one, oldest first. */
+  replays?: string[];
 }
 
 export interface EventRow {

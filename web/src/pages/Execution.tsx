@@ -72,7 +72,7 @@ export default function Execution() {
   });
   useLive("execution", (x: ExecutionSummary) => {
     if (x.run_id !== runId) return;
-    setState((s) => (s ? { ...s, summary: { ...x, events: Math.max(x.events, s.steps.n) } } : s));
+    setState((s) => (s ? { ...s, summary: { ...s.summary, ...x, events: Math.max(x.events, s.steps.n) } } : s));
     if (pending.current !== null) window.clearTimeout(pending.current);
     pending.current = window.setTimeout(() => {
       pending.current = null;
@@ -137,6 +137,7 @@ export default function Execution() {
             </select>
           )}
         </div>
+        <ReplayLinks summary={summary} />
         <Gantt steps={steps} selected={selected} onSelect={setSelected} matches={matches} />
         <div className="toolbar">
           <input type="search" placeholder="filter steps: endpoint, target, service, status, id" value={text}
@@ -148,5 +149,34 @@ export default function Execution() {
       </div>
       {selectedId && <SidePanel eventId={selectedId} onClose={() => setSelected(null)} />}
     </main>
+  );
+}
+
+/** A replay links to the run it replays and to the diff of the two; the original lists its replays. */
+function ReplayLinks({ summary }: { summary: ExecutionSummary }) {
+  const { replay_of: original, replays = [] } = summary;
+  if (!original && replays.length === 0) return null;
+  const self = summary.run_id;
+  return (
+    <div className="replay-links small">
+      {original && (
+        <div data-testid="replay-of">
+          replay of <Link className="mono" to={`/executions/${enc(original)}`}>{original}</Link>
+          {" · "}<Link to={`/diff/${enc(original)}/${enc(self)}`}>diff with the original</Link>
+        </div>
+      )}
+      {replays.length > 0 && (
+        <div data-testid="replays">
+          replays:{" "}
+          {replays.map((r, i) => (
+            <span key={r}>
+              {i > 0 && ", "}
+              <Link className="mono" to={`/executions/${enc(r)}`}>{r}</Link>{" "}
+              (<Link to={`/diff/${enc(self)}/${enc(r)}`} aria-label={`diff with ${r}`}>diff</Link>)
+            </span>
+          ))}
+        </div>
+      )}
+    </div>
   );
 }
