@@ -400,9 +400,14 @@ def _strip_boundaries(text: str, content_type: str) -> str:
 
 
 def _email_body(body: Any) -> Any:
-    """A mail body (no Content-Type is stored) with MIME boundaries found by their closers."""
-    if isinstance(body, str) and "--" in body:
-        return _without_boundaries(body, _closing_boundaries(body))
+    """A mail body (no Content-Type is stored) with MIME boundaries found by their closers,
+    in every string of it (SES keeps a raw message inside its `params`)."""
+    if isinstance(body, str):
+        return _without_boundaries(body, _closing_boundaries(body)) if "--" in body else body
+    if isinstance(body, dict):
+        return {name: _email_body(value) for name, value in body.items()}
+    if isinstance(body, list):
+        return [_email_body(value) for value in body]
     return body
 
 
