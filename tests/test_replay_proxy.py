@@ -149,7 +149,7 @@ def test_hits_misses_https_streams_and_the_report(home: Path, start: Any,
     streamed = session.get(f"{base}/events")
     assert streamed.text == "data: one\n\ndata: two\n\n"
     assert streamed.headers["Content-Type"] == "text/event-stream"
-    assert streamed.headers["Content-Length"] == str(len(streamed.content))
+    assert streamed.headers["Transfer-Encoding"] == "chunked"
     assert session.get(f"{base}/binary").content == b"\x00\x01\x02"
 
     # A differing body is a miss naming the JSON path that differs.
@@ -172,6 +172,51 @@ def test_hits_misses_https_streams_and_the_report(home: Path, start: Any,
                       for t in frame["tags"])
     assert outcomes == ["hit"] * 5 + ["miss"] * 2
     assert set(frame["source"]) == {"proxy"}
+
+
+def sse_event(url: str, offsets: list[float], *, failed: bool = False) -> dict[str, Any]:
+    event = http_event("GET", url, 200, "", seq=0, content_type="text/event-stream")
+    event["response"]["chunks"] = [{"t": t, "data": f"data: {i}\n\n"}
+                                   for i, t in enumerate(offsets)]
+    event["response"]["stream"] = {
+        "complete": not failed, "size": 9 * len(offsets), "truncated": False,
+        "error": {"type": "ChunkedEncodingError", "message": "peer closed"} if failed else None}
+    return event
+
+
+def test_a_stream_is_replayed_chunk_by_chunk_at_its_offsets(home: Path, start: Any) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1/stream"
+    proxy = start([sse_event(url, [0.0, 400.0, 800.0])], "--speed", "2")
+    arrivals = []
+    began = time.monotonic()
+    with proxy.session().get(url, stream=True) as response:
+        for chunk in response.iter_content(chunk_size=None):
+            arrivals.append((time.monotonic() - began, chunk))
+    assert [c for _t, c in arrivals] == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
+    # Each chunk separately, none before its offset at speed 2 (200 ms apart).
+    assert arrivals[1][0] - arrivals[0][0] >= 0.15 and arrivals[2][0] - arrivals[1][0] >= 0.15
+    (report,) = proxy.stop()
+    assert len(report["hits"]) == 1
+
+
+def test_a_stream_that_failed_midway_fails_at_the_same_chunk(home: Path, start: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1/stream"
+    proxy = start([sse_event(url, [0.0, 1.0], failed=True)])
+    received = []
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        with proxy.session().get(url, stream=True) as response:
+            for chunk in response.iter_content(chunk_size=None):
+                received.append(chunk)
+    assert b"".join(received) == b"data: 0\n\ndata: 1\n\n"
+    (report,) = proxy.stop()
+    assert len(report["hits"]) == 1
+    monkeypatch.setenv("TRACELAB_HOME", str(home))
+    from tracelab.store import query
+
+    events = query.execution_events("replayed-1", "shop")
+    assert list(events["endpoint"]) == ["GET /v1/stream"]  # the URL asked, not the chunk server
+    assert list(events["status"]) == ["error"]
 
 
 def test_passthrough_forwards_and_records(home: Path, start: Any,

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import base64
 import os
+import secrets
 import sys
 import threading
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ ON_MISS_MODES = ("fail", "passthrough", "record")
 MISS_HEADER = "X-Tracelab-Replay"
 HANDLED_HEADER = "X-Tracelab-Replay-Handled"
 _TAG_KEY = "tracelab.replay"
+_ORIGIN_KEY = "tracelab.replay.origin"
 # Headers describing the recorded wire form, not the stored (decoded) body we send back.
 _HOP_HEADERS = frozenset(("content-length", "transfer-encoding", "content-encoding",
                           "connection", "keep-alive"))
@@ -72,12 +74,37 @@ def body_bytes(body: Any) -> bytes:
     return orjson.dumps(body)
 
 
+def recorded_chunks(response: dict[str, Any]) -> list[tuple[float, bytes]] | None:
+    """A recorded stream's chunks as (ms since the request started, bytes); None if whole."""
+    chunks = response.get("chunks")
+    if not isinstance(chunks, list) or not chunks:
+        return None
+    out: list[tuple[float, bytes]] = []
+    for chunk in chunks:
+        if not isinstance(chunk, dict):
+            continue
+        data = chunk.get("data")
+        if isinstance(data, str):
+            raw = base64.b64decode(data) if chunk.get("encoding") == "base64" else data.encode()
+        else:
+            raw = body_bytes(data)
+        t = chunk.get("t")
+        out.append((float(t) if isinstance(t, (int, float)) else 0.0, raw))
+    return out
+
+
+def stream_error(response: dict[str, Any]) -> dict[str, Any] | None:
+    """`{type, message}` of a stream that failed mid-way in the recording, else None."""
+    stream = response.get("stream")
+    error = stream.get("error") if isinstance(stream, dict) else None
+    return error if isinstance(error, dict) else None
+
+
 def recorded_content(response: dict[str, Any]) -> bytes:
     """The recorded response body; a recorded stream is its chunks joined in order."""
-    chunks = response.get("chunks")
-    if isinstance(chunks, list) and chunks and all(
-            isinstance(c, dict) and isinstance(c.get("data"), str) for c in chunks):
-        return "".join(c["data"] for c in chunks).encode("utf-8")
+    chunks = recorded_chunks(response)
+    if chunks is not None:
+        return b"".join(data for _t, data in chunks)
     return body_bytes(response.get("body"))
 
 
@@ -116,6 +143,80 @@ def answer(event: dict[str, Any]) -> http.Response:
         {"Content-Type": "text/plain; charset=utf-8", MISS_HEADER: "recorded-error"})
 
 
+class ChunkServer:
+    """A loopback HTTP/1.1 server inside the proxy that plays a recorded stream.
+
+    A response set by an addon leaves mitmproxy in one piece, so a recorded stream is instead
+    routed here: its chunks go out one by one (at their recorded offsets scaled by the speed,
+    or at once with speed 0) through mitmproxy's normal streaming path, and a stream that failed
+    mid-way in the recording is cut after its last recorded chunk, as it was then.
+    """
+
+    def __init__(self) -> None:
+        self._server: asyncio.AbstractServer | None = None
+        self._pending: dict[str, tuple[int, list[tuple[bytes, bytes]], list[tuple[float, bytes]],
+                                       bool, float, float]] = {}
+        self.port = 0
+
+    async def ensure(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self.port = self._server.sockets[0].getsockname()[1]
+
+    def add(self, status: int, headers: list[tuple[bytes, bytes]],
+            chunks: list[tuple[float, bytes]], failed: bool, speed: float) -> str:
+        token = secrets.token_hex(16)
+        started = asyncio.get_running_loop().time()
+        self._pending[token] = (status, headers, chunks, failed, speed, started)
+        return token
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            token = head.split(b" ", 2)[1].decode("ascii", "replace").lstrip("/")
+            entry = self._pending.pop(token, None)
+            if entry is None:
+                writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n"
+                             b"connection: close\r\n\r\n")
+                return
+            status, headers, chunks, failed, speed, started = entry
+            lines = [f"HTTP/1.1 {status} {_reason(status)}".encode()]
+            lines += [name + b": " + value for name, value in headers]
+            lines += [b"transfer-encoding: chunked", b"connection: close"]
+            writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+            await writer.drain()
+            loop = asyncio.get_running_loop()
+            for t, data in chunks:
+                if speed > 0:
+                    delay = started + t / 1000 / speed - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                if data:
+                    writer.write(b"%x\r\n" % len(data) + data + b"\r\n")
+                    await writer.drain()
+            if not failed:
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                IndexError):
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Recorded"
+
+
 class _Tagged:
     """The recorder, with tags added to each event it submits (the `replay` outcome)."""
 
@@ -148,6 +249,7 @@ class ReplayAddon(TraceLabAddon):
         self.passthrough: list[str] = []
         self._lock = threading.Lock()
         self._reported = False
+        self.chunks = ChunkServer()
 
     # -- answering ------------------------------------------------------------------------------
     def live_view(self, flow: http.HTTPFlow, rec: Recorder | None) -> dict[str, Any]:
@@ -193,6 +295,8 @@ class ReplayAddon(TraceLabAddon):
             with self._lock:
                 self.hits.append(str(event.get("event_id")))
             flow.metadata[_TAG_KEY] = "hit"
+            if await self._stream(flow, event):
+                return
             if self.speed > 0:
                 await asyncio.sleep(float(event.get("latency_ms") or 0) / 1000 / self.speed)
             self._answer(flow, answer(event))
@@ -209,6 +313,36 @@ class ReplayAddon(TraceLabAddon):
             self.passthrough.append(call)
         flow.metadata[_TAG_KEY] = "passthrough"
 
+    async def _stream(self, flow: http.HTTPFlow, event: dict[str, Any]) -> bool:
+        """Route a recorded stream through the chunk server; False when it is not one."""
+        response = event.get("response")
+        if not isinstance(response, dict) or not isinstance(response.get("status_code"), int) \
+                or flow.request.method.upper() == "HEAD":
+            return False
+        chunks = recorded_chunks(response)
+        if chunks is None:
+            return False
+        await self.chunks.ensure()
+        token = self.chunks.add(response["status_code"], recorded_headers(response), chunks,
+                                stream_error(response) is not None, self.speed)
+        request = flow.request
+        flow.metadata[_ORIGIN_KEY] = (request.scheme, request.host, request.port, request.path,
+                                      request.headers.get("host"))
+        request.scheme, request.host, request.port = "http", "127.0.0.1", self.chunks.port
+        request.path = f"/{token}"
+        flow.is_replay = "response"
+        return True
+
+    @staticmethod
+    def _restore(flow: http.HTTPFlow) -> None:
+        """Put back the URL the client asked for (recorded in the event, not the chunk server)."""
+        origin = flow.metadata.pop(_ORIGIN_KEY, None)
+        if origin is not None:
+            request = flow.request
+            request.scheme, request.host, request.port, request.path, host = origin
+            if host is not None:
+                request.headers["host"] = host
+
     @staticmethod
     def _answer(flow: http.HTTPFlow, response: http.Response) -> None:
         """Answer without upstream; a HEAD answer carries no body (it would desync the
@@ -220,12 +354,18 @@ class ReplayAddon(TraceLabAddon):
         flow.is_replay = "response"
 
     # -- recording the outcome ------------------------------------------------------------------
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._restore(flow)
+        super().responseheaders(flow)
+
     def response(self, flow: http.HTTPFlow) -> None:
+        self._restore(flow)
         if flow.metadata.get(_TAG_KEY, "") is None:
             return
         super().response(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._restore(flow)
         if flow.metadata.get(_TAG_KEY, "") is None:
             return
         super().error(flow)
@@ -254,6 +394,7 @@ class ReplayAddon(TraceLabAddon):
             os.close(fd)
 
     def done(self) -> None:
+        self.chunks.close()
         self.write_report()
 
 
