@@ -289,3 +289,46 @@ def test_diff_executions_is_pure_pandas() -> None:
     assert diff["latency_delta_ms"].tolist()[:2] == [2.0, -1.0]
     assert diff.summary() == ("diff A → B: 3 vs 2 steps; 0 added, 1 removed, 1 changed "
                               "(1 status, 1 status code), 1 same; total latency -49.0 ms")
+
+
+# -- record & replay: .export(), .replay(), .replay_of, .replays ------------------------------
+
+def test_export_writes_the_run_as_a_recording(recorded: LoopbackHTTP, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import orjson
+
+    from tracelab.replay.recording import load_recording
+
+    run = tl.execution("run-1")
+    path = run.export(tmp_path / "run-1.jsonl")
+    lines = [orjson.loads(x) for x in path.read_bytes().splitlines()]
+    assert [e["event_id"] for e in lines] == run.events["event_id"].tolist()
+    assert lines[0]["request"]["body"] == {"i": 0, "note": HOSTILE}  # with payloads
+    assert load_recording(path).run_id == "run-1"
+    monkeypatch.chdir(tmp_path)
+    assert run.export() == Path("refund-agent-run-1.jsonl")
+    assert (tmp_path / "refund-agent-run-1.jsonl").read_bytes() == path.read_bytes()
+
+
+def test_replay_of_and_replays_link_a_run_and_its_replays(recorded: LoopbackHTTP,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACELAB_TAGS", '{"replay_of": "run-1"}')
+    record_run(recorded, "refund-agent", "run-1-replayed", calls=2, failing=frozenset())
+    assert tl.execution("run-1-replayed").replay_of == "run-1"
+    assert tl.execution("run-1").replay_of is None
+    assert tl.execution("run-1").replays == ["run-1-replayed"]
+    assert tl.execution("run-1-replayed").replays == []
+
+
+def test_replay_runs_a_command_answered_from_the_run(recorded: LoopbackHTTP,
+                                                     tmp_path: Path) -> None:
+    import sys
+
+    script = tmp_path / "agent.py"
+    script.write_text("import os, sys\nsys.exit(0 if os.environ['TRACELAB_REPLAY'] else 3)\n")
+    result = tl.execution("run-1").replay([sys.executable, str(script)])
+    assert result.command_exit == 0
+    assert result.summary == "replayed 0/20 calls, 0 misses, 20 unused recordings"
+    assert result.execution and result.execution != "run-1"
+    bad = tl.execution("run-1").replay("true", on_miss="sometimes")
+    assert bad.exit_code == 2 and "sometimes" in bad.reason

@@ -8,6 +8,7 @@ imported only when asked for, so `tl.executions(wf).df` never pays for Plotly.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -17,6 +18,7 @@ from tracelab.store import query
 if TYPE_CHECKING:
     from tracelab.analysis.diff import ExecutionDiff
     from tracelab.notebook.timeline import TimelineWidget
+    from tracelab.replay.runner import ReplayResult
 
 _EVENT_VIEW = ["started_at", "service", "kind", "target", "endpoint", "status", "status_code",
                "latency_ms", "event_id"]
@@ -133,7 +135,8 @@ class Executions:
 
 class Execution:
     """One run: `.events` (DataFrame, no payloads), `.event(id)` (one event with its payloads),
-    `.timeline()`, `.diff(other)` and `.summary` (its row of `tl.executions(wf).df`)."""
+    `.timeline()`, `.diff(other)`, `.summary` (its row of `tl.executions(wf).df`), and for
+    record & replay `.export(path)`, `.replay(...)`, `.replay_of`, `.replays`."""
 
     def __init__(self, run_id: str, events: pd.DataFrame | None = None, *,
                  workflow: str | None = None) -> None:
@@ -192,6 +195,49 @@ class Execution:
         return diff_executions(self._payload_events(), other._payload_events(),
                                a_label=self.run_id, b_label=other.run_id)
 
+    def export(self, path: str | Path | None = None) -> Path:
+        """Write this run as a recording (JSON Lines, start order), as `tracelab export` does;
+        returns the path (default `<workflow>-<run_id>.jsonl` in the working directory)."""
+        from tracelab.replay.recording import export_run
+
+        return export_run(self.run_id, Path(path) if path is not None else None)
+
+    def replay(self, cmd: Sequence[str] | str | None = None, **options: Any) -> ReplayResult:
+        """Run `cmd` (default: the command that recorded this run) with its calls answered
+        from this run, as `tracelab replay` does; `options` are `run_replay`'s (`on_miss`,
+        `speed`, `ignore`, `headers`, `workflow`, `run_id`). The result holds the exit code,
+        the summary line and the new run's id (`.execution`): `tl.execution(result.execution)`
+        then `.diff()` it against this one."""
+        try:
+            from tracelab.replay.runner import run_replay
+        except ImportError as exc:
+            raise RuntimeError("replay is not available in this TraceLab: "
+                               f"tracelab.replay.runner cannot be imported ({exc})") from exc
+        if isinstance(cmd, str):
+            import shlex
+
+            cmd = shlex.split(cmd)
+        return run_replay(self.run_id, cmd, **options)
+
+    @property
+    def replay_of(self) -> str | None:
+        """The run this one replays (its `replay_of` tag), or None."""
+        from tracelab.replay.recording import REPLAY_OF_TAG
+
+        tags = self.events["tags"].dropna()
+        for text in tags.unique():
+            value = _tags_of(text).get(REPLAY_OF_TAG)
+            if value:
+                return str(value)
+        return None
+
+    @property
+    def replays(self) -> list[str]:
+        """The run ids tagged `replay_of` this run, oldest first."""
+        from tracelab.replay.recording import replays_of
+
+        return replays_of(self.run_id)
+
     def _counts(self) -> tuple[int, int]:
         return len(self.events), int((self.events["status"] == "error").sum())
 
@@ -218,6 +264,19 @@ class Execution:
                 f"payload, <code>.diff(other)</code></div>")
         columns = [c for c in _EVENT_VIEW if c in events.columns]
         return box(head + frame_html(events[columns]))
+
+
+def _tags_of(value: Any) -> dict[str, Any]:
+    """An events row's tags (JSON text in the store) as a dict."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    import orjson
+
+    try:
+        parsed = orjson.loads(value)
+    except (orjson.JSONDecodeError, TypeError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def executions(workflow: str, since: query.TimeLike | None = None,
