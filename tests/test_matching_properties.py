@@ -98,3 +98,21 @@ def test_numbers_are_written_as_javascript_writes_them() -> None:
                          capture_output=True, check=True, timeout=60).stdout
     expected = json.loads(out)
     assert [js_number(v) for v in values] == expected
+
+
+SECRETS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=8, max_size=24)
+
+
+@settings(max_examples=100, deadline=None)
+@given(OBJECTS, SECRETS, SECRETS)
+def test_the_secret_never_changes_the_key(body: dict[str, Any], first: str, second: str) -> None:
+    """Two live calls differing only in their secrets (header, query, JSON field) share a key."""
+    def key(secret: str) -> str:
+        view = http_request_view(
+            "POST", f"https://api.example.com/v1/x?access_token={secret}",
+            {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+            json.dumps({**body, "client_secret": secret}), None, REDACTOR, CAP)
+        return request_key({"kind": "http", "request": view})
+
+    assert key(first) == key(second)
+    assert first not in key(first) or first in json.dumps(body)
