@@ -179,3 +179,17 @@ def test_export_round_trips_what_the_store_holds(tmp_path: Path,
     assert load_recording("run-x", layout=layout).events == exported
     with pytest.raises(RecordingError, match="unknown run_id 'run-y'"):
         export_run("run-y", layout=layout)
+
+
+def test_an_event_over_the_size_limit_is_refused_as_the_ingester_refuses_it(
+        tmp_path: Path) -> None:
+    from tracelab.events import MAX_EVENT_BYTES
+    from tracelab.replay.recording import import_recordings
+
+    big = make_event(seq=1, body_bytes=MAX_EVENT_BYTES)
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(orjson.dumps(make_event()) + b"\n" + orjson.dumps(big) + b"\n")
+    with pytest.raises(RecordingError, match=rf"{path}:2: invalid event: event: \d+ bytes"):
+        load_recording(path)
+    report = import_recordings([path], layout=resolve_layout(home=tmp_path / "home"))
+    assert report.stored == 1 and [w for w, _ in report.rejected] == [f"{path}:2"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from tracelab.events import validate
+from tracelab.events import MAX_EVENT_BYTES, validate
 from tracelab.sdk.command import ARGV_TAG, CWD_TAG, EXECUTABLE_TAG, parse_argv
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -106,13 +106,19 @@ def parse_file(path: Path) -> tuple[list[tuple[str, dict]], list[tuple[str, str]
     """Every event of a file as (`file:line`, event) and every problem as (`file:line`, reason).
 
     A file is JSON Lines (blank lines ignored) or one JSON array of events (`file:[index]`).
+    An event is checked as the ingester checks it: `validate()` and `MAX_EVENT_BYTES`.
     """
     data = path.read_bytes()
     good: list[tuple[str, dict]] = []
     bad: list[tuple[str, str]] = []
 
-    def check(where: str, item: object) -> None:
+    def check(where: str, item: object, size: int | None = None) -> None:
         problems = validate(item)
+        if not problems:
+            size = len(orjson.dumps(item)) if size is None else size
+            if size > MAX_EVENT_BYTES:
+                problems = [f"event: {size} bytes of JSON, over the limit of {MAX_EVENT_BYTES} "
+                            "(MAX_EVENT_BYTES) the ingester holds to"]
         if problems:
             bad.append((where, "; ".join(problems)))
         else:
@@ -135,7 +141,7 @@ def parse_file(path: Path) -> tuple[list[tuple[str, dict]], list[tuple[str, str]
         except orjson.JSONDecodeError as exc:
             bad.append((f"{path}:{number}", f"not valid JSON: {exc.msg}"))
             continue
-        check(f"{path}:{number}", item)
+        check(f"{path}:{number}", item, len(line.rstrip(b"\r")))
     return good, bad
 
 
