@@ -108,9 +108,16 @@ export class Matcher {
     };
   }
 
+  /** Same method+host+path, else same host, else any; at most MAX_CANDIDATES, unused ones first. */
   private candidates(parts: Record<string, unknown>): number[] {
-    const found = this.byLocator.get(locator(parts)) ?? this.bySite.get(site(parts));
-    if (found && found.length) return found.slice(0, MAX_CANDIDATES);
-    return this.events.slice(0, MAX_CANDIDATES).map((_, i) => i);
+    const byLocator = this.byLocator.get(locator(parts));
+    const bySite = this.bySite.get(site(parts));
+    const group = byLocator && byLocator.length ? byLocator
+      : bySite && bySite.length ? bySite : this.events.map((_, i) => i);
+    const fresh = group.filter((i) => !this.taken.has(i)).slice(0, MAX_CANDIDATES);
+    if (fresh.length < MAX_CANDIDATES) {
+      fresh.push(...group.filter((i) => this.taken.has(i)).slice(0, MAX_CANDIDATES - fresh.length));
+    }
+    return fresh;
   }
 }

@@ -283,6 +283,8 @@ function stripBoundaries(text: string, contentType: string): string {
 
 function markerWithoutBoundaries(marker: Record<string, unknown>, contentType: string): Record<string, unknown> {
   if (marker.$tracelab === "binary" && typeof marker.base64 === "string") {
+    // Not a marker we wrote (not strict base64): matched as it is.
+    if (marker.base64.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(marker.base64)) return marker;
     let raw = Buffer.from(marker.base64, "base64");
     for (const boundary of byLengthThenText(headerBoundaries(contentType))) {
       const needle = Buffer.from(`--${boundary}`, "utf8");
@@ -343,8 +345,12 @@ function sortedAddresses(value: unknown): unknown {
   return typeof value === "string" ? [value] : value ?? null;
 }
 
+/** A mail body with MIME boundaries found by their closers, in every string of it (SES keeps a raw message in `params`). */
 function emailBody(body: unknown): unknown {
-  return typeof body === "string" && body.includes("--") ? withoutBoundaries(body, closingBoundaries(body)) : body;
+  if (typeof body === "string") return body.includes("--") ? withoutBoundaries(body, closingBoundaries(body)) : body;
+  if (Array.isArray(body)) return body.map(emailBody);
+  if (isRecord(body)) return Object.fromEntries(Object.entries(body).map(([k, v]) => [k, emailBody(v)]));
+  return body;
 }
 
 function withoutGone(parts: Record<string, unknown>): Record<string, unknown> {
@@ -463,7 +469,7 @@ function show(value: unknown): string {
 }
 
 function memberPath(path: string, name: string): string {
-  return /^[A-Za-z_$][\w$]*$/.test(name) ? `${path}.${name}` : `${path}[${canonicalJson(name)}]`;
+  return /^[A-Za-z_$][\p{L}\p{N}_$]*$/u.test(name) ? `${path}.${name}` : `${path}[${canonicalJson(name)}]`;
 }
 
 /** `$.items[0].qty: 3 != 2` (live first), `$.note: missing in the live call`. */
@@ -518,11 +524,13 @@ function textDifference(label: string, liveText: string, recordedText: string): 
 const PART_ORDER = ["kind", "method", "scheme", "host", "port", "path", "query", "headers", "target", "endpoint",
   "from", "to", "cc", "bcc", "subject", "body", "request"];
 
+const order = (part: string): number => (PART_ORDER.includes(part) ? PART_ORDER.indexOf(part) : 99);
+
 /** Which parts of two keys (`keyParts`) differ, part by part, live value first. */
 export function differences(live: Record<string, unknown>, recorded: Record<string, unknown>): string[] {
   const out: string[] = [];
   const parts = [...new Set([...Object.keys(live), ...Object.keys(recorded)])]
-    .sort((x, y) => PART_ORDER.indexOf(x) - PART_ORDER.indexOf(y));
+    .sort((x, y) => order(x) - order(y));
   for (const part of parts) {
     const a = live[part] ?? null;
     const b = recorded[part] ?? null;
