@@ -35,6 +35,10 @@ def load_ipython_extension(ipython: Any) -> None:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "replay":  # `with tracelab.replay(recording):` (the callable subpackage)
+        import importlib
+
+        return importlib.import_module("tracelab.replay")
     if name in _QUERY_NAMES:
         from tracelab import api
 

@@ -49,6 +49,9 @@ LLM_BODY_FIELDS = ("messages", "input", "prompt")
 _TRUNCATED_MODEL = re.compile(r'"model":"')
 _TRUNCATED_FIELDS = re.compile(r'"(?:messages|input|prompt)":')
 _PID = [os.getpid()]
+# The active replay session (`tracelab.replay.session.Session`), set only while a replay runs:
+# it adds `replay_of` and the per-event `replay` outcome to every event built meanwhile.
+replay_session: Any = None
 
 
 def _refresh_pid() -> None:
@@ -89,6 +92,9 @@ def build_event(
 ) -> dict[str, Any]:
     config = rec.config
     merged = config.tags
+    session = replay_session
+    if session is not None:
+        tags = {**(tags or {}), **session.event_tags()}
     if tags:
         merged = normalize_tags({**config.tags, **tags}, origin="tags", strict=False)
     return {

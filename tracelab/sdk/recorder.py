@@ -162,6 +162,10 @@ def init(
         elif previous is not None:
             previous.sink.close(timeout=config.shutdown_timeout)
         _recorder = recorder
+    if os.environ.get("TRACELAB_REPLAY"):  # started by `tracelab replay`: answer from it
+        from tracelab.replay.engine import activate_from_env
+
+        activate_from_env()
     return config
 
 

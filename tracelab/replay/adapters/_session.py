@@ -1,0 +1,38 @@
+"""The session API the vendor adapters (smtplib, boto3, twilio) call; see adapters/__init__.py.
+
+A thin facade over `tracelab.replay.session`, kept so each adapter has one import.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from tracelab.replay.session import Outcome, Session, active
+
+__all__ = ["Outcome", "Session", "active", "answering", "recorder", "take"]
+
+
+def recorder() -> Any:
+    """The recorder whose redactor and body cap build the live view (the SDK's, or defaults)."""
+    from tracelab.sdk.recorder import current
+
+    rec = current()
+    if rec is not None:
+        return rec
+    session = active()
+    fallback = getattr(session, "recorder", None)
+    if fallback is None:
+        raise RuntimeError("no TraceLab recorder: call tracelab.init() before replaying")
+    return fallback
+
+
+def take(session: Session, live: Mapping[str, Any]) -> Outcome:
+    """`session.take(live)`: hit (latency waited at speed > 0), passthrough or miss; tags set."""
+    return session.take(live)
+
+
+@contextmanager
+def answering(outcome: Outcome) -> Iterator[None]:
+    """Kept for the adapters' call sites: `take()` already set the event's `replay` tag."""
+    yield

@@ -1,0 +1,265 @@
+"""The replay session: one recording, its matcher, the outcome of every call, and the tags.
+
+There is at most one active session per process (`active()`), process-wide rather than per
+context, because an application's worker threads must be answered too and threads do not
+inherit context variables. Adapters (tracelab/replay/adapters/) ask it `take(live)` for each
+outbound call; it answers from the `Matcher`, counts hits, misses and passthroughs for the
+report, and leaves the outcome (`hit` | `miss` | `passthrough`) in a context variable that
+the next event built in the same thread or task consumes (`tracelab.sdk.capture.build_event`
+calls `event_tags()`). It has to be "the next event" rather than "events inside a scope":
+the SDK's recording wrappers sit above the adapters and build their event only after the
+adapter has returned or raised.
+
+This module also turns a recorded response back into bytes, headers and timed chunks, the
+parts every HTTP adapter needs to rebuild its library's own response object.
+"""
+from __future__ import annotations
+
+import base64
+import contextvars
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from tracelab.replay.matching import Hit, Matcher, MatchOptions, describe
+from tracelab.replay.recording import Recording
+
+ON_MISS_MODES = ("fail", "passthrough", "record")
+# Recorded events never answered from a recording: they are the program's own work.
+UNANSWERED_KINDS = frozenset({"function"})
+# Headers describing the recorded wire form, not the decoded body the SDK stored.
+_HOP_HEADERS = frozenset(("content-length", "transfer-encoding", "content-encoding",
+                          "connection", "keep-alive"))
+
+_pending: contextvars.ContextVar[str | None] = contextvars.ContextVar("tracelab_replay_outcome",
+                                                                      default=None)
+
+
+@dataclass
+class Outcome:
+    """What a session decided for one call.
+
+    `hit`: answer with `event` (the recorded one). Otherwise `passthrough` says whether to run
+    the call live (on-miss `passthrough`/`record`) or fail it with `message` (the matcher's
+    explanation) as the library's own connection error.
+    """
+
+    hit: bool
+    call: str
+    event: dict[str, Any] | None = None
+    passthrough: bool = False
+    message: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+
+class Session:
+    """A replay in progress: thread-safe, shared by every thread of the process."""
+
+    def __init__(self, recording: Recording, *, on_miss: str = "fail", speed: float = 0.0,
+                 options: MatchOptions = MatchOptions(), proxied: bool = False) -> None:
+        if on_miss not in ON_MISS_MODES:
+            raise ValueError(f"on_miss must be one of {', '.join(ON_MISS_MODES)}; "
+                             f"got {on_miss!r}")
+        if not speed >= 0:
+            raise ValueError(f"speed must be a number >= 0 (0 answers at once); got {speed!r}")
+        self.recording = recording
+        self.on_miss = on_miss
+        self.speed = float(speed)
+        self.proxied = proxied  # under `tracelab replay`'s proxy: mark what we sent live
+        self.matcher = Matcher((e for e in recording.events
+                                if e.get("kind") not in UNANSWERED_KINDS), options)
+        self.hits: list[dict[str, Any]] = []
+        self.misses: list[dict[str, str]] = []
+        self.passthrough: list[str] = []
+        self._lock = threading.Lock()
+        self._replay_of = recording.run_id
+        self.recorder: Any = None  # the recorder when the replay started (redaction settings)
+        self.setup_error: str | None = None  # set: the replay could not start, all calls miss
+
+    # -- answering ------------------------------------------------------------------------
+    def take(self, live: Mapping[str, Any], *, wait: bool = True) -> Outcome:
+        """The outcome for the live call (`live`: the stored event shape, see matching.py).
+
+        `wait` (adapters that do not time a stream themselves): on a hit, sleep the recorded
+        latency divided by the speed first. Never raises: a matcher failure is a miss.
+        """
+        started = time.monotonic()
+        try:
+            call = describe(live)
+            answer = self.matcher.take(live)
+        except Exception as exc:  # the key of an odd live value: fail closed, explained
+            call = _safe_describe(live)
+            answer = None
+            message = f"replay could not match {call}: {type(exc).__name__}: {exc}"
+        else:
+            message = getattr(answer, "message", "")
+        if self.setup_error:
+            message = f"{self.setup_error}; the call was {call}"
+        if isinstance(answer, Hit):
+            with self._lock:
+                self.hits.append(answer.event)
+            _pending.set("hit")
+            outcome = Outcome(True, call, answer.event, started=started)
+            if wait:
+                self.wait_until(started, _latency_ms(answer.event))
+            return outcome
+        if self.on_miss == "fail":
+            with self._lock:
+                self.misses.append({"call": call, "message": message})
+            _pending.set("miss")
+            return Outcome(False, call, message=message, started=started)
+        return self.passed(call, message, started)
+
+    def passed(self, call: str, message: str = "", started: float | None = None) -> Outcome:
+        """Record a call run live (on-miss passthrough/record, or a hook without `replay=`)."""
+        with self._lock:
+            self.passthrough.append(call)
+        _pending.set("passthrough")
+        if self.on_miss == "record":
+            _pending_new.set(True)
+        return Outcome(False, call, passthrough=True, message=message,
+                       started=time.monotonic() if started is None else started)
+
+    def wait_until(self, started: float, offset_ms: float) -> None:
+        """Sleep until `offset_ms` (recorded) after `started`, scaled by the speed (0: never)."""
+        delay = self.delay(started, offset_ms)
+        if delay > 0:
+            time.sleep(delay)
+
+    def delay(self, started: float, offset_ms: float) -> float:
+        if self.speed <= 0 or offset_ms <= 0:
+            return 0.0
+        return started + offset_ms / 1000.0 / self.speed - time.monotonic()
+
+    # -- tags and results -----------------------------------------------------------------
+    def event_tags(self) -> dict[str, str]:
+        """Tags for the event being built now: `replay_of`, and this call's outcome (once)."""
+        tags: dict[str, str] = {}
+        if self._replay_of:
+            tags["replay_of"] = self._replay_of
+        outcome = _pending.get()
+        if outcome is not None:
+            _pending.set(None)
+            tags["replay"] = outcome
+            if _pending_new.get():
+                _pending_new.set(False)
+                tags["replay.new"] = "true"
+        return tags
+
+    def unused(self) -> list[dict[str, Any]]:
+        return self.matcher.unused()
+
+    def report(self, source: str = "sdk-py") -> dict[str, Any]:
+        """This process's line of the `TRACELAB_REPLAY_REPORT` protocol (REPLAY.md)."""
+        import os
+
+        with self._lock:
+            return {"source": source, "pid": os.getpid(),
+                    "hits": [e.get("event_id") for e in self.hits],
+                    "misses": list(self.misses), "passthrough": list(self.passthrough)}
+
+
+_pending_new: contextvars.ContextVar[bool] = contextvars.ContextVar("tracelab_replay_new",
+                                                                   default=False)
+_active: Session | None = None
+_active_lock = threading.Lock()
+
+
+def active() -> Session | None:
+    """The session answering this process's calls, or None (a single global read)."""
+    return _active
+
+
+def set_active(session: Session | None) -> Session | None:
+    """Make `session` the active one (None: stop replaying); returns the previous one."""
+    global _active
+    from tracelab.sdk import capture
+
+    with _active_lock:
+        previous, _active = _active, session
+        capture.replay_session = session
+    return previous
+
+
+def _latency_ms(event: Mapping[str, Any]) -> float:
+    latency = event.get("latency_ms")
+    return float(latency) if isinstance(latency, (int, float)) else 0.0
+
+
+def _safe_describe(live: Mapping[str, Any]) -> str:
+    try:
+        return describe(live)
+    except Exception:
+        return f"{live.get('target', 'unknown')} {live.get('endpoint', 'unknown')}"
+
+
+# -- the recorded response, back in wire form --------------------------------------------------
+
+def body_bytes(body: Any) -> bytes:
+    """A stored body (JSON value, text or `$tracelab` marker) back as the bytes it was."""
+    if body is None:
+        return b""
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, dict) and isinstance(body.get("$tracelab"), str):
+        marker = body["$tracelab"]
+        if marker == "binary":
+            return base64.b64decode(body.get("base64") or "")
+        if marker == "truncated":
+            data = body.get("data") or ""
+            return base64.b64decode(data) if body.get("encoding") == "base64" else \
+                data.encode("utf-8")
+        return b""  # not_captured and other markers: nothing was kept
+    return orjson.dumps(body)
+
+
+def recorded_chunks(response: Mapping[str, Any]) -> list[tuple[float, bytes]] | None:
+    """A recorded stream's chunks as (ms since the request started, bytes); None if whole."""
+    chunks = response.get("chunks")
+    if not isinstance(chunks, list) or not chunks:
+        return None
+    out: list[tuple[float, bytes]] = []
+    for chunk in chunks:
+        if not isinstance(chunk, dict):
+            continue
+        data = chunk.get("data")
+        if isinstance(data, str):
+            raw = base64.b64decode(data) if chunk.get("encoding") == "base64" else \
+                data.encode("utf-8")
+        else:
+            raw = body_bytes(data)
+        t = chunk.get("t")
+        out.append((float(t) if isinstance(t, (int, float)) else 0.0, raw))
+    return out
+
+
+def stream_error(response: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`{type, message}` of a stream that failed mid-way in the recording, else None."""
+    stream = response.get("stream")
+    error = stream.get("error") if isinstance(stream, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+def recorded_headers(response: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The recorded response headers, minus those describing the wire form of the body."""
+    headers = response.get("headers") or {}
+    items = headers.items() if isinstance(headers, dict) else headers
+    fields: list[tuple[str, str]] = []
+    for name, value in items:
+        if str(name).lower() in _HOP_HEADERS:
+            continue
+        for one in value if isinstance(value, list) else [value]:
+            fields.append((str(name), str(one)))
+    return fields
+
+
+def timed_chunks(session: Session, outcome: Outcome,
+                 chunks: list[tuple[float, bytes]]) -> Iterator[bytes]:
+    """The chunks, each released at its recorded offset (scaled by the speed)."""
+    for offset, data in chunks:
+        session.wait_until(outcome.started, offset)
+        yield data
