@@ -193,3 +193,17 @@ def test_an_event_over_the_size_limit_is_refused_as_the_ingester_refuses_it(
         load_recording(path)
     report = import_recordings([path], layout=resolve_layout(home=tmp_path / "home"))
     assert report.stored == 1 and [w for w, _ in report.rejected] == [f"{path}:2"]
+
+
+def test_non_utf8_arguments_and_directories_still_make_json_tags(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tracelab.sdk.command import command_tags
+
+    odd = tmp_path / "dir-\udcff"  # a directory whose name is not UTF-8, as Python sees it
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    monkeypatch.setattr(sys, "argv", ["agent.py", "name-\udcfe"])
+    tags = command_tags()
+    assert orjson.loads(orjson.dumps(tags)) == tags
+    assert parse_argv(tags["command.argv"])[0] == ["agent.py", "name-\ufffd"]
+    assert tags["command.cwd"].endswith("dir-\ufffd")

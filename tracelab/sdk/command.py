@@ -32,13 +32,29 @@ TRUNCATED = "[TRUNCATED]"
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"']+")
 
 
+def unicode_text(value: object) -> str:
+    """`value` as valid Unicode: bytes an OS gave as surrogate escapes (a non-UTF-8 file name
+    in argv or the working directory) become U+FFFD, so the event can still be JSON."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
 def redact_argv(argv: Sequence[str], redactor: Redactor | None = None) -> list[str]:
     """The arguments with secrets replaced by the redaction marker."""
     redactor = redactor or Redactor()
     out: list[str] = []
     secret_next = False
     for arg in argv:
-        arg = str(arg)
+        arg = unicode_text(arg)
         if secret_next:
             out.append(MARKER)
             secret_next = False
@@ -94,11 +110,11 @@ def command_tags(redactor: Redactor | None = None) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - recording the command must never break init()
         pass
     try:
-        tags[CWD_TAG] = redactor.text(os.getcwd())[:MAX_TAG_VALUE_CHARS]
+        tags[CWD_TAG] = redactor.text(unicode_text(os.getcwd()))[:MAX_TAG_VALUE_CHARS]
     except Exception:  # noqa: BLE001 - a deleted working directory, for one
         pass
     if getattr(sys, "executable", None):
-        tags[EXECUTABLE_TAG] = str(sys.executable)[:MAX_TAG_VALUE_CHARS]
+        tags[EXECUTABLE_TAG] = unicode_text(sys.executable)[:MAX_TAG_VALUE_CHARS]
     return tags
 
 
