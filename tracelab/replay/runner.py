@@ -33,7 +33,8 @@ EXIT_NOT_FOUND = 127
 _PROXY_START_TIMEOUT = 30.0
 _PROXY_STOP_TIMEOUT = 15.0
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-_CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
+# OpenSSL-based tools and Python, requests, Node, curl (which ignores SSL_CERT_FILE).
+_CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
 
 
 # Recorded events no replaying process answers: spans of the program's own functions and
@@ -161,11 +162,12 @@ def child_env(base: Mapping[str, str], *, recording: Path, report: Path, on_miss
 
 
 def _proxy_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The proxy's own environment: the new run's identity, but no replay of its own and no
-    proxy to go through when it forwards a passthrough call."""
-    drop = set(_PROXY_VARS) | {"NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"}
+    """The proxy's own environment: the new run's identity, but no replay of its own, no
+    proxy to go through and the usual trust store when it forwards a passthrough call."""
+    drop = set(_PROXY_VARS) | set(_CA_VARS) | {"NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"}
     clean = {k: v for k, v in env.items()
              if k not in drop and not k.startswith("TRACELAB_REPLAY")}
+    clean.update({k: os.environ[k] for k in _CA_VARS if k in os.environ})
     clean["TRACELAB_SERVICE_NAME"] = "replay-proxy"
     return clean
 
