@@ -259,3 +259,74 @@ def test_ts_miss_explanations_equal_python(sdk_built: Path, tmp_path: Path) -> N
     got = json.loads(proc.stdout)
     for message, want in zip(got, expected, strict=True):
         assert message == want
+
+
+REPLAY_APP = """
+import { init, flush } from "@tracelab/sdk";
+init({ workflowName: "ts-replay-e2e" });
+const base = process.env.TEST_HTTP;
+const out = [];
+for (const [path, init] of [["/v1/search?q=x", undefined],
+    ["/v1/fail", { method: "POST", body: JSON.stringify({ qty: Number(process.env.QTY || 2) }),
+                   headers: { "content-type": "application/json" } }]]) {
+  try {
+    const r = await fetch(base + path, init);
+    out.push([r.status, await r.json()]);
+  } catch (err) {
+    out.push([err.message, err.cause?.message]);
+  }
+}
+await flush(5000);
+console.log(JSON.stringify(out));
+"""
+
+
+def test_tracelab_replay_answers_a_node_program_in_process(node_project: Path,
+                                                          tmp_path: Path) -> None:
+    """`tracelab replay FILE -- node app.mjs`: the SDK answers from the recording (the server
+    is stopped), reports to the CLI, which sums 2/2 calls; a changed body is a miss that fails
+    the replay and names the JSON path."""
+    (node_project / "replay.mjs").write_text(REPLAY_APP)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TRACELAB_") and k.lower() not in
+           ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+    record_home = tmp_path / "record-home"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        live = subprocess.run([NODE, "replay.mjs"], cwd=node_project, capture_output=True,
+                              text=True, timeout=60,
+                              env={**env, "TRACELAB_HOME": str(record_home), "TEST_HTTP": base})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert live.returncode == 0, live.stderr
+    recorded = json.loads(live.stdout)
+    assert recorded == [[200, {"results": [1, 2]}], [502, {"error": "upstream"}]]
+    lines = [line for f in sorted((record_home / "spool").iterdir())
+             for line in f.read_text("utf-8").splitlines() if line]
+    recording = tmp_path / "recording.jsonl"
+    recording.write_text("\n".join(lines) + "\n", "utf-8")
+
+    def replay(*extra: str, qty: str = "2") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tracelab.cli", "replay", str(recording), *extra, "--",
+             NODE, "replay.mjs"], cwd=node_project, capture_output=True, text=True, timeout=120,
+            env={**env, "TRACELAB_HOME": str(tmp_path / "replay-home"), "QTY": qty,
+                 "TEST_HTTP": base,
+                 "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))})
+
+    ok = replay()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout.strip().splitlines()[0]) == recorded
+    assert "replayed 2/2 calls, 0 misses, 0 unused" in ok.stdout + ok.stderr
+
+    missed = replay(qty="3")
+    assert missed.returncode != 0
+    out = json.loads(missed.stdout.strip().splitlines()[0])
+    assert out[0] == [200, {"results": [1, 2]}]
+    assert out[1][0] == "fetch failed"
+    assert out[1][1].endswith("differs in (live != recorded): body $.qty: 3 != 2")
+    assert "1 misses" in missed.stdout + missed.stderr
