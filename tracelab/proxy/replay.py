@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import secrets
 import sys
@@ -37,6 +36,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from tracelab.proxy.addon import TraceLabAddon
+from tracelab.replay.report import append_line
+from tracelab.replay.session import body_bytes, recorded_chunks, recorded_headers, stream_error
 from tracelab.sdk.capture import http_target, llm_tags
 from tracelab.sdk.recorder import Recorder, current
 
@@ -51,53 +52,6 @@ MISS_HEADER = "X-Tracelab-Replay"
 HANDLED_HEADER = "X-Tracelab-Replay-Handled"
 _TAG_KEY = "tracelab.replay"
 _ORIGIN_KEY = "tracelab.replay.origin"
-# Headers describing the recorded wire form, not the stored (decoded) body we send back.
-_HOP_HEADERS = frozenset(("content-length", "transfer-encoding", "content-encoding",
-                          "connection", "keep-alive"))
-
-
-def body_bytes(body: Any) -> bytes:
-    """A stored body (JSON value, text or `$tracelab` marker) back as the bytes to send."""
-    if body is None:
-        return b""
-    if isinstance(body, str):
-        return body.encode("utf-8")
-    if isinstance(body, dict) and isinstance(body.get("$tracelab"), str):
-        marker = body["$tracelab"]
-        if marker == "binary":
-            return base64.b64decode(body.get("base64") or "")
-        if marker == "truncated":
-            data = body.get("data") or ""
-            return base64.b64decode(data) if body.get("encoding") == "base64" else \
-                data.encode("utf-8")
-        return b""  # not_captured and other markers: nothing was kept
-    return orjson.dumps(body)
-
-
-def recorded_chunks(response: dict[str, Any]) -> list[tuple[float, bytes]] | None:
-    """A recorded stream's chunks as (ms since the request started, bytes); None if whole."""
-    chunks = response.get("chunks")
-    if not isinstance(chunks, list) or not chunks:
-        return None
-    out: list[tuple[float, bytes]] = []
-    for chunk in chunks:
-        if not isinstance(chunk, dict):
-            continue
-        data = chunk.get("data")
-        if isinstance(data, str):
-            raw = base64.b64decode(data) if chunk.get("encoding") == "base64" else data.encode()
-        else:
-            raw = body_bytes(data)
-        t = chunk.get("t")
-        out.append((float(t) if isinstance(t, (int, float)) else 0.0, raw))
-    return out
-
-
-def stream_error(response: dict[str, Any]) -> dict[str, Any] | None:
-    """`{type, message}` of a stream that failed mid-way in the recording, else None."""
-    stream = response.get("stream")
-    error = stream.get("error") if isinstance(stream, dict) else None
-    return error if isinstance(error, dict) else None
 
 
 def recorded_content(response: dict[str, Any]) -> bytes:
@@ -108,17 +62,10 @@ def recorded_content(response: dict[str, Any]) -> bytes:
     return body_bytes(response.get("body"))
 
 
-def recorded_headers(response: dict[str, Any]) -> list[tuple[bytes, bytes]]:
-    headers = response.get("headers") or {}
-    items = headers.items() if isinstance(headers, dict) else headers
-    fields: list[tuple[bytes, bytes]] = []
-    for name, value in items:
-        if str(name).lower() in _HOP_HEADERS:
-            continue
-        values = value if isinstance(value, list) else [value]
-        fields.extend((str(name).encode("latin-1", "replace"),
-                       str(v).encode("latin-1", "replace")) for v in values)
-    return fields
+def wire_headers(response: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The recorded headers (minus the wire-only ones) as the bytes pairs mitmproxy takes."""
+    return [(name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+            for name, value in recorded_headers(response)]
 
 
 def answerable(event: dict[str, Any]) -> bool:
@@ -136,7 +83,7 @@ def answer(event: dict[str, Any]) -> http.Response:
     response = event.get("response")
     if isinstance(response, dict) and isinstance(response.get("status_code"), int):
         return mhttp.Response.make(response["status_code"], recorded_content(response),
-                                   recorded_headers(response))
+                                   wire_headers(response))
     error = event.get("error") if isinstance(event.get("error"), dict) else {}
     return mhttp.Response.make(
         502, f"{error.get('type', 'Error')}: {error.get('message', 'no response')}\n".encode(),
@@ -323,7 +270,7 @@ class ReplayAddon(TraceLabAddon):
         if chunks is None:
             return False
         await self.chunks.ensure()
-        token = self.chunks.add(response["status_code"], recorded_headers(response), chunks,
+        token = self.chunks.add(response["status_code"], wire_headers(response), chunks,
                                 stream_error(response) is not None, self.speed)
         request = flow.request
         flow.metadata[_ORIGIN_KEY] = (request.scheme, request.host, request.port, request.path,
@@ -386,12 +333,7 @@ class ReplayAddon(TraceLabAddon):
         if self.report is None or self._reported:
             return
         self._reported = True
-        line = orjson.dumps(self.report_line()) + b"\n"
-        fd = os.open(self.report, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_line(self.report, self.report_line())
 
     def done(self) -> None:
         self.chunks.close()
