@@ -244,7 +244,7 @@ describe("replay: a streamed recording (response.chunks)", () => {
     };
   }
 
-  it("yields the recorded chunks one by one (fetch and node-fetch), and fails where the recording failed", async () => {
+  it("yields the recorded chunks one by one (fetch and node-fetch), fails where the recording failed; an aborted fetch uses no answer", async () => {
     const recording = join(work, "stream.jsonl");
     writeFileSync(recording, [
       streamEvent("e0000000000000000000000000000001", "/events", { complete: true, error: null, size: 35, truncated: false }),
@@ -272,7 +272,10 @@ describe("replay: a streamed recording (response.chunks)", () => {
         }
         return { type: response.headers.get("content-type"), length: response.headers.get("content-length"), got };
       }
-      const out = { events: await reads("/events"), broken: await reads("/broken") };
+      const aborted = new AbortController();
+      aborted.abort();
+      const abortedName = await fetch("https://sse.example.com/events", { signal: aborted.signal }).then(() => "answered", (err) => err.name);
+      const out = { aborted: abortedName, events: await reads("/events"), broken: await reads("/broken") };
       const nf = await nodeFetch("https://sse.example.com/nf");
       out.nf = [];
       for await (const chunk of nf.body) out.nf.push(chunk.toString());
@@ -281,6 +284,7 @@ describe("replay: a streamed recording (response.chunks)", () => {
     `, { TRACELAB_HOME: home, TRACELAB_REPLAY: recording, TRACELAB_REPLAY_SPEED: "1" });
     assert.equal(run.code, 0, run.stderr);
     const out = JSON.parse(run.stdout);
+    assert.equal(out.aborted, "AbortError", "an aborted fetch rejects as fetch does, using no recorded answer");
     assert.deepEqual(out.events, { type: "text/event-stream", length: null, got: ["data: one\n\n", "data: two\n\n", "data: three\n\n"] });
     assert.equal(out.broken.got.length, 4);
     assert.match(out.broken.got[3], /^error: terminated \/ ConnectionResetError: peer reset \(as recorded\)$/);

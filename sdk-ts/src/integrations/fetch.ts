@@ -105,6 +105,9 @@ async function replayFetch(rec: Recorder, session: ReplaySession, live: () => Pr
   let view: HttpRequestView;
   let outcome: ReturnType<ReplaySession["take"]>;
   const startMs = Date.now();
+  const signal = init?.signal ?? (typeof Request !== "undefined" && input instanceof Request ? input.signal : null);
+  // An aborted signal rejects before anything is matched, as fetch itself does.
+  if (signal?.aborted) throw signal.reason ?? new DOMException("This operation was aborted", "AbortError");
   try {
     call = describe(input, init, rec.config.maxBodyBytes);
     const body = await call.body.resolve();
