@@ -159,6 +159,35 @@ def test_passthrough_sends_a_miss_live(home: Path, recorded: dict[str, Any], tmp
     assert [t["replay"] for t in tags] == ["passthrough"]
 
 
+def test_python_passthrough_goes_live_once(home: Path, recorded: dict[str, Any], tmp_path: Path,
+                                           loopback_http: LoopbackHTTP,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK runs the unrecorded call live through the replay proxy, which forwards it without
+    recording or counting it again: one passthrough, one event."""
+    agent = tmp_path / "mixed.py"
+    agent.write_text(textwrap.dedent("""\
+        import sys
+
+        import requests
+
+        import tracelab
+
+        tracelab.init("replay-agent")
+        print(requests.get(sys.argv[1] + "/echo?order=7").json()["path"])
+        print(requests.get(sys.argv[2] + "/echo?fresh=1").json()["path"])
+    """))
+    result = replay(home, RECORDED_RUN, "--on-miss", "passthrough", "--", sys.executable,
+                    str(agent), recorded["url"], loopback_http.url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "/echo?order=7\n/echo?fresh=1\n"
+    assert last_line(result.stderr) == "replayed 1/2 calls, 0 misses, 1 unused recordings"
+    assert [seen[1] for seen in loopback_http.requests_seen] == ["/echo?fresh=1"]
+    _run_id, events = new_run(home, monkeypatch, "replay-agent")
+    tags = sorted((t if isinstance(t, dict) else orjson.loads(t))["replay"]
+                  for t in events["tags"])
+    assert tags == ["hit", "passthrough"] and set(events["source"]) == {"sdk-py"}
+
+
 def test_bad_input_is_exit_2_with_a_sentence(home: Path, tmp_path: Path) -> None:
     unknown = replay(home, "no-such-run", "--", "true", cwd=tmp_path)
     assert unknown.returncode == 2 and "no-such-run" in unknown.stderr

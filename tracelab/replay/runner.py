@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from tracelab.replay.session import UNANSWERED_KINDS
+
 ON_MISS_MODES = ("fail", "passthrough", "record")
 EXIT_MISSES = 1
 EXIT_BAD_INPUT = 2
@@ -37,9 +39,9 @@ _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 _CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
 
 
-# Recorded events no replaying process answers: spans of the program's own functions and
-# WebSocket connection summaries (not replayed). Everything else counts in M.
-NOT_REPLAYED_KINDS = frozenset(("function", "websocket"))
+# Recorded events no replaying process answers: what the SDK never answers (the program's own
+# function spans) and WebSocket connection summaries (not replayed). The rest counts in M.
+NOT_REPLAYED_KINDS = UNANSWERED_KINDS | {"websocket"}
 
 
 def replayable(event: Mapping[str, Any]) -> bool:
