@@ -67,6 +67,17 @@ export function current(): Recorder | null {
   return recorder;
 }
 
+let lastRecorder: Recorder | null = null;
+
+/**
+ * The recorder the integrations answer replayed calls with: the active one, or after
+ * `shutdown()` the last one while a replay is on, so a replay stays closed (calls are still
+ * answered from the recording, never sent live; their events are counted as dropped).
+ */
+export function answering(): Recorder | null {
+  return recorder ?? (replaySession() ? lastRecorder : null);
+}
+
 export function sdkStats(): SDKStats {
   return stats;
 }
@@ -131,6 +142,7 @@ export function init(options: InitOptions = {}): SDKConfig | null {
     if (previous) void previous.sink.close(config.shutdownTimeoutMs);
   }
   recorder = new Recorder(config, stats, sink);
+  lastRecorder = recorder;
   try {
     startReplayFromEnv();
   } catch (err) {

@@ -253,7 +253,7 @@ describe("replay: a streamed recording (response.chunks)", () => {
     ].map((e) => JSON.stringify(e)).join("\n") + "\n");
     const home = join(work, "home");
     const run = await runScript(dir, "stream.mjs", `
-      import { init, flush } from "@tracelab/sdk";
+      import { init, shutdown } from "@tracelab/sdk";
       import nodeFetch from "node-fetch";
       init({ workflowName: "ts-replay-stream" });
       const decoder = new TextDecoder();
@@ -279,7 +279,8 @@ describe("replay: a streamed recording (response.chunks)", () => {
       const nf = await nodeFetch("https://sse.example.com/nf");
       out.nf = [];
       for await (const chunk of nf.body) out.nf.push(chunk.toString());
-      await flush(2000);
+      await shutdown();
+      out.afterShutdown = await fetch("https://sse.example.com/events").then(() => "answered", (err) => err.cause?.message);
       console.log(JSON.stringify(out));
     `, { TRACELAB_HOME: home, TRACELAB_REPLAY: recording, TRACELAB_REPLAY_SPEED: "1" });
     assert.equal(run.code, 0, run.stderr);
@@ -289,6 +290,8 @@ describe("replay: a streamed recording (response.chunks)", () => {
     assert.equal(out.broken.got.length, 4);
     assert.match(out.broken.got[3], /^error: terminated \/ ConnectionResetError: peer reset \(as recorded\)$/);
     assert.equal(out.nf.join(""), "data: one\n\ndata: two\n\ndata: three\n\n");
+    assert.match(out.afterShutdown, /^replay miss: GET sse\.example\.com \/events was recorded once and every recorded answer is used/,
+      "after shutdown() a replay still answers (here: a miss), never a live call");
     const events = spoolEvents(home).events.map((e) => e.event);
     assert.equal(events.length, 3);
     for (const event of events) {

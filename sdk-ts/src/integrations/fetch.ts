@@ -11,7 +11,7 @@ import { type HttpRequestView, httpRequestView, recordHttp } from "../capture.js
 import { httpSuppressed } from "../context.js";
 import { Timer } from "../ids.js";
 import { keepBytes } from "../payloads.js";
-import { current, type Recorder } from "../recorder.js";
+import { answering, type Recorder } from "../recorder.js";
 import { bodyBytes, chunksOf, chunkStream, headerPairs as responseHeaderPairs, recordReplayed, sleep, streamError } from "../replay/answer.js";
 import { missError, PASSTHROUGH } from "../replay/errors.js";
 import { replaySession, type ReplaySession } from "../replay/session.js";
@@ -165,7 +165,7 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 
 function makeWrapper(fetchImpl: FetchFn): Wrapped {
   const wrapped: Wrapped = function fetch(this: unknown, input: unknown, init?: RequestInit): Promise<Response> {
-    const rec = current();
+    const rec = answering();
     if (rec === null || httpSuppressed()) return fetchImpl.call(this, input as never, init);
     const session = replaySession();
     if (session) return replayFetch(rec, session, () => fetchImpl.call(this, input as never, init), input, init);

@@ -24,7 +24,7 @@ import { ReplaySocket } from "../replay/socket.js";
 import { httpSuppressed } from "../context.js";
 import { Timer } from "../ids.js";
 import { CapturedBytes, keepBytes } from "../payloads.js";
-import { current, type Recorder } from "../recorder.js";
+import { answering, type Recorder } from "../recorder.js";
 import { ByteCollector } from "./http-common.js";
 import { trackPending } from "./pending.js";
 
@@ -327,7 +327,7 @@ function wrap(module: Module, defaultProtocol: string): void {
   if (existing[ORIGINAL]) return;
   const original = existing;
   const wrapped = function request(this: unknown, ...args: unknown[]): ClientRequest {
-    const rec = current();
+    const rec = answering();
     if (rec === null || httpSuppressed() || !calledFromNodeFetch(wrapped)) {
       return (original as (...a: unknown[]) => ClientRequest).apply(this, args);
     }

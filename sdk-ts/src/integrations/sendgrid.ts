@@ -14,7 +14,7 @@ import { buildEvent, errorInfo } from "../capture.js";
 import { runSuppressingHttp } from "../context.js";
 import { Timer } from "../ids.js";
 import { encodeBody, notCaptured, toJsonable } from "../payloads.js";
-import { current, type Recorder } from "../recorder.js";
+import { answering, type Recorder } from "../recorder.js";
 import { bodyBytes, headerPairs as responseHeaderPairs, recordReplayed, sleep } from "../replay/answer.js";
 import { missError, PASSTHROUGH } from "../replay/errors.js";
 import { replaySession, type ReplaySession } from "../replay/session.js";
@@ -251,7 +251,7 @@ function patch(proto: MailServiceClass["prototype"]): void {
   if (existing[ORIGINAL]) return;
   const original = existing;
   const send: SendFn = function (this: unknown, ...args: unknown[]): unknown {
-    const rec = current();
+    const rec = answering();
     const data = args[0];
     // An array is sent as one call per message, each through this wrapper again.
     if (rec === null || !data || typeof data !== "object" || Array.isArray(data)) {
