@@ -218,3 +218,85 @@ def test_a_recording_file_works_as_source(tmp_path: Path) -> None:
     with tracelab.replay(str(path)) as r:
         assert requests.get(f"{url}/echo", timeout=5).status_code == 200
     assert len(r.hits) == 1
+
+
+SSE_CHUNKS = [{"t": 5, "data": "data: one\n\n"}, {"t": 250, "data": "data: two\n\n"},
+              {"t": 500, "data": "data: end\n\n"}]
+
+
+def sse_recording(tmp_path: Path, error: dict[str, str] | None = None) -> tuple[Path, str]:
+    """A live recorded SSE call whose response carries the streams contract's chunks."""
+    record(lambda url: requests.get(f"{url}/stream", timeout=5))
+    (event,) = stored("orig-1")
+    chunks = SSE_CHUNKS[:2] if error else SSE_CHUNKS
+    event["response"]["chunks"] = chunks
+    event["response"]["stream"] = {
+        "complete": error is None, "error": error, "truncated": False,
+        "size": sum(len(c["data"]) for c in chunks)}
+    event["latency_ms"] = 500.0
+    return write_recording([event], tmp_path / "sse.jsonl"), "http://" + event["target"]
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def test_sse_stream_replayed_chunk_by_chunk_with_its_timing_requests(tmp_path: Path) -> None:
+    import time
+
+    path, url = sse_recording(tmp_path)
+    seen: list[tuple[float, bytes]] = []
+    with tracelab.replay(str(path), speed=1):
+        with requests.get(f"{url}/stream", stream=True, timeout=5) as got:
+            assert got.headers["content-type"] == "text/event-stream"
+            for chunk in got.iter_content(chunk_size=None):
+                seen.append((time.monotonic(), chunk))
+    assert [c for _t, c in seen] == [b"data: one\n\n", b"data: two\n\n", b"data: end\n\n"]
+    # loose: the recorded gaps (245 ms, 250 ms) are honoured, not skipped
+    assert all(gap > 0.15 for gap in gaps([t for t, _c in seen]))
+
+
+def test_sse_stream_replayed_with_its_timing_httpx_async(tmp_path: Path) -> None:
+    import time
+
+    path, url = sse_recording(tmp_path)
+
+    async def run() -> list[tuple[float, bytes]]:
+        seen = []
+        async with httpx.AsyncClient() as client:
+            async with client.stream("GET", f"{url}/stream") as got:
+                async for chunk in got.aiter_raw():
+                    seen.append((time.monotonic(), chunk))
+        return seen
+
+    with tracelab.replay(str(path), speed=1):
+        seen = asyncio.run(run())
+    assert [c for _t, c in seen] == [b"data: one\n\n", b"data: two\n\n", b"data: end\n\n"]
+    assert all(gap > 0.15 for gap in gaps([t for t, _c in seen]))
+
+
+def test_speed_zero_answers_a_stream_at_once_httpx_sync(tmp_path: Path) -> None:
+    path, url = sse_recording(tmp_path)
+    with tracelab.replay(str(path)), httpx.Client() as client:
+        with client.stream("GET", f"{url}/stream") as got:
+            assert list(got.iter_raw()) == [b"data: one\n\n", b"data: two\n\n",
+                                            b"data: end\n\n"]
+
+
+def test_a_stream_that_failed_mid_way_fails_at_the_same_chunk(tmp_path: Path) -> None:
+    error = {"type": "RemoteProtocolError", "message": "peer closed connection"}
+    path, url = sse_recording(tmp_path, error=error)
+    with tracelab.replay(str(path)):
+        seen: list[bytes] = []
+        with pytest.raises(requests.exceptions.ChunkedEncodingError, match="peer closed"):
+            with requests.get(f"{url}/stream", stream=True, timeout=5) as got:
+                for chunk in got.iter_content(chunk_size=None):
+                    seen.append(chunk)
+        assert seen == [b"data: one\n\n", b"data: two\n\n"]
+    with tracelab.replay(str(path)), httpx.Client() as client:
+        seen = []
+        with pytest.raises(httpx.ReadError, match="peer closed"):
+            with client.stream("GET", f"{url}/stream") as got:
+                for chunk in got.iter_raw():
+                    seen.append(chunk)
+        assert seen == [b"data: one\n\n", b"data: two\n\n"]

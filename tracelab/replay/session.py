@@ -39,6 +39,10 @@ _pending: contextvars.ContextVar[str | None] = contextvars.ContextVar("tracelab_
                                                                       default=None)
 
 
+class ReplayMiss(ConnectionError):
+    """A call the recording does not hold, where no library error fits (hooked calls)."""
+
+
 @dataclass
 class Outcome:
     """What a session decided for one call.
@@ -54,6 +58,15 @@ class Outcome:
     passthrough: bool = False
     message: str = ""
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def tag(self) -> str:
+        return "hit" if self.hit else "passthrough" if self.passthrough else "miss"
+
+    def retag(self) -> None:
+        """Make this outcome the `replay` tag of the next event built here again (a call that
+        made other traced calls in between, whose events consumed it)."""
+        _pending.set(self.tag)
 
 
 class Session:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from tracelab.sdk import capture
 from tracelab.sdk.capture import Timer, build_event, error_info
 from tracelab.sdk.payloads import not_captured, to_jsonable
 from tracelab.sdk.recorder import Recorder, current
@@ -35,19 +36,27 @@ class HookHandle:
             delattr(self.owner, self.attr)
 
 
-def _record(rec: Recorder, hook: Callable[..., Any], attr: str, args: tuple[Any, ...],
-            kwargs: dict[str, Any], timer: Timer, exc: BaseException | None) -> None:
-    latency = timer.elapsed_ms()
+def _describe(rec: Recorder, hook: Callable[..., Any], attr: str, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> dict[str, Any] | None:
     try:
         described = hook(*args, **kwargs)
     except Exception as hook_exc:
         rec.stats.count_error(_ORIGIN, f"hook for {attr!r} raised {type(hook_exc).__name__}: "
                                        f"{hook_exc}")
-        return
+        return None
     if not isinstance(described, dict) or not isinstance(described.get("service"), str) \
             or not described["service"]:
         rec.stats.count_error(_ORIGIN, f"hook for {attr!r} returned {type(described).__name__}; "
                                        "expected a dict with a non-empty 'service' string")
+        return None
+    return described
+
+
+def _record(rec: Recorder, hook: Callable[..., Any], attr: str, args: tuple[Any, ...],
+            kwargs: dict[str, Any], timer: Timer, exc: BaseException | None) -> None:
+    latency = timer.elapsed_ms()
+    described = _describe(rec, hook, attr, args, kwargs)
+    if described is None:
         return
     config = rec.config
     cap = config.max_body_bytes
@@ -93,8 +102,27 @@ def _recorded(rec: Recorder, wrapper: Any, attr: str, args: tuple[Any, ...],
                None)
 
 
-def register_hook(owner: Any, attr: str, hook_fn: Callable[..., Any]) -> HookHandle:
+def replayed(rec: Recorder, wrapper: Any, attr: str, original: Callable[..., Any],
+             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    from tracelab.replay.adapters.hooks import call
+
+    return call(rec, wrapper, attr, original, args, kwargs)
+
+
+async def replayed_async(rec: Recorder, wrapper: Any, attr: str, original: Callable[..., Any],
+                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    from tracelab.replay.adapters.hooks import call_async
+
+    return await call_async(rec, wrapper, attr, original, args, kwargs)
+
+
+def register_hook(owner: Any, attr: str, hook_fn: Callable[..., Any], *,
+                  replay: Callable[[dict[str, Any]], Any] | None = None) -> HookHandle:
     """Wrap `owner.attr` so each call is recorded as the event `hook_fn` describes.
+
+    `replay(recorded_event)`: during a replay (`tracelab.replay`), a call whose described
+    event matches a recorded one returns `replay(recorded_event)` instead of running
+    (tracelab/replay/adapters/hooks.py); without it the function runs as usual.
 
     `owner` is a module, class or instance. Registering the same attribute again replaces the
     hook instead of wrapping twice. Raises `AttributeError`/`TypeError` for an attribute that
@@ -107,6 +135,7 @@ def register_hook(owner: Any, attr: str, hook_fn: Callable[..., Any]) -> HookHan
     existing = getattr(static, "__func__", static)
     if getattr(existing, _MARK, None) is not None:
         existing.__tracelab_hook_fn__ = hook_fn
+        existing.__tracelab_hook_replay__ = replay
         return getattr(existing, _MARK)
     descriptor = type(static) if isinstance(static, (staticmethod, classmethod)) else None
     original = static.__func__ if descriptor else getattr(owner, attr)
@@ -119,6 +148,8 @@ def register_hook(owner: Any, attr: str, hook_fn: Callable[..., Any]) -> HookHan
             rec = current()
             if rec is None:
                 return await original(*args, **kwargs)
+            if capture.replay_session is not None:
+                return await replayed_async(rec, wrapper, attr, original, args, kwargs)
             with _recorded(rec, wrapper, attr, args, kwargs):
                 return await original(*args, **kwargs)
     else:
@@ -127,10 +158,13 @@ def register_hook(owner: Any, attr: str, hook_fn: Callable[..., Any]) -> HookHan
             rec = current()
             if rec is None:
                 return original(*args, **kwargs)
+            if capture.replay_session is not None:
+                return replayed(rec, wrapper, attr, original, args, kwargs)
             with _recorded(rec, wrapper, attr, args, kwargs):
                 return original(*args, **kwargs)
 
     wrapper.__tracelab_hook_fn__ = hook_fn  # type: ignore[attr-defined]
+    wrapper.__tracelab_hook_replay__ = replay  # type: ignore[attr-defined]
     handle = HookHandle(owner, attr, static if had_own else None, had_own)
     setattr(wrapper, _MARK, handle)
     setattr(owner, attr, descriptor(wrapper) if descriptor else wrapper)
