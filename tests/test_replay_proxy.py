@@ -55,13 +55,15 @@ class ReplayProxy:
             [sys.executable, "-m", "tracelab.proxy.replay", "--recording", str(recording),
              "--port", str(self.port), "--report", str(self.report), *args],
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def ready(self) -> ReplayProxy:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"replay proxy exited: {self.proc.stdout.read()!r}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
+                return self
             except OSError:
                 time.sleep(0.03)
         raise AssertionError("the replay proxy did not listen within 20 s")
@@ -92,11 +94,12 @@ def home(tmp_path: Path) -> Path:
 def start(home: Path, tmp_path: Path) -> Iterator[Any]:
     started: list[ReplayProxy] = []
 
-    def go(events: list[dict[str, Any]], *args: str) -> ReplayProxy:
+    def go(events: list[dict[str, Any]], *args: str, wait: bool = True) -> ReplayProxy:
+        """Start one; `wait=False` returns at once (call `.ready()`), to start several together."""
         path = tmp_path / f"recording{len(started)}.jsonl"
         path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
         started.append(ReplayProxy(home, path, *args))
-        return started[-1]
+        return started[-1].ready() if wait else started[-1]
 
     yield go
     for proxy in started:
@@ -269,11 +272,14 @@ def sendable(entry: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def test_matching_corpus_through_the_proxy(home: Path, start: Any) -> None:
+    from tracelab.proxy.runner import ensure_ca
+
+    ensure_ca(home / "proxy")  # once, before the proxies start together
     groups: dict[bytes, list[dict[str, Any]]] = {}
     for case in corpus():
         groups.setdefault(orjson.dumps(case.get("options") or {}, option=orjson.OPT_SORT_KEYS),
                           []).append(case)
-    checked = 0
+    runs = []
     for options_json, cases in groups.items():
         options = orjson.loads(options_json)
         plan: list[tuple[str, dict[str, Any], bool]] = []  # (case, raw request, must hit it)
@@ -293,8 +299,10 @@ def test_matching_corpus_through_the_proxy(home: Path, start: Any) -> None:
                               "body": {"case": case["name"]}}))
         args = ["--ignore", orjson.dumps(options.get("ignore", [])).decode(),
                 "--headers", orjson.dumps(options.get("headers", [])).decode()]
-        proxy = start(recording, *args)
-        session = proxy.session(home / "proxy" / "mitmproxy-ca-cert.pem")
+        runs.append((start(recording, *args, wait=False), plan))
+    checked = 0
+    for proxy, plan in runs:
+        session = proxy.ready().session(home / "proxy" / "mitmproxy-ca-cert.pem")
         plan.sort(key=lambda step: not step[2])  # every hit first: a miss may take a queue
         for name, raw, must_hit in plan:
             response = session.request(raw["method"].upper(), raw["url"], data=raw["body"],
