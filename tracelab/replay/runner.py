@@ -287,7 +287,6 @@ def _replay(source: str | Path, cmd: Sequence[str] | None, on_miss: str, speed: 
             run_id: str | None) -> ReplayResult:
     from tracelab.events import new_run_id
     from tracelab.proxy.runner import ensure_ca
-    from tracelab.replay.matching import Matcher, MatchOptions
     from tracelab.replay.recording import RecordingError, load_recording, write_recording
 
     rules, names = _check_options(on_miss, speed, ignore, headers)
@@ -298,8 +297,7 @@ def _replay(source: str | Path, cmd: Sequence[str] | None, on_miss: str, speed: 
     if recording.run_id is None:
         raise ReplayInputError(f"{source}: the recording holds no single run to replay")
     argv, cwd = _command(cmd, recording.command)
-    calls = [str(e.get("event_id")) for e in Matcher(
-        filter(replayable, recording.events), MatchOptions(ignore=rules, headers=names)).unused()]
+    calls = [str(e.get("event_id")) for e in recording.events if replayable(e)]
     new_run = run_id or new_run_id()
     ca_cert, _created = ensure_ca()
     with tempfile.TemporaryDirectory(prefix="tracelab-replay-") as tmp:
