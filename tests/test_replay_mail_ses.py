@@ -147,3 +147,26 @@ def test_other_aws_services_are_not_answered_from_the_recording(
         identity = client("sts", url_of(ses_server)).get_caller_identity()
     assert identity["Account"] == "123456789012"
     assert [action for action, _, _ in ses_server.seen] == ["GetCallerIdentity"]
+
+
+def test_passthrough_sends_only_the_unrecorded_call(traced: RedisServer,
+                                                   ses_server: _SESStandIn,
+                                                   tmp_path: Path) -> None:
+    recording = tmp_path / "ses.jsonl"
+    live, recorded = _record(traced, ses_server, recording)
+    ses_server.seen.clear()
+    with tracelab.replay(str(recording), on_miss="passthrough") as session:
+        v2 = client("sesv2", url_of(ses_server))
+        hit = v2.send_email(
+            FromEmailAddress="shop@example.test", Destination={"ToAddresses": ["ada@example.test"]},
+            Content={"Simple": {"Subject": {"Data": "Order shipped"},
+                                "Body": {"Text": {"Data": "It is on its way."}}}})
+        sent = v2.send_email(
+            FromEmailAddress="shop@example.test", Destination={"ToAddresses": ["eve@example.test"]},
+            Content={"Simple": {"Subject": {"Data": "New"}, "Body": {"Text": {"Data": "x"}}}})
+    assert hit["MessageId"] == live["v2"]
+    assert sent["MessageId"].startswith("0100-v2-")
+    assert [path for path, _, _ in ses_server.seen] == ["/v2/email/outbound-emails"]
+    assert len(session.passthrough) == 1
+    assert [e["tags"].get("replay") for e in _new_events(traced, recorded)] == \
+        ["hit", "passthrough"]

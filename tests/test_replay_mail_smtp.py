@@ -181,3 +181,23 @@ def test_uninstall_leaves_the_sdk_wrapper_and_smtplib_working(traced: RedisServe
     assert len(smtp_server.mailbox.messages) == 1
     events, _ = read_events(traced)
     assert [e["kind"] for e in events] == ["email"]  # recorded once, not twice
+
+
+def test_passthrough_sends_only_the_unrecorded_message_live(traced: RedisServer,
+                                                            smtp_server: _Server,
+                                                            tmp_path: Path) -> None:
+    recording = tmp_path / "smtp.jsonl"
+    recorded = _record(traced, smtp_server, recording)
+    with tracelab.replay(str(recording), on_miss="passthrough") as session:
+        with smtplib.SMTP("127.0.0.1", smtp_server.port) as smtp:
+            smtp.login(USER, PASSWORD)  # answered locally, repeated to the server when needed
+            assert smtp.send_message(_message("ada@example.test", subject="Order shipped")) == {}
+            assert smtp.send_message(_message("eve@example.test", subject="New")) == {}
+            assert smtp.sendmail(SHOP, ["bob@example.test", UNKNOWN],
+                                 "Subject: hi\r\n\r\nhello bob\r\n") == \
+                {UNKNOWN: (550, b"5.1.1 User unknown")}
+    assert len(session.passthrough) == 1
+    # Two recorded live before; of the three replayed sends only the unrecorded one went out.
+    assert [m.rcpt_tos for m in smtp_server.mailbox.messages[2:]] == [["eve@example.test"]]
+    assert [e["tags"].get("replay") for e in _new_sends(traced, recorded)] == \
+        ["hit", "passthrough", "hit"]

@@ -179,3 +179,21 @@ tracelab.shutdown()
     assert out[0] == recorded[0]
     assert out[1].startswith("miss:") and "+15550009999" in out[1]
     assert len(stand_in.seen) == seen
+
+
+def test_passthrough_sends_only_the_unrecorded_sms(traced: RedisServer,
+                                                  stand_in: _TwilioStandIn,
+                                                  tmp_path: Path) -> None:
+    recording = tmp_path / "sms.jsonl"
+    live, recorded = _record(traced, stand_in, recording)
+    stand_in.seen.clear()
+    with tracelab.replay(str(recording), on_miss="passthrough"):
+        client = twilio_client(stand_in)
+        hit = client.messages.create(to="+15558675310", from_="+15017122661",
+                                     body="Your code is 123456")
+        sent = client.messages.create(to="+15550009999", from_="+15017122661", body="new")
+    assert hit.sid == live["sms"][0]
+    assert sent.status == "queued"
+    assert [seen["form"]["To"] for seen in stand_in.seen] == ["+15550009999"]
+    assert [e["tags"].get("replay") for e in _new_events(traced, recorded)] == \
+        ["hit", "passthrough"]
