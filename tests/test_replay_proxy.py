@@ -236,15 +236,23 @@ def test_passthrough_forwards_and_records(home: Path, start: Any,
     assert report["misses"] == [] and len(report["hits"]) == 1
 
 
-def test_a_call_an_sdk_already_handled_is_forwarded_uncounted(home: Path, start: Any,
-                                                              loopback_http: LoopbackHTTP) -> None:
-    proxy = start([http_event("GET", f"{loopback_http.url}/echo", 200, {"recorded": 1}, seq=0)])
-    response = proxy.session().get(f"{loopback_http.url}/echo",
-                                   headers={"X-Tracelab-Replay-Handled": "sdk-py"})
+def test_a_call_an_sdk_already_passed_through_is_forwarded_uncounted(
+        home: Path, start: Any, loopback_http: LoopbackHTTP) -> None:
+    recorded = [http_event("GET", f"{loopback_http.url}/echo", 200, {"recorded": 1}, seq=0)]
+    handled = {"X-Tracelab-Replay-Handled": "1"}
+    proxy = start(recorded, "--on-miss", "passthrough")
+    response = proxy.session().get(f"{loopback_http.url}/echo", headers=handled)
     assert response.status_code == 200 and response.json()["path"] == "/echo"  # live, not replayed
     assert "X-Tracelab-Replay-Handled" not in loopback_http.requests_seen[0][2]
     (report,) = proxy.stop()
     assert report["hits"] == [] and report["misses"] == [] and report["passthrough"] == []
+    # In fail mode the header opens nothing: still answered from the recording, or refused.
+    strict = start(recorded)
+    assert strict.session().get(f"{loopback_http.url}/echo", headers=handled).json() == \
+        {"recorded": 1}
+    refused = strict.session().get(f"{loopback_http.url}/other", headers=handled)
+    assert refused.status_code == 502 and len(loopback_http.requests_seen) == 1
+    strict.stop()
 
 
 # -- the shared matching corpus through the real proxy -------------------------------------

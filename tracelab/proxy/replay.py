@@ -16,9 +16,10 @@ the recording addon this class extends, so the replayed execution shows the call
 without an SDK. At shutdown the addon appends its one report line (`TRACELAB_REPLAY_REPORT`
 protocol) that `tracelab replay` sums into its verdict.
 
-A request carrying `X-Tracelab-Replay-Handled` was already answered or passed through by an SDK
-in the child process (which records it itself): it is forwarded untouched, not recorded and not
-counted, so it is never counted twice.
+With `--on-miss passthrough`/`record`, a request carrying `X-Tracelab-Replay-Handled` is one an
+SDK in the child process already decided to run live (and records itself): it is forwarded
+untouched, not recorded and not counted, so it is never counted twice. In `fail` mode the header
+opens nothing: every request is answered from the recording or refused.
 """
 from __future__ import annotations
 
@@ -223,7 +224,7 @@ class ReplayAddon(TraceLabAddon):
 
         if flow.response is not None or flow.error is not None:
             return
-        if HANDLED_HEADER in flow.request.headers:
+        if HANDLED_HEADER in flow.request.headers and self.on_miss != "fail":
             del flow.request.headers[HANDLED_HEADER]
             flow.metadata[_TAG_KEY] = None  # an SDK's call: it records it, we do not
             return
@@ -277,7 +278,6 @@ class ReplayAddon(TraceLabAddon):
                                       request.headers.get("host"))
         request.scheme, request.host, request.port = "http", "127.0.0.1", self.chunks.port
         request.path = f"/{token}"
-        flow.is_replay = "response"
         return True
 
     @staticmethod
