@@ -300,3 +300,27 @@ def test_a_stream_that_failed_mid_way_fails_at_the_same_chunk(tmp_path: Path) ->
                 for chunk in got.iter_raw():
                     seen.append(chunk)
         assert seen == [b"data: one\n\n", b"data: two\n\n"]
+
+
+def test_speed_scales_the_recorded_latency(tmp_path: Path) -> None:
+    import time
+
+    record(lambda url: httpx.get(f"{url}/echo"))
+    (event,) = stored("orig-1")
+    event["latency_ms"] = 600.0
+    path = write_recording([event], tmp_path / "slow.jsonl")
+    url = "http://" + event["target"]
+    with tracelab.replay(str(path), speed=2):
+        t0 = time.monotonic()
+        assert httpx.get(f"{url}/echo").status_code == 200
+        waited = time.monotonic() - t0
+    assert waited > 0.2  # loose: about 600 ms / 2 were waited, not skipped
+
+
+def test_replay_works_with_tracing_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    record(lambda url: requests.get(f"{url}/echo", timeout=5))
+    url = "http://" + stored("orig-1")[0]["target"]
+    monkeypatch.setenv("TRACELAB_DISABLED", "1")
+    with tracelab.replay("orig-1") as r:
+        assert requests.get(f"{url}/echo", timeout=5).status_code == 200
+    assert len(r.hits) == 1 and r.run_id is None

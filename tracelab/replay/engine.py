@@ -123,9 +123,10 @@ def _fold(session: Session) -> None:
     rec = session.recorder
     if rec is None or rec.config.redis_url is not None:
         return
+    import time
+
     try:
         from tracelab.store.spool import fold_within
-        import time
 
         fold_within(rec.config.home, time.monotonic() + 5.0)
     except Exception:  # the store is optional; a later reader folds

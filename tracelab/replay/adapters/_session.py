@@ -22,9 +22,19 @@ def recorder() -> Any:
         return rec
     session = active()
     fallback = getattr(session, "recorder", None)
-    if fallback is None:
-        raise RuntimeError("no TraceLab recorder: call tracelab.init() before replaying")
-    return fallback
+    return fallback if fallback is not None else _defaults()
+
+
+def _defaults() -> Any:
+    """Default redaction and body cap (tracing disabled, or shut down before the replay began):
+    the live call is still keyed as a default SDK would have stored it."""
+    from types import SimpleNamespace
+
+    from tracelab.config import DEFAULT_MAX_BODY_BYTES
+    from tracelab.sdk.redaction import Redactor
+
+    return SimpleNamespace(redactor=Redactor(()), config=SimpleNamespace(
+        capture_payloads=True, max_body_bytes=DEFAULT_MAX_BODY_BYTES, redact_patterns=()))
 
 
 def take(session: Session, live: Mapping[str, Any]) -> Outcome:
