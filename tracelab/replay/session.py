@@ -120,6 +120,11 @@ class Session:
             if wait:
                 self.wait_until(started, _latency_ms(answer.event))
             return outcome
+        return self.unanswered(call, message, started)
+
+    def unanswered(self, call: str, message: str, started: float | None = None) -> Outcome:
+        """A call with no recorded answer: a miss in `fail` mode, else sent live."""
+        started = time.monotonic() if started is None else started
         if self.on_miss == "fail":
             with self._lock:
                 self.misses.append({"call": call, "message": message})
@@ -208,6 +213,17 @@ def _safe_describe(live: Mapping[str, Any]) -> str:
         return describe(live)
     except Exception:
         return f"{live.get('target', 'unknown')} {live.get('endpoint', 'unknown')}"
+
+
+def take_view(session: Session, view: Any, *args: Any) -> Outcome:
+    """`session.take(view(*args), wait=False)`; a request the live view cannot be built for
+    (a TraceLab failure) is unanswered, explained, rather than an exception in the app."""
+    try:
+        live = view(*args)
+    except Exception as exc:
+        return session.unanswered("a call", f"replay could not read the request: "
+                                            f"{type(exc).__name__}: {exc}")
+    return session.take(live, wait=False)
 
 
 # -- the recorded response, back in wire form --------------------------------------------------

@@ -27,6 +27,7 @@ from tracelab.replay.session import (
     recorded_chunks,
     recorded_headers,
     stream_error,
+    take_view,
     timed_chunks,
 )
 from tracelab.sdk.integrations._patching import patch, unpatch
@@ -88,7 +89,7 @@ def _handle(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str
     if session is None:
         return wrapped(*args, **kwargs)
     request = args[0] if args else kwargs["request"]
-    outcome = session.take(live_view(request), wait=False)
+    outcome = take_view(session, live_view, request)
     if outcome.hit:
         response = _recorded_reply(outcome, request)
         chunks = recorded_chunks(response)
@@ -109,7 +110,7 @@ async def _handle_async(wrapped: Any, instance: Any, args: tuple[Any, ...],
     if session is None:
         return await wrapped(*args, **kwargs)
     request = args[0] if args else kwargs["request"]
-    outcome = session.take(live_view(request), wait=False)
+    outcome = take_view(session, live_view, request)
     if outcome.hit:
         response = _recorded_reply(outcome, request)
         chunks = recorded_chunks(response)

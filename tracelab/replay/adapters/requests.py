@@ -24,6 +24,7 @@ from tracelab.replay.session import (
     recorded_chunks,
     recorded_headers,
     stream_error,
+    take_view,
     timed_chunks,
 )
 from tracelab.sdk.integrations._patching import patch, unpatch
@@ -97,7 +98,7 @@ def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
     import requests
 
     request = args[0] if args else kwargs["request"]
-    outcome = session.take(live_view(session, request), wait=False)
+    outcome = take_view(session, live_view, session, request)
     if outcome.hit:
         event = outcome.event or {}
         response = event.get("response")
