@@ -324,3 +324,20 @@ def test_replay_works_with_tracing_disabled(monkeypatch: pytest.MonkeyPatch) -> 
     with tracelab.replay("orig-1") as r:
         assert requests.get(f"{url}/echo", timeout=5).status_code == 200
     assert len(r.hits) == 1 and r.run_id is None
+
+
+def test_an_unrecorded_library_leaves_no_tag_for_the_next_event() -> None:
+    """requests answered while only the httpx integration records: the next event built in
+    the thread (a span) must not inherit the requests call's `replay` outcome."""
+    record(lambda url: requests.get(f"{url}/echo?r=1", timeout=5))
+    url = "http://" + stored("orig-1")[0]["target"]
+    tracelab.init("mine", run_id="httpx-only", integrations=["httpx"])
+    with tracelab.replay("orig-1") as r:
+        requests.get(f"{url}/echo?r=1", timeout=5)
+        with tracelab.span("after"):
+            pass
+    tracelab.flush()
+    assert len(r.hits) == 1
+    (event,) = stored("httpx-only")
+    assert event["kind"] == "function" and "replay" not in event["tags"]
+    assert event["tags"]["replay_of"] == "orig-1"

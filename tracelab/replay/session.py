@@ -215,6 +215,13 @@ def _safe_describe(live: Mapping[str, Any]) -> str:
         return f"{live.get('target', 'unknown')} {live.get('endpoint', 'unknown')}"
 
 
+def clear_outcome() -> None:
+    """Drop this call's pending `replay` tag: no event will be recorded for it (its library's
+    recording integration is off), so it must not land on an unrelated later event."""
+    _pending.set(None)
+    _pending_new.set(False)
+
+
 def take_view(session: Session, view: Any, *args: Any) -> Outcome:
     """`session.take(view(*args), wait=False)`; a request the live view cannot be built for
     (a TraceLab failure) is unanswered, explained, rather than an exception in the app."""

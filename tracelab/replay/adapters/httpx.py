@@ -24,6 +24,7 @@ from tracelab.replay.session import (
     Session,
     active,
     body_bytes,
+    clear_outcome,
     recorded_chunks,
     recorded_headers,
     stream_error,
@@ -84,10 +85,29 @@ def _latency(event: dict[str, Any]) -> float:
     return float(latency) if isinstance(latency, (int, float)) else 0.0
 
 
+def _recorded_above(client: type) -> bool:
+    """Whether the SDK's `send` wrapper will record this call (and take its `replay` tag)."""
+    from tracelab.sdk.context import http_suppressed
+    from tracelab.sdk.integrations._patching import is_patched
+    from tracelab.sdk.recorder import current
+
+    return current() is not None and not http_suppressed() and is_patched(client, "send")
+
+
 def _handle(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     session = active()
     if session is None:
         return wrapped(*args, **kwargs)
+    if _recorded_above(httpx.Client):
+        return _answer(session, wrapped, args, kwargs)
+    try:
+        return _answer(session, wrapped, args, kwargs)
+    finally:
+        clear_outcome()
+
+
+def _answer(session: Session, wrapped: Any, args: tuple[Any, ...],
+            kwargs: dict[str, Any]) -> Any:
     request = args[0] if args else kwargs["request"]
     outcome = take_view(session, live_view, request)
     if outcome.hit:
@@ -109,6 +129,16 @@ async def _handle_async(wrapped: Any, instance: Any, args: tuple[Any, ...],
     session = active()
     if session is None:
         return await wrapped(*args, **kwargs)
+    if _recorded_above(httpx.AsyncClient):
+        return await _answer_async(session, wrapped, args, kwargs)
+    try:
+        return await _answer_async(session, wrapped, args, kwargs)
+    finally:
+        clear_outcome()
+
+
+async def _answer_async(session: Session, wrapped: Any, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> Any:
     request = args[0] if args else kwargs["request"]
     outcome = take_view(session, live_view, request)
     if outcome.hit:

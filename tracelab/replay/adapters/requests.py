@@ -21,6 +21,7 @@ from tracelab.replay.session import (
     Session,
     active,
     body_bytes,
+    clear_outcome,
     recorded_chunks,
     recorded_headers,
     stream_error,
@@ -95,6 +96,28 @@ def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
     session = active()
     if session is None:
         return wrapped(*args, **kwargs)
+    if _recorded_above():
+        return _answer(session, wrapped, instance, args, kwargs)
+    try:
+        return _answer(session, wrapped, instance, args, kwargs)
+    finally:
+        clear_outcome()
+
+
+def _recorded_above() -> bool:
+    """Whether the SDK's `Session.send` wrapper will record this call (and take its tag)."""
+    import requests
+
+    from tracelab.sdk.context import http_suppressed
+    from tracelab.sdk.integrations._patching import is_patched
+    from tracelab.sdk.recorder import current
+
+    return current() is not None and not http_suppressed() \
+        and is_patched(requests.Session, "send")
+
+
+def _answer(session: Session, wrapped: Any, instance: Any, args: tuple[Any, ...],
+            kwargs: dict[str, Any]) -> Any:
     import requests
 
     request = args[0] if args else kwargs["request"]
