@@ -201,3 +201,19 @@ def test_passthrough_sends_only_the_unrecorded_message_live(traced: RedisServer,
     assert [m.rcpt_tos for m in smtp_server.mailbox.messages[2:]] == [["eve@example.test"]]
     assert [e["tags"].get("replay") for e in _new_sends(traced, recorded)] == \
         ["hit", "passthrough", "hit"]
+
+
+def test_connection_opened_before_the_replay_sends_nothing(traced: RedisServer,
+                                                           smtp_server: _Server,
+                                                           tmp_path: Path) -> None:
+    recording = tmp_path / "smtp.jsonl"
+    _record(traced, smtp_server, recording)
+    with smtplib.SMTP("127.0.0.1", smtp_server.port) as smtp:  # connected live, before
+        smtp.login(USER, PASSWORD)
+        with tracelab.replay(str(recording)):
+            assert smtp.send_message(_message("ada@example.test", subject="Order shipped")) == {}
+            smtp.noop()  # the live connection is still usable after a replayed send
+            with pytest.raises(smtplib.SMTPServerDisconnected) as caught:
+                smtp.send_message(_message("eve@example.test", subject="Order shipped"))
+    assert "eve@example.test" in str(caught.value)
+    assert len(smtp_server.mailbox.messages) == 2  # only the two recorded live

@@ -115,12 +115,13 @@ class _ReplaySocket:
     Recorded sends in the same session are still answered locally.
     """
 
-    def __init__(self, host: str, port: int, connect: Any) -> None:
+    def __init__(self, host: str, port: int, connect: Any, greet: bool = True) -> None:
         self.peer = (host, port)
         self.transaction: _Transaction | None = None
         self.tls_context: Any = None
         self._connect = connect
-        self._replies: collections.deque[bytes | None] = collections.deque([_GREETING])
+        self._replies: collections.deque[bytes | None] = collections.deque(
+            [_GREETING] if greet else [])
         self._transcript: list[bytes] = []
         self._live: Any = None
         self._live_file: Any = None
@@ -349,9 +350,11 @@ def _live_view(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 def _sendmail(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     sock = getattr(instance, "sock", None)
     session = session_api.active()
-    if session is None or not isinstance(sock, _ReplaySocket):
+    if session is None or sock is None:  # not connected: smtplib itself refuses to send
         return wrapped(*args, **kwargs)
     answer = session.take(_live_view(instance, args, kwargs))
+    if not isinstance(sock, _ReplaySocket):
+        return _over_live_connection(instance, answer, wrapped, args, kwargs)
     if answer.hit:
         sock.transaction = _Transaction(answer.event)
     elif answer.passthrough:
@@ -359,6 +362,39 @@ def _sendmail(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[s
     else:
         sock.transaction = _Transaction(None, miss=answer.message)
     return wrapped(*args, **kwargs)
+
+
+def _over_live_connection(instance: Any, answer: Any, wrapped: Any, args: tuple[Any, ...],
+                          kwargs: dict[str, Any]) -> Any:
+    """A send over a connection opened before the replay started: still nothing on the wire.
+
+    The transaction runs against a stand-in socket swapped in for its duration; a hit gives
+    the live connection back afterwards, a miss hangs up on it (as the stand-in did).
+    """
+    if not answer.hit and answer.passthrough:
+        return wrapped(*args, **kwargs)
+    real, real_file = instance.sock, instance.file
+    stand_in = _ReplaySocket(*_peer(real), connect=lambda: real, greet=False)
+    stand_in.transaction = (_Transaction(answer.event) if answer.hit
+                            else _Transaction(None, miss=answer.message))
+    instance.sock, instance.file = stand_in, None
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        if instance.sock is stand_in:
+            instance.sock, instance.file = real, real_file
+        else:  # smtplib closed the stand-in: close the connection it stood in for
+            if real_file is not None:
+                real_file.close()
+            real.close()
+
+
+def _peer(sock: Any) -> tuple[str, int]:
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "unknown", 0
+    return (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else (str(peer), 0)
 
 
 def _splice_beneath(owner: Any, attr: str, wrapper: Any) -> None:
