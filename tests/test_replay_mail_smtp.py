@@ -217,3 +217,17 @@ def test_connection_opened_before_the_replay_sends_nothing(traced: RedisServer,
                 smtp.send_message(_message("eve@example.test", subject="Order shipped"))
     assert "eve@example.test" in str(caught.value)
     assert len(smtp_server.mailbox.messages) == 2  # only the two recorded live
+
+
+def test_recipients_in_another_order_get_their_own_recorded_replies(
+        traced: RedisServer, smtp_server: _Server, tmp_path: Path) -> None:
+    recording = tmp_path / "smtp.jsonl"
+    _record(traced, smtp_server, recording)
+    smtp_server.stop()
+    with tracelab.replay(str(recording)):
+        with smtplib.SMTP("127.0.0.1", smtp_server.port) as smtp:
+            # recorded as [bob, UNKNOWN]: the key ignores recipient order, the replies follow
+            # each address, not its position
+            assert smtp.sendmail(SHOP, [UNKNOWN, "bob@example.test"],
+                                 "Subject: hi\r\n\r\nhello bob\r\n") == \
+                {UNKNOWN: (550, b"5.1.1 User unknown")}

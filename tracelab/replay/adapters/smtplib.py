@@ -11,12 +11,16 @@ caller's own arguments, builds the request exactly as the SDK records it, and as
 session. On a hit the socket replays the recorded SMTP replies (refused recipients, a refused
 sender, a DATA error), so smtplib itself returns or raises what it did in the recording and the
 SDK records the send as usual. On a miss the "server" hangs up: smtplib raises its own
-`SMTPServerDisconnected`, whose message carries the matcher's explanation.
+`SMTPServerDisconnected`, whose message carries the matcher's explanation. A send over a
+connection opened before the replay started is answered the same way, on a stand-in socket
+swapped in for that transaction. In passthrough mode a missed send goes to the real server
+(see `_ReplaySocket`).
 """
 from __future__ import annotations
 
 import collections
 import contextvars
+import email.utils
 import threading
 from typing import Any
 
@@ -43,8 +47,6 @@ class _Transaction:
                  live: bool = False) -> None:
         self.miss = miss
         self.live = live  # a passthrough miss: this transaction goes to the real server
-        self.rcpt_index = 0
-        self.to: list[Any] = []
         self.refused: dict[str, Any] = {}
         self.mail_reply: tuple[int, str] | None = None
         self.data_reply: tuple[int, str] | None = None
@@ -53,10 +55,7 @@ class _Transaction:
             self._from_event(event)
 
     def _from_event(self, event: dict[str, Any]) -> None:
-        request = event.get("request") or {}
         response = event.get("response") or {}
-        to = request.get("to")
-        self.to = list(to) if isinstance(to, list) else []
         refused = response.get("refused") if isinstance(response, dict) else None
         self.refused = refused if isinstance(refused, dict) else {}
         if event.get("status") != "error":
@@ -74,12 +73,13 @@ class _Transaction:
             return
         self.hang_up = (event.get("error") or {}).get("message") or error_type or "recorded failure"
 
-    def rcpt(self) -> tuple[int, str]:
-        index, self.rcpt_index = self.rcpt_index, self.rcpt_index + 1
-        address = self.to[index] if index < len(self.to) else None
-        reply = self.refused.get(address) if isinstance(address, str) else None
-        if isinstance(reply, dict) and isinstance(reply.get("code"), int):
-            return reply["code"], str(reply.get("message", ""))
+    def rcpt(self, line: str) -> tuple[int, str]:
+        """The recorded reply for `RCPT TO:<address>` (recipients matched in any order)."""
+        address = line.partition("<")[2].partition(">")[0]
+        for recorded, reply in self.refused.items():
+            if recorded == address or email.utils.parseaddr(recorded)[1] == address:
+                if isinstance(reply, dict) and isinstance(reply.get("code"), int):
+                    return reply["code"], str(reply.get("message", ""))
         return 250, "2.1.5 OK"
 
 
@@ -249,7 +249,7 @@ class _ReplaySocket:
         elif verb == "MAIL":
             self._mail()
         elif verb == "RCPT":
-            self._rcpt()
+            self._rcpt(line)
         elif verb == "DATA":
             self._data_command()
         else:  # VRFY, EXPN, anything sent outside sendmail
@@ -270,11 +270,11 @@ class _ReplaySocket:
         else:
             self._reply(250, "2.1.0 OK")
 
-    def _rcpt(self) -> None:
+    def _rcpt(self, line: str) -> None:
         if self.transaction is None:
             self._hang_up("TraceLab replay: RCPT without a replayed MAIL")
         else:
-            self._reply(*self.transaction.rcpt())
+            self._reply(*self.transaction.rcpt(line))
 
     def _data_command(self) -> None:
         transaction = self.transaction
