@@ -215,6 +215,14 @@ def _safe_describe(live: Mapping[str, Any]) -> str:
         return f"{live.get('target', 'unknown')} {live.get('endpoint', 'unknown')}"
 
 
+def vendor_went_live() -> bool:
+    """Inside a vendor call (twilio, boto3) whose replay adapter chose to send it live: the
+    HTTP beneath is part of that decision, neither answered nor counted again."""
+    from tracelab.sdk.context import http_suppressed
+
+    return http_suppressed() and _pending.get() == "passthrough"
+
+
 def clear_outcome() -> None:
     """Drop this call's pending `replay` tag: no event will be recorded for it (its library's
     recording integration is off), so it must not land on an unrelated later event."""

@@ -30,6 +30,7 @@ from tracelab.replay.session import (
     stream_error,
     take_view,
     timed_chunks,
+    vendor_went_live,
 )
 from tracelab.sdk.integrations._patching import patch, unpatch
 
@@ -87,17 +88,18 @@ def _latency(event: dict[str, Any]) -> float:
 
 def _recorded_above(client: type) -> bool:
     """Whether the SDK's `send` wrapper will record this call (and take its `replay` tag)."""
-    from tracelab.sdk.context import http_suppressed
     from tracelab.sdk.integrations._patching import is_patched
     from tracelab.sdk.recorder import current
 
-    return current() is not None and not http_suppressed() and is_patched(client, "send")
+    return current() is not None and is_patched(client, "send")
 
 
 def _handle(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     session = active()
     if session is None:
         return wrapped(*args, **kwargs)
+    if vendor_went_live():
+        return _live(session, args[0] if args else kwargs["request"], wrapped, args, kwargs)
     if _recorded_above(httpx.Client):
         return _answer(session, wrapped, args, kwargs)
     try:
@@ -129,6 +131,9 @@ async def _handle_async(wrapped: Any, instance: Any, args: tuple[Any, ...],
     session = active()
     if session is None:
         return await wrapped(*args, **kwargs)
+    if vendor_went_live():
+        return await _live_async(session, args[0] if args else kwargs["request"], wrapped,
+                                 args, kwargs)
     if _recorded_above(httpx.AsyncClient):
         return await _answer_async(session, wrapped, args, kwargs)
     try:
@@ -154,9 +159,14 @@ async def _answer_async(session: Session, wrapped: Any, args: tuple[Any, ...],
                                                          stream_error(response)))
     if not outcome.passthrough:
         raise httpx.ConnectError(outcome.message, request=request)
+    return await _live_async(session, request, wrapped, args, kwargs)
+
+
+async def _live_async(session: Session, request: Any, wrapped: Any, args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> Any:
     if not session.proxied:
         return await wrapped(*args, **kwargs)
-    request.headers[HANDLED_HEADER] = "1"
+    request.headers[HANDLED_HEADER] = "1"  # the replay proxy forwards it untouched
     try:
         return await wrapped(*args, **kwargs)
     finally:

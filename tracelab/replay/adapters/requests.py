@@ -27,6 +27,7 @@ from tracelab.replay.session import (
     stream_error,
     take_view,
     timed_chunks,
+    vendor_went_live,
 )
 from tracelab.sdk.integrations._patching import patch, unpatch
 
@@ -96,6 +97,8 @@ def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
     session = active()
     if session is None:
         return wrapped(*args, **kwargs)
+    if vendor_went_live():
+        return _live(session, wrapped, args, kwargs)
     if _recorded_above():
         return _answer(session, wrapped, instance, args, kwargs)
     try:
@@ -105,15 +108,14 @@ def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
 
 
 def _recorded_above() -> bool:
-    """Whether the SDK's `Session.send` wrapper will record this call (and take its tag)."""
+    """Whether an SDK wrapper will record this call and take its tag: `Session.send`'s, or
+    (under `suppress_http`) the vendor call's above it."""
     import requests
 
-    from tracelab.sdk.context import http_suppressed
     from tracelab.sdk.integrations._patching import is_patched
     from tracelab.sdk.recorder import current
 
-    return current() is not None and not http_suppressed() \
-        and is_patched(requests.Session, "send")
+    return current() is not None and is_patched(requests.Session, "send")
 
 
 def _answer(session: Session, wrapped: Any, instance: Any, args: tuple[Any, ...],
@@ -135,8 +137,13 @@ def _answer(session: Session, wrapped: Any, instance: Any, args: tuple[Any, ...]
         return instance.build_response(request, _raw_response(session, outcome, request))
     if not outcome.passthrough:
         raise requests.ConnectionError(outcome.message, request=request)
+    return _live(session, wrapped, args, kwargs)
+
+
+def _live(session: Session, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if not session.proxied:
         return wrapped(*args, **kwargs)
+    request = args[0] if args else kwargs["request"]
     request.headers[HANDLED_HEADER] = "1"  # the replay proxy forwards it untouched
     try:
         return wrapped(*args, **kwargs)
