@@ -341,3 +341,21 @@ def test_an_unrecorded_library_leaves_no_tag_for_the_next_event() -> None:
     (event,) = stored("httpx-only")
     assert event["kind"] == "function" and "replay" not in event["tags"]
     assert event["tags"]["replay_of"] == "orig-1"
+
+
+def test_http_beneath_a_vendor_call_sent_live_is_not_counted_again() -> None:
+    """A vendor adapter (twilio) chose passthrough: the requests call beneath it, under the
+    SDK's `suppress_http`, goes live once and is not a second passthrough in the report."""
+    from tracelab.sdk.context import suppress_http
+
+    record(lambda url: requests.get(f"{url}/echo", timeout=5))
+    server = LoopbackHTTP()
+    try:
+        with tracelab.replay("orig-1", on_miss="passthrough") as r:
+            r.session.passed("api.twilio.com messages.create")  # what the vendor adapter does
+            with suppress_http():
+                assert requests.get(f"{server.url}/vendor", timeout=5).status_code == 200
+        assert len(server.requests_seen) == 1
+    finally:
+        server.close()
+    assert r.passthrough == ["api.twilio.com messages.create"] and r.misses == []
