@@ -50,6 +50,8 @@ MAX_NESTING_DEPTH = 64
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 STATUSES = ("ok", "error")
+# A streamed response's chunk holds UTF-8 text ("text", the default) or base64 (spec/README.md).
+CHUNK_ENCODINGS = ("text", "base64")
 
 NAME_FIELDS: tuple[str, ...] = ("workflow", "run_id", "service", "source", "kind")
 
@@ -78,7 +80,10 @@ class TraceEvent(TypedDict, total=False):
       latency_ms  finite number >= 0 (int or float; never a bool)
       status      "ok" or "error"
       request     object: method, url, headers, body ... (redacted, bodies capped)
-      response    object or null (null when no response arrived)
+      response    object or null (null when no response arrived); a streamed response also
+                  has `chunks` ([{"t": ms >= 0, "data": str, "encoding"?: "text"|"base64"}])
+                  and `stream` ({"complete": bool, "error": ErrorInfo|null, "size": int >= 0,
+                  "truncated": bool}), both or neither (spec/README.md "Streams")
 
     Optional (absent, or for the nullable ones also null):
       span_id, parent_id  string or null, <= 128 chars (`new_span_id()`)
@@ -202,7 +207,9 @@ def validate(obj: object) -> list[str]:
             and ((t := type(v := get("latency_ms"))) is float or t is int) and 0 <= v < _INF
             and ((v := get("status")) == "ok" or v == "error")
             and type(get("request")) is dict
-            and ((t := type(get("response"))) is dict or (t is type(None) and "response" in obj))
+            and ((t := type(v := get("response"))) is dict
+                 and ("chunks" not in v and "stream" not in v or _stream_ok(v))
+                 or (t is type(None) and "response" in obj))
             and ((v := get("span_id")) is None or (type(v) is str and len(v) <= MAX_ID_CHARS))
             and ((v := get("parent_id")) is None or (type(v) is str and len(v) <= MAX_ID_CHARS))
             and ((v := get("status_code")) is None
@@ -277,6 +284,23 @@ def nests_within(value: object, depth: int) -> bool:
         if type(member) not in scalars and not nests_within(member, depth - 1):
             return False
     return True
+
+
+def _stream_ok(response: dict[str, Any]) -> bool:
+    """The fast path's check of a streamed response's `chunks` and `stream` (spec/README.md)."""
+    chunks, stream = response.get("chunks"), response.get("stream")
+    if type(chunks) is not list or type(stream) is not dict:
+        return False
+    for chunk in chunks:
+        if not (type(chunk) is dict and type(chunk.get("data")) is str
+                and ((t := type(v := chunk.get("t"))) is float or t is int) and 0 <= v < _INF
+                and ((e := chunk.get("encoding", _ABSENT)) is _ABSENT or e in CHUNK_ENCODINGS)):
+            return False
+    error = stream.get("error", _ABSENT)
+    return (type(stream.get("complete")) is bool and type(stream.get("truncated")) is bool
+            and type(v := stream.get("size")) is int and 0 <= v <= MAX_INT64
+            and (error is None or (type(error) is dict and type(error.get("type")) is str
+                                   and type(error.get("message")) is str)))
 
 
 def _tags_ok(tags: dict[Any, Any]) -> bool:
@@ -357,6 +381,57 @@ def _check_error(problems: list[str], error: object) -> None:
             problems.append(f"error.{key}: expected a string, got {_type_name(error[key])}")
 
 
+def _check_stream(problems: list[str], response: dict[str, Any]) -> None:
+    """`response.chunks` and `response.stream`: both or neither, each in its shape."""
+    if "chunks" not in response or "stream" not in response:
+        missing = "stream" if "chunks" in response else "chunks"
+        problems.append(f"response.{missing}: required with response."
+                        f"{'chunks' if missing == 'stream' else 'stream'} (a streamed response)")
+    chunks = response.get("chunks", [])
+    if not isinstance(chunks, list):
+        problems.append(f"response.chunks: expected an array, got {_type_name(chunks)}")
+        chunks = []
+    for i, chunk in enumerate(chunks):
+        where = f"response.chunks[{i}]"
+        if not isinstance(chunk, dict):
+            problems.append(f"{where}: expected an object {{t, data}}, got {_type_name(chunk)}")
+            continue
+        t = chunk.get("t")
+        if not isinstance(t, (int, float)) or isinstance(t, bool):
+            problems.append(f"{where}.t: expected a number (ms since the request started), "
+                            f"got {_type_name(t)}")
+        elif not (math.isfinite(t) and t >= 0):
+            problems.append(f"{where}.t: must be a finite number >= 0, got {t}")
+        if not isinstance(chunk.get("data"), str):
+            problems.append(f"{where}.data: expected a string, got {_type_name(chunk.get('data'))}")
+        if "encoding" in chunk and chunk["encoding"] not in CHUNK_ENCODINGS:
+            problems.append(f"{where}.encoding: expected 'text' or 'base64', "
+                            f"got {chunk['encoding']!r}"[:200])
+    if "stream" not in response:
+        return
+    stream = response["stream"]
+    if not isinstance(stream, dict):
+        problems.append(f"response.stream: expected an object, got {_type_name(stream)}")
+        return
+    for key in ("complete", "truncated"):
+        if key not in stream:
+            problems.append(f"response.stream.{key}: required field is missing")
+        elif not isinstance(stream[key], bool):
+            problems.append(f"response.stream.{key}: expected true or false, "
+                            f"got {_type_name(stream[key])}")
+    if "size" not in stream:
+        problems.append("response.stream.size: required field is missing")
+    else:
+        _check_int(problems, "response.stream.size", stream["size"], "an integer (bytes)",
+                   0, MAX_INT64)
+    if "error" not in stream:
+        problems.append("response.stream.error: required field is missing (null when none)")
+    elif stream["error"] is not None:
+        inner: list[str] = []
+        _check_error(inner, stream["error"])
+        problems.extend("response.stream." + problem for problem in inner)
+
+
 def _problems(obj: object) -> list[str]:
     if not isinstance(obj, dict):
         return [f"event: expected a JSON object, got {_type_name(obj)}"]
@@ -407,6 +482,9 @@ def _problems(obj: object) -> list[str]:
                                      or isinstance(obj["response"], dict)):
         problems.append(f"response: expected an object or null, "
                         f"got {_type_name(obj['response'])}")
+    elif present("response") and obj["response"] is not None and \
+            ("chunks" in obj["response"] or "stream" in obj["response"]):
+        _check_stream(problems, obj["response"])
 
     for field in ("span_id", "parent_id"):
         value = obj.get(field)

@@ -50,6 +50,24 @@ export interface ErrorInfo {
 }
 
 /**
+ * One piece of a streamed response (`response.chunks`, spec/README.md "Streams"): its offset in
+ * ms from the request start and its data, UTF-8 text unless `encoding` is "base64".
+ */
+export interface StreamChunk {
+  t: number;
+  data: string;
+  encoding?: "text" | "base64";
+}
+
+/** How a streamed response ended (`response.stream`); always present with `chunks`. */
+export interface StreamInfo {
+  complete: boolean;
+  error: ErrorInfo | null;
+  size: number;
+  truncated: boolean;
+}
+
+/**
  * `{type, message}` of anything thrown; fetch's "fetch failed" gets its cause appended.
  * Messages quote URLs and keys ("Invalid API key provided: sk_live_…"): shapes are redacted.
  */
