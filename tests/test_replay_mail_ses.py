@@ -170,3 +170,24 @@ def test_passthrough_sends_only_the_unrecorded_call(traced: RedisServer,
     assert len(session.passthrough) == 1
     assert [e["tags"].get("replay") for e in _new_events(traced, recorded)] == \
         ["hit", "passthrough"]
+
+
+def test_a_recorded_unreachable_endpoint_is_unreachable_again(
+        traced: RedisServer, ses_server: _SESStandIn, tmp_path: Path) -> None:
+    from conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    v2 = client("sesv2", url, max_attempts=1)
+    params: dict[str, Any] = {
+        "FromEmailAddress": "shop@example.test", "Destination": {"ToAddresses": ["a@x.test"]},
+        "Content": {"Simple": {"Subject": {"Data": "s"}, "Body": {"Text": {"Data": "b"}}}}}
+    with pytest.raises(EndpointConnectionError):
+        v2.send_email(**params)
+    events, _ = read_events(traced)
+    recording = tmp_path / "unreachable.jsonl"
+    recording.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    with tracelab.replay(str(recording)) as session:
+        with pytest.raises(EndpointConnectionError) as caught:
+            v2.send_email(**params)
+    assert "recorded failure" in str(caught.value)
+    assert len(session.hits) == 1

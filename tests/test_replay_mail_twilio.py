@@ -197,3 +197,23 @@ def test_passthrough_sends_only_the_unrecorded_sms(traced: RedisServer,
     assert [seen["form"]["To"] for seen in stand_in.seen] == ["+15550009999"]
     assert [e["tags"].get("replay") for e in _new_events(traced, recorded)] == \
         ["hit", "passthrough"]
+
+
+def test_a_recorded_refused_connection_is_refused_again(traced: RedisServer,
+                                                        stand_in: _TwilioStandIn,
+                                                        tmp_path: Path) -> None:
+    from conftest import free_port
+
+    closed = free_port()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        twilio_client(stand_in, port=closed).messages.create(to="+15558675310",
+                                                             from_="+15017122661", body="hi")
+    events, _ = read_events(traced)
+    recording = tmp_path / "refused.jsonl"
+    recording.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    with tracelab.replay(str(recording)) as session:
+        with pytest.raises(requests.exceptions.ConnectionError) as caught:
+            twilio_client(stand_in, port=closed).messages.create(to="+15558675310",
+                                                                 from_="+15017122661", body="hi")
+    assert "ProxyError" in str(caught.value) and "replayed from the recording" in str(caught.value)
+    assert len(session.hits) == 1 and stand_in.seen == []

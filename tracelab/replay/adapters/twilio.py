@@ -62,13 +62,17 @@ def _rfc2822(value: Any) -> Any:
         return value
 
 
-def _response(event: dict[str, Any]) -> Any:
+def _response(event: dict[str, Any], is_async: bool) -> Any:
     """The recorded reply as the twilio `Response` its HTTP client would have returned."""
     from twilio.http.response import Response
 
     recorded = event.get("response")
-    recorded = dict(recorded) if isinstance(recorded, Mapping) else {}
     status = event.get("status_code")
+    if event.get("status") == "error" and not isinstance(recorded, Mapping):
+        error = event.get("error") or {}  # recorded without a reply: the same failure again
+        raise _refused(f"{error.get('type', 'Error')}: {error.get('message', 'no reply')} "
+                       "(replayed from the recording)", is_async)
+    recorded = dict(recorded) if isinstance(recorded, Mapping) else {}
     if event.get("status") == "error":
         message = str(recorded.get("message") or "")
         if message.startswith(_ERROR_PREFIX):
@@ -144,7 +148,7 @@ def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
         return wrapped(*args, **kwargs)
     if not answer.hit:
         raise _refused(answer.message, is_async=False)
-    return _response(answer.event)
+    return _response(answer.event, is_async=False)
 
 
 async def _request_async(wrapped: Any, instance: Any, args: tuple[Any, ...],
@@ -154,7 +158,7 @@ async def _request_async(wrapped: Any, instance: Any, args: tuple[Any, ...],
         return await wrapped(*args, **kwargs)
     if not answer.hit:
         raise _refused(answer.message, is_async=True)
-    return _response(answer.event)
+    return _response(answer.event, is_async=True)
 
 
 def install() -> None:
