@@ -199,7 +199,8 @@ interface SplitUrl { scheme: string; netloc: string; path: string; query: string
 
 /** `urllib.parse.urlsplit` with `.hostname` and `.port` (an invalid port is null). */
 function urlsplit(raw: string): SplitUrl {
-  const url = raw.trim().replace(/[\t\r\n]/g, "");
+  // Python strips leading C0 controls and spaces only, and drops tabs and newlines anywhere.
+  const url = raw.replace(/^[\x00-\x20]+/, "").replace(/[\t\r\n]/g, "");
   let rest = url;
   let scheme = "";
   const s = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(rest);
