@@ -187,7 +187,7 @@ def test_passthrough_sends_only_the_unrecorded_sms(traced: RedisServer,
     recording = tmp_path / "sms.jsonl"
     live, recorded = _record(traced, stand_in, recording)
     stand_in.seen.clear()
-    with tracelab.replay(str(recording), on_miss="passthrough"):
+    with tracelab.replay(str(recording), on_miss="passthrough") as session:
         client = twilio_client(stand_in)
         hit = client.messages.create(to="+15558675310", from_="+15017122661",
                                      body="Your code is 123456")
@@ -195,6 +195,7 @@ def test_passthrough_sends_only_the_unrecorded_sms(traced: RedisServer,
     assert hit.sid == live["sms"][0]
     assert sent.status == "queued"
     assert [seen["form"]["To"] for seen in stand_in.seen] == ["+15550009999"]
+    assert len(session.passthrough) == 1  # the HTTP beneath is not counted a second time
     assert [e["tags"].get("replay") for e in _new_events(traced, recorded)] == \
         ["hit", "passthrough"]
 
