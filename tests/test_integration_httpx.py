@@ -201,7 +201,8 @@ def test_streams_are_never_read_for_the_caller(traced: RedisServer, http_server:
     for event in (sync_stream, async_event):
         assert event["endpoint"] == "GET /stream"
         assert event["status_code"] == 200
-        assert event["response"]["body"]["$tracelab"] == "not_captured"
+        assert event["response"]["body"] == "line one\nline two\n"  # teed as the caller read it
+        assert event["response"]["stream"]["complete"] is True
     assert upload_event["request"]["body"]["$tracelab"] == "not_captured"
     assert upload_event["response"]["body"] == "part one,part two"
 

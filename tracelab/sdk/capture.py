@@ -200,13 +200,15 @@ def record_http(
     service: str | None = None,
     kind: str | None = None,
     response_body_size: int | None = None,
+    response_stream: Any = None,
 ) -> dict[str, Any]:
     """Build and submit one HTTP event. `*_note` marks a body as deliberately not captured.
 
     `kind` replaces the default (`http`, or `llm` for LLM endpoints), e.g. `websocket` for a
     connection summary. `response_body_size` is the body's real size when `response_body` is
     only its first bytes (the proxy keeps a streamed body up to the cap): a truncated marker
-    then reports that size.
+    then reports that size. `response_stream` (a `tracelab.sdk.streams.StreamTee`) adds the
+    response's `chunks` and `stream` members.
 
     Returns the event as built; what is submitted has, in addition, every echo of a redacted
     secret value scrubbed (exception texts quoting URLs, servers echoing credentials).
@@ -239,6 +241,8 @@ def record_http(
                     and resp_body.get("$tracelab") == "truncated":
                 resp_body["size"] = max(resp_body["size"], response_body_size)
         response = {"status_code": status_code, "headers": resp_headers, "body": resp_body}
+        if response_stream is not None and capture:
+            response.update(response_stream.members(redactor, found))
     path = parts.path or "/"
     tags = llm_tags(parts.hostname or "", path, req_body, response["body"] if response else None)
     failed = exc is not None or (status_code is not None and status_code >= 400)

@@ -1,17 +1,22 @@
 """requests: patched at `Session.send`, the one method every request (and redirect hop) goes through.
 
 Patching `send` rather than `request` means custom transport adapters and prepared requests
-are traced too. A `stream=True` response is never read on the caller's behalf: its body is
-recorded as not captured.
+are traced too. A `stream=True` response is never read on the caller's behalf: urllib3's
+reading calls on its `raw` (`read`, `read1`, `read_chunked`: `iter_content`, `iter_lines`,
+`.content` and direct `raw.read` all end there) are wrapped on that one object to tee what the
+caller reads, and the event is recorded when the stream ends (tracelab/sdk/streams.py).
 """
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from tracelab.sdk.capture import Timer, record_http
 from tracelab.sdk.context import http_suppressed
 from tracelab.sdk.integrations._patching import patch, unpatch
 from tracelab.sdk.recorder import Recorder, current
+from tracelab.sdk.streams import StreamTee
 
 ORIGIN = "requests"
 
@@ -46,6 +51,95 @@ def _record(rec: Recorder, request: Any, response: Any, timer: Timer, stream: bo
                 response_body_note=response_note, exc=exc)
 
 
+def _record_stream(rec: Recorder, request: Any, response: Any, timer: Timer,
+                   tee: StreamTee) -> None:
+    """The event of a streamed response, once its stream ended (`tee` says how)."""
+    record_http(rec, origin=ORIGIN, method=request.method or "GET", url=request.url or "",
+                request_headers=request.headers, request_body=request.body
+                if isinstance(request.body, (bytes, str)) or request.body is None else None,
+                request_body_note=None if isinstance(request.body, (bytes, str))
+                or request.body is None else f"streamed upload ({type(request.body).__name__})",
+                started_at=timer.started_at, latency_ms=timer.elapsed_ms(),
+                status_code=response["status_code"], response_headers=response["headers"],
+                response_body=bytes(tee.body), response_body_size=tee.size,
+                response_stream=tee, exc=tee.error)
+
+
+def _tee(rec: Recorder, request: Any, response: Any, timer: Timer) -> bool:
+    """Wrap `response.raw`'s reading calls to record the stream as it is read; False when
+    this response cannot be teed (then it is recorded at once, as not captured)."""
+    raw = getattr(response, "raw", None)
+    if response.request is not request or raw is None or \
+            not callable(getattr(raw, "read", None)) or getattr(response, "_content", False):
+        return False
+    # Only what the event needs: the tee must not keep the Response alive (GC ends it).
+    seen = {"status_code": response.status_code, "headers": response.headers}
+    tee = StreamTee(timer._t0, rec.config.max_body_bytes,
+                    lambda tee: rec.safely(ORIGIN, _record_stream, rec, request, seen, timer, tee))
+    state = {"reading": 0}
+    read, close = raw.read, raw.close
+
+    def finished() -> bool:
+        try:
+            return bool(raw.closed) and not len(getattr(raw, "_decoded_buffer", b""))
+        except Exception:
+            return False
+
+    def teed_read(*args: Any, **kwargs: Any) -> Any:
+        return _call(read, args, kwargs)
+
+    def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        state["reading"] += 1
+        try:
+            data = fn(*args, **kwargs)
+        except BaseException as exc:
+            tee.end(False, exc)
+            raise
+        finally:
+            state["reading"] -= 1
+        if isinstance(data, (bytes, bytearray)):
+            tee.add(data)
+            amt = args[0] if args else kwargs.get("amt")
+            if (not data and amt != 0) or (amt is None and fn is read) or finished():
+                tee.end(True)
+        return data
+
+    def teed_read1(*args: Any, **kwargs: Any) -> Any:
+        return _call(read1, args, kwargs)
+
+    def teed_read_chunked(*args: Any, **kwargs: Any) -> Iterator[bytes]:
+        pieces = read_chunked(*args, **kwargs)
+        while True:
+            state["reading"] += 1
+            try:
+                data = next(pieces)
+            except StopIteration:
+                tee.end(True)
+                return
+            except BaseException as exc:
+                tee.end(False, exc)
+                raise
+            finally:
+                state["reading"] -= 1
+            tee.add(data)
+            yield data
+
+    def teed_close(*args: Any, **kwargs: Any) -> Any:
+        if not state["reading"]:
+            tee.abandon()
+        return close(*args, **kwargs)
+
+    raw.read, raw.close = teed_read, teed_close
+    read1 = getattr(raw, "read1", None)
+    if callable(read1):
+        raw.read1 = teed_read1
+    read_chunked = getattr(raw, "read_chunked", None)
+    if callable(read_chunked):
+        raw.read_chunked = teed_read_chunked
+    weakref.finalize(response, tee.abandon)
+    return True
+
+
 def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     rec = current()
     if rec is None or http_suppressed():
@@ -58,6 +152,8 @@ def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
         rec.safely(ORIGIN, _record, rec, request, None, timer, bool(kwargs.get("stream")), exc)
         raise
     request = args[0] if args else kwargs.get("request")
+    if kwargs.get("stream") and rec.safely(ORIGIN, _tee, rec, request, response, timer):
+        return response
     rec.safely(ORIGIN, _record, rec, request, response, timer, bool(kwargs.get("stream")), None)
     return response
 
