@@ -301,6 +301,44 @@ describe("replay: a streamed recording (response.chunks)", () => {
   });
 });
 
+describe("replay: recorded answers the Fetch API would refuse", () => {
+  let dir, work;
+
+  before(() => {
+    dir = userProject();
+    work = tempDir("tracelab-replay-odd-");
+  });
+
+  after(() => {
+    if (dir) removeDir(dir);
+    if (work) removeDir(work);
+  });
+
+  it("drops a header that is not a byte string and answers HEAD without a body", async () => {
+    const event = (id, method, headers, body) => ({
+      event_id: id, kind: "http", target: "odd.example.com", endpoint: `${method} /x`, status: "ok", status_code: 200,
+      latency_ms: 1, started_at: 1764500000000000000, error: null, tags: {},
+      request: { method, url: "https://odd.example.com/x", headers: {}, body: null },
+      response: { status_code: 200, headers, body },
+    });
+    const recording = join(work, "odd.jsonl");
+    writeFileSync(recording, [
+      event("a1", "GET", { "content-type": "text/plain", "x-note": "a\u2192b" }, "hello"),
+      event("a2", "HEAD", { "content-type": "text/plain" }, "not sent on HEAD"),
+    ].map((e) => JSON.stringify(e)).join("\n"));
+    const run = await runScript(dir, "odd.mjs", `
+      import { init } from "@tracelab/sdk";
+      init({ workflowName: "ts-replay-odd" });
+      const get = await fetch("https://odd.example.com/x");
+      const head = await fetch("https://odd.example.com/x", { method: "HEAD" });
+      console.log(JSON.stringify({ get: [get.status, await get.text(), get.headers.get("x-note"), get.url],
+        head: [head.status, await head.text()] }));
+    `, { TRACELAB_HOME: join(work, "home"), TRACELAB_REPLAY: recording });
+    assert.equal(run.code, 0, run.stderr);
+    assert.deepEqual(JSON.parse(run.stdout), { get: [200, "hello", null, "https://odd.example.com/x"], head: [200, ""] });
+  });
+});
+
 describe("replay: @sendgrid/mail", () => {
   let sendgrid, dir, work;
   const MAIL = `

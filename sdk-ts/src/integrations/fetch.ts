@@ -150,11 +150,24 @@ async function replayFetch(rec: Recorder, session: ReplaySession, live: () => Pr
     const recordedError = isRecord(recorded.error) ? recorded.error : { message: "no response was recorded" };
     throw new TypeError("fetch failed", { cause: new Error(`${String(recordedError.message)} (as recorded)`) });
   }
-  const noBody = [101, 103, 204, 205, 304].includes(status);
+  const noBody = [101, 103, 204, 205, 304].includes(status) || call.method.toUpperCase() === "HEAD";
   const body = noBody ? null
     : chunks ? chunkStream(chunks, session.speed, startMs, streamError(response))
     : bodyBytes(response.body);
-  const answer = new Response(body as BodyInit | null, { status, headers: responseHeaderPairs(response) });
+  const headers = new Headers();
+  for (const [name, value] of responseHeaderPairs(response)) {
+    try {
+      headers.append(name, value);
+    } catch {
+      // a header the Fetch API refuses (not a byte string): the answer goes without it
+    }
+  }
+  let answer: Response;
+  try {
+    answer = new Response(body as BodyInit | null, { status, headers });
+  } catch (err) {
+    throw new TypeError("fetch failed", { cause: new Error(`the recorded response cannot be a Response (${(err as Error)?.message})`) });
+  }
   Object.defineProperty(answer, "url", { value: call.url });
   return answer;
 }
