@@ -314,7 +314,7 @@ describe("replay: recorded answers the Fetch API would refuse", () => {
     if (work) removeDir(work);
   });
 
-  it("drops a header that is not a byte string and answers HEAD without a body", async () => {
+  it("drops a header that is not a byte string and answers HEAD without a body (fetch and node-fetch)", async () => {
     const event = (id, method, headers, body) => ({
       event_id: id, kind: "http", target: "odd.example.com", endpoint: `${method} /x`, status: "ok", status_code: 200,
       latency_ms: 1, started_at: 1764500000000000000, error: null, tags: {},
@@ -325,17 +325,24 @@ describe("replay: recorded answers the Fetch API would refuse", () => {
     writeFileSync(recording, [
       event("a1", "GET", { "content-type": "text/plain", "x-note": "a\u2192b" }, "hello"),
       event("a2", "HEAD", { "content-type": "text/plain" }, "not sent on HEAD"),
+      { ...event("a3", "HEAD", { "content-type": "text/plain" }, "not sent on HEAD"), endpoint: "HEAD /y",
+        request: { method: "HEAD", url: "https://odd.example.com/y", headers: {}, body: null } },
+      { ...event("a4", "GET", { "content-type": "text/plain" }, "after head"), endpoint: "GET /y",
+        request: { method: "GET", url: "https://odd.example.com/y", headers: {}, body: null } },
     ].map((e) => JSON.stringify(e)).join("\n"));
     const run = await runScript(dir, "odd.mjs", `
       import { init } from "@tracelab/sdk";
+      import nodeFetch from "node-fetch";
       init({ workflowName: "ts-replay-odd" });
       const get = await fetch("https://odd.example.com/x");
       const head = await fetch("https://odd.example.com/x", { method: "HEAD" });
+      const nfHead = await nodeFetch("https://odd.example.com/y", { method: "HEAD" });
+      const nfAfter = await nodeFetch("https://odd.example.com/y").then((r) => r.text());
       console.log(JSON.stringify({ get: [get.status, await get.text(), get.headers.get("x-note"), get.url],
-        head: [head.status, await head.text()] }));
+        head: [head.status, await head.text()], nf: [nfHead.status, await nfHead.text(), nfAfter] }));
     `, { TRACELAB_HOME: join(work, "home"), TRACELAB_REPLAY: recording });
     assert.equal(run.code, 0, run.stderr);
-    assert.deepEqual(JSON.parse(run.stdout), { get: [200, "hello", null, "https://odd.example.com/x"], head: [200, ""] });
+    assert.deepEqual(JSON.parse(run.stdout), { get: [200, "hello", null, "https://odd.example.com/x"], head: [200, ""], nf: [200, "", "after head"] });
   });
 });
 

@@ -316,6 +316,10 @@ function replayRequest(rec: Recorder, session: ReplaySession, send: (args: unkno
     }
     const socket = new ReplaySocket();
     oncreate(null, socket);
+    if ([101, 103, 204, 205, 304].includes(status) || method.toUpperCase() === "HEAD") {
+      await socket.respond(status, responseHeaderPairs(response), null, null);
+      return;
+    }
     await socket.respond(status, responseHeaderPairs(response), chunks ? null : bodyBytes(response.body),
       chunks ? { chunks, speed: session.speed, startMs, error: streamError(response) } : null);
   };
