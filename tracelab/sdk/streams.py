@@ -177,7 +177,11 @@ def _equal_runs(a: str, b: str) -> list[tuple[int, int, int]]:
         if marker < 0:
             return runs
         after = marker + len(MARKER)
-        follow = b[after:after + _RESYNC_CHARS]
+        while b.startswith(MARKER, after):  # adjacent redactions: one span
+            after += len(MARKER)
+        following = b.find(MARKER, after)
+        follow = b[after:after + _RESYNC_CHARS if following < 0
+                   else min(after + _RESYNC_CHARS, following)]
         resume = a.find(follow, i) if follow else -1
         if resume < 0:
             return runs
