@@ -238,7 +238,8 @@ describe("replay: a streamed recording (response.chunks)", () => {
       request: { method: "GET", url: `https://sse.example.com${path}`, headers: {}, body: null },
       response: {
         status_code: 200, headers: { "content-type": "text/event-stream", "content-length": "999" }, body: null,
-        chunks: [{ t: 5, data: "data: one\n\n" }, { t: 10, data: "data: two\n\n" }, { t: 20, data: "data: three\n\n" }],
+        chunks: [{ t: 5, data: "data: one\n\n" }, { t: 10, data: "data: two\n\n", encoding: "text" },
+          { t: 20, data: Buffer.from("data: three\n\n").toString("base64"), encoding: "base64" }],
         stream,
       },
     };
@@ -294,7 +295,9 @@ describe("replay: a streamed recording (response.chunks)", () => {
       "after shutdown() a replay still answers (here: a miss), never a live call");
     const events = spoolEvents(home).events.map((e) => e.event);
     assert.equal(events.length, 3);
+    const validate = await schemaValidator();
     for (const event of events) {
+      assertValid(validate, event);
       assert.equal(event.tags.replay, "hit");
       assert.equal(event.response.chunks.length, 3);
     }

@@ -1,10 +1,10 @@
 /**
  * A recorded response turned back into what the app receives: status, headers and body bytes,
- * or for a streamed recording (`response.chunks`) the chunks at their offsets (scaled by the
- * replay speed). Also records the answered call in the new run, tagged `replay=hit`, with the
+ * or for a streamed recording (`response.chunks`, spec/README.md "Streams": text, or base64
+ * with `encoding`) the chunks at their offsets (scaled by the replay speed). Also records the answered call in the new run, tagged `replay=hit`, with the
  * recorded response as it is stored (it was redacted when recorded).
  */
-import { buildEvent, type HttpRequestView } from "../capture.js";
+import { buildEvent, type ErrorInfo, type HttpRequestView, type StreamChunk, type StreamInfo } from "../capture.js";
 import type { Recorder } from "../recorder.js";
 import type { RecordedEvent } from "./matcher.js";
 
@@ -40,17 +40,20 @@ export interface Chunk { t: number; data: Uint8Array }
 export function chunksOf(response: Record<string, unknown> | null): Chunk[] | null {
   const raw = response?.chunks;
   if (!Array.isArray(raw)) return null;
-  return raw.filter(isRecord).map((c) => ({
-    t: Number(c.t) || 0,
-    data: typeof c.data === "string"
-      ? (c.encoding === "base64" ? Buffer.from(c.data, "base64") : encoder.encode(c.data))
-      : bodyBytes(c.data),
-  }));
+  return raw.filter(isRecord).map((raw) => {
+    const c = raw as Partial<StreamChunk>;
+    return {
+      t: Number(c.t) || 0,
+      data: typeof c.data === "string"
+        ? (c.encoding === "base64" ? Buffer.from(c.data, "base64") : encoder.encode(c.data))
+        : new Uint8Array(0),
+    };
+  });
 }
 
 /** `{type, message}` of a stream that failed mid-way in the recording, else null. */
-export function streamError(response: Record<string, unknown> | null): { type: string; message: string } | null {
-  const stream = response?.stream;
+export function streamError(response: Record<string, unknown> | null): ErrorInfo | null {
+  const stream = response?.stream as Partial<StreamInfo> | undefined;
   const error = isRecord(stream) ? stream.error : null;
   return isRecord(error) ? { type: String(error.type ?? "Error"), message: String(error.message ?? "") } : null;
 }
