@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +36,8 @@ class _StreamingHandler(BaseHTTPRequestHandler):
     def _start(self, content_type: str = "text/event-stream") -> None:
         self.send_response(200)
         self.send_header("Content-Type", content_type)
+        if self.path == "/gzip":
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
 
@@ -75,6 +78,15 @@ class _StreamingHandler(BaseHTTPRequestHandler):
             self._chunk(f"key={STRIPE_KEY[:12]}".encode())
             time.sleep(0.02)
             self._chunk(f"{STRIPE_KEY[12:]} end".encode())
+            self._end()
+        elif path == "/gzip":
+            # One gzip stream sent in pieces: the tee records what the caller gets, decoded.
+            self._start()
+            packer = zlib.compressobj(wbits=31)
+            for piece in SSE:
+                self._chunk(packer.compress(piece) + packer.flush(zlib.Z_SYNC_FLUSH))
+                time.sleep(0.02)
+            self._chunk(packer.flush())
             self._end()
         elif path.startswith("/big/"):
             pieces = int(path.rsplit("/", 1)[1])
@@ -295,3 +307,48 @@ def test_a_secret_split_across_two_chunks_is_redacted(traced: RedisServer,
     assert STRIPE_KEY[12:].encode() not in raw
     assert joined(event) == "key=[REDACTED] end"
     assert len(event["response"]["chunks"]) == 2
+
+
+def test_a_compressed_stream_is_recorded_as_the_caller_reads_it(
+        traced: RedisServer, streaming_server: Any) -> None:
+    url, _gate, _opened = streaming_server
+    with requests.get(f"{url}/gzip", stream=True, timeout=10) as response:
+        assert b"".join(response.iter_content(chunk_size=None)) == b"".join(SSE)
+    with httpx.Client() as client, client.stream("GET", f"{url}/gzip") as streamed:
+        assert b"".join(streamed.iter_bytes()) == b"".join(SSE)
+    events, _ = read_events(traced)
+    assert len(events) == 2
+    for event in events:
+        assert joined(event) == b"".join(SSE).decode()
+        assert event["response"]["stream"]["size"] == len(b"".join(SSE))
+
+
+def test_a_byte_by_byte_reader_is_recorded_in_at_most_max_chunks_pieces(
+        traced: RedisServer, streaming_server: Any) -> None:
+    from tracelab.sdk.streams import MAX_CHUNKS
+
+    url, _gate, _opened = streaming_server
+    with requests.get(f"{url}/big/50", stream=True, timeout=10) as response:
+        body = b"".join(response.iter_content(chunk_size=1))
+    (event,) = read_events(traced)[0]
+    assert len(body) == 5000 and joined(event) == body.decode()
+    assert len(event["response"]["chunks"]) == MAX_CHUNKS  # the rest joined to the last one
+
+
+def test_a_failing_stream_capture_never_reaches_the_caller(
+        traced: RedisServer, streaming_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import capture_broken
+    from tracelab.sdk.integrations import httpx as httpx_integration
+    from tracelab.sdk.integrations import requests as requests_integration
+
+    url, _gate, _opened = streaming_server
+    with capture_broken(monkeypatch, requests_integration, "_record_stream"):
+        with requests.get(f"{url}/sse", stream=True, timeout=10) as response:
+            assert list(response.iter_content(chunk_size=None)) == SSE
+    with capture_broken(monkeypatch, httpx_integration, "_record_stream"):
+        with httpx.Client() as client, client.stream("GET", f"{url}/sse") as streamed:
+            assert list(streamed.iter_bytes()) == SSE
+    with capture_broken(monkeypatch, httpx_integration, "_tee"):
+        with httpx.Client() as client, client.stream("GET", f"{url}/sse") as streamed:
+            assert list(streamed.iter_bytes()) == SSE
+    assert read_events(traced)[0][0]["response"]["body"]["$tracelab"] == "not_captured"

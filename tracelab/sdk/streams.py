@@ -44,7 +44,7 @@ class StreamTee:
         self._body_cap = max(0, cap) + BODY_MARGIN
         self._on_end = on_end
         self._lock = threading.Lock()
-        self.chunks: list[tuple[float, bytes]] = []
+        self._pieces: list[tuple[float, bytearray]] = []
         self.body = bytearray()
         self.stored = 0
         self.size = 0
@@ -65,18 +65,22 @@ class StreamTee:
             if n > room:
                 self.truncated = True
             if room > 0:
-                piece = bytes(data[:room])
-                if len(self.chunks) < MAX_CHUNKS:
-                    self.chunks.append((t, piece))
+                piece = data[:room]
+                if len(self._pieces) < MAX_CHUNKS:
+                    self._pieces.append((t, bytearray(piece)))
                 else:
-                    last_t, last = self.chunks[-1]
-                    self.chunks[-1] = (last_t, last + piece)
+                    self._pieces[-1][1].extend(piece)
                 self.stored += len(piece)
             room = self._body_cap - len(self.body)
             if room > 0:
                 self.body += data[:room]
         except Exception:  # tracing never breaks the traced program
             pass
+
+    @property
+    def chunks(self) -> list[tuple[float, bytes]]:
+        """The stored pieces: (ms since the request started, bytes)."""
+        return [(t, bytes(data)) for t, data in self._pieces]
 
     def end(self, complete: bool, error: BaseException | None = None) -> None:
         """The stream ended: read to its end (`complete`), failed (`error`), or was dropped."""

@@ -12,7 +12,7 @@ is a stream (generators, files, multipart uploads) is recorded as not captured.
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from tracelab.sdk.capture import Timer, record_http
@@ -56,7 +56,7 @@ def _record(rec: Recorder, request: Any, response: Any, timer: Timer, stream: bo
                 response_body_note=response_note, exc=exc)
 
 
-def _decoder(headers: Any) -> Callable[[bytes], bytes] | None:
+def _decoder(headers: Any) -> Any:
     """Our own content decoder (the caller's response keeps its own), so the tee records the
     bytes the caller gets from `iter_bytes`; None for an identity body."""
     encodings = [v.strip().lower() for v in headers.get_list("content-encoding", split_commas=True)]
@@ -66,24 +66,31 @@ def _decoder(headers: Any) -> Callable[[bytes], bytes] | None:
     from httpx._decoders import SUPPORTED_DECODERS, MultiDecoder
 
     decoders = [SUPPORTED_DECODERS[v]() for v in encodings]
-    decoder = decoders[0] if len(decoders) == 1 else MultiDecoder(children=decoders)
-    return decoder.decode
+    return decoders[0] if len(decoders) == 1 else MultiDecoder(children=decoders)
 
 
 class _Teed:
     """Shared by the sync and async tees: pieces to the tee, decoded as the caller gets them."""
 
-    def __init__(self, inner: Any, tee: StreamTee, decode: Callable[[bytes], bytes] | None):
-        self._inner, self._tee, self._decode = inner, tee, decode
+    def __init__(self, inner: Any, tee: StreamTee, decoder: Any) -> None:
+        self._inner, self._tee, self._decoder = inner, tee, decoder
 
     def _add(self, piece: bytes) -> None:
-        if self._decode is not None:
-            try:
-                piece = self._decode(piece)
-            except Exception:
-                self._decode = None
-                piece = b""
-        self._tee.add(piece)
+        self._tee.add(self._decoded(piece))
+
+    def _end(self) -> None:
+        if self._decoder is not None:
+            self._tee.add(self._decoded(b"", flush=True))
+        self._tee.end(True)
+
+    def _decoded(self, piece: bytes, flush: bool = False) -> bytes:
+        if self._decoder is None:
+            return piece
+        try:
+            return bytes(self._decoder.flush() if flush else self._decoder.decode(piece))
+        except Exception:  # the caller's own decoder will say so; stop storing
+            self._decoder = None
+            return b""
 
 
 def _tee_classes() -> tuple[type, type]:
@@ -96,7 +103,7 @@ def _tee_classes() -> tuple[type, type]:
                 try:
                     piece = next(pieces)
                 except StopIteration:
-                    self._tee.end(True)
+                    self._end()
                     return
                 except BaseException as exc:
                     self._tee.end(False, exc)
@@ -115,7 +122,7 @@ def _tee_classes() -> tuple[type, type]:
                 try:
                     piece = await pieces.__anext__()
                 except StopAsyncIteration:
-                    self._tee.end(True)
+                    self._end()
                     return
                 except BaseException as exc:
                     self._tee.end(False, exc)
@@ -159,8 +166,8 @@ def _tee(rec: Recorder, request: Any, response: Any, timer: Timer, asynchronous:
     seen = {"status_code": response.status_code, "headers": response.headers.raw}
     tee = StreamTee(timer._t0, rec.config.max_body_bytes,
                     lambda tee: rec.safely(ORIGIN, _record_stream, rec, request, seen, timer, tee))
-    decode = _decoder(response.headers)
-    response.stream = (async_tee if asynchronous else sync_tee)(response.stream, tee, decode)
+    decoder = _decoder(response.headers)
+    response.stream = (async_tee if asynchronous else sync_tee)(response.stream, tee, decoder)
     weakref.finalize(response, tee.abandon)
     return True
 

@@ -21,12 +21,17 @@ from tracelab.sdk.streams import StreamTee
 ORIGIN = "requests"
 
 
+def _request_body(request: Any) -> tuple[Any, str | None]:
+    """The request body to record, or None and why it is not (a streamed upload)."""
+    body = request.body
+    if body is not None and not isinstance(body, (bytes, str)):
+        return None, f"streamed upload ({type(body).__name__})"
+    return body, None
+
+
 def _record(rec: Recorder, request: Any, response: Any, timer: Timer, stream: bool,
             exc: BaseException | None) -> None:
-    body = request.body
-    request_note = None
-    if body is not None and not isinstance(body, (bytes, str)):
-        request_note = f"streamed upload ({type(body).__name__})"
+    body, request_note = _request_body(request)
     status_code = response_headers = response_body = response_note = None
     if response is not None:
         # With redirects followed, send() returns the last hop's response; this call's own
@@ -44,7 +49,7 @@ def _record(rec: Recorder, request: Any, response: Any, timer: Timer, stream: bo
         else:
             response_body = content
     record_http(rec, origin=ORIGIN, method=request.method or "GET", url=request.url or "",
-                request_headers=request.headers, request_body=None if request_note else body,
+                request_headers=request.headers, request_body=body,
                 request_body_note=request_note, started_at=timer.started_at,
                 latency_ms=timer.elapsed_ms(), status_code=status_code,
                 response_headers=response_headers, response_body=response_body,
@@ -54,12 +59,10 @@ def _record(rec: Recorder, request: Any, response: Any, timer: Timer, stream: bo
 def _record_stream(rec: Recorder, request: Any, response: Any, timer: Timer,
                    tee: StreamTee) -> None:
     """The event of a streamed response, once its stream ended (`tee` says how)."""
+    body, request_note = _request_body(request)
     record_http(rec, origin=ORIGIN, method=request.method or "GET", url=request.url or "",
-                request_headers=request.headers, request_body=request.body
-                if isinstance(request.body, (bytes, str)) or request.body is None else None,
-                request_body_note=None if isinstance(request.body, (bytes, str))
-                or request.body is None else f"streamed upload ({type(request.body).__name__})",
-                started_at=timer.started_at, latency_ms=timer.elapsed_ms(),
+                request_headers=request.headers, request_body=body,
+                request_body_note=request_note, started_at=timer.started_at, latency_ms=timer.elapsed_ms(),
                 status_code=response["status_code"], response_headers=response["headers"],
                 response_body=bytes(tee.body), response_body_size=tee.size,
                 response_stream=tee, exc=tee.error)
