@@ -62,15 +62,87 @@ def _record_stream(rec: Recorder, request: Any, response: Any, timer: Timer,
     body, request_note = _request_body(request)
     record_http(rec, origin=ORIGIN, method=request.method or "GET", url=request.url or "",
                 request_headers=request.headers, request_body=body,
-                request_body_note=request_note, started_at=timer.started_at, latency_ms=timer.elapsed_ms(),
+                request_body_note=request_note, started_at=timer.started_at,
+                latency_ms=timer.elapsed_ms(),
                 status_code=response["status_code"], response_headers=response["headers"],
                 response_body=bytes(tee.body), response_body_size=tee.size,
                 response_stream=tee, exc=tee.error)
 
 
+class _RawTee:
+    """urllib3's reading calls on one response's `raw`, wrapped to hand each piece to a tee.
+
+    Instance attributes shadow the class's methods on that object only; `stream()` and
+    `readinto()` call `self.read`/`self.read_chunked` and so go through them, and `read_chunked`
+    never calls `read`, so nothing is counted twice. `close()` before the end abandons it.
+    """
+
+    def __init__(self, raw: Any, tee: StreamTee) -> None:
+        self.raw, self.tee, self.reading = raw, tee, 0
+        self.read, self.close = raw.read, raw.close
+        self.read1, self.read_chunked = getattr(raw, "read1", None), getattr(raw, "read_chunked",
+                                                                             None)
+        raw.read, raw.close = self.teed_read, self.teed_close
+        if callable(self.read1):
+            raw.read1 = self.teed_read1
+        if callable(self.read_chunked):
+            raw.read_chunked = self.teed_read_chunked
+
+    def finished(self) -> bool:
+        """The body has been read to its end (what `stream()` itself checks)."""
+        try:
+            return bool(self.raw.closed) and not len(getattr(self.raw, "_decoded_buffer", b""))
+        except Exception:
+            return False
+
+    def teed_read(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(self.read, args, kwargs)
+
+    def teed_read1(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(self.read1, args, kwargs)
+
+    def _call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.reading += 1
+        try:
+            data = fn(*args, **kwargs)
+        except BaseException as exc:
+            self.tee.end(False, exc)
+            raise
+        finally:
+            self.reading -= 1
+        if isinstance(data, (bytes, bytearray)):
+            self.tee.add(data)
+            amt = args[0] if args else kwargs.get("amt")
+            if (not data and amt != 0) or (amt is None and fn is self.read) or self.finished():
+                self.tee.end(True)
+        return data
+
+    def teed_read_chunked(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+        pieces = self.read_chunked(*args, **kwargs)
+        while True:
+            self.reading += 1
+            try:
+                data = next(pieces)
+            except StopIteration:
+                self.tee.end(True)
+                return
+            except BaseException as exc:
+                self.tee.end(False, exc)
+                raise
+            finally:
+                self.reading -= 1
+            self.tee.add(data)
+            yield data
+
+    def teed_close(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.reading:  # urllib3 closing inside a read: that read says how it ended
+            self.tee.abandon()
+        return self.close(*args, **kwargs)
+
+
 def _tee(rec: Recorder, request: Any, response: Any, timer: Timer) -> bool:
-    """Wrap `response.raw`'s reading calls to record the stream as it is read; False when
-    this response cannot be teed (then it is recorded at once, as not captured)."""
+    """Tee `response.raw` to record the stream as the caller reads it; False when this
+    response cannot be teed (then it is recorded at once, as not captured)."""
     raw = getattr(response, "raw", None)
     if response.request is not request or raw is None or \
             not callable(getattr(raw, "read", None)) or getattr(response, "_content", False):
@@ -79,66 +151,7 @@ def _tee(rec: Recorder, request: Any, response: Any, timer: Timer) -> bool:
     seen = {"status_code": response.status_code, "headers": response.headers}
     tee = StreamTee(timer._t0, rec.config.max_body_bytes,
                     lambda tee: rec.safely(ORIGIN, _record_stream, rec, request, seen, timer, tee))
-    state = {"reading": 0}
-    read, close = raw.read, raw.close
-
-    def finished() -> bool:
-        try:
-            return bool(raw.closed) and not len(getattr(raw, "_decoded_buffer", b""))
-        except Exception:
-            return False
-
-    def teed_read(*args: Any, **kwargs: Any) -> Any:
-        return _call(read, args, kwargs)
-
-    def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        state["reading"] += 1
-        try:
-            data = fn(*args, **kwargs)
-        except BaseException as exc:
-            tee.end(False, exc)
-            raise
-        finally:
-            state["reading"] -= 1
-        if isinstance(data, (bytes, bytearray)):
-            tee.add(data)
-            amt = args[0] if args else kwargs.get("amt")
-            if (not data and amt != 0) or (amt is None and fn is read) or finished():
-                tee.end(True)
-        return data
-
-    def teed_read1(*args: Any, **kwargs: Any) -> Any:
-        return _call(read1, args, kwargs)
-
-    def teed_read_chunked(*args: Any, **kwargs: Any) -> Iterator[bytes]:
-        pieces = read_chunked(*args, **kwargs)
-        while True:
-            state["reading"] += 1
-            try:
-                data = next(pieces)
-            except StopIteration:
-                tee.end(True)
-                return
-            except BaseException as exc:
-                tee.end(False, exc)
-                raise
-            finally:
-                state["reading"] -= 1
-            tee.add(data)
-            yield data
-
-    def teed_close(*args: Any, **kwargs: Any) -> Any:
-        if not state["reading"]:
-            tee.abandon()
-        return close(*args, **kwargs)
-
-    raw.read, raw.close = teed_read, teed_close
-    read1 = getattr(raw, "read1", None)
-    if callable(read1):
-        raw.read1 = teed_read1
-    read_chunked = getattr(raw, "read_chunked", None)
-    if callable(read_chunked):
-        raw.read_chunked = teed_read_chunked
+    _RawTee(raw, tee)
     weakref.finalize(response, tee.abandon)
     return True
 
