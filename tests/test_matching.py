@@ -238,3 +238,14 @@ def test_closest_prefers_a_call_not_yet_used() -> None:
     miss = matcher.take(http("POST", "https://api.example.com/v1/pay", {"amount": 3}))
     assert isinstance(miss, Miss) and miss.closest is free  # not USED, though just as close
     assert "FREE" in miss.message and "(already used)" not in miss.message
+
+
+def test_an_unparsable_recorded_url_does_not_stop_the_matcher():
+    """`urlsplit` refuses `http://[::1/x` (an unbalanced IPv6 bracket): such an event in a
+    recording must neither raise nor match anything but an identical call."""
+    odd = {"event_id": "odd-1", "kind": "http", "target": "x", "endpoint": "GET /x",
+           "request": {"method": "GET", "url": "http://[::1/x", "headers": {}, "body": None}}
+    matcher = Matcher([odd])
+    assert isinstance(matcher.take(dict(odd)), Hit)
+    miss = matcher.take(dict(odd))
+    assert isinstance(miss, Miss) and "GET" in miss.message

@@ -27,7 +27,7 @@ from decimal import Decimal
 from functools import lru_cache
 from itertools import islice
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import orjson
 
@@ -279,10 +279,19 @@ def key_parts(event: Mapping[str, Any], options: MatchOptions = MatchOptions()) 
     return {k: v for k, v in parts.items() if v is not _GONE}
 
 
+def _split(url: str) -> SplitResult:
+    """`urlsplit`, or for a URL it refuses (an unbalanced `[` host) the whole URL as the path:
+    one odd recorded event must not stop a replay, and it still matches only itself."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return SplitResult("", "", url, "", "")
+
+
 def _http_parts(event: Mapping[str, Any], kind: str, request: dict[str, Any],
                 rules: _Rules) -> dict[str, Any]:
     url = request["url"]
-    split = urlsplit(url)
+    split = _split(url)
     scheme = split.scheme.lower()
     host = (split.hostname or "").rstrip(".")
     try:
@@ -462,7 +471,7 @@ def describe(event: Mapping[str, Any]) -> str:
     request = event.get("request")
     if isinstance(request, dict) and isinstance(request.get("url"), str) \
             and isinstance(request.get("method"), str):
-        split = urlsplit(request["url"])
+        split = _split(request["url"])
         host = http_target(split.scheme, split.netloc) if split.netloc else \
             str(event.get("target") or "unknown")
         return f"{request['method'].upper()} {host} {split.path or '/'}"
