@@ -54,7 +54,8 @@ def test_the_command_gets_the_replay_environment(tmp_path: Path) -> None:
              "TRACELAB_REPLAY_IGNORE", "TRACELAB_REPLAY_HEADERS", "TRACELAB_REPLAY_REPORT",
              "TRACELAB_WORKFLOW_NAME", "TRACELAB_RUN_ID", "TRACELAB_TAGS", "HTTP_PROXY",
              "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy",
-             "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE"]
+             "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE",
+             "NODE_USE_ENV_PROXY"]
     dump = f"import json, os; json.dump({{k: os.environ.get(k) for k in {names!r}}}, " \
            "open('env.json', 'w'))"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELAB_")}
@@ -78,6 +79,7 @@ def test_the_command_gets_the_replay_environment(tmp_path: Path) -> None:
     ca = tmp_path / "home" / "proxy" / "mitmproxy-ca-cert.pem"
     assert seen["SSL_CERT_FILE"] == seen["REQUESTS_CA_BUNDLE"] == seen["NODE_EXTRA_CA_CERTS"] \
         == seen["CURL_CA_BUNDLE"] == str(ca)
+    assert seen["NODE_USE_ENV_PROXY"] == "1"
     assert seen["TRACELAB_REPLAY"] == str(recording)
     assert (seen["TRACELAB_REPLAY_ON_MISS"], seen["TRACELAB_REPLAY_SPEED"]) == ("passthrough", "1.5")
     assert json.loads(seen["TRACELAB_REPLAY_IGNORE"]) == ["query:ts"]

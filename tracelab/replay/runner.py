@@ -160,13 +160,17 @@ def child_env(base: Mapping[str, str], *, recording: Path, report: Path, on_miss
     })
     env.update(dict.fromkeys(_PROXY_VARS, proxy_url))
     env.update(dict.fromkeys(_CA_VARS, str(ca_cert)))
+    # Node 24+ (and late 22.x) send fetch/http through HTTP(S)_PROXY only when asked: so a
+    # Node program without the SDK is answered by the replay proxy instead of going live.
+    env["NODE_USE_ENV_PROXY"] = "1"
     return env
 
 
 def _proxy_env(env: Mapping[str, str]) -> dict[str, str]:
     """The proxy's own environment: the new run's identity, but no replay of its own, no
     proxy to go through and the usual trust store when it forwards a passthrough call."""
-    drop = set(_PROXY_VARS) | set(_CA_VARS) | {"NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"}
+    drop = set(_PROXY_VARS) | set(_CA_VARS) | {"NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy",
+                                               "NODE_USE_ENV_PROXY"}
     clean = {k: v for k, v in env.items()
              if k not in drop and not k.startswith("TRACELAB_REPLAY")}
     clean.update({k: os.environ[k] for k in _CA_VARS if k in os.environ})
