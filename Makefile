@@ -22,10 +22,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # From Debian's packages when missing, as `command:package,package` pairs: redis-server (tests
-# start their own on a free port), Node.js with npm (the TypeScript SDK, the web UI build) and
-# chromium (browser tests; never a browser download). `make demo` needs only npm (DEMO_DEPS in
-# mocks/demo.mk): it records in embedded mode, without Redis or a browser.
-SYSTEM_DEPS := redis-server:redis-server npm:nodejs,npm chromium:chromium
+# start their own on a free port), Node.js with npm (the TypeScript SDK, the web UI build),
+# chromium (browser tests; never a browser download) and curl (proxy and replay tests).
+# `make demo` needs only npm (DEMO_DEPS in mocks/demo.mk): it records in embedded mode,
+# without Redis or a browser.
+SYSTEM_DEPS := redis-server:redis-server npm:nodejs,npm chromium:chromium curl:curl
 APT_INSTALL := env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 define apt-missing
 	@missing=""; \

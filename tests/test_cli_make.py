@@ -41,4 +41,4 @@ def test_make_demo_needs_neither_chromium_nor_redis() -> None:
 @pytest.mark.parametrize("goal", ["install", "test"])
 def test_make_install_and_test_still_install_everything(goal: str) -> None:
     assert apt_checks(dry_run(goal)) == [["redis-server:redis-server", "npm:nodejs,npm",
-                                          "chromium:chromium"]]
+                                          "chromium:chromium", "curl:curl"]]
