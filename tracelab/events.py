@@ -83,7 +83,7 @@ class TraceEvent(TypedDict, total=False):
       response    object or null (null when no response arrived); a streamed response also
                   has `chunks` ([{"t": ms >= 0, "data": str, "encoding"?: "text"|"base64"}])
                   and `stream` ({"complete": bool, "error": ErrorInfo|null, "size": int >= 0,
-                  "truncated": bool}), both or neither (spec/README.md "Streams")
+                  "truncated": bool}); `stream` needs `chunks` (spec/README.md "Streams")
 
     Optional (absent, or for the nullable ones also null):
       span_id, parent_id  string or null, <= 128 chars (`new_span_id()`)
@@ -288,14 +288,18 @@ def nests_within(value: object, depth: int) -> bool:
 
 def _stream_ok(response: dict[str, Any]) -> bool:
     """The fast path's check of a streamed response's `chunks` and `stream` (spec/README.md)."""
-    chunks, stream = response.get("chunks"), response.get("stream")
-    if type(chunks) is not list or type(stream) is not dict:
+    chunks, stream = response.get("chunks"), response.get("stream", _ABSENT)
+    if type(chunks) is not list:
         return False
     for chunk in chunks:
         if not (type(chunk) is dict and type(chunk.get("data")) is str
                 and ((t := type(v := chunk.get("t"))) is float or t is int) and 0 <= v < _INF
                 and ((e := chunk.get("encoding", _ABSENT)) is _ABSENT or e in CHUNK_ENCODINGS)):
             return False
+    if stream is _ABSENT:
+        return True
+    if type(stream) is not dict:
+        return False
     error = stream.get("error", _ABSENT)
     return (type(stream.get("complete")) is bool and type(stream.get("truncated")) is bool
             and type(v := stream.get("size")) is int and 0 <= v <= MAX_INT64
@@ -382,11 +386,9 @@ def _check_error(problems: list[str], error: object) -> None:
 
 
 def _check_stream(problems: list[str], response: dict[str, Any]) -> None:
-    """`response.chunks` and `response.stream`: both or neither, each in its shape."""
-    if "chunks" not in response or "stream" not in response:
-        missing = "stream" if "chunks" in response else "chunks"
-        problems.append(f"response.{missing}: required with response."
-                        f"{'chunks' if missing == 'stream' else 'stream'} (a streamed response)")
+    """`response.chunks` and `response.stream` (which needs `chunks`), each in its shape."""
+    if "chunks" not in response:
+        problems.append("response.chunks: required with response.stream (a streamed response)")
     chunks = response.get("chunks", [])
     if not isinstance(chunks, list):
         problems.append(f"response.chunks: expected an array, got {_type_name(chunks)}")
