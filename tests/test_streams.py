@@ -352,3 +352,26 @@ def test_a_failing_stream_capture_never_reaches_the_caller(
         with httpx.Client() as client, client.stream("GET", f"{url}/sse") as streamed:
             assert list(streamed.iter_bytes()) == SSE
     assert read_events(traced)[0][0]["response"]["body"]["$tracelab"] == "not_captured"
+
+
+def test_async_openai_client_streaming_chat_completion(traced: RedisServer,
+                                                       streaming_server: Any) -> None:
+    import openai
+
+    url, _gate, _opened = streaming_server
+
+    async def chat() -> str:
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1",
+                                    api_key="sk-proj-abcdefghijklmnopqrstuvwx12")
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream
+                        if chunk.choices])
+        await client.close()
+        return text
+
+    assert asyncio.run(chat()) == "Hello"
+    (event,) = read_events(traced)[0]
+    assert event["kind"] == "llm" and event["response"]["stream"]["error"] is None
+    assert [c["data"] for c in event["response"]["chunks"]][-1] == "data: [DONE]\n\n"
+    assert "sk-proj-abcdefghijklmnop" not in json.dumps(event)
