@@ -101,6 +101,9 @@ class _StreamingHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         request = json.loads(self.rfile.read(length) or b"{}")
         self._start()
+        if self.path.endswith("/v1/messages"):
+            self._anthropic_stream(request)
+            return
         for word in ("Hel", "lo"):
             delta = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
                      "model": request.get("model", "gpt-4o-mini"),
@@ -109,6 +112,30 @@ class _StreamingHandler(BaseHTTPRequestHandler):
             self._chunk(b"data: " + json.dumps(delta).encode() + b"\n\n")
             time.sleep(0.02)
         self._chunk(b"data: [DONE]\n\n")
+        self._end()
+
+
+    def _anthropic_stream(self, request: dict) -> None:
+        """Anthropic's Messages streaming format: named SSE events, text in deltas."""
+        model = request.get("model", "claude-sonnet-4-5")
+        events = [("message_start", {"type": "message_start", "message": {
+                      "id": "msg_1", "type": "message", "role": "assistant", "content": [],
+                      "model": model, "stop_reason": None, "stop_sequence": None,
+                      "usage": {"input_tokens": 5, "output_tokens": 1}}}),
+                  ("content_block_start", {"type": "content_block_start", "index": 0,
+                                           "content_block": {"type": "text", "text": ""}})]
+        events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                            "delta": {"type": "text_delta", "text": word}})
+                   for word in ("Hel", "lo")]
+        events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                   ("message_delta", {"type": "message_delta",
+                                      "delta": {"stop_reason": "end_turn",
+                                                "stop_sequence": None},
+                                      "usage": {"output_tokens": 2}}),
+                   ("message_stop", {"type": "message_stop"})]
+        for name, data in events:
+            self._chunk(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+            time.sleep(0.01)
         self._end()
 
 
@@ -222,6 +249,28 @@ def test_openai_client_streaming_chat_completion(traced: RedisServer,
     assert event["status"] == "ok" and event["response"]["stream"]["error"] is None
     assert joined(event).endswith("data: [DONE]\n\n")
     assert '"content": "Hel"' in event["response"]["chunks"][0]["data"]
+
+
+def test_anthropic_client_streaming_message(traced: RedisServer, streaming_server: Any) -> None:
+    import anthropic
+
+    url, _gate, _opened = streaming_server
+    client = anthropic.Anthropic(base_url=url, api_key="sk-ant-api03-abcdefghijklmnopqrstuvwxyz")
+    stream = client.messages.create(
+        model="claude-sonnet-4-5", max_tokens=16, stream=True,
+        messages=[{"role": "user", "content": "hi"}])
+    text = "".join(event.delta.text for event in stream
+                   if event.type == "content_block_delta")
+    assert text == "Hello"
+    (event,) = read_events(traced)[0]
+    assert event["kind"] == "llm" and event["endpoint"] == "POST /v1/messages"
+    assert event["tags"]["llm.provider"] == "anthropic"
+    assert event["status"] == "ok" and event["response"]["stream"]["error"] is None
+    recorded = joined(event)
+    assert recorded.count("event: content_block_delta") == 2
+    assert recorded.rstrip().endswith('data: {"type": "message_stop"}')
+    assert len(event["response"]["chunks"]) >= 2
+    assert "sk-ant-api03" not in json.dumps(event)
 
 
 def test_a_stream_cut_by_the_server_keeps_the_chunks_before_the_error(
