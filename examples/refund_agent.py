@@ -37,6 +37,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import tracelab
@@ -134,7 +135,11 @@ class Clients:
 
 
 def set_faults(url: str, rules: list[dict[str, Any]]) -> None:
-    """Replace a mock's fault rules (urllib: TraceLab does not record this set-up call)."""
+    """Replace a mock's fault rules (urllib: TraceLab does not record this set-up call).
+
+    Skipped under `tracelab replay`: the recording answers every call, faults included."""
+    if os.environ.get("TRACELAB_REPLAY"):
+        return
     request = urllib.request.Request(url + "/__tracelab/faults", method="PUT",
                                      data=json.dumps(rules).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -154,10 +159,19 @@ def capture_sendgrid(self: Any, message: Any) -> dict[str, Any]:
             "response": {"accepted": True}}
 
 
+def replay_sendgrid(recorded: dict[str, Any]) -> Any:
+    """`tracelab replay`: the recorded send, answered without sending (a recorded failure is
+    raised again, as a retryable error)."""
+    if recorded.get("status") == "error":
+        raise ConnectionError(f"replayed SendGrid failure: {recorded.get('error')}")
+    return SimpleNamespace(status_code=202, body=b"", headers={})
+
+
 def install_hook() -> None:
     import sendgrid
 
-    tracelab.register_hook(sendgrid.SendGridAPIClient, "send", capture_sendgrid)
+    tracelab.register_hook(sendgrid.SendGridAPIClient, "send", capture_sendgrid,
+                           replay=replay_sendgrid)
 
 
 # -- retries ------------------------------------------------------------------------------------
@@ -344,13 +358,15 @@ def run_ticket(c: Clients, ticket: Ticket, run_no: int) -> dict[str, Any]:
     return outcome
 
 
-def run_all(urls: dict[str, str], runs: int = len(SCENARIOS)) -> list[dict[str, Any]]:
+def run_all(urls: dict[str, str], runs: int = len(SCENARIOS),
+            scenario: str | None = None) -> list[dict[str, Any]]:
     seed_orders()
     c = Clients(urls)
     install_hook()
+    tickets = [t for t in SCENARIOS if scenario in (None, t.scenario)]
     outcomes = []
     for i in range(runs):
-        ticket = SCENARIOS[i % len(SCENARIOS)]
+        ticket = tickets[i % len(tickets)]
         outcomes.append(run_ticket(c, ticket, i + 1))
     tracelab.flush()  # embedded mode: fold the spool into the store now
     return outcomes
@@ -365,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-mocks", action="store_true",
                         help="start the mocks in this process first")
     parser.add_argument("--json", action="store_true", help="print the outcomes as JSON last")
+    parser.add_argument("--scenario", choices=[t.scenario for t in SCENARIOS],
+                        help="run only this ticket (one process per run: `tracelab replay "
+                             "RUN` then runs exactly that run's command)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -377,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         urls = mock_urls(args.base_port)
     try:
-        outcomes = run_all(urls, args.runs)
+        outcomes = run_all(urls, args.runs, args.scenario)
     finally:
         if servers is not None:
             servers.stop()

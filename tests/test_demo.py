@@ -6,6 +6,7 @@ serving half (API and UI answer with the recorded workflow, Ctrl-C stops it).
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -162,3 +163,33 @@ def test_demo_records_into_its_own_home_never_the_users_store(tmp_path: Path) ->
     assert sorted(p.name for p in user_home.iterdir()) == ["demo"]
     runs, _events = _store(demo_home)
     assert len(runs) == 1
+
+
+def test_demo_leaves_a_recording_that_replays_with_the_mocks_stopped(
+        recorded: tuple[Path, str]) -> None:
+    """The demo exports its first clean run into `<home>/recordings/` and prints the export and
+    replay commands; the file validates, holds no secret, and the printed replay command (the
+    mocks are stopped: the demo has exited) runs the agent again with 0 misses."""
+    home, out = recorded
+    runs, _events = _store(home)
+    first_clean = runs.sort_values("started_at").query("status == 'ok'")["run_id"].iloc[0]
+    path = home / "recordings" / f"refund-agent-{first_clean}.jsonl"
+    assert path.is_file(), out
+    assert f"tracelab export {first_clean} -o {path}" in out
+    tool = [sys.executable, "-m", "tracelab.cli"]
+    for check in ("validate", "scan"):
+        done = subprocess.run([*tool, check, str(path)], cwd=ROOT, env=_env(home),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (check, done.stdout + done.stderr)
+    replay = shlex.split(next(line for line in out.splitlines() if "3. replay" in line)
+                         .split("3. replay", 1)[1])
+    assignments = [word for word in replay if "=" in word and not word.startswith("/")]
+    env = _env(home) | dict(word.split("=", 1) for word in assignments)
+    assert env["TRACELAB_HOME"] == str(home)
+    command = replay[len(assignments):]
+    assert command == ["tracelab", "replay", str(path)]
+    done = subprocess.run([*tool, *command[1:]], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1] == \
+        "replayed 6/6 calls, 0 misses, 0 unused recordings"

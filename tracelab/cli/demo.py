@@ -6,8 +6,11 @@
    a child process: `--runs` executions of the workflow `refund-agent`, some under injected
    faults (rate limits, resets, an SMS outage), recorded into the demo's own home,
    `$TRACELAB_HOME/demo` (default `~/.tracelab/demo`; `--home DIR` for another), never into
-   your store: `TRACELAB_STORE` and `TRACELAB_REDIS_URL` are ignored;
-3. serves what was recorded (that home's store only): the API on :8000 and the web UI on :3000
+   your store: `TRACELAB_STORE` and `TRACELAB_REDIS_URL` are ignored; one agent process per
+   run (`--scenario NAME`), so each run's recorded command replays exactly that run;
+3. exports the first clean run as a recording, `<home>/recordings/<workflow>-<run_id>.jsonl`,
+   and prints the commands that export and replay it (replay needs no network, no mocks);
+4. serves what was recorded (that home's store only): the API on :8000 and the web UI on :3000
    (`tracelab serve`'s own code), with the mocks still up, until Ctrl-C. `--no-serve` stops
    after recording.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +32,10 @@ from tracelab.listen import port_number
 WORKFLOW = "refund-agent"
 NOTEBOOK = "notebooks/quickstart.ipynb"
 DEFAULT_RUNS = 6
+# The agent's tickets in its own order (examples/refund_agent.py SCENARIOS); run i is
+# SCENARIOS[i % 6], as the agent's `--runs N` does.
+SCENARIOS = ("refund", "new-order", "llm-rate-limited", "stripe-flaky", "sms-outage",
+             "escalation")
 
 
 def agent_path() -> Path | None:
@@ -97,6 +105,41 @@ def _summary(home: Path) -> tuple[str, int, int]:
     return "\n".join(lines), len(runs), failed
 
 
+def _recording(home: Path, mock_urls: dict[str, str]) -> str:
+    """Export the first clean run into `<home>/recordings/` and say how to export and replay.
+
+    `mock_urls` (only when the mocks were on free ports) are put in front of the replay
+    command: the agent recorded its calls to those ports, and the match key holds the port.
+    """
+    from tracelab.replay.recording import RecordingError, default_path, export_run
+    from tracelab.store import query
+    from tracelab.store.layout import resolve_layout
+
+    layout = resolve_layout(None, home)
+    runs = query.executions(WORKFLOW, layout=layout).sort_values("started_at")
+    clean = runs[runs["status"] == "ok"]
+    if len(clean) == 0:
+        return "\n(no run without errors to export as a recording)"
+    run_id = str(clean["run_id"].iloc[0])
+    path = home / "recordings" / default_path(WORKFLOW, run_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_run(run_id, path, layout=layout)
+    except (RecordingError, OSError) as exc:
+        return f"\n(could not export run {run_id}: {exc})"
+    urls = "".join(f"MOCK_{name.upper()}_URL={url} " for name, url in mock_urls.items())
+    home_env = shlex.quote(f"TRACELAB_HOME={home}")
+    return "\n".join([
+        "",
+        f"Recorded, exported, ready to replay: run {run_id} is in {path}",
+        "  1. record  done: each run above is the agent's command run under TraceLab",
+        f"  2. export  {home_env} tracelab export {run_id} -o {shlex.quote(str(path))}",
+        f"  3. replay  {home_env} {urls}tracelab replay {shlex.quote(str(path))}",
+        "     runs the recorded command again, every vendor call answered from the file: no "
+        "network, no mocks, no API keys (`0 misses` in its last line)",
+    ])
+
+
 def run(args: argparse.Namespace) -> int:
     from tracelab.faults import FaultRuleError
     from tracelab.cli.mocks import MockServers, ports_for
@@ -150,11 +193,13 @@ def run(args: argparse.Namespace) -> int:
         env["PYTHONUNBUFFERED"] = "1"
         print(f"TraceLab demo: recording {args.runs} runs of the sample refund agent "
               f"({agent}) into the demo's own home {home}", flush=True)
-        code = subprocess.call([sys.executable, str(agent), "--runs", str(args.runs),
-                                "--base-port", str(args.mocks_base_port or 9100)], env=env)
-        if code != 0:
-            print(f"tracelab demo: the sample agent exited with {code}", file=sys.stderr)
-            return 1
+        for i in range(args.runs):
+            code = subprocess.call([sys.executable, str(agent), "--scenario",
+                                    SCENARIOS[i % len(SCENARIOS)], "--runs", "1",
+                                    "--base-port", str(args.mocks_base_port or 9100)], env=env)
+            if code != 0:
+                print(f"tracelab demo: the sample agent exited with {code}", file=sys.stderr)
+                return 1
         from tracelab.store.spool import fold_spool
 
         fold_spool(home)
@@ -162,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         print(text, flush=True)
         if count == 0:
             return 1
+        print(_recording(home, mocks.urls if args.mocks_base_port == 0 else {}), flush=True)
         if args.no_serve:
             print(f"\nLook at them: `TRACELAB_HOME={home} tracelab serve`, then "
                   f"http://127.0.0.1:3000 ; in Jupyter (`TRACELAB_HOME={home} jupyter lab`): "
