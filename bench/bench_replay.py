@@ -191,7 +191,7 @@ def bench_demo(runs: int) -> None:
             env = _clean_env(live_home) | {f"MOCK_{n.upper()}_URL": u
                                            for n, u in servers.urls.items()}
             for _run_id, scenario in recorded:
-                seconds, code, err = _wall([sys.executable, "examples/refund_agent.py",
+                seconds, code, _err = _wall([sys.executable, "examples/refund_agent.py",
                                             "--scenario", scenario, "--runs", "1"], env)
                 live[scenario] = seconds if code == 0 else float("nan")
         finally:
