@@ -38,7 +38,8 @@ import orjson
 
 from tracelab.proxy.addon import TraceLabAddon
 from tracelab.replay.report import append_line
-from tracelab.replay.session import body_bytes, recorded_chunks, recorded_headers, stream_error
+from tracelab.replay.session import (HANDLED_HEADER, body_bytes, recorded_chunks,
+                                     recorded_headers, stream_error)
 from tracelab.sdk.capture import http_target, llm_tags
 from tracelab.sdk.recorder import Recorder, current
 
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 SOURCE = "proxy"
 ON_MISS_MODES = ("fail", "passthrough", "record")
 MISS_HEADER = "X-Tracelab-Replay"
-HANDLED_HEADER = "X-Tracelab-Replay-Handled"
 _TAG_KEY = "tracelab.replay"
 _ORIGIN_KEY = "tracelab.replay.origin"
 

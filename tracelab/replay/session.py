@@ -29,6 +29,9 @@ from tracelab.replay.matching import Hit, Matcher, MatchOptions, describe
 from tracelab.replay.recording import Recording
 
 ON_MISS_MODES = ("fail", "passthrough", "record")
+# Set on a call an SDK sent live itself (passthrough/record) under `tracelab replay`: the replay
+# proxy forwards it uncounted and removes the header.
+HANDLED_HEADER = "X-Tracelab-Replay-Handled"
 # Recorded events never answered from a recording: they are the program's own work.
 UNANSWERED_KINDS = frozenset({"function"})
 # Headers describing the recorded wire form, not the decoded body the SDK stored.

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from tracelab.replay.session import (
+    HANDLED_HEADER,
     Outcome,
     Session,
     active,
@@ -33,8 +34,6 @@ from tracelab.replay.session import (
     vendor_went_live,
 )
 from tracelab.sdk.integrations._patching import patch, unpatch
-
-HANDLED_HEADER = "X-Tracelab-Replay-Handled"
 
 
 def live_view(request: Any) -> dict[str, Any]:

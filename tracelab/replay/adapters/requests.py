@@ -17,6 +17,7 @@ from http import HTTPStatus
 from typing import Any
 
 from tracelab.replay.session import (
+    HANDLED_HEADER,
     Outcome,
     Session,
     active,
@@ -30,8 +31,6 @@ from tracelab.replay.session import (
     vendor_went_live,
 )
 from tracelab.sdk.integrations._patching import patch, unpatch
-
-HANDLED_HEADER = "X-Tracelab-Replay-Handled"
 
 
 def live_view(session: Session, request: Any) -> dict[str, Any]:
