@@ -206,6 +206,29 @@ def set_active(session: Session | None) -> Session | None:
     return previous
 
 
+def recorder() -> Any:
+    """The recorder whose redactor and body cap build the live view: the SDK's, else the one
+    active when the replay started, else the defaults (tracing disabled or shut down), so the
+    live call is still keyed as a default SDK would have stored it."""
+    from tracelab.sdk.recorder import current
+
+    rec = current()
+    if rec is not None:
+        return rec
+    fallback = getattr(active(), "recorder", None)
+    return fallback if fallback is not None else _default_recorder()
+
+
+def _default_recorder() -> Any:
+    from types import SimpleNamespace
+
+    from tracelab.config import DEFAULT_MAX_BODY_BYTES
+    from tracelab.sdk.redaction import Redactor
+
+    return SimpleNamespace(redactor=Redactor(()), config=SimpleNamespace(
+        capture_payloads=True, max_body_bytes=DEFAULT_MAX_BODY_BYTES, redact_patterns=()))
+
+
 def _latency_ms(event: Mapping[str, Any]) -> float:
     latency = event.get("latency_ms")
     return float(latency) if isinstance(latency, (int, float)) else 0.0

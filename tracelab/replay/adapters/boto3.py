@@ -20,7 +20,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from tracelab.replay.adapters import _session as session_api
+from tracelab.replay import session as session_api
 
 SES_SERVICES = frozenset({"ses", "sesv2"})
 _PARAMS = "tracelab_replay_params"  # key in botocore's request_context

@@ -38,7 +38,7 @@ from tracelab.sdk.integrations._patching import patch, unpatch
 
 def live_view(request: Any) -> dict[str, Any]:
     """The request in the stored shape (same helpers as the SDK's httpx capture)."""
-    from tracelab.replay.adapters._session import recorder
+    from tracelab.replay.session import recorder
     from tracelab.replay.matching import http_request_view
 
     rec = recorder()

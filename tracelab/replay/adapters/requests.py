@@ -35,7 +35,7 @@ from tracelab.sdk.integrations._patching import patch, unpatch
 
 def live_view(session: Session, request: Any) -> dict[str, Any]:
     """The prepared request in the stored shape (same helpers as the SDK's requests capture)."""
-    from tracelab.replay.adapters._session import recorder
+    from tracelab.replay.session import recorder
     from tracelab.replay.matching import http_request_view
 
     rec = recorder()

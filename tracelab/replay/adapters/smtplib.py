@@ -26,7 +26,7 @@ from typing import Any
 
 import wrapt
 
-from tracelab.replay.adapters import _session as session_api
+from tracelab.replay import session as session_api
 
 _GREETING = b"220 tracelab-replay ESMTP (answered from a recording, nothing is sent)\r\n"
 _FEATURES = (b"250-tracelab-replay\r\n250-AUTH PLAIN\r\n250-STARTTLS\r\n"

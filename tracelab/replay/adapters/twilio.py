@@ -24,7 +24,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from tracelab.replay.adapters import _session as session_api
+from tracelab.replay import session as session_api
 
 _MODULE = "twilio.rest.api.v2010.account.message"
 _pending: contextvars.ContextVar[Any] = contextvars.ContextVar("tracelab_twilio_replay",
