@@ -354,11 +354,12 @@ def test_the_verdict_is_the_ingesters(body: object) -> None:
     accepts it, which is what the ingester stores."""
     import orjson
 
-    from tracelab.cli.validate import _documents, problems_of
+    from tracelab.cli.validate import problems_of
+    from tracelab.event_files import read_events
     from tracelab.events import validate
 
     line = json.dumps(event(request={"method": "POST", "body": body})).encode()
-    [(_where, value, parse_problem, size)] = list(_documents(line + b"\n"))
+    [(_where, value, parse_problem, size)] = list(read_events(line + b"\n"))
     try:
         parsed = orjson.loads(line)
     except orjson.JSONDecodeError:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tracelab.events import MAX_EVENT_BYTES, validate
+from tracelab.event_files import read_events, size_problems
+from tracelab.events import validate
 
 Checker = Callable[[object], list[str]]
 
@@ -50,82 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # -- parsing, as the ingester does ----------------------------------------------------------
-
-def _json_error(data: bytes, exc: Any) -> str:
-    """orjson's complaint, said so a person sees what to fix."""
-    msg, pos = exc.msg, exc.pos
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as bad:
-        return f"not valid JSON: the bytes are not UTF-8 (byte {bad.start + 1})"
-    for word in ("NaN", "Infinity"):
-        if data.startswith(word.encode(), pos):
-            sign = data[pos - 1:pos].decode() if pos and data[pos - 1:pos] in b"+-" else ""
-            return f"not valid JSON: {sign}{word} is not a JSON number (column {exc.colno})"
-    if "surrogate" in msg:
-        return (f"not valid JSON: a lone surrogate escape is not Unicode text ({msg}, "
-                f"column {exc.colno})")
-    return f"not valid JSON: {msg} (column {exc.colno})"
-
-
-def _documents(data: bytes) -> Iterator[tuple[str, object, str | None, int | None]]:
-    """Yield (where, parsed value, parse problem, size in bytes) for each event in a file."""
-    import orjson
-
-    try:
-        whole = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        whole_error = exc
-    else:
-        if isinstance(whole, list):
-            for index, item in enumerate(whole):
-                yield f"[{index}]", item, None, None
-        else:
-            yield "1", whole, None, None
-        return
-    lines = data.split(b"\n")
-    if not any(line.strip() for line in lines):
-        return  # empty or only whitespace: no events
-    first = next(line.strip() for line in lines if line.strip())
-    if not (whole_error.msg == "unexpected content after document"
-            or (not first.startswith(b"[")
-                and ((first.startswith(b"{") and first.endswith(b"}"))
-                     or any(_is_json_object(line) for line in lines)))):
-        # No line is an event on its own: this is one (broken) JSON document, so report it
-        # once, where the parser stopped, rather than once per line.
-        yield str(whole_error.lineno), None, _json_error(data, whole_error), None
-        return
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield str(number), orjson.loads(line), None, len(line.rstrip(b"\r"))
-        except orjson.JSONDecodeError as exc:
-            yield str(number), None, _json_error(line, exc), None
-
-
-def _is_json_object(line: bytes) -> bool:
-    import orjson
-
-    try:
-        return isinstance(orjson.loads(line), dict)
-    except orjson.JSONDecodeError:
-        return False
-
-
-def _size_problem(value: object, size: int | None) -> list[str]:
-    if size is None:
-        import orjson
-
-        try:
-            size = len(orjson.dumps(value))
-        except (TypeError, orjson.JSONEncodeError):
-            return []  # too deep to serialize: validate() reports the nesting
-    if size > MAX_EVENT_BYTES:
-        return [f"event: {size} bytes of JSON, over the limit of {MAX_EVENT_BYTES} "
-                "(MAX_EVENT_BYTES): the ingester and the spool dead-letter it"]
-    return []
-
 
 # -- the JSON Schema ------------------------------------------------------------------------
 
@@ -188,7 +113,7 @@ def _field(problem: str) -> str:
 
 def problems_of(value: object, size: int | None, check_schema: Checker | None) -> list[str]:
     """`validate()`'s problems, the size limit's, then the schema's about other fields."""
-    problems = validate(value) + _size_problem(value, size)
+    problems = validate(value) + size_problems(value, size)
     if check_schema is not None:
         named = {_field(p) for p in problems}
         if "event" not in named:
@@ -226,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             unreadable += 1
             continue
         label = "<stdin>" if name == "-" else name
-        for where, value, parse_problem, size in _documents(data):
+        for where, value, parse_problem, size in read_events(data):
             checked += 1
             problems = [parse_problem] if parse_problem else problems_of(value, size,
                                                                          check_schema)

@@ -23,7 +23,8 @@ from typing import Any
 
 import orjson
 
-from tracelab.events import MAX_EVENT_BYTES, validate
+from tracelab.event_files import read_events, size_problems
+from tracelab.events import validate
 from tracelab.sdk.command import ARGV_TAG, CWD_TAG, EXECUTABLE_TAG, parse_argv
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -105,43 +106,20 @@ def _recording(events: list[dict], source: str) -> Recording:
 def parse_file(path: Path) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
     """Every event of a file as (`file:line`, event) and every problem as (`file:line`, reason).
 
-    A file is JSON Lines (blank lines ignored) or one JSON array of events (`file:[index]`).
-    An event is checked as the ingester checks it: `validate()` and `MAX_EVENT_BYTES`.
+    The file is read as `tracelab validate` reads it (`tracelab.event_files`): JSON Lines
+    (blank lines ignored), one JSON array of events (`file:[index]`) or one event; each event
+    is checked as the ingester checks it: `validate()` and `MAX_EVENT_BYTES`.
     """
-    data = path.read_bytes()
     good: list[tuple[str, dict]] = []
     bad: list[tuple[str, str]] = []
-
-    def check(where: str, item: object, size: int | None = None) -> None:
-        problems = validate(item)
+    for where, item, parse_problem, size in read_events(path.read_bytes()):
+        problems = [parse_problem] if parse_problem else validate(item)
         if not problems:
-            size = len(orjson.dumps(item)) if size is None else size
-            if size > MAX_EVENT_BYTES:
-                problems = [f"event: {size} bytes of JSON, over the limit of {MAX_EVENT_BYTES} "
-                            "(MAX_EVENT_BYTES) the ingester holds to"]
+            problems = size_problems(item, size)
         if problems:
-            bad.append((where, "; ".join(problems)))
+            bad.append((f"{path}:{where}", "; ".join(problems)))
         else:
-            good.append((where, item))  # type: ignore[arg-type]
-
-    stripped = data.strip()
-    if stripped.startswith(b"["):
-        try:
-            whole = orjson.loads(stripped)
-        except orjson.JSONDecodeError as exc:
-            return [], [(f"{path}:{exc.lineno}", f"not valid JSON: {exc.msg}")]
-        for index, item in enumerate(whole):
-            check(f"{path}:[{index}]", item)
-        return good, bad
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            bad.append((f"{path}:{number}", f"not valid JSON: {exc.msg}"))
-            continue
-        check(f"{path}:{number}", item, len(line.rstrip(b"\r")))
+            good.append((f"{path}:{where}", item))  # type: ignore[arg-type]
     return good, bad
 
 
