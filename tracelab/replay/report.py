@@ -37,3 +37,80 @@ def write_at_exit(session: Any) -> None:
         append_line(path, session.report("sdk-py"))
     except Exception:
         pass
+
+
+# -- the call log: what the run did, for the resilience report and `tracelab check` -----------
+#
+# Each replaying process keeps one summary per event it recorded during the replay and puts the
+# list in its report line under "calls"; `tracelab replay` merges the lines' lists by `t`. The
+# summaries hold no payloads (a report line stays small and holds nothing secret), only what
+# the resilience report and the expectations of a spec look at.
+
+CALL_FIELDS = ("t", "latency_ms", "kind", "target", "endpoint", "status", "status_code",
+               "error_type", "replay", "fault", "fault_action", "retry_after_s",
+               "llm_model", "llm_input_tokens", "llm_output_tokens", "source")
+
+
+def call_summary(event: dict[str, Any]) -> dict[str, Any]:
+    """The call-log entry of one recorded event (see CALL_FIELDS); never raises.
+
+    `t`: the start in epoch milliseconds; `replay`: hit | miss | passthrough | fault (None
+    outside a replay); `fault`/`fault_action`: the id and action of the fault rule applied to
+    the call; `retry_after_s`: the response's `Retry-After` in seconds when it has one.
+    """
+    tags = event.get("tags") if isinstance(event.get("tags"), dict) else {}
+    error = event.get("error") if isinstance(event.get("error"), dict) else {}
+    response = event.get("response") if isinstance(event.get("response"), dict) else {}
+    started = event.get("started_at")
+    return {
+        "t": started / 1e6 if isinstance(started, int) else None,
+        "latency_ms": _number(event.get("latency_ms")),
+        "kind": event.get("kind"),
+        "target": event.get("target"),
+        "endpoint": event.get("endpoint"),
+        "status": event.get("status"),
+        "status_code": event.get("status_code"),
+        "error_type": error.get("type"),
+        "replay": tags.get("replay"),
+        "fault": tags.get("fault"),
+        "fault_action": tags.get("fault.action"),
+        "retry_after_s": retry_after_seconds(response.get("headers")),
+        "llm_model": tags.get("llm.model"),
+        "llm_input_tokens": _int(tags.get("llm.input_tokens")),
+        "llm_output_tokens": _int(tags.get("llm.output_tokens")),
+        "source": event.get("source"),
+    }
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """`Retry-After` as seconds (a delay in seconds; an HTTP date counts from now)."""
+    if not isinstance(headers, dict):
+        return None
+    value = next((v for k, v in headers.items() if str(k).lower() == "retry-after"), None)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(str(value).strip()))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+    import time
+
+    try:
+        return max(0.0, parsedate_to_datetime(str(value)).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
