@@ -8,6 +8,11 @@ times carry numpy arrays straight into the figure, where `px.timeline` builds a 
 through a DataFrame pipeline and date arithmetic; `bench/bench_timeline.py` measures both.
 The execution timeline's axis is milliseconds since the run's first event, which is what one
 reads when debugging a run; the overview of many executions uses a date axis.
+
+A call that a fault rule hit (tag `fault` = the rule id, `fault.action`, `fault.rule` = the
+rule as compact JSON; see `tracelab.replay.faults.Fault.tags`) is drawn in its own "fault"
+trace, hatched with an orange outline, so an injected failure never reads as the vendor's own
+error; its hover names the rule and action and the payload panel opens with the rule.
 """
 from __future__ import annotations
 
@@ -18,15 +23,20 @@ from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
+import orjson
 import pandas as pd
 import plotly.graph_objects as go
 
 from tracelab.notebook.repr import (
-    box, esc, format_ms, join_names, payload_html, placeholder_html, status_html,
+    box, esc, format_ms, join_names, payload_html, placeholder_html, pretty, status_html,
 )
 
 STATUS_COLORS = {"ok": "#4C78A8", "error": "#E45756"}
 OTHER_COLOR = "#9E9E9E"
+FAULT_COLOR = "#F58518"
+FAULT_TRACE = "fault"  # the trace (and legend entry) holding every faulted call
+FAULT_TAG, FAULT_ACTION_TAG, FAULT_RULE_TAG, REPLAY_TAG = \
+    "fault", "fault.action", "fault.rule", "replay"
 MAX_SUBROWS = 8          # concurrent calls in one lane spread over at most this many rows
 MAX_OVERVIEW_RUNS = 1000  # the overview Gantt shows the newest runs, one row each
 FIGURE_WIDTH = 760
@@ -144,7 +154,75 @@ def assign_lanes(service: np.ndarray, depth: np.ndarray, start: np.ndarray,
     return y.reshape(-1).astype(np.int32), labels
 
 
+# -- tags -------------------------------------------------------------------------------------
+
+def tags_of(value: Any) -> dict[str, Any]:
+    """An event's tags as a dict: the store keeps JSON text, a loaded event has a dict."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if not isinstance(value, (str, bytes)) or not value:
+        return {}
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def tag_columns(tags: Sequence[Any], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """One object array per tag name (None where the event lacks it), each distinct tags text
+    parsed once: a run repeats the same few tag sets over thousands of events."""
+    n = len(tags)
+    out = {name: np.full(n, None, dtype=object) for name in names}
+    if not n:
+        return out
+    codes, uniques = pd.factorize(pd.Series([_tags_key(v) for v in tags], dtype=object))
+    for code, text in enumerate(uniques):
+        parsed = tags_of(text)
+        present = [name for name in names if parsed.get(name) is not None]
+        if present:
+            rows = codes == code
+            for name in present:
+                out[name][rows] = str(parsed[name])
+    return out
+
+
+def _tags_key(value: Any) -> str | None:
+    if isinstance(value, Mapping):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return value if isinstance(value, str) else None
+
+
+def fault_html(event: Mapping[str, Any]) -> str:
+    """The payload panel's fault section (empty for a call no fault rule hit): which rule,
+    which action, and the rule itself pretty-printed, as injected."""
+    tags = tags_of(event.get("tags"))
+    rule_id = tags.get(FAULT_TAG)
+    if rule_id is None:
+        return ""
+    rule_text = tags.get(FAULT_RULE_TAG)
+    try:
+        rule = pretty(orjson.loads(rule_text)) if rule_text else "(rule not recorded)"
+    except (orjson.JSONDecodeError, TypeError):
+        rule = str(rule_text)
+    replay = tags.get(REPLAY_TAG)
+    facts = [f"rule <code>{esc(rule_id)}</code>",
+             f"action <code>{esc(tags.get(FAULT_ACTION_TAG, '?'))}</code>"]
+    if replay is not None:
+        facts.append(f"replay <code>{esc(replay)}</code>")
+    return box(f'<div class="tl-fault" style="border-left:3px solid {FAULT_COLOR};'
+               f'padding-left:6px;margin-bottom:8px">'
+               f'<div class="tl-head">⚡ Fault injected by TraceLab</div>'
+               f"<div>{' · '.join(facts)}</div>"
+               f'<div class="tl-dim">fault rule</div><pre>{esc(rule)}</pre></div>')
+
+
 # -- the widget -------------------------------------------------------------------------------
+
+def _missing(value: Any) -> bool:
+    """None, pandas' NA, or NaN (what `pd.factorize` turns a None into)."""
+    return value is None or value is pd.NA or value != value
+
 
 def _plotly_text(value: Any) -> str:
     """User text made safe for Plotly's hover, which reads `<b>`-style tags and entities."""
@@ -314,11 +392,23 @@ def execution_timeline(events: pd.DataFrame, load_event: Loader, *,
                              depth, rel, end)
     width = np.maximum(latency, max(span, 1.0) * _MIN_BAR_FRACTION)
     status = events["status"] if n else pd.Series([], dtype=object)
-    hover = _event_hover(events, orphan) if n else np.zeros(0, dtype=object)
+    tags = tag_columns(events["tags"].tolist() if "tags" in events else [None] * n,
+                       (FAULT_TAG, FAULT_ACTION_TAG, REPLAY_TAG))
+    faulted = pd.notna(tags[FAULT_TAG]).astype(bool)
+    hover = _event_hover(events, orphan, tags) if n else np.zeros(0, dtype=object)
     ids = events["event_id"].to_numpy(dtype=object) if n else np.zeros(0, dtype=object)
+    columns = {"base": rel, "x": width, "y": y, "hovertext": hover, "customdata": latency,
+               "text": rel}
+    options = {"hovertemplate": _EVENT_HOVER, "textposition": "none"}
+    plain = ~faulted
     traces, trace_ids = _status_traces(
-        status, {"base": rel, "x": width, "y": y, "hovertext": hover, "customdata": latency,
-                 "text": rel}, ids, hovertemplate=_EVENT_HOVER, textposition="none")
+        status[plain].reset_index(drop=True),
+        {key: values[plain] for key, values in columns.items()}, ids[plain], **options)
+    if faulted.any():
+        traces.append(_fault_trace(status.to_numpy(dtype=object)[faulted],
+                                   {key: values[faulted] for key, values in columns.items()},
+                                   **options))
+        trace_ids.append(ids[faulted])
     errors = int((status == "error").sum())
     started = pd.Timestamp(t0, unit="ns", tz="UTC") if n else None
     title = title or f"run {run} · {n:,} events · {errors:,} errors · {format_ms(span)}"
@@ -330,10 +420,13 @@ def execution_timeline(events: pd.DataFrame, load_event: Loader, *,
     figure = _figure(traces, layout)
 
     def pick(event_id: str) -> str:
-        return payload_html(load_event(event_id))
+        event = load_event(event_id)
+        return fault_html(event) + payload_html(event)
 
-    static = {"labels": labels, "rel": rel, "width": width, "y": y,
-              "status": status.to_numpy(dtype=object), "axis": "ms"}
+    static_status = status.to_numpy(dtype=object).copy()
+    static_status[faulted] = FAULT_TRACE
+    static = {"labels": labels, "rel": rel, "width": width, "y": y, "status": static_status,
+              "axis": "ms"}
     return _make_widget(figure, ids=trace_ids, pick=pick, static=static, title=title,
                         hint="Click a bar to see that call's request and response here.")
 
@@ -341,7 +434,20 @@ def execution_timeline(events: pd.DataFrame, load_event: Loader, *,
 _EVENT_HOVER = "%{hovertext}<br>%{customdata:.1f} ms at +%{text:.1f} ms<extra></extra>"
 
 
-def _event_hover(events: pd.DataFrame, orphan: np.ndarray) -> np.ndarray:
+def _fault_trace(status: np.ndarray, columns: dict[str, np.ndarray],
+                 **trace_options: Any) -> dict[str, Any]:
+    """The faulted calls: their status colour, hatched, with an orange outline."""
+    colors = np.array([STATUS_COLORS.get(str(s), OTHER_COLOR) for s in status], dtype=object)
+    return {**trace_options,
+            "type": "bar", "orientation": "h", "name": FAULT_TRACE, "width": 0.8,
+            "marker": {"color": colors, "line": {"width": 2, "color": FAULT_COLOR},
+                       "pattern": {"shape": "/", "fgcolor": FAULT_COLOR, "fillmode": "overlay",
+                                   "solidity": 0.4}},
+            **columns}
+
+
+def _event_hover(events: pd.DataFrame, orphan: np.ndarray,
+                 tags: Mapping[str, np.ndarray]) -> np.ndarray:
     """The text part of each bar's hover; latency and start are numbers in the template."""
     n = len(events)
 
@@ -349,15 +455,21 @@ def _event_hover(events: pd.DataFrame, orphan: np.ndarray) -> np.ndarray:
         return events[name] if name in events else pd.Series([None] * n)
 
     def render(endpoint: Any, kind: Any, target: Any, status: Any, code: Any,
-               is_orphan: bool) -> str:
+               is_orphan: bool, fault: Any, action: Any, replay: Any) -> str:
         code_text = "—" if code is None or code is pd.NA or code != code else str(int(code))
         text = (f"<b>{_plotly_text(endpoint)}</b><br>{_plotly_text(kind)} → "
                 f"{_plotly_text(target)}<br>status {_plotly_text(status)} · code {code_text}")
+        if not _missing(fault):
+            text += (f"<br><b>⚡ fault: {_plotly_text(fault)} "
+                     f"({_plotly_text('?' if _missing(action) else action)})</b>")
+        if not _missing(replay):
+            text += f"<br>replay {_plotly_text(replay)}"
         return text + ("<br><i>parent span not recorded</i>" if is_orphan else "")
 
     return combination_text([column("endpoint"), column("kind"), column("target"),
-                             column("status"), column("status_code"), pd.Series(orphan)],
-                            render)
+                             column("status"), column("status_code"), pd.Series(orphan),
+                             pd.Series(tags[FAULT_TAG]), pd.Series(tags[FAULT_ACTION_TAG]),
+                             pd.Series(tags[REPLAY_TAG])], render)
 
 
 def executions_timeline(runs: pd.DataFrame, workflow: str,
@@ -448,7 +560,7 @@ def static_svg(*, labels: list[str], rel: np.ndarray, width: np.ndarray, y: np.n
     x1 = np.maximum(x0 + 1, np.ceil((rel + width) * scale).astype(np.int64))
     for name in pd.unique(status):
         mask = status == name
-        color = STATUS_COLORS.get(str(name), OTHER_COLOR)
+        color = FAULT_COLOR if name == FAULT_TRACE else STATUS_COLORS.get(str(name), OTHER_COLOR)
         order = np.lexsort((x0[mask], y[mask]))
         lanes, starts, ends = y[mask][order], x0[mask][order], x1[mask][order]
         rects = []
