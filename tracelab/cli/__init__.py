@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("tracelab.cli.export", "write a stored run as a recording (JSON Lines of events)"),
     "import": ("tracelab.cli.import_", "load recordings into the store, each event once"),
     "replay": ("tracelab.cli.replay", "run a command again, its calls answered from a recording"),
+    "check": ("tracelab.cli.check", "run replay specs in CI: one verdict, JUnit, exit 0/1/2"),
     "demo": ("tracelab.cli.demo", "record the sample refund agent against the mocks, then serve"),
 }
 
