@@ -209,9 +209,13 @@ def retryable(exc: BaseException) -> bool:
     return isinstance(status, int) and (status == 429 or status >= 500)
 
 
-def with_retries(what: str, call: Callable[[], T], attempts: int = 4, base_delay: float = 0.05,
-                 rng: random.Random | None = None) -> T:
+ATTEMPTS = 4  # `--no-retry` sets 1: the deliberately fragile agent of examples/ci
+
+
+def with_retries(what: str, call: Callable[[], T], attempts: int | None = None,
+                 base_delay: float = 0.05, rng: random.Random | None = None) -> T:
     rng = rng or random.Random(0)
+    attempts = attempts or ATTEMPTS
     for attempt in range(1, attempts + 1):
         try:
             return call()
@@ -381,12 +385,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-mocks", action="store_true",
                         help="start the mocks in this process first")
     parser.add_argument("--json", action="store_true", help="print the outcomes as JSON last")
+    parser.add_argument("--no-retry", action="store_true",
+                        help="a fragile agent: one attempt per vendor call (examples/ci)")
     parser.add_argument("--scenario", choices=[t.scenario for t in SCENARIOS],
                         help="run only this ticket (one process per run: `tracelab replay "
                              "RUN` then runs exactly that run's command)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.no_retry:
+        global ATTEMPTS
+        ATTEMPTS = 1
     servers = None
     if args.start_mocks:
         from tracelab.cli.mocks import MockServers, ports_for
