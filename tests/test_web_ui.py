@@ -287,3 +287,86 @@ def test_a_replay_links_to_its_original_and_opens_the_diff_of_the_two(site, watc
     replays.get_by_role("link", name="run-replayed", exact=True).click()
     page.wait_for_url("**/executions/run-replayed")
     page.get_by_test_id("replay-of").wait_for()
+
+
+ORANGE_PIXELS_JS = """(canvas) => {
+  // Pixels of the fault colour (#f97316, give or take anti-aliasing), and their centre in CSS px.
+  const ctx = canvas.getContext("2d");
+  const { width, height } = canvas;
+  const data = ctx.getImageData(0, 0, width, height).data;
+  let count = 0, sx = 0, sy = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    const [r, g, b] = [data[i], data[i + 1], data[i + 2]];
+    if (r > 225 && g > 90 && g < 140 && b < 60) {
+      count++;
+      sx += (i / 4) % width;
+      sy += Math.floor(i / 4 / width);
+    }
+  }
+  const dpr = width / canvas.clientWidth;
+  return { count, x: count ? sx / count / dpr : 0, y: count ? sy / count / dpr : 0 };
+}"""
+
+
+@pytest.fixture(scope="module")
+def chaos_run(site) -> dict:
+    """A replayed run written to the served store: one call a fault rule failed, three not."""
+    from test_notebook_faults import faulted_run
+    from tracelab.store.layout import resolve_layout
+    from tracelab.store.writer import StoreWriter
+
+    events = faulted_run("chaos-web")
+    StoreWriter(resolve_layout(str(site["home"] / "store"))).write(events)
+    return {"events": events}
+
+
+def test_a_faulted_call_is_marked_on_the_timeline_and_its_rule_shown(site, chaos_run, watched):
+    page = watched.page
+    page.goto(site["base"] + "/executions/chaos-web")
+    canvas = page.locator("canvas.gantt-canvas[data-drawn-steps='4']")
+    canvas.wait_for()
+    page.wait_for_selector("canvas.gantt-canvas[data-drawn-faults='1']")
+    assert page.get_by_test_id("legend-fault").inner_text().strip() == "⚡ fault (1)"
+    # the marker is on the canvas: orange hatching and outline over the faulted bar
+    orange = canvas.evaluate(ORANGE_PIXELS_JS)
+    assert orange["count"] > 20
+    canvas.hover(position={"x": orange["x"], "y": orange["y"]})
+    tip = page.locator(".gantt-tip")
+    tip.wait_for()
+    assert "⚡ fault: stripe-429 (status)" in tip.inner_text()
+    assert "replay fault" in tip.inner_text()
+    # the step table says which rule; replayed calls say how the replay answered them
+    faulted = page.locator(".step-row", has_text="fault: stripe-429")
+    assert faulted.count() == 1
+    assert faulted.locator(".badge.fault").count() == 1
+    assert page.locator(".step-row .badge.replay-hit").count() == 2
+    faulted.click()
+    side = page.get_by_role("complementary", name="Step details")
+    section = side.get_by_role("region", name="Fault")
+    section.wait_for()
+    text = section.inner_text()
+    assert "Fault injected by TraceLab" in text and "stripe-429" in text and "status" in text
+    rule = section.locator("pre").inner_text()
+    assert '"retry_after": 1,' in rule and '"endpoint": "POST /v1/refunds"' in rule
+    assert side.locator(".badge.replay-fault").inner_text().strip() == "⚡ replay fault"
+    # a normal call has no fault section
+    page.locator(".step-row", has_text="POST /v1/charges").filter(
+        has=page.locator(".badge.replay-hit")).click()
+    side.get_by_role("region", name="Request").wait_for()
+    side.locator(".badge.replay-hit").wait_for()
+    assert side.get_by_role("region", name="Fault").count() == 0
+
+
+def test_a_run_without_faults_has_no_fault_marker(site, chaos_run, watched):
+    page = watched.page
+    page.goto(site["base"] + "/executions/run-err")
+    canvas = page.locator("canvas.gantt-canvas[data-drawn-steps='4']")
+    canvas.wait_for()
+    assert canvas.get_attribute("data-drawn-faults") == "0"
+    assert page.get_by_test_id("legend-fault").count() == 0
+    assert canvas.evaluate(ORANGE_PIXELS_JS)["count"] == 0
+    assert page.locator(".step-row .badge.fault").count() == 0
+    page.locator(".step-row", has_text="POST /v1/charges").click()
+    side = page.get_by_role("complementary", name="Step details")
+    side.get_by_role("region", name="Request").wait_for()
+    assert side.get_by_role("region", name="Fault").count() == 0

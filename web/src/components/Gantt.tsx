@@ -1,7 +1,9 @@
 // The Gantt timeline on a canvas: lanes by service, nested rows, colour by status, zoom and
 // pan, a time axis. Only what is visible is drawn, and at most one bar per pixel per row, so
-// 100,000 steps stay interactive.
-import { useCallback, useEffect, useRef, useState } from "react";
+// 100,000 steps stay interactive. A call a fault rule hit (tag `fault`) keeps its status colour
+// under orange hatching and an orange outline, so an injected failure never reads as the
+// vendor's own; its hover names the rule and the action.
+import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import type { Steps } from "../lib/steps";
 import { fmtMs } from "../lib/format";
 
@@ -22,7 +24,28 @@ const COLORS = {
   muted: "#64748b",
   laneA: "#ffffff",
   laneB: "#f8fafc",
+  fault: "#f97316",
 };
+
+/** Orange diagonal stripes over a transparent tile: drawn over a faulted bar's own colour. */
+function faultPattern(ctx: CanvasRenderingContext2D): CanvasPattern | string {
+  const tile = document.createElement("canvas");
+  tile.width = 6;
+  tile.height = 6;
+  const t = tile.getContext("2d");
+  if (!t) return COLORS.fault;
+  t.strokeStyle = COLORS.fault;
+  t.lineWidth = 2;
+  t.beginPath();
+  t.moveTo(-1, 7);
+  t.lineTo(7, -1);
+  t.moveTo(-1, 1);
+  t.lineTo(1, -1);
+  t.moveTo(5, 7);
+  t.lineTo(7, 5);
+  t.stroke();
+  return ctx.createPattern(tile, "repeat") ?? COLORS.fault;
+}
 
 interface View {
   start: number; // ms at the left edge of the plot
@@ -108,7 +131,9 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
     const { start, span, scrollY } = view;
     const scale = plotW / span; // px per ms
     const x0 = GUTTER;
-    const { offset, latency, status, kind, rows, lanes } = steps;
+    const { offset, latency, status, kind, rows, lanes, fault } = steps;
+    let hatch: CanvasPattern | string | null = null;
+    let faultsDrawn = 0;
 
     // lane backgrounds and labels
     const firstRow = Math.max(0, Math.floor(scrollY / ROW_H));
@@ -167,16 +192,28 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
         if (xa < x0 - 2) xa = x0 - 2;
         if (xb > x0 + plotW + 4) xb = x0 + plotW + 4;
         const w = Math.max(1, xb - xa);
-        const color = matches && !matches[i] ? COLORS.dim
+        const dimmed = matches !== null && !matches[i];
+        const color = dimmed ? COLORS.dim
           : status[i] === "error" ? COLORS.error
           : kind[i] === "function" ? COLORS.okFn : COLORS.ok;
+        const faulted = fault[i] !== null && !dimmed;
+        const look = faulted ? `fault:${color}` : color;
         if (i === selected) selectedBox = [xa, y, w, BAR_H];
-        // skip bars that would only repaint the same pixel column in the same colour
-        if (xa + w <= lastPx && color === lastColor) continue;
+        // skip bars that would only repaint the same pixel column in the same look
+        if (xa + w <= lastPx && look === lastColor) continue;
         ctx.fillStyle = color;
         ctx.fillRect(xa, y, w, BAR_H);
+        if (faulted) {
+          hatch ??= faultPattern(ctx);
+          ctx.fillStyle = hatch;
+          ctx.fillRect(xa, y, w, BAR_H);
+          ctx.strokeStyle = COLORS.fault;
+          ctx.lineWidth = 2;
+          ctx.strokeRect(xa, y, Math.max(w, 2), BAR_H);
+          faultsDrawn++;
+        }
         lastPx = Math.ceil(xa + w);
-        lastColor = color;
+        lastColor = look;
         if (w > 60) {
           ctx.fillStyle = "#ffffff";
           const label = steps.endpoint[i];
@@ -196,6 +233,7 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
       ctx.strokeRect(x - 1, y - 1, w + 2, h + 2);
     }
     ctx.restore();
+    c.dataset.drawnFaults = String(faultsDrawn);
     if (steps.n > 0 && c.dataset.drawnSteps !== String(steps.n)) {
       c.dataset.drawnSteps = String(steps.n);
       const mark = (window.__tracelab ??= {});
@@ -319,6 +357,8 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
     setHover(i === null ? null : { i, x: e.clientX - rect.left, y: e.clientY - rect.top });
   };
 
+  const faults = useMemo(() => steps.fault.reduce((k, f) => (f !== null ? k + 1 : k), 0), [steps]);
+
   const fit = () => {
     fitted.current = false;
     setView({ start: 0, span: total * 1.02, scrollY: 0 });
@@ -337,6 +377,12 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
         <span className="legend">
           <i style={{ background: COLORS.ok }} /> ok <i style={{ background: COLORS.okFn }} /> function
           <i style={{ background: COLORS.error }} /> error
+          {faults > 0 && (
+            <span className="legend-fault" data-testid="legend-fault"
+              title="calls a fault rule failed on purpose (tag fault)">
+              <i className="fault-swatch" /> ⚡ fault ({faults})
+            </span>
+          )}
         </span>
       </div>
       <div className="gantt-canvas-wrap">
@@ -360,6 +406,14 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
               {steps.status[hover.i]}
               {steps.code[hover.i] !== null ? ` ${steps.code[hover.i]}` : ""}
             </div>
+            {steps.fault[hover.i] !== null && (
+              <div className="tip-fault">
+                ⚡ fault: {steps.fault[hover.i]} ({steps.faultAction[hover.i] ?? "?"})
+              </div>
+            )}
+            {steps.replay[hover.i] !== null && (
+              <div className="muted small">replay {steps.replay[hover.i]}</div>
+            )}
           </div>
         )}
       </div>

@@ -157,3 +157,14 @@ export function Fields({ obj, skip }: { obj: Record<string, unknown>; skip: stri
     </table>
   );
 }
+
+/** How a replay answered a call (tag `replay`): hit, miss, passthrough, or fault (a fault rule
+ * answered instead of the recording), the last one marked apart. */
+export function ReplayBadge({ value }: { value: string }) {
+  const known = ["hit", "miss", "passthrough", "fault"].includes(value) ? value : "other";
+  return (
+    <span className={`badge replay replay-${known}`} title={`replay: ${value}`}>
+      {value === "fault" ? "⚡ " : ""}replay {value}
+    </span>
+  );
+}

@@ -1,8 +1,9 @@
-// A step's details: summary, request and response headers and bodies (fetched with payloads).
+// A step's details: summary, the fault rule that hit it (if any), request and response headers
+// and bodies (fetched with payloads).
 import { useEffect, useState } from "react";
 import { api, ApiError, enc } from "../lib/api";
 import { fmtMs } from "../lib/format";
-import { Body, CopyButton, Fields, Headers, pretty } from "./Payload";
+import { Body, CopyButton, Fields, Headers, ReplayBadge, pretty } from "./Payload";
 
 type Obj = Record<string, unknown>;
 
@@ -36,7 +37,33 @@ export default function SidePanel({ eventId, onClose }: { eventId: string; onClo
   );
 }
 
+/** The rule TraceLab injected this call's failure with (tags `fault`, `fault.action`,
+ * `fault.rule`), pretty-printed; nothing for a call no rule hit. */
+export function FaultSection({ tags }: { tags: Obj }) {
+  const rule = tags["fault"];
+  if (rule === undefined || rule === null) return null;
+  const text = tags["fault.rule"];
+  return (
+    <section className="payload fault" aria-label="Fault">
+      <h4>⚡ Fault injected by TraceLab</h4>
+      <table className="kv">
+        <tbody>
+          <tr><th>rule</th><td className="mono">{String(rule)}</td></tr>
+          <tr><th>action</th><td className="mono">{String(tags["fault.action"] ?? "?")}</td></tr>
+        </tbody>
+      </table>
+      {typeof text === "string" && text ? (
+        <Body value={text} title="Fault rule" />
+      ) : (
+        <div className="muted small">the rule itself was not recorded</div>
+      )}
+    </section>
+  );
+}
+
 function EventDetails({ event }: { event: Obj }) {
+  const tags = (event.tags && typeof event.tags === "object" ? event.tags : {}) as Obj;
+  const replay = tags["replay"];
   const request = (event.request ?? {}) as Obj;
   const response = (event.response ?? null) as Obj | null;
   const err = event.error as { type?: string; message?: string } | undefined;
@@ -59,6 +86,9 @@ function EventDetails({ event }: { event: Obj }) {
           <tr><th>event id</th><td className="mono">{String(event.event_id)}</td></tr>
           {event.span_id ? <tr><th>span</th><td className="mono">{String(event.span_id)}</td></tr> : null}
           {event.parent_id ? <tr><th>parent</th><td className="mono">{String(event.parent_id)}</td></tr> : null}
+          {replay !== undefined && replay !== null ? (
+            <tr><th>replay</th><td><ReplayBadge value={String(replay)} /></td></tr>
+          ) : null}
           {event.tags && Object.keys(event.tags as Obj).length ? (
             <tr><th>tags</th><td className="mono">{pretty(event.tags)}</td></tr>
           ) : null}
@@ -69,6 +99,7 @@ function EventDetails({ event }: { event: Obj }) {
           <b>{err.type ?? "error"}</b>: {err.message ?? ""}
         </div>
       )}
+      <FaultSection tags={tags} />
       <section className="payload" aria-label="Request">
         <h4>Request</h4>
         <Fields obj={request} skip={["headers", "body"]} />

@@ -2,6 +2,7 @@
 import { useEffect, useRef, useState } from "react";
 import type { Steps } from "../lib/steps";
 import { fmtMs } from "../lib/format";
+import { ReplayBadge } from "./Payload";
 
 const ROW_H = 26;
 const OVERSCAN = 12;
@@ -69,6 +70,13 @@ export default function StepTable({ steps, rows, selected, onSelect }: Props) {
             <span className="badge warn" title="its parent span is not in this execution (yet)">
               orphan
             </span>
+          ) : null}
+          {steps.fault[i] !== null ? (
+            <span className="badge fault" title={`fault rule ${steps.fault[i]} (${steps.faultAction[i] ?? "?"})`}>
+              ⚡ fault: {steps.fault[i]}
+            </span>
+          ) : steps.replay[i] !== null ? (
+            <ReplayBadge value={steps.replay[i]!} />
           ) : null}
           <span className="muted target"> {steps.target[i]}</span>
         </span>

@@ -17,6 +17,9 @@ export interface Steps {
   parent: (string | null)[];
   errorType: (string | null)[];
   errorMessage: (string | null)[];
+  fault: (string | null)[]; // the fault rule's id (tag `fault`): a call TraceLab failed on purpose
+  faultAction: (string | null)[]; // tag `fault.action`: status, reset, timeout, latency, ...
+  replay: (string | null)[]; // tag `replay`: hit | miss | passthrough | fault
   // derived
   depth: Int32Array;
   orphan: Uint8Array; // parent_id set but no such span in this run
@@ -62,6 +65,51 @@ function decodeNullable(col: DictColumn | undefined, n: number): (string | null)
   return out;
 }
 
+/** The tags the timeline reads, per step. */
+interface StepTags {
+  fault: string | null;
+  faultAction: string | null;
+  replay: string | null;
+}
+
+const NO_TAGS: StepTags = { fault: null, faultAction: null, replay: null };
+
+function str(v: unknown): string | null {
+  return v === null || v === undefined ? null : String(v);
+}
+
+function stepTags(tags: Record<string, unknown> | null | undefined): StepTags {
+  if (!tags) return NO_TAGS;
+  return { fault: str(tags["fault"]), faultAction: str(tags["fault.action"]), replay: str(tags["replay"]) };
+}
+
+/** Each step's tags from the column of JSON texts, each distinct text parsed once. */
+function tagColumns(texts: (string | null)[] | undefined, n: number) {
+  const fault = new Array<string | null>(n).fill(null);
+  const faultAction = new Array<string | null>(n).fill(null);
+  const replay = new Array<string | null>(n).fill(null);
+  if (!texts) return { fault, faultAction, replay };
+  const parsed = new Map<string, StepTags>();
+  for (let i = 0; i < n; i++) {
+    const text = texts[i];
+    if (!text) continue;
+    let t = parsed.get(text);
+    if (!t) {
+      try {
+        const value: unknown = JSON.parse(text);
+        t = typeof value === "object" && value !== null ? stepTags(value as Record<string, unknown>) : NO_TAGS;
+      } catch {
+        t = NO_TAGS;
+      }
+      parsed.set(text, t);
+    }
+    fault[i] = t.fault;
+    faultAction[i] = t.faultAction;
+    replay[i] = t.replay;
+  }
+  return { fault, faultAction, replay };
+}
+
 type Raw = Omit<Steps, "depth" | "orphan" | "order" | "rowOf" | "lanes" | "rows" | "end">;
 
 export function fromColumns(c: EventColumns): Steps {
@@ -81,6 +129,7 @@ export function fromColumns(c: EventColumns): Steps {
     parent: c.parent_id,
     errorType: decodeNullable(c.error_type, n),
     errorMessage: c.error_message,
+    ...tagColumns(c.tags, n),
   };
   return layout(raw);
 }
@@ -92,6 +141,7 @@ export function appendRows(s: Steps, rows: EventRow[], shift: number): Steps {
   const fresh = rows.filter((r) => !known.has(r.event_id));
   if (fresh.length === 0) return s;
   const n = s.n + fresh.length;
+  const freshTags = fresh.map((r) => stepTags(r.tags));
   const offset = new Float64Array(n);
   offset.set(s.offset);
   const latency = new Float64Array(n);
@@ -115,6 +165,9 @@ export function appendRows(s: Steps, rows: EventRow[], shift: number): Steps {
     parent: [...s.parent, ...fresh.map((r) => r.parent_id)],
     errorType: [...s.errorType, ...fresh.map((r) => r.error?.type ?? null)],
     errorMessage: [...s.errorMessage, ...fresh.map((r) => r.error?.message ?? null)],
+    fault: [...s.fault, ...freshTags.map((t) => t.fault)],
+    faultAction: [...s.faultAction, ...freshTags.map((t) => t.faultAction)],
+    replay: [...s.replay, ...freshTags.map((t) => t.replay)],
   };
   return layout(raw);
 }
@@ -232,7 +285,7 @@ export function filterSteps(s: Steps, text: string, errorsOnly: boolean): Int32A
     const i = s.order[k];
     if (errorsOnly && s.status[i] !== "error") continue;
     if (q) {
-      const hay = `${s.endpoint[i]}\u0000${s.target[i]}\u0000${s.service[i]}\u0000${s.kind[i]}\u0000${s.status[i]}\u0000${s.code[i] ?? ""}\u0000${s.id[i]}\u0000${s.errorMessage[i] ?? ""}`.toLowerCase();
+      const hay = `${s.endpoint[i]}\u0000${s.target[i]}\u0000${s.service[i]}\u0000${s.kind[i]}\u0000${s.status[i]}\u0000${s.code[i] ?? ""}\u0000${s.id[i]}\u0000${s.errorMessage[i] ?? ""}\u0000${s.fault[i] !== null ? `fault ${s.fault[i]} ${s.faultAction[i] ?? ""}` : ""}\u0000${s.replay[i] ? `replay ${s.replay[i]}` : ""}`.toLowerCase();
       if (!hay.includes(q)) continue;
     }
     out.push(i);
