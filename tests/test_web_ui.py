@@ -370,3 +370,21 @@ def test_a_run_without_faults_has_no_fault_marker(site, chaos_run, watched):
     side = page.get_by_role("complementary", name="Step details")
     side.get_by_role("region", name="Request").wait_for()
     assert side.get_by_role("region", name="Fault").count() == 0
+
+
+def test_a_faulted_call_recorded_while_the_page_is_open_arrives_marked(site, watched):
+    from test_notebook_faults import faulted_run
+    from tracelab.store.layout import resolve_layout
+    from tracelab.store.writer import StoreWriter
+
+    writer = StoreWriter(resolve_layout(str(site["home"] / "store")))
+    first, faulted = faulted_run("chaos-live")[:2]
+    writer.write([first])
+    page = watched.page
+    page.goto(site["base"] + "/executions/chaos-live")
+    page.wait_for_selector("canvas.gantt-canvas[data-drawn-steps='1'][data-drawn-faults='0']")
+    page.get_by_text("● live").wait_for()
+    writer.write([faulted])
+    page.wait_for_selector("canvas.gantt-canvas[data-drawn-steps='2'][data-drawn-faults='1']",
+                           timeout=20_000)
+    assert page.locator(".step-row .badge.fault").inner_text().strip() == "⚡ fault: stripe-429"
