@@ -6,8 +6,13 @@ Redis when `--redis-url`/`TRACELAB_REDIS_URL` is set, else the embedded spool un
 `$TRACELAB_HOME`. Only argument parsing and process concerns live here (mitmproxy is imported
 when the command runs): the addon is `tracelab.proxy.addon`, the runner `tracelab.proxy.runner`.
 
-Exit status: 0 after a clean stop (Ctrl-C, SIGTERM) or `--print-ca`; 2 for a bad flag or an
-address that cannot be listened on; 1 when mitmproxy fails while starting.
+`--faults FILE` makes it a chaos proxy in front of the real vendors: each request is matched
+against the fault rules (`tracelab.replay.faults`, YAML or JSON) and a matching rule's fault is
+applied to the live call (`tracelab.proxy.faults`); the recorded event carries the fault's tags.
+
+Exit status: 0 after a clean stop (Ctrl-C, SIGTERM) or `--print-ca`; 2 for a bad flag, a bad
+fault file (every reason printed) or an address that cannot be listened on; 1 when mitmproxy
+fails while starting.
 """
 from __future__ import annotations
 
@@ -51,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-id", help="run id of the recorded events (default: "
                         "$TRACELAB_RUN_ID, else a new one per proxy start; header "
                         "X-Tracelab-Run-Id)")
+    parser.add_argument("--faults", type=Path, metavar="FILE",
+                        help="inject the faults of this rule file (YAML or JSON) into the "
+                        "proxied calls: a chaos proxy in front of real vendors")
     parser.add_argument("--redis-url", help="publish to this Redis (default: "
                         "$TRACELAB_REDIS_URL; unset means embedded mode, the spool under "
                         "$TRACELAB_HOME)")
@@ -105,6 +113,17 @@ def run(args: argparse.Namespace) -> int:
                      "certificates is expected)")
     settings = ProxySettings(host=args.host, port=args.port, ssl_insecure=args.ssl_insecure,
                              upstream_ca=args.upstream_ca, confdir=ca_dir)
+    faults = None
+    if args.faults is not None:
+        from tracelab.replay.faults import FaultRuleError, FaultSet, load_rules
+
+        try:
+            faults = FaultSet(load_rules(args.faults))
+        except FaultRuleError as exc:
+            return _fail("--faults: invalid fault rules:\n" + "\n".join(
+                f"  {reason}" for reason in exc.errors))
+        except OSError as exc:
+            return _fail(f"--faults {args.faults}: {exc.strerror or exc}")
 
     import tracelab
     from tracelab.proxy.addon import TraceLabAddon
@@ -135,8 +154,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"tracelab proxy on http://{settings.host}:{settings.port}: recording workflow "
               f"{config.workflow!r} run {config.run_id!r} to {destination}; CA in {ca_dir}",
               flush=True)
+    if faults is not None:
+        print(f"tracelab proxy: injecting faults from {args.faults} "
+              f"({len(faults.rules())} rule(s))", flush=True)
     try:
-        run_proxy(settings, TraceLabAddon())
+        run_proxy(settings, TraceLabAddon(faults=faults))
     except ProxyStartError as exc:
         return _fail(str(exc), exc.exit_status)
     finally:

@@ -31,6 +31,12 @@ What becomes an event:
   `latency_ms` is the connection's lifetime; the status is `error` when mitmproxy saw an error
   or the close code is not a normal one (1000, 1001, 1005).
 
+Faults (`tracelab proxy --faults FILE`, a chaos proxy): with a `FaultSet`, each HTTP request
+is matched against the rules once it has been read (`Call` from the flow: kind `http`/`llm` by
+the recording's rule, target `host[:port]`, endpoint `METHOD /path`, the body as it would be
+stored) and the fault is applied by `tracelab.proxy.faults`; the flow's event carries
+`Fault.tags()` (`fault`, `fault.action`, `fault.rule`).
+
 Per-request overrides: a client may send `X-Tracelab-Workflow`, `X-Tracelab-Run-Id` and
 `X-Tracelab-Service`; they set that event's workflow, run id and service and are removed
 before the request is forwarded, so the upstream never sees them.
@@ -43,19 +49,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 
-from tracelab.sdk.capture import record_http
+from tracelab.sdk.capture import http_target, llm_tags, record_http
 from tracelab.sdk.recorder import Recorder, current
 
 if TYPE_CHECKING:
     from mitmproxy import http
 
+    from tracelab.replay.faults import FaultSet
+
 ORIGIN = "proxy"
 OVERRIDE_HEADERS = {"workflow": "X-Tracelab-Workflow", "run_id": "X-Tracelab-Run-Id",
                     "service": "X-Tracelab-Service"}
 _METADATA_KEY = "tracelab.overrides"
+_RECORDED_KEY = "tracelab.recorded"
+FAULT_KEY = "tracelab.fault"  # flow.metadata: the `Fault` applied to the flow
 _MAX_OVERRIDE_CHARS = 256  # the contract's limit for workflow, run_id and service
 # Content types whose bodies are produced over time: buffering them would stall the client.
 STREAMING_CONTENT_TYPES = (
@@ -206,11 +217,51 @@ def _decoded(data: bytes, content_encoding: str | None) -> bytes:
         return data
 
 
+def flow_view(flow: http.HTTPFlow, rec: Recorder | None) -> dict[str, Any]:
+    """The live request in the stored event shape: kind, target, endpoint and `request` as
+    the recording would store it (same redaction, same body encoding)."""
+    from tracelab.replay.matching import http_request_view
+    from tracelab.sdk.redaction import Redactor
+
+    request = flow.request
+    redactor = rec.redactor if rec is not None else Redactor(())
+    cap = rec.config.max_body_bytes if rec is not None else 64 * 1024
+    body = request.get_content(strict=False) if request.raw_content else None
+    view = http_request_view(request.method, request.url, request.headers.fields, body,
+                             request.headers.get("content-type"), redactor, cap)
+    parts = urlsplit(request.url)
+    path = parts.path or "/"
+    kind = "llm" if llm_tags(parts.hostname or "", path, view.get("body"), None) else "http"
+    return {"kind": kind, "target": http_target(parts.scheme, parts.netloc),
+            "endpoint": f"{request.method.upper()} {path}", "request": view}
+
+
+class Tagged:
+    """The recorder, with tags added to each event it submits, and each submitted event shown
+    to `observe` (the replay proxy's call log)."""
+
+    def __init__(self, rec: Recorder, tags: dict[str, str],
+                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self._rec = rec
+        self._tags = tags
+        self._observe = observe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rec, name)
+
+    def submit(self, event: dict[str, Any], origin: str, found: set[str] | None = None) -> None:
+        event["tags"] = {**(event.get("tags") or {}), **self._tags}
+        if self._observe is not None:
+            self._observe(event)
+        self._rec.submit(event, origin, found)
+
+
 class TraceLabAddon:
     """mitmproxy addon: one TraceEvent per HTTP flow, failed flow and WebSocket connection."""
 
-    def __init__(self, websocket_messages: int = 10) -> None:
+    def __init__(self, websocket_messages: int = 10, faults: FaultSet | None = None) -> None:
         self.websocket_messages = websocket_messages
+        self.faults = faults
         self._websockets: dict[str, WebSocketSummary] = {}
 
     # -- mitmproxy lifecycle ----------------------------------------------------------------
@@ -239,18 +290,56 @@ class TraceLabAddon:
         if overrides:
             flow.metadata[_METADATA_KEY] = overrides
 
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """The chaos proxy: decide and apply a fault before anything goes upstream."""
+        if self.faults is None or flow.response is not None or flow.error is not None:
+            return
+        from tracelab.proxy import faults as proxy_faults
+
+        fault = self.decide(flow)
+        if fault is not None:
+            await proxy_faults.before_upstream(flow, fault)
+
+    def decide(self, flow: http.HTTPFlow, view: dict[str, Any] | None = None) -> Any:
+        """The fault for this flow (None: none, or no fault set); a failure of ours is counted
+        and never breaks the proxied call."""
+        if self.faults is None:
+            return None
+        from tracelab.proxy.faults import call_of
+
+        rec = current()
+        faults = self.faults
+
+        def decide() -> Any:
+            return faults.decide_call(call_of(view if view is not None else flow_view(flow, rec)))
+
+        if rec is not None:
+            return rec.safely(ORIGIN, decide)
+        try:
+            return decide()
+        except Exception:
+            return None
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        from tracelab.proxy import faults as proxy_faults
+
         rec = current()
         response = flow.response
-        if rec is None or response is None or not _may_have_body(flow):
+        if response is None or not _may_have_body(flow):
             return
-        if response.stream or should_stream(response, rec.config.max_body_bytes):
-            cap = rec.config.max_body_bytes if rec.config.capture_payloads else 0
+        cap = rec.config.max_body_bytes if rec is not None and rec.config.capture_payloads \
+            else 0
+        if rec is not None and (response.stream
+                                or should_stream(response, rec.config.max_body_bytes)):
             response.stream = BodyTap(cap + 1)
+        proxy_faults.on_response_headers(flow, proxy_faults.flow_fault(flow), cap + 1)
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is not None:
             return  # recorded once, when the connection ends
+        from tracelab.proxy import faults as proxy_faults
+
+        proxy_faults.on_response(flow, proxy_faults.flow_fault(flow))
         rec = current()
         if rec is not None:
             _later(rec.safely, ORIGIN, self._record_flow, rec, flow, None)
@@ -298,8 +387,25 @@ class TraceLabAddon:
     def _identity(flow: http.HTTPFlow) -> dict[str, Any]:
         return flow.metadata.get(_METADATA_KEY) or {}
 
+    def event_tags(self, flow: http.HTTPFlow) -> dict[str, str]:
+        """Tags added to the flow's event: the applied fault's."""
+        fault = flow.metadata.get(FAULT_KEY)
+        return dict(fault.tags()) if fault is not None else {}
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """Called with every HTTP event this addon submits (the replay proxy keeps a log)."""
+
     def _record_flow(self, rec: Recorder, flow: http.HTTPFlow,
                      exc: BaseException | None) -> None:
+        if flow.metadata.get(_RECORDED_KEY):
+            return  # a cut stream may end in both the response and the error hook
+        flow.metadata[_RECORDED_KEY] = True
+        from tracelab.proxy.faults import fault_error, flow_fault
+
+        fault = flow_fault(flow)
+        if fault is not None:
+            exc = fault_error(fault) or exc
+        rec = Tagged(rec, self.event_tags(flow), self.observe)  # type: ignore[assignment]
         request, response = flow.request, flow.response
         end = (response.timestamp_end if response is not None else None) or time.time()
         kwargs: dict[str, Any] = {}

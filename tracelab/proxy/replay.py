@@ -20,6 +20,18 @@ With `--on-miss passthrough`/`record`, a request carrying `X-Tracelab-Replay-Han
 SDK in the child process already decided to run live (and records itself): it is forwarded
 untouched, not recorded and not counted, so it is never counted twice. In `fail` mode the header
 opens nothing: every request is answered from the recording or refused.
+
+With `--faults FILE` (the rules of `tracelab.replay.faults`), each request is first matched
+against the fault rules, before the recording, with the SDK's semantics: a `latency` fault
+delays the call, which is then answered (and consumes its recording) as usual; `status`,
+`reset` and `timeout` answer in place of the recording without consuming it, so the
+program's retry gets the recorded answer; the mangling actions (`empty_body`,
+`malformed_body`, `truncate`, `stream_cut`) answer with the recorded answer the call would
+get (`Matcher.peek`), changed by `Fault.response_event`, again without consuming it (no
+recorded answer: a normal miss). A faulted call's event is tagged `replay=fault` plus the
+fault's `fault`, `fault.action`, `fault.rule`; it is counted in the report line's `faulted`,
+neither a hit nor a miss. The report line also lists `calls`: the
+`tracelab.replay.report.call_summary` of every event the proxy recorded, by start time.
 """
 from __future__ import annotations
 
@@ -32,20 +44,19 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import orjson
 
-from tracelab.proxy.addon import TraceLabAddon
-from tracelab.replay.report import append_line
+from tracelab.proxy.addon import TraceLabAddon, flow_view
+from tracelab.replay.report import append_line, call_summary
 from tracelab.replay.session import (HANDLED_HEADER, body_bytes, recorded_chunks,
                                      recorded_headers, stream_error)
-from tracelab.sdk.capture import http_target, llm_tags
 from tracelab.sdk.recorder import Recorder, current
 
 if TYPE_CHECKING:
     from mitmproxy import http
 
+    from tracelab.replay.faults import FaultSet
     from tracelab.replay.matching import Matcher
 
 SOURCE = "proxy"
@@ -165,27 +176,12 @@ def _reason(status: int) -> str:
         return "Recorded"
 
 
-class _Tagged:
-    """The recorder, with tags added to each event it submits (the `replay` outcome)."""
-
-    def __init__(self, rec: Recorder, tags: dict[str, str]) -> None:
-        self._rec = rec
-        self._tags = tags
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._rec, name)
-
-    def submit(self, event: dict[str, Any], origin: str, found: set[str] | None = None) -> None:
-        event["tags"] = {**(event.get("tags") or {}), **self._tags}
-        self._rec.submit(event, origin, found)
-
-
 class ReplayAddon(TraceLabAddon):
     """Answers requests from a recording through the shared `Matcher`; records the outcomes."""
 
     def __init__(self, matcher: Matcher, *, on_miss: str = "fail", speed: float = 0.0,
-                 report: Path | None = None) -> None:
-        super().__init__()
+                 report: Path | None = None, faults: FaultSet | None = None) -> None:
+        super().__init__(faults=faults)
         if on_miss not in ON_MISS_MODES:
             raise ValueError(f"on_miss must be one of {', '.join(ON_MISS_MODES)}, got {on_miss!r}")
         self.matcher = matcher
@@ -195,27 +191,17 @@ class ReplayAddon(TraceLabAddon):
         self.hits: list[str] = []
         self.misses: list[dict[str, str]] = []
         self.passthrough: list[str] = []
+        self.faulted = 0
+        self.calls: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._reported = False
         self.chunks = ChunkServer()
 
     # -- answering ------------------------------------------------------------------------------
-    def live_view(self, flow: http.HTTPFlow, rec: Recorder | None) -> dict[str, Any]:
+    @staticmethod
+    def live_view(flow: http.HTTPFlow, rec: Recorder | None) -> dict[str, Any]:
         """The live request in the stored event shape the matcher keys on."""
-        from tracelab.replay.matching import http_request_view
-        from tracelab.sdk.redaction import Redactor
-
-        request = flow.request
-        redactor = rec.redactor if rec is not None else Redactor(())
-        cap = rec.config.max_body_bytes if rec is not None else 64 * 1024
-        body = request.get_content(strict=False) if request.raw_content else None
-        view = http_request_view(request.method, request.url, request.headers.fields, body,
-                                 request.headers.get("content-type"), redactor, cap)
-        parts = urlsplit(request.url)
-        path = parts.path or "/"
-        kind = "llm" if llm_tags(parts.hostname or "", path, view.get("body"), None) else "http"
-        return {"kind": kind, "target": http_target(parts.scheme, parts.netloc),
-                "endpoint": f"{request.method.upper()} {path}", "request": view}
+        return flow_view(flow, rec)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         from mitmproxy import http as mhttp
@@ -231,13 +217,19 @@ class ReplayAddon(TraceLabAddon):
         try:
             live = self.live_view(flow, current())
             call = describe(live)
-            outcome = self.matcher.take(live)
         except Exception as exc:  # a bug of ours must never answer as if it were a hit
-            outcome = None
-            call = f"{flow.request.method} {flow.request.pretty_host} {flow.request.path}"
+            live, call = None, f"{flow.request.method} {flow.request.pretty_host} {flow.request.path}"
             message = f"{call}: the replay proxy could not match it ({type(exc).__name__}: {exc})"
-        else:
-            message = getattr(outcome, "message", "")
+        if live is not None and await self._fault(flow, live):
+            return
+        outcome = None
+        if live is not None:
+            try:
+                outcome = self.matcher.take(live)
+            except Exception as exc:
+                message = f"{call}: the replay proxy could not match it ({type(exc).__name__}: {exc})"
+            else:
+                message = getattr(outcome, "message", "")
         if isinstance(outcome, Hit):
             event = outcome.event
             with self._lock:
@@ -260,6 +252,41 @@ class ReplayAddon(TraceLabAddon):
         with self._lock:
             self.passthrough.append(call)
         flow.metadata[_TAG_KEY] = "passthrough"
+
+    async def _fault(self, flow: http.HTTPFlow, live: dict[str, Any]) -> bool:
+        """Apply the fault this call gets, before matching; True when the fault answered it.
+
+        As in the SDK's replay: the fault's latency first; `latency` alone then lets the call
+        be answered from the recording as usual (it consumes its recorded answer); status,
+        reset and timeout answer in its place without consuming anything (the retry gets the
+        recorded answer); the mangling actions answer with the recorded answer `take` would
+        give, changed by `Fault.response_event`, also without consuming it (no recorded
+        answer: no fault, a normal miss).
+        """
+        from tracelab.proxy import faults as proxy_faults
+        from tracelab.replay.matching import Hit
+
+        fault = self.decide(flow, live)
+        if fault is None:
+            return False
+        if fault.action == "latency":
+            await proxy_faults.before_upstream(flow, fault, upstream=False)
+            return False
+        recorded = None
+        if not fault.replaces_response:
+            peeked = self.matcher.peek(live)
+            if not isinstance(peeked, Hit):
+                return False
+            recorded = peeked.event
+        with self._lock:
+            self.faulted += 1
+        flow.metadata[_TAG_KEY] = "fault"
+        if await proxy_faults.before_upstream(flow, fault, upstream=False):
+            return True
+        event = fault.response_event(recorded)
+        if not await self._stream(flow, event):
+            self._answer(flow, answer(event))
+        return True
 
     async def _stream(self, flow: http.HTTPFlow, event: dict[str, Any]) -> bool:
         """Route a recorded stream through the chunk server; False when it is not one."""
@@ -317,16 +344,23 @@ class ReplayAddon(TraceLabAddon):
             return
         super().error(flow)
 
-    def _record_flow(self, rec: Recorder, flow: http.HTTPFlow,
-                     exc: BaseException | None) -> None:
-        outcome = flow.metadata.get(_TAG_KEY) or "passthrough"
-        super()._record_flow(_Tagged(rec, {"replay": outcome}), flow, exc)  # type: ignore[arg-type]
+    def event_tags(self, flow: http.HTTPFlow) -> dict[str, str]:
+        """The fault's tags and the replay outcome: hit | miss | passthrough | fault."""
+        return {**super().event_tags(flow),
+                "replay": flow.metadata.get(_TAG_KEY) or "passthrough"}
+
+    def observe(self, event: dict[str, Any]) -> None:
+        summary = call_summary(event)
+        with self._lock:
+            self.calls.append(summary)
 
     # -- the report -----------------------------------------------------------------------------
     def report_line(self) -> dict[str, Any]:
         with self._lock:
             return {"source": SOURCE, "pid": os.getpid(), "hits": list(self.hits),
-                    "misses": list(self.misses), "passthrough": list(self.passthrough)}
+                    "misses": list(self.misses), "passthrough": list(self.passthrough),
+                    "faulted": self.faulted,
+                    "calls": sorted(self.calls, key=lambda c: c.get("t") or 0)}
 
     def write_report(self) -> None:
         """Append this process's one line to the report file (once)."""
@@ -363,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--headers", default="[]", help="JSON list of header names")
     parser.add_argument("--report", type=Path)
     parser.add_argument("--ssl-insecure", action="store_true")
+    parser.add_argument("--faults", type=Path, help="fault rules file (YAML or JSON)")
     args = parser.parse_args(argv)
 
     import tracelab
@@ -370,16 +405,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tracelab.replay.matching import Matcher, MatchOptions, parse_ignore
     from tracelab.replay.recording import load_recording
 
+    faults = None
     try:
         recording = load_recording(args.recording)
         options = MatchOptions(
             ignore=tuple(parse_ignore(rule) for rule in _json_list(args.ignore, "--ignore")),
             headers=tuple(h.lower() for h in _json_list(args.headers, "--headers")))
+        if args.faults is not None:
+            from tracelab.replay.faults import FaultRuleError, FaultSet, load_rules
+
+            try:
+                faults = FaultSet(load_rules(args.faults))
+            except FaultRuleError as exc:
+                print("tracelab replay proxy: invalid fault rules:\n" + "\n".join(
+                    f"  {reason}" for reason in exc.errors), file=sys.stderr)
+                return 2
     except (ValueError, OSError) as exc:
         print(f"tracelab replay proxy: {exc}", file=sys.stderr)
         return 2
     addon = ReplayAddon(Matcher(filter(answerable, recording.events), options), on_miss=args.on_miss,
-                        speed=args.speed, report=args.report)
+                        speed=args.speed, report=args.report, faults=faults)
     settings = ProxySettings(
         host=args.host, port=args.port, ssl_insecure=args.ssl_insecure, confdir=default_ca_dir(),
         # Fail closed means no upstream connection unless a request is forwarded: no eager
