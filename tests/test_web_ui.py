@@ -340,6 +340,11 @@ def test_a_faulted_call_is_marked_on_the_timeline_and_its_rule_shown(site, chaos
     assert faulted.count() == 1
     assert faulted.locator(".badge.fault").count() == 1
     assert page.locator(".step-row .badge.replay-hit").count() == 2
+    search = page.get_by_role("searchbox", name="Filter steps")
+    search.fill("stripe-429")  # the rule id finds the faulted call
+    page.get_by_text("1 of 4 steps").wait_for()
+    search.fill("")
+    page.get_by_text("4 of 4 steps").wait_for()
     faulted.click()
     side = page.get_by_role("complementary", name="Step details")
     section = side.get_by_role("region", name="Fault")
