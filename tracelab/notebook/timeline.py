@@ -176,7 +176,10 @@ def tag_columns(tags: Sequence[Any], names: Sequence[str]) -> dict[str, np.ndarr
     out = {name: np.full(n, None, dtype=object) for name in names}
     if not n:
         return out
-    codes, uniques = pd.factorize(pd.Series([_tags_key(v) for v in tags], dtype=object))
+    try:
+        codes, uniques = pd.factorize(pd.Series(tags, dtype=object))
+    except TypeError:  # dicts (unhashable): factorize their JSON text instead
+        codes, uniques = pd.factorize(pd.Series([_tags_key(v) for v in tags], dtype=object))
     for code, text in enumerate(uniques):
         parsed = tags_of(text)
         present = [name for name in names if parsed.get(name) is not None]
@@ -201,10 +204,15 @@ def fault_html(event: Mapping[str, Any]) -> str:
     if rule_id is None:
         return ""
     rule_text = tags.get(FAULT_RULE_TAG)
-    try:
-        rule = pretty(orjson.loads(rule_text)) if rule_text else "(rule not recorded)"
-    except (orjson.JSONDecodeError, TypeError):
-        rule = str(rule_text)
+    if isinstance(rule_text, (Mapping, list)):
+        rule = pretty(rule_text)
+    elif not rule_text:
+        rule = "(rule not recorded)"
+    else:
+        try:
+            rule = pretty(orjson.loads(rule_text))
+        except (orjson.JSONDecodeError, TypeError):
+            rule = str(rule_text)
     replay = tags.get(REPLAY_TAG)
     facts = [f"rule <code>{esc(rule_id)}</code>",
              f"action <code>{esc(tags.get(FAULT_ACTION_TAG, '?'))}</code>"]
@@ -455,7 +463,8 @@ def _event_hover(events: pd.DataFrame, orphan: np.ndarray,
         return events[name] if name in events else pd.Series([None] * n)
 
     def render(endpoint: Any, kind: Any, target: Any, status: Any, code: Any,
-               is_orphan: bool, fault: Any, action: Any, replay: Any) -> str:
+               is_orphan: bool, fault: Any = None, action: Any = None,
+               replay: Any = None) -> str:
         code_text = "—" if code is None or code is pd.NA or code != code else str(int(code))
         text = (f"<b>{_plotly_text(endpoint)}</b><br>{_plotly_text(kind)} → "
                 f"{_plotly_text(target)}<br>status {_plotly_text(status)} · code {code_text}")
@@ -466,10 +475,12 @@ def _event_hover(events: pd.DataFrame, orphan: np.ndarray,
             text += f"<br>replay {_plotly_text(replay)}"
         return text + ("<br><i>parent span not recorded</i>" if is_orphan else "")
 
+    tagged = [pd.Series(tags[name]) for name in (FAULT_TAG, FAULT_ACTION_TAG, REPLAY_TAG)]
+    if not any(series.notna().any() for series in tagged):
+        tagged = []  # a run that is neither replayed nor faulted: fewer columns to combine
     return combination_text([column("endpoint"), column("kind"), column("target"),
                              column("status"), column("status_code"), pd.Series(orphan),
-                             pd.Series(tags[FAULT_TAG]), pd.Series(tags[FAULT_ACTION_TAG]),
-                             pd.Series(tags[REPLAY_TAG])], render)
+                             *tagged], render)
 
 
 def executions_timeline(runs: pd.DataFrame, workflow: str,
