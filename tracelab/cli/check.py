@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tracelab.replay.check import CaseResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,18 +40,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracelab.replay.check import EXIT_INVALID, check, update_cases
+    from tracelab.replay.check import EXIT_INVALID, SetupError, case_lines, check, update_cases
     from tracelab.replay.junit import github_output, write_junit
 
     if args.against_mocks and not args.update:
         print("tracelab check: --against-mocks only goes with --update (a replay needs no "
               "mocks)", file=sys.stderr)
         return EXIT_INVALID
-    if args.update:
-        verdict = update_cases(args.paths, args.name, against_mocks=args.against_mocks)
-    else:
-        verdict = check(args.paths, args.name)
-    for line in verdict.lines():
+    def show(result: CaseResult) -> None:
+        print("\n".join(case_lines(result)), flush=True)
+
+    try:
+        if args.update:
+            verdict = update_cases(args.paths, args.name, against_mocks=args.against_mocks,
+                                   on_result=show)
+        else:
+            verdict = check(args.paths, args.name, on_result=show)
+    except SetupError as exc:
+        print(f"tracelab check: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    for line in [*verdict.error_lines(), verdict.headline]:
         print(line, flush=True)
     for line in github_output(verdict):
         print(line, flush=True)

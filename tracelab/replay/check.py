@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,23 +90,30 @@ class Verdict:
         return f"tracelab check: {word[self.exit_code]}: " + ", ".join(parts)
 
     def lines(self) -> list[str]:
-        out: list[str] = []
-        for path, errors in self.spec_errors:
-            out.extend(f"ERROR {e}" if e.startswith(str(path)) else f"ERROR {path}: {e}"
-                       for e in errors)
+        """Every line `tracelab check` prints: spec errors, each case, the headline last."""
+        out = self.error_lines()
         for r in self.results:
-            note = f"  [{r.note}]" if r.note else ""
-            if r.status == "pass":
-                out.append(f"PASS  {r.case.name}  ({r.duration_s:.1f} s){note}")
-            elif r.status == "error":
-                out.append(f"ERROR {r.case.name}: {r.error}{note}")
-            else:
-                out.append(f"FAIL  {r.case.name}  ({r.duration_s:.1f} s){note}")
-                for failure in r.failures:
-                    out.append(f"      {failure.expectation}: {failure.message}")
-                    out.extend(f"        {line}" for line in failure.evidence)
+            out.extend(case_lines(r))
         out.append(self.headline)
         return out
+
+    def error_lines(self) -> list[str]:
+        return [f"ERROR {e}" if e.startswith(str(path)) else f"ERROR {path}: {e}"
+                for path, errors in self.spec_errors for e in errors]
+
+
+def case_lines(r: CaseResult) -> list[str]:
+    """A case's verdict line, then each failed expectation and its evidence, indented."""
+    note = f"  [{r.note}]" if r.note else ""
+    if r.status == "pass":
+        return [f"PASS  {r.case.name}  ({r.duration_s:.1f} s){note}"]
+    if r.status == "error":
+        return [f"ERROR {r.case.name}: {r.error}{note}"]
+    out = [f"FAIL  {r.case.name}  ({r.duration_s:.1f} s){note}"]
+    for failure in r.failures:
+        out.append(f"      {failure.expectation}: {failure.message}")
+        out.extend(f"        {line}" for line in failure.evidence)
+    return out
 
 
 # -- judging one replay ------------------------------------------------------------------------
@@ -375,8 +382,10 @@ def select(paths: Sequence[str | Path], name: str | None = None
     return cases, errors
 
 
-def check(paths: Sequence[str | Path], name: str | None = None) -> Verdict:
-    """Run every selected case; nothing runs when a spec file is invalid."""
+def check(paths: Sequence[str | Path], name: str | None = None,
+          on_result: Callable[[CaseResult], None] | None = None) -> Verdict:
+    """Run every selected case (`on_result` sees each as it ends); nothing runs when a spec
+    file is invalid."""
     cases, errors = select(paths, name)
     verdict = Verdict(spec_errors=errors)
     if errors:
@@ -385,7 +394,10 @@ def check(paths: Sequence[str | Path], name: str | None = None) -> Verdict:
         verdict.spec_errors.append((Path(str(paths[0]) if paths else "tracelab.yaml"),
                                     [f"no case matches -k {name!r}" if name else "no cases"]))
         return verdict
-    verdict.results = [run_case(case) for case in cases]
+    for case in cases:
+        verdict.results.append(run_case(case))
+        if on_result is not None:
+            on_result(verdict.results[-1])
     return verdict
 
 
@@ -454,15 +466,23 @@ def _mocks(enabled: bool) -> Iterator[dict[str, str]]:
     from tracelab.cli.mocks import MockServers, ports_for
     from tracelab.mocks import DEFAULT_BASE_PORT
 
-    servers = MockServers(ports_for(None, DEFAULT_BASE_PORT), faults_text="").start()
+    try:
+        servers = MockServers(ports_for(None, DEFAULT_BASE_PORT), faults_text="").start()
+    except SystemExit as exc:  # a port is taken: the mocks say which
+        raise SetupError(str(exc.code).replace("tracelab mocks:", "--against-mocks:")) from None
     try:
         yield {f"MOCK_{name.upper()}_URL": url for name, url in servers.urls.items()}
     finally:
         servers.stop()
 
 
+class SetupError(RuntimeError):
+    """`--update` cannot start (the mocks' ports are taken): exit status 2."""
+
+
 def update_cases(paths: Sequence[str | Path], name: str | None = None,
-                 against_mocks: bool = False) -> Verdict:
+                 against_mocks: bool = False,
+                 on_result: Callable[[CaseResult], None] | None = None) -> Verdict:
     """Re-record the recordings of the selected cases (see the module doc); the verdict judges
     the new recordings, and a recording is written only when all its cases pass."""
     cases, errors = select(paths, name)
@@ -477,7 +497,10 @@ def update_cases(paths: Sequence[str | Path], name: str | None = None,
         groups.setdefault(case.recording, []).append(case)
     with _mocks(against_mocks) as mock_env:
         for recording, group in groups.items():
-            verdict.results.extend(_update_one(recording, group, mock_env))
+            for result in _update_one(recording, group, mock_env):
+                verdict.results.append(result)
+                if on_result is not None:
+                    on_result(result)
     return verdict
 
 
