@@ -101,3 +101,14 @@ def test_fault_section_escapes_the_rule_and_tolerates_bad_tags() -> None:
     assert fault_html({"tags": {"fault": "r1", "fault.rule": "{not json"}}).count("{not json") == 1
     assert fault_html({"tags": json.dumps({"replay": "hit"})}) == ""
     assert fault_html({"tags": None}) == "" and fault_html({}) == ""
+
+
+def test_the_tags_the_fault_engine_leaves_are_what_the_panel_reads() -> None:
+    from tracelab.replay.faults import Call, FaultSet, parse_rules
+
+    fault = FaultSet(parse_rules(RULE)).decide_call(
+        Call("http", "api.stripe.com", "POST /v1/refunds", {"amount": 100}))
+    assert fault is not None
+    html = fault_html({"tags": {**fault.tags(), "replay": "fault"}})
+    assert "rule <code>stripe-429</code>" in html and "action <code>status</code>" in html
+    assert "&quot;retry_after&quot;: 1," in html and "replay <code>fault</code>" in html
