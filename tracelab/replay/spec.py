@@ -31,10 +31,14 @@ repository is checked out. Every key, with its default:
                                     #   endpoint) is within N edits of the recording's
                                     #   (tolerance default 0; true means tolerance 0); calls a
                                     #   fault answered are left out (a retry is the recorded call)
-          must_include: []          # calls that must happen: "POST api.stripe.com /v1/refunds"
-                                    #   (METHOD target path) or "KIND target endpoint"; globs
-          must_not_include: []      # calls that must not happen, same form
-          max_per_target: {}        # target (glob) -> at most this many calls, all attempts
+          must_include: []          # calls that must be made and answered (an attempt a
+                                    #   fault answered does not count): "POST api.stripe.com
+                                    #   /v1/refunds" (METHOD target path, for HTTP and LLM
+                                    #   calls) or "KIND target endpoint" ("email aws:ses
+                                    #   SendEmail"); shell-style globs (*, ?, [..])
+          must_not_include: []      # calls that must not even be attempted, same form
+          max_per_target: {}        # target (host[:port], glob) -> at most this many calls,
+                                    #   every attempt counted (faulted ones too)
         budgets:
           duration_ms: null         # the command's wall time, at most
           llm_tokens: null          # input + output tokens of every LLM call, at most
