@@ -1,6 +1,6 @@
 """Mock vendors: each started as its own process (the Docker entry `mocks/<vendor>/app.py`),
 driven by the vendor's real SDK (stripe, sendgrid, twilio, boto3, openai), with the shared fault
-rules (`tracelab.faults`) applied as configured and bad rules refused with a 422 saying why.
+rules (`tracelab.replay.faults`) applied as configured and bad rules refused with a 422 saying why.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import python_http_client.exceptions  # noqa: E402
 import stripe  # noqa: E402
 from twilio.base.exceptions import TwilioRestException  # noqa: E402
 
-from tracelab.faults import FaultRuleError, FaultSet, parse_rules  # noqa: E402
+from tracelab.replay.faults import FaultRuleError, FaultSet, parse_rules  # noqa: E402
 from tracelab.mocks import VENDORS  # noqa: E402
 from tracelab.mocks import clients  # noqa: E402
 
@@ -342,7 +342,7 @@ def test_bad_rules_are_refused_with_reasons(mocks: dict[str, MockProcess]) -> No
         ({"path": "/v1/*", "status": 500, "rate": 1.5}, "rate: must be a number from 0 to 1"),
         ({"path": "/v1/*", "reset": True, "seed": "abc"}, "seed: must be an integer"),
         ({"path": "/v1/*"}, "no effect"),
-        ({"status": 500}, "path: required"),
+        ({"endpoint": "POST /x", "path": "/x", "status": 500}, "exclude each other"),
         ({"path": "v1", "status": 500}, "must start with '/'"),
         ({"path": "/a", "status": 500, "reset": True}, "exclude each other"),
         ({"path": "/a", "latency_ms": -5}, "latency_ms: must be a number"),

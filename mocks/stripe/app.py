@@ -7,7 +7,7 @@ get it through `tracelab mocks`); this file only runs it:
     uvicorn app:app                                 # also works (`reset` faults then close the
                                                     # connection mid-response instead of a TCP RST)
 
-Fault rules: `MOCK_FAULTS` at start, `/__tracelab/faults` at run time (see `tracelab.faults`).
+Fault rules: `MOCK_FAULTS` at start, `/__tracelab/faults` at run time (see `tracelab.replay.faults`).
 """
 import sys
 

@@ -141,7 +141,7 @@ def _recording(home: Path, mock_urls: dict[str, str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracelab.faults import FaultRuleError
+    from tracelab.replay.faults import FaultRuleError
     from tracelab.cli.mocks import MockServers, ports_for
 
     home = demo_home(args.home)

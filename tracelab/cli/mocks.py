@@ -68,7 +68,7 @@ class MockServers:
                  faults_text: str | None = None, log_level: str = "warning") -> None:
         import uvicorn  # noqa: F401  # here, not in the serving thread: a missing extra fails now
 
-        from tracelab.faults import FaultSet, parse_text
+        from tracelab.replay.faults import FaultSet, parse_text
         from tracelab.mocks import create_app  # noqa: F401
 
         self.log_level = log_level
@@ -101,7 +101,7 @@ class MockServers:
 
         import uvicorn
 
-        from tracelab.faults import uvicorn_protocol
+        from tracelab.mocks.middleware import uvicorn_protocol
         from tracelab.mocks import create_app
 
         protocol = uvicorn_protocol()
@@ -174,13 +174,13 @@ def describe(urls: Mapping[str, str]) -> str:
         lines.append(f"mock {name:<8} {url}   {v.endpoints}")
         lines.append(f"{'':14}SDK: {v.how.format(url=url)}")
     lines.append("fault rules: GET/POST/PUT/DELETE <url>/__tracelab/faults "
-                 "(see `tracelab.faults`), health: <url>/__tracelab/health")
+                 "(see `tracelab.replay.faults`), health: <url>/__tracelab/health")
     return "\n".join(lines)
 
 
 def run_mocks(ports: Mapping[str, int], host: str = DEFAULT_HOST, faults_text: str | None = None,
               log_level: str = "warning") -> int:
-    from tracelab.faults import FaultRuleError
+    from tracelab.replay.faults import FaultRuleError
 
     try:
         servers = MockServers(ports, host, faults_text, log_level)

@@ -1,7 +1,8 @@
 """Mock vendor services for isolated, deterministic, chaos-ready runs: no accounts, no Docker.
 
 Each vendor is one module here holding a FastAPI app behind the shared fault layer
-(`tracelab.faults`): `create_app(faults=None)` (rules from `MOCK_FAULTS` when not given) and
+(rules: `tracelab.replay.faults`; applied by `tracelab.mocks.middleware`):
+`create_app(faults=None)` (rules from `MOCK_FAULTS` when not given) and
 `error_body(status, path)` (the vendor's error shape, used by `status` faults without a body).
 The top-level `mocks/<vendor>/` folders are thin entry points plus a Dockerfile each, so
 `pip install tracelab` users get the same apps through `tracelab mocks` or

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from tracelab.faults import ErrorBody, FaultMiddleware, FaultSet
+from tracelab.mocks.middleware import ErrorBody, FaultMiddleware
+from tracelab.replay.faults import FaultSet
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -49,9 +50,11 @@ def parse_form(raw: bytes) -> dict[str, Any]:
     return out
 
 
-def wrap(app: Any, name: str, error_body: ErrorBody, faults: FaultSet | None = None) -> Any:
-    """The vendor app behind the fault layer (rules from MOCK_FAULTS unless given)."""
-    wrapped = FaultMiddleware(app, faults, name=name, error_body=error_body)
+def wrap(app: Any, name: str, error_body: ErrorBody, faults: FaultSet | None = None,
+         kind: str = "http") -> Any:
+    """The vendor app behind the fault layer (rules from MOCK_FAULTS unless given); `kind`
+    is what a rule's `kind` matches for this mock's calls (as they are recorded)."""
+    wrapped = FaultMiddleware(app, faults, name=name, error_body=error_body, kind=kind)
     wrapped.vendor_app = app  # type: ignore[attr-defined]
     return wrapped
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from tracelab.faults import FaultSet
+from tracelab.replay.faults import FaultSet
 from tracelab.mocks._common import new_id, wrap
 
 NAME = "openai"
@@ -154,4 +154,4 @@ def create_app(faults: FaultSet | None = None) -> Any:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
-    return wrap(app, NAME, error_body, faults)
+    return wrap(app, NAME, error_body, faults, kind="llm")

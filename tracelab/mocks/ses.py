@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 from xml.sax.saxutils import escape
 
-from tracelab.faults import FaultSet
+from tracelab.replay.faults import FaultSet
 from tracelab.mocks._common import new_id, parse_form, wrap
 
 NAME = "ses"

@@ -15,7 +15,7 @@ import json
 import threading
 from typing import Any
 
-from tracelab.faults import FaultSet
+from tracelab.replay.faults import FaultSet
 from tracelab.mocks._common import new_id, now, parse_form, wrap
 
 NAME = "stripe"
