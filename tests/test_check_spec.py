@@ -297,3 +297,37 @@ def test_github_annotations_and_step_summary(tmp_path: Path,
     assert "| good | tracelab.yaml:1 | ✅ pass |" in text
     assert "| bad, drift | tracelab.yaml:2 | ❌ fail | calls.same_as_recording: 1 edits away " \
            "(tolerance 0)<br>exit_code:" in text
+
+
+@pytest.mark.parametrize("place, path", [
+    ((), "cases[0].extra"),
+    (("expect",), "cases[0].expect.extra"),
+    (("expect", "calls"), "cases[0].expect.calls.extra"),
+    (("expect", "calls", "same_as_recording"), "cases[0].expect.calls.same_as_recording.extra"),
+    (("expect", "budgets"), "cases[0].expect.budgets.extra"),
+])
+def test_an_unknown_key_anywhere_is_named_by_its_path(place: tuple[str, ...], path: str) -> None:
+    case: dict[str, Any] = {"name": "a", "recording": "r.jsonl",
+                            "expect": {"calls": {"same_as_recording": {"tolerance": 1}},
+                                       "budgets": {}}}
+    node = case
+    for key in place:
+        node = node[key]
+    node["extra"] = 1
+    with pytest.raises(SpecError) as caught:
+        parse_cases({"cases": [case]}, Path("/s/tracelab.yaml"))
+    assert [e.split(":")[0] for e in caught.value.errors] == [path]
+    del node["extra"]
+    with pytest.raises(SpecError) as caught:
+        parse_cases({"cases": [case], "extra": 1}, Path("/s/tracelab.yaml"))
+    assert [e.split(":")[0] for e in caught.value.errors] == ["extra"]
+
+
+def test_a_bad_fault_rule_fails_the_spec_at_its_place() -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_cases([{"name": "a", "recording": "r.jsonl",
+                      "faults": [{"endpoint": "POST /v1/refunds", "status": 200},
+                                 {"status": 99, "colour": "red"}]}], Path("/s/tracelab.yaml"))
+    errors = caught.value.errors
+    assert len(errors) == 2 and all(e.startswith("cases[0].faults[1]") for e in errors)
+    assert any("colour" in e for e in errors) and any("status" in e and "99" in e for e in errors)

@@ -281,12 +281,19 @@ def _faults(raw: Any, spec: Path, where: str, errors: list[str]) -> Any:
     try:
         load_rules(source)
     except FaultRuleError as exc:
-        errors.extend(f"{where}: {e}" for e in (exc.errors or [str(exc)]))
+        errors.extend(_fault_error(e, where, raw) for e in (exc.errors or [str(exc)]))
         return None
     except (OSError, ValueError) as exc:
         errors.append(f"{where}: {exc}")
         return None
     return source
+
+
+def _fault_error(error: str, where: str, raw: Any) -> str:
+    """A rule's error at its place in the spec: `rules[1].status` -> `cases[0].faults[1].status`."""
+    if error.startswith("rules[") and isinstance(raw, (list, dict)):
+        return f"{where}{'' if isinstance(raw, list) else '.rules'}{error[len('rules'):]}"
+    return f"{where}: {error}"
 
 
 def _ignore(raw: Any, where: str, errors: list[str]) -> list[str]:
