@@ -263,6 +263,7 @@ class TraceLabAddon:
         self.websocket_messages = websocket_messages
         self.faults = faults
         self._websockets: dict[str, WebSocketSummary] = {}
+        self._held: set[http.HTTPFlow] = set()
 
     # -- mitmproxy lifecycle ----------------------------------------------------------------
     def load(self, loader: Any) -> None:
@@ -298,7 +299,26 @@ class TraceLabAddon:
 
         fault = self.decide(flow)
         if fault is not None:
-            await proxy_faults.before_upstream(flow, fault)
+            await self.apply_fault(flow, fault)
+
+    async def apply_fault(self, flow: http.HTTPFlow, fault: Any, upstream: bool = True) -> bool:
+        """`tracelab.proxy.faults.before_upstream`, keeping track of the flows it holds (a
+        proxy stopped meanwhile still records them, see `done`)."""
+        from tracelab.proxy.faults import before_upstream
+
+        self._held.add(flow)
+        try:
+            return await before_upstream(flow, fault, upstream)
+        finally:
+            self._held.discard(flow)
+
+    def done(self) -> None:
+        """Stopping: a faulted flow still held (latency, timeout) is recorded as it stands."""
+        rec = current()
+        for flow in list(self._held):
+            if rec is not None:
+                rec.safely(ORIGIN, self._record_flow, rec, flow, None)
+        self._held.clear()
 
     def decide(self, flow: http.HTTPFlow, view: dict[str, Any] | None = None) -> Any:
         """The fault for this flow (None: none, or no fault set); a failure of ours is counted

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 MANGLING = frozenset(("empty_body", "malformed_body", "truncate"))
 _UPSTREAM_KEY = "tracelab.fault.upstream"  # the response side is still to be applied
-_HOLD_POLL_S = 0.05
+_HOLD_POLL_S = 0.01  # how soon a client that gave up is noticed
 
 
 def flow_fault(flow: http.HTTPFlow) -> Fault | None:
@@ -55,16 +55,11 @@ def call_of(view: dict[str, Any]) -> Call:
 
 
 def fault_error(fault: Fault) -> BaseException | None:
-    """The exception the recorded event shows for a fault that makes the call fail."""
-    if fault.action in ("reset", "timeout"):
-        error = fault.response_event(None).get("error") or {}
-        kind = TimeoutError if fault.action == "timeout" else ConnectionResetError
-        return kind(error.get("message") or f"fault injected by TraceLab (rule {fault.rule_id})")
-    if fault.action == "stream_cut":
-        return ConnectionResetError(
-            f"fault injected by TraceLab (rule {fault.rule_id}): stream cut after "
-            f"{fault.cut_after_chunks} chunks")
-    return None
+    """The exception the recorded event shows for a fault that makes the call fail (the
+    types `Fault.response_event` uses in a replay), None for the others."""
+    kind = {"reset": ConnectionResetError, "stream_cut": ConnectionResetError,
+            "timeout": TimeoutError}.get(fault.action)
+    return kind(fault.message) if kind is not None else None
 
 
 def status_response(fault: Fault) -> http.Response:

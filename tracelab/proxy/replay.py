@@ -220,8 +220,14 @@ class ReplayAddon(TraceLabAddon):
         except Exception as exc:  # a bug of ours must never answer as if it were a hit
             live, call = None, f"{flow.request.method} {flow.request.pretty_host} {flow.request.path}"
             message = f"{call}: the replay proxy could not match it ({type(exc).__name__}: {exc})"
-        if live is not None and await self._fault(flow, live):
-            return
+        if live is not None:
+            try:
+                if await self._fault(flow, live):
+                    return
+            except Exception as exc:  # never forwarded because of a bug of ours: a miss
+                live = None
+                message = f"{call}: the replay proxy could not apply its faults " \
+                          f"({type(exc).__name__}: {exc})"
         outcome = None
         if live is not None:
             try:
@@ -263,14 +269,13 @@ class ReplayAddon(TraceLabAddon):
         give, changed by `Fault.response_event`, also without consuming it (no recorded
         answer: no fault, a normal miss).
         """
-        from tracelab.proxy import faults as proxy_faults
         from tracelab.replay.matching import Hit
 
         fault = self.decide(flow, live)
         if fault is None:
             return False
         if fault.action == "latency":
-            await proxy_faults.before_upstream(flow, fault, upstream=False)
+            await self.apply_fault(flow, fault, upstream=False)
             return False
         recorded = None
         if not fault.replaces_response:
@@ -281,7 +286,7 @@ class ReplayAddon(TraceLabAddon):
         with self._lock:
             self.faulted += 1
         flow.metadata[_TAG_KEY] = "fault"
-        if await proxy_faults.before_upstream(flow, fault, upstream=False):
+        if await self.apply_fault(flow, fault, upstream=False):
             return True
         event = fault.response_event(recorded)
         if not await self._stream(flow, event):
@@ -370,6 +375,7 @@ class ReplayAddon(TraceLabAddon):
         append_line(self.report, self.report_line())
 
     def done(self) -> None:
+        super().done()
         self.chunks.close()
         self.write_report()
 
