@@ -1,12 +1,17 @@
 """`tracelab replay`: run a command again, every outbound call answered from a recording.
 
 `tracelab replay SOURCE [--on-miss fail|passthrough|record] [--speed S] [--match-ignore RULE]…
-[--match-headers NAME]… [--workflow NAME] [--run-id ID] [-- CMD ARG…]`. SOURCE is a run id or a
-recording file; CMD defaults to the command the recording was made with. The work is
-`tracelab.replay.runner.run_replay`; this module only parses the flags.
+[--match-headers NAME]… [--faults FILE] [--workflow NAME] [--run-id ID] [-- CMD ARG…]`. SOURCE
+is a run id or a recording file; CMD defaults to the command the recording was made with. The
+work is `tracelab.replay.runner.run_replay`; this module only parses the flags.
+
+`--faults FILE` injects the fault rules of FILE (YAML or JSON, `tracelab.replay.faults`) into
+the replayed calls and prints the resilience report (what the command did about each fault)
+before the summary line; a faulted call counts neither as a hit nor as a miss.
 
 Exit status: 0 when the command exited 0 and no call missed the recording; the command's own
-status when it failed; 1 for misses; 2 for bad input (a flag, the source, no command to run).
+status when it failed; 1 for misses; 2 for bad input (a flag, the source, a fault rules file,
+with every reason; no command to run).
 The last line printed (stderr) is `replayed N/M calls, K misses, U unused recordings`.
 """
 from __future__ import annotations
@@ -36,6 +41,9 @@ def _options(parser: argparse.ArgumentParser) -> None:
                         "header:NAME (repeatable)")
     parser.add_argument("--match-headers", action="append", default=[], metavar="NAME",
                         help="add this request header to the match key (repeatable)")
+    parser.add_argument("--faults", metavar="FILE",
+                        help="inject the fault rules of FILE (YAML or JSON) into the replayed "
+                        "calls and print the resilience report")
     parser.add_argument("--workflow", help="workflow of the new run (default: the recording's)")
     parser.add_argument("--run-id", help="run id of the new run (default: a new one)")
 
@@ -73,5 +81,5 @@ def run(args: argparse.Namespace) -> int:
     cmd = _split(args)
     result = run_replay(args.source, cmd or None, on_miss=args.on_miss, speed=args.speed,
                         ignore=tuple(args.match_ignore), headers=tuple(args.match_headers),
-                        workflow=args.workflow, run_id=args.run_id)
+                        workflow=args.workflow, run_id=args.run_id, faults=args.faults)
     return result.exit_code

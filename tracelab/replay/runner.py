@@ -8,6 +8,12 @@ proxy in HTTP(S)_PROXY and the CA in the trust variables), then stops the proxy 
 report lines every replaying process appended (the Python SDK answers its calls in-process,
 the proxy answers the rest; each reports only what it answered, so nothing is counted twice).
 
+With fault rules (`faults=`, `tracelab replay --faults FILE`) the file is validated before
+anything runs (every reason listed, exit status 2), then handed to both answering sides by its
+absolute path: TRACELAB_REPLAY_FAULTS=@path to the command, `--faults path` to the proxy. The
+report lines' call logs are merged by start time into `ReplayResult.calls`, from which the
+resilience report (`tracelab.replay.resilience`) is computed and printed before the summary.
+
 `verdict` is the one computation behind both the summary line and the exit status.
 """
 from __future__ import annotations
@@ -62,6 +68,9 @@ class Tally:
     misses: list[dict[str, str]] = field(default_factory=list)
     passthrough: list[str] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)  # the sources that reported
+    calls: list[dict[str, Any]] = field(default_factory=list)  # the merged call log, by `t`
+    logged: bool = False  # some report line carried a call log ("calls")
+    faulted: int = 0  # calls answered with an injected fault: neither hits nor misses
 
     @property
     def unused(self) -> int:
@@ -82,6 +91,11 @@ class ReplayResult:
     reason: str = ""
     command_exit: int | None = None
     tally: Tally | None = None
+    # The call log (`call_summary` per event) by `t`; None when no process reported one.
+    calls: list[dict[str, Any]] | None = None
+    duration_ms: float | None = None  # the command's wall time
+    faulted: int = 0
+    resilience: list[dict[str, Any]] | None = None  # `resilience.analyse` rows, with faults
 
 
 def verdict(command_exit: int | None, tally: Tally, proxy_reported: bool = True) -> tuple[int, str]:
@@ -122,6 +136,15 @@ def tally_reports(lines: Iterable[bytes | str], calls: Iterable[str]) -> Tally:
         tally.hits.update(h for h in report.get("hits") or () if h in known)
         tally.misses.extend(m for m in report.get("misses") or () if isinstance(m, dict))
         tally.passthrough.extend(str(p) for p in report.get("passthrough") or ())
+        tally.logged = tally.logged or isinstance(report.get("calls"), list)
+        calls = [c for c in report.get("calls") or () if isinstance(c, dict)]
+        tally.calls.extend(calls)
+        faulted = report.get("faulted")
+        tally.faulted += faulted if isinstance(faulted, int) and not isinstance(faulted, bool) \
+            else sum(1 for c in calls if c.get("fault"))
+    # Stable: one process's own order is kept among calls that started in the same instant.
+    tally.calls.sort(key=lambda c: (not isinstance(c.get("t"), (int, float)),
+                                    c.get("t") if isinstance(c.get("t"), (int, float)) else 0))
     return tally
 
 
@@ -144,7 +167,8 @@ def _user_tags() -> dict[str, Any]:
 
 def child_env(base: Mapping[str, str], *, recording: Path, report: Path, on_miss: str,
               speed: float, ignore: Sequence[str], headers: Sequence[str], workflow: str,
-              run_id: str, replay_of: str, proxy_url: str, ca_cert: Path) -> dict[str, str]:
+              run_id: str, replay_of: str, proxy_url: str, ca_cert: Path,
+              faults: Path | None = None) -> dict[str, str]:
     """The command's environment: the replay protocol, the new run, the proxy and its CA."""
     env = {k: v for k, v in base.items() if k not in ("NO_PROXY", "no_proxy")}
     env.update({
@@ -158,6 +182,10 @@ def child_env(base: Mapping[str, str], *, recording: Path, report: Path, on_miss
         "TRACELAB_RUN_ID": run_id,
         "TRACELAB_TAGS": orjson.dumps({**_user_tags(), "replay_of": replay_of}).decode(),
     })
+    if faults is not None:
+        env["TRACELAB_REPLAY_FAULTS"] = f"@{faults}"
+    else:
+        env.pop("TRACELAB_REPLAY_FAULTS", None)  # an outer replay's rules are not this one's
     env.update(dict.fromkeys(_PROXY_VARS, proxy_url))
     env.update(dict.fromkeys(_CA_VARS, str(ca_cert)))
     # Node 24+ (and late 22.x) send fetch/http through HTTP(S)_PROXY only when asked: so a
@@ -202,6 +230,26 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def check_faults(faults: str | Path | None) -> Path | None:
+    """The fault rules file as an absolute path, once every rule in it is valid.
+
+    Raises ReplayInputError listing every reason (`FaultRuleError.errors`, each naming the
+    file and the rule), so a bad file stops the replay before anything runs.
+    """
+    if faults is None:
+        return None
+    from tracelab.replay.faults import FaultRuleError, load_rules
+
+    path = Path(faults).expanduser().resolve()
+    try:
+        load_rules(path)
+    except FaultRuleError as exc:
+        reasons = "\n".join(f"  {e}" for e in exc.errors)
+        raise ReplayInputError(f"--faults {faults}: invalid fault rules "
+                               f"({len(exc.errors)} errors):\n{reasons}") from None
+    return path
 
 
 def _run_command(argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> int | None:
@@ -273,14 +321,17 @@ def _command(cmd: Sequence[str] | None, recorded: Mapping[str, Any] | None
 
 def run_replay(source: str | Path, cmd: Sequence[str] | None = None, on_miss: str = "fail",
                speed: float = 0.0, ignore: Sequence[str] = (), headers: Sequence[str] = (),
-               workflow: str | None = None, run_id: str | None = None) -> ReplayResult:
+               workflow: str | None = None, run_id: str | None = None,
+               faults: str | Path | None = None) -> ReplayResult:
     """Run `cmd` (default: the recorded command) answered from `source`; see the module doc.
 
-    Prints the miss explanations, the reason of a failure and, last, the summary line to
-    stderr. Bad input (flags, source, no command) gives exit status 2 without running anything.
+    `faults`: a fault rules file (YAML or JSON, `tracelab.replay.faults`) applied to the
+    command's calls. Prints the miss explanations, the resilience report (with `faults`), the
+    reason of a failure and, last, the summary line to stderr. Bad input (flags, source, fault
+    rules, no command) gives exit status 2 without running anything.
     """
     try:
-        return _replay(source, cmd, on_miss, speed, ignore, headers, workflow, run_id)
+        return _replay(source, cmd, on_miss, speed, ignore, headers, workflow, run_id, faults)
     except ReplayInputError as exc:
         print(f"tracelab replay: {exc}", file=sys.stderr)
         return ReplayResult(EXIT_BAD_INPUT, "", None, [], reason=str(exc))
@@ -288,12 +339,13 @@ def run_replay(source: str | Path, cmd: Sequence[str] | None = None, on_miss: st
 
 def _replay(source: str | Path, cmd: Sequence[str] | None, on_miss: str, speed: float,
             ignore: Sequence[str], headers: Sequence[str], workflow: str | None,
-            run_id: str | None) -> ReplayResult:
+            run_id: str | None, faults: str | Path | None) -> ReplayResult:
     from tracelab.events import new_run_id
     from tracelab.proxy.runner import ensure_ca
     from tracelab.replay.recording import RecordingError, load_recording, write_recording
 
     rules, names = _check_options(on_miss, speed, ignore, headers)
+    faults_file = check_faults(faults)
     try:
         recording = load_recording(source)
     except (RecordingError, KeyError, OSError) as exc:
@@ -315,20 +367,25 @@ def _replay(source: str | Path, cmd: Sequence[str] | None, on_miss: str, speed: 
                         speed=speed, ignore=rules, headers=names,
                         workflow=workflow or recording.workflow or "replay", run_id=new_run,
                         replay_of=recording.run_id, proxy_url=f"http://127.0.0.1:{port}",
-                        ca_cert=ca_cert)
-        proxy = subprocess.Popen(
-            [sys.executable, "-m", "tracelab.proxy.replay", "--recording", str(recording_file),
-             "--port", str(port), "--on-miss", on_miss, "--speed", repr(float(speed)),
-             "--ignore", orjson.dumps(list(rules)).decode(),
-             "--headers", orjson.dumps(list(names)).decode(), "--report", str(report)],
-            env=_proxy_env(env))
+                        ca_cert=ca_cert, faults=faults_file)
+        proxy_argv = [sys.executable, "-m", "tracelab.proxy.replay",
+                      "--recording", str(recording_file), "--port", str(port),
+                      "--on-miss", on_miss, "--speed", repr(float(speed)),
+                      "--ignore", orjson.dumps(list(rules)).decode(),
+                      "--headers", orjson.dumps(list(names)).decode(), "--report", str(report)]
+        if faults_file is not None:
+            proxy_argv += ["--faults", str(faults_file)]
+        proxy = subprocess.Popen(proxy_argv, env=_proxy_env(env))
+        duration_ms: float | None = None
         try:
             try:
                 _wait_listening(proxy, port)
             except RuntimeError as exc:
                 print(f"tracelab replay: {exc}", file=sys.stderr)
                 return ReplayResult(1, "", new_run, [], reason=str(exc))
+            started = time.monotonic()
             command_exit = _run_command(argv, env, cwd)
+            duration_ms = (time.monotonic() - started) * 1000
         finally:
             _stop(proxy)
         tally = tally_reports(report.read_bytes().splitlines(), calls)
@@ -336,8 +393,16 @@ def _replay(source: str | Path, cmd: Sequence[str] | None, on_miss: str, speed: 
     for miss in tally.misses:
         print(f"tracelab replay: miss: {miss.get('message') or miss.get('call')}",
               file=sys.stderr)
+    resilience = None
+    if faults_file is not None:
+        from tracelab.replay.resilience import analyse, format_report
+
+        resilience = analyse(tally.calls, exit_code=command_exit)
+        print(format_report(resilience), file=sys.stderr)
     if code != 0:
         print(f"tracelab replay: failed: {reason}", file=sys.stderr)
     print(tally.summary, file=sys.stderr, flush=True)
     return ReplayResult(code, tally.summary, new_run, tally.misses, reason=reason,
-                        command_exit=command_exit, tally=tally)
+                        command_exit=command_exit, tally=tally,
+                        calls=tally.calls if tally.logged else None,
+                        duration_ms=duration_ms, faulted=tally.faulted, resilience=resilience)
