@@ -150,10 +150,12 @@ class NetworkGuard:
         self._saved = {"connect": connect, "connect_ex": connect_ex}
 
         def guarded_connect(sock: socket.socket, address: Any) -> None:
+            __tracebackhide__ = True
             guard.check(sock, address)
             return connect(sock, address)
 
         def guarded_connect_ex(sock: socket.socket, address: Any) -> int:
+            __tracebackhide__ = True
             guard.check(sock, address)
             return connect_ex(sock, address)
 
@@ -166,6 +168,7 @@ class NetworkGuard:
         self._saved = {}
 
     def check(self, sock: socket.socket, address: Any) -> None:
+        __tracebackhide__ = True
         if sock.family not in (socket.AF_INET, socket.AF_INET6) or _is_local(address):
             return
         where = _describe_address(address)
@@ -255,7 +258,11 @@ def _replaying(request: pytest.FixtureRequest, settings: Settings) -> Iterator[A
         try:
             result = replay(str(settings.recording), **options)
         except (RecordingError, ValueError, TypeError) as exc:
-            pytest.fail(f"tracelab: cannot replay {settings.recording}: {exc}", pytrace=False)
+            problem = f"tracelab: cannot replay {settings.recording}: {exc}"
+        else:
+            problem = ""
+        if problem:
+            pytest.fail(problem, pytrace=False)
         guard = None
         if settings.block_network:
             guard = NetworkGuard(f"only loopback addresses are reachable while the test "
