@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -23,6 +24,7 @@ pytest.importorskip("sendgrid")
 pytest.importorskip("openai")
 
 import boto3  # noqa: E402
+import httpx  # noqa: E402
 import botocore.exceptions  # noqa: E402
 import openai  # noqa: E402
 import python_http_client.exceptions  # noqa: E402
@@ -308,6 +310,127 @@ def test_timeout_holds_the_request(mocks: dict[str, MockProcess]) -> None:
     assert 0.5 <= time.monotonic() - started < 5
     # the mock is still healthy and answers other paths
     assert requests.get(mock.url + "/__tracelab/health", timeout=5).ok
+
+
+def _models(mock: MockProcess, client: Any = requests) -> Any:
+    return client.get(mock.url + "/v1/models", headers={"Authorization": "Bearer sk-x"},
+                      timeout=5)
+
+
+def test_empty_malformed_and_truncated_bodies(mocks: dict[str, MockProcess]) -> None:
+    mock = mocks["openai"]
+    whole = _models(mock).content
+    mock.set_faults({"endpoint": "GET /v1/models", "empty_body": True, "times": 1})
+    empty = _models(mock)
+    assert empty.status_code == 200 and empty.content == b""
+    assert empty.headers["content-length"] == "0"
+    mock.set_faults({"endpoint": "GET /v1/models", "malformed_body": True, "times": 1})
+    malformed = _models(mock, httpx)
+    assert malformed.status_code == 200 and malformed.content == whole[:len(whole) // 2] + b'{"'
+    with pytest.raises(ValueError):
+        malformed.json()
+    mock.set_faults({"endpoint": "GET /v1/models", "truncate_after": 10, "times": 1})
+    truncated = _models(mock)
+    assert truncated.content == whole[:10] and truncated.headers["content-length"] == "10"
+    assert _models(mock).content == whole  # `times` used up
+    mock.set_faults({"path": "/v1/chat/completions", "malformed_body": True})
+    with pytest.raises(ValueError):  # the real SDK cannot read the answer (JSONDecodeError)
+        clients.openai_client(mock.url).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+
+def _sse_events(mock: MockProcess, read: str) -> tuple[list[bytes], BaseException | None]:
+    """The SSE events of a streamed chat completion read with a real client, and the error
+    that ended the read (None when the stream completed)."""
+    body = {"model": "gpt-4o", "stream": True,
+            "messages": [{"role": "user", "content": "refund order o-42 please"}]}
+    headers = {"Authorization": "Bearer sk-x"}
+    url = mock.url + "/v1/chat/completions"
+    raw = b""
+    try:
+        if read == "requests":
+            with requests.post(url, json=body, headers=headers, stream=True, timeout=5) as r:
+                for piece in r.iter_content(chunk_size=None):
+                    raw += piece
+        else:
+            with httpx.stream("POST", url, json=body, headers=headers, timeout=5) as r:
+                for piece in r.iter_raw():
+                    raw += piece
+    except (requests.exceptions.ChunkedEncodingError, httpx.RemoteProtocolError) as exc:
+        return [e for e in raw.split(b"\n\n") if e], exc
+    return [e for e in raw.split(b"\n\n") if e], None
+
+
+@pytest.mark.parametrize("read", ["requests", "httpx"])
+def test_stream_cut_after_n_chunks(mocks: dict[str, MockProcess], read: str) -> None:
+    mock = mocks["openai"]
+    full, error = _sse_events(mock, read)
+    assert error is None and len(full) > 4 and full[-1] == b"data: [DONE]"
+    mock.set_faults({"endpoint": "POST /v1/chat/*", "stream_cut_after": 3, "id": "cut"})
+    events, error = _sse_events(mock, read)
+    assert error is not None  # the body never ended: the client sees it cut short
+    assert len(events) == 3 and all(e.startswith(b"data: {") for e in events)
+    assert json.loads(events[0][6:])["choices"][0]["delta"]["role"] == "assistant"
+    mock.set_faults({"endpoint": "POST /v1/chat/*", "stream_cut_after": 0})
+    assert _sse_events(mock, read)[0] == []
+    stream = clients.openai_client(mock.url).chat.completions.create(
+        model="gpt-4o", stream=True, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(httpx.RemoteProtocolError):  # the SDK's stream fails mid-way
+        list(stream)
+
+
+def test_retry_after_header_and_a_client_that_honours_it(mocks: dict[str, MockProcess]) -> None:
+    mock = mocks["openai"]
+    mock.set_faults({"endpoint": "POST /v1/chat/completions", "status": 429, "retry_after": 1,
+                     "times": 1, "id": "limited"})
+    reply = requests.post(mock.url + "/v1/chat/completions", headers={"Authorization": "Bearer x"},
+                          json={"model": "m", "messages": [{"role": "user"}]}, timeout=5)
+    assert reply.status_code == 429 and reply.headers["Retry-After"] == "1"
+    assert reply.json()["error"]["type"] == "requests"  # the vendor's own 429 shape
+    mock.set_faults({"endpoint": "POST /v1/chat/completions", "status": 429, "retry_after": 1,
+                     "times": 1, "id": "limited"})
+    started = time.monotonic()
+    answer = clients.openai_client(mock.url, max_retries=1).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content
+    assert time.monotonic() - started >= 1.0  # the SDK waited as Retry-After said
+    rule = requests.get(mock.faults + "/limited", timeout=5).json()
+    assert (rule["matched"], rule["applied"], rule["retry_after"]) == (2, 1, 1)
+
+
+def test_match_body_reads_the_body_and_hands_it_on(mocks: dict[str, MockProcess]) -> None:
+    stripe_mock = mocks["stripe"]
+    stripe_mock.set_faults({"endpoint": "POST /v1/charges", "match_body": {"$.amount": "1??"},
+                            "status": 402})
+    client = clients.stripe_client(stripe_mock.url)
+    with pytest.raises(stripe.CardError):
+        client.v1.charges.create(params={"amount": 100, "currency": "usd", "source": "tok_visa"})
+    charge = client.v1.charges.create(params={"amount": 2500, "currency": "usd",
+                                              "source": "tok_visa"})
+    assert charge.amount == 2500 and charge.currency == "usd"  # the app read the body
+    oa = mocks["openai"]
+    oa.set_faults({"kind": "llm", "match_body": {"$.model": "gpt-4o*",
+                                                 "$.messages[0].role": "user"}, "status": 500})
+    llm = clients.openai_client(oa.url)
+    with pytest.raises(openai.InternalServerError):
+        llm.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user",
+                                                                     "content": "hi"}])
+    ok = llm.chat.completions.create(model="o3", messages=[{"role": "user", "content": "hi"}])
+    assert ok.model == "o3"
+    rules = requests.get(oa.faults, timeout=5).json()["rules"]
+    assert (rules[0]["matched"], rules[0]["applied"]) == (1, 1)
+
+
+def test_nth_kind_and_target_on_a_mock(mocks: dict[str, MockProcess]) -> None:
+    mock = mocks["openai"]
+    mock.set_faults({"kind": "llm", "target": "127.0.0.1", "endpoint": "GET /v1/models",
+                     "nth": [2], "status": 500})
+    assert [_models(mock).status_code for _ in range(3)] == [200, 500, 200]
+    mock.set_faults([{"kind": "http", "status": 500}, {"target": "example.com", "reset": True}])
+    assert _models(mock).status_code == 200  # the OpenAI mock's calls are kind llm
+    mocks["twilio"].set_faults({"kind": "http", "target": "127.0.0.1:*", "status": 503})
+    assert requests.get(mocks["twilio"].url + "/2010-04-01/Accounts.json",
+                        timeout=5).status_code == 503
 
 
 def _statuses(mock: MockProcess, n: int) -> list[int]:

@@ -206,6 +206,7 @@ async def _cut(app: Any, fault: Fault, scope: dict, receive: Receive, send: Send
     transport = _transport(scope)
     if transport is not None:
         transport.close()  # what was sent is flushed first, then FIN: no chunked terminator
+        await _wait_disconnect(receive, 2.0)  # the server then knows the response was cut
         return
     raise ConnectionResetError(fault.message)
 

@@ -57,7 +57,7 @@ What happens (`latency_ms` combines with any one of the others, which exclude ea
 | `malformed_body: true` | - | the answer's body made invalid JSON (its first half, then `{"`) |
 | `stream_cut_after` | - | integer >= 0: the first N chunks of the (streamed) body are delivered, then the connection is dropped before the end |
 | `truncate_after` | - | integer >= 0: the body cut to its first N bytes (the response then ends normally) |
-| `id` | generated `f_...` | the rule's name: tags `fault=<id>` on the faulted call's event; `DELETE /__tracelab/faults/{id}` on a mock |
+| `id` | `f_<hash of the rule>` | the rule's name (the same rule gets the same id on every run; identical rules get `-2`, `-3`): tags `fault=<id>` on the faulted call's event; `DELETE /__tracelab/faults/{id}` on a mock |
 
 Rules are tried in order; the first that matches, passes `nth`, has `times` left and whose
 `rate` draw fires gives the call its `Fault` (the others are not tried). A rule with no
@@ -73,13 +73,13 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import fnmatch
 import json
 import math
 import os
 import random
 import threading
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,7 +263,8 @@ class FaultRule:
     malformed_body: bool = False
     stream_cut_after: int | None = None
     truncate_after: int | None = None
-    id: str = field(default_factory=lambda: "f_" + uuid.uuid4().hex[:10])
+    id: str = ""
+    auto_id: bool = False          # `id` was not given: derived from the rule's content
     matched: int = 0
     applied: int = 0
     _body_paths: tuple[tuple[tuple[Any, ...], Any], ...] = field(default=(), repr=False)
@@ -271,6 +272,11 @@ class FaultRule:
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+        if not self.id:
+            # The same rule gets the same id on every run (tags and reports compare).
+            self.auto_id = True
+            self.id = "f_" + hashlib.sha1(json.dumps(
+                self.definition(), sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     @property
     def action(self) -> str:
@@ -311,7 +317,7 @@ class FaultRule:
 
     def definition(self) -> dict[str, Any]:
         """The rule as a rule object (what `parse_rule` takes back), without counters."""
-        out: dict[str, Any] = {"id": self.id}
+        out: dict[str, Any] = {"id": self.id} if self.id else {}
         if self.method is not None or self.path is not None:
             out["method"] = self.method or "*"
             out["path"] = self.path or "*"
@@ -554,6 +560,7 @@ def parse_rules(obj: Any) -> list[FaultRule]:
             rules.append(parse_rule(item, f"rules[{i}]" if isinstance(obj, list) else "rule"))
         except FaultRuleError as exc:
             errors.extend(exc.errors)
+    _unique_generated_ids(rules)
     ids = [r.id for r in rules]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
@@ -561,6 +568,18 @@ def parse_rules(obj: Any) -> list[FaultRule]:
     if errors:
         raise FaultRuleError(errors)
     return rules
+
+
+def _unique_generated_ids(rules: list[FaultRule], taken: Iterable[str] = ()) -> None:
+    """Identical rules without an id: `f_<hash>`, then `f_<hash>-2`, `-3`, ..."""
+    seen = set(taken) | {r.id for r in rules if not r.auto_id}
+    for rule in rules:
+        if rule.auto_id:
+            base, n = rule.id.split("-")[0], 1
+            while rule.id in seen:
+                n += 1
+                rule.id = f"{base}-{n}"
+        seen.add(rule.id)
 
 
 def _load_text(text: str, source: str, fmt: str | None = None) -> Any:
@@ -698,7 +717,7 @@ class Fault:
     @property
     def message(self) -> str:
         what = {"reset": "connection reset",
-                "timeout": f"no answer (timed out after {self.timeout_s:g}s)",
+                "timeout": f"timed out after {self.timeout_s:g}s",
                 "stream_cut": f"stream cut after {self.cut_after_chunks} chunk(s)"}
         return f"fault injected by TraceLab (rule {self.rule_id}): " + \
             what.get(self.action, self.action)
@@ -817,6 +836,7 @@ class FaultSet:
         rules = list(rules)
         with self._lock:
             taken = {r.id for r in self._rules}
+            _unique_generated_ids(rules, taken)
             clash = sorted(r.id for r in rules if r.id in taken)
             if clash:
                 raise FaultRuleError([f"rule id(s) already exist: {', '.join(clash)} "
