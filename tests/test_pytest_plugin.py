@@ -6,6 +6,7 @@ can only have been answered from the recording."""
 from __future__ import annotations
 
 import json
+import socket
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ pytest_plugins = ["pytester"]
 
 CONFTEST = '''
 import json
+import socket
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -273,3 +275,47 @@ def test_a_marker_mistake_is_an_error_naming_it(pytester: pytest.Pytester) -> No
     text = result.stdout.str()
     assert "unknown key(s) on_mis; known: recording, faults, on_miss" in text
     assert "the tracelab_replay fixture needs @pytest.mark.tracelab(recording=...)" in text
+
+
+@pytest.mark.parametrize("address, allowed", [
+    (("127.0.0.1", 80), True), (("127.9.9.9", 8080), True), (("0.0.0.0", 80), True),
+    (("localhost", 80), True), (("api.localhost", 443), True),
+    (("::1", 80, 0, 0), True), (("::ffff:127.0.0.1", 80, 0, 0), True),
+    (("203.0.113.1", 80), False), (("10.0.0.1", 6379), False), (("2001:db8::1", 443, 0, 0), False),
+    (("::ffff:203.0.113.1", 80, 0, 0), False),
+    (("api.stripe.com", 443), False),  # a name is refused as is, never resolved
+])
+def test_the_guard_lets_loopback_through_and_nothing_else(address: tuple, allowed: bool) -> None:
+    from tracelab.pytest_plugin import NetworkBlocked, NetworkGuard
+
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    guard = NetworkGuard("why")
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        if allowed:
+            guard.check(sock, address)
+            assert guard.blocked == []
+        else:
+            with pytest.raises(NetworkBlocked, match="network blocked during replay: tried "
+                                                     "to connect to .*; why"):
+                guard.check(sock, address)
+            assert len(guard.blocked) == 1
+
+
+def test_the_guard_wraps_connect_and_connect_ex_and_leaves_unix_sockets(tmp_path: Path) -> None:
+    from tracelab.pytest_plugin import NetworkBlocked, NetworkGuard
+
+    original = socket.socket.connect, socket.socket.connect_ex
+    guard = NetworkGuard("why")
+    guard.install()
+    try:
+        for connect in (socket.socket.connect, socket.socket.connect_ex):
+            with socket.socket() as sock, pytest.raises(NetworkBlocked):
+                connect(sock, ("203.0.113.1", 80))
+        with socket.socket(socket.AF_UNIX) as server, socket.socket(socket.AF_UNIX) as client:
+            server.bind(str(tmp_path / "s"))
+            server.listen()
+            client.connect(str(tmp_path / "s"))
+    finally:
+        guard.uninstall()
+    assert (socket.socket.connect, socket.socket.connect_ex) == original
+    assert guard.blocked == ["203.0.113.1:80", "203.0.113.1:80"]
