@@ -295,8 +295,6 @@ class TraceLabAddon:
         """The chaos proxy: decide and apply a fault before anything goes upstream."""
         if self.faults is None or flow.response is not None or flow.error is not None:
             return
-        from tracelab.proxy import faults as proxy_faults
-
         fault = self.decide(flow)
         if fault is not None:
             await self.apply_fault(flow, fault)
