@@ -159,7 +159,7 @@ def test_a_retrying_agent_recovers_from_a_429_and_the_report_says_so(
     assert result.returncode == 0, result.stderr
     assert result.stdout == "refund 200\nreceipt 200\n"
     head, line = report_of(result.stderr)
-    assert head == "resilience: 1 faults injected: 1 recovered"
+    assert head == "resilience: 1 injected fault: 1 recovered"
     assert re.fullmatch(r"  http 127\.0\.0\.1:\d+ POST /v1/refunds: fault stripe-429 \(status\): "
                         r"recovered after 2 attempts, \d+ ms lost; first retry \d+ ms after the "
                         r"failure; Retry-After 1 s honoured", line), line
@@ -184,14 +184,14 @@ def test_an_agent_that_does_not_retry_is_reported(recorded: Recorded, side: str)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "refund 429\nreceipt 200\n"
     assert report_of(result.stderr) == [
-        "resilience: 1 faults injected: 1 ignored",
+        "resilience: 1 injected fault: 1 ignored",
         f"  http {recorded.url.removeprefix('http://')} POST /v1/refunds: fault stripe-429 "
         "(status): ignored: no retry, the run carried on; Retry-After 1 s no retry to honour it"]
     assert result.stderr.strip().splitlines()[-1] == \
         "replayed 1/2 calls, 0 misses, 1 unused recordings"
     failed = recorded.replay_agent("refund-run", "strict", faults, side)
     assert failed.returncode == 1, failed.stderr
-    assert report_of(failed.stderr)[0] == "resilience: 1 faults injected: 1 gave up"
+    assert report_of(failed.stderr)[0] == "resilience: 1 injected fault: 1 gave up"
     assert "gave up: no retry, and the run then failed" in report_of(failed.stderr)[1]
 
 
@@ -235,7 +235,7 @@ def test_seeded_faults_give_the_same_report_on_two_runs(recorded: Recorded, side
     assert second.stdout == first.stdout
     assert report_of(second.stderr) == report_of(first.stderr)
     assert report_of(first.stderr)[0] == \
-        f"resilience: {codes.count('503')} faults injected: {codes.count('503')} ignored"
+        f"resilience: {codes.count('503')} injected faults: {codes.count('503')} ignored"
 
 
 def test_curl_through_the_replay_proxy_retries_after_a_503(recorded: Recorded) -> None:
@@ -249,7 +249,7 @@ def test_curl_through_the_replay_proxy_retries_after_a_503(recorded: Recorded) -
     assert result.returncode == 0, result.stderr
     assert result.stdout == "200"
     [head, line] = report_of(result.stderr)
-    assert head == "resilience: 1 faults injected: 1 recovered"
+    assert head == "resilience: 1 injected fault: 1 recovered"
     assert "GET /v1/receipt: fault receipt-503 (status): recovered after 2 attempts" in line
     assert line.endswith("Retry-After 1 s honoured")
 

@@ -128,7 +128,7 @@ def test_the_printed_report_names_each_fault_and_what_the_agent_did() -> None:
                     call(3000, CHAT, code=None, fault="reset", action="reset",
                          error="ConnectionResetError"), call(3100, code=None, error="X")])
     assert format_report(rows).splitlines() == [
-        "resilience: 3 faults injected: 2 recovered, 1 gave up",
+        "resilience: 3 injected faults: 2 recovered, 1 gave up",
         "  http api.stripe.com POST /v1/refunds: fault stripe-429 (status): recovered after 2 "
         "attempts, 1100 ms lost; first retry 1090 ms after the failure; Retry-After 1 s honoured",
         "  http api.stripe.com POST /v1/refunds: fault early (status): recovered after 2 "
@@ -137,6 +137,9 @@ def test_the_printed_report_names_each_fault_and_what_the_agent_did() -> None:
         "  llm api.openai.com POST /v1/chat/completions: fault reset (reset): gave up: no "
         "retry, and the run then failed"]
     assert format_report([]) == "resilience: no fault was injected (no rule matched a call)"
+    folded = analyse([rate_limited(0), rate_limited(1100), call(2200)])
+    assert format_report(folded).splitlines()[0] == \
+        "resilience: 2 injected faults in 1 episode: 1 recovered"
     ignored = analyse([rate_limited(0)])
     assert format_report(ignored).endswith("ignored: no retry, the run carried on; "
                                            "Retry-After 1 s no retry to honour it")

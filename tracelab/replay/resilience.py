@@ -153,6 +153,10 @@ def resilience_frame(calls: Iterable[Mapping[str, Any]], exit_code: int | None =
     return pd.DataFrame(analyse(calls, exit_code), columns=list(COLUMNS))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _ms(value: Any) -> str:
     return f"{value:.0f} ms" if isinstance(value, (int, float)) else "?"
 
@@ -180,11 +184,16 @@ def _line(row: Mapping[str, Any]) -> str:
 
 
 def format_report(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The report `tracelab replay --faults` prints: a count line, then one line per row."""
+    """The report `tracelab replay --faults` prints: a count line (faults, episodes when some
+    folded, outcomes), then one line per row."""
     if not rows:
         return "resilience: no fault was injected (no rule matched a call)"
     counts = {o: sum(1 for r in rows if r.get("outcome") == o) for o in OUTCOMES}
     tally = ", ".join(f"{n} {o.replace('_', ' ')}" for o, n in counts.items() if n)
-    lines = [f"resilience: {len(rows)} faults injected: {tally}"]
+    faults = sum(int(r.get("faults") or 1) for r in rows)
+    head = _count(faults, "injected fault")
+    if faults != len(rows):
+        head += f" in {_count(len(rows), 'episode')}"
+    lines = [f"resilience: {head}: {tally}"]
     lines.extend(_line(row) for row in rows)
     return "\n".join(lines)
