@@ -6,6 +6,11 @@ is recorded exactly like a live one, each event tagged `replay=hit|miss|passthro
 run (or, with a user's own `init()`, each event recorded during the replay) tagged
 `replay_of=<original run id>`. A call the recording does not hold fails with the HTTP
 library's own connection error by default: nothing leaves the machine.
+
+With `faults=` (or TRACELAB_REPLAY_FAULTS for the process `tracelab replay` starts), the rules
+of `tracelab.replay.faults` are applied before matching (see tracelab/replay/session.py): the
+run meets rate limits, resets, timeouts and broken bodies, and the result's `resilience` says
+what the program did about each.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -23,6 +28,9 @@ from tracelab.replay import adapters
 from tracelab.replay.matching import MatchOptions, parse_ignore
 from tracelab.replay.recording import Recording, RecordingError, load_recording
 from tracelab.replay.session import ON_MISS_MODES, Session, active, set_active
+
+if TYPE_CHECKING:
+    from tracelab.replay.faults import FaultSet
 
 __all__ = ["Replay", "activate_from_env", "active", "replay", "start", "stop"]
 
@@ -61,8 +69,11 @@ class Replay:
     """What `with tracelab.replay(...) as r:` gives: the outcome, live while it runs.
 
     `hits` (recorded events that answered a call), `misses` (`{"call", "message"}`),
-    `passthrough` (calls sent live), `unused` (recorded calls nobody asked for), `run_id` and,
-    after the block, `execution` (the new run from the store).
+    `passthrough` (calls sent live), `faulted` (calls a fault answered: `{"call", "fault",
+    "action"}`), `unused` (recorded calls nobody asked for), `calls` (the call log: one
+    `tracelab.replay.report.call_summary` per event recorded), `resilience` (what the program
+    did about each fault, a DataFrame), `run_id` and, after the block, `execution` (the new
+    run from the store).
     """
 
     session: Session
@@ -82,6 +93,25 @@ class Replay:
     @property
     def passthrough(self) -> list[str]:
         return list(self.session.passthrough)
+
+    @property
+    def faulted(self) -> list[dict[str, str]]:
+        return list(self.session.faulted)
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        """The call log so far, by start time (payload-free summaries of the recorded events)."""
+        with self.session._lock:
+            calls = list(self.session.calls)
+        return sorted(calls, key=lambda c: c.get("t") or 0)
+
+    @property
+    def resilience(self) -> Any:
+        """One row per injected fault episode: retried? after how long? recovered, gave up or
+        ignored? (`tracelab.replay.resilience`), as a pandas DataFrame."""
+        from tracelab.replay.resilience import resilience_frame
+
+        return resilience_frame(self.calls)
 
     @property
     def unused(self) -> list[dict[str, Any]]:
@@ -134,19 +164,24 @@ def _fold(session: Session) -> None:
 
 
 def replay(source: str | Path | Recording, *, on_miss: str = "fail", speed: float = 0.0,
-           ignore: Iterable[str] = (), headers: Iterable[str] = ()) -> Replay:
+           ignore: Iterable[str] = (), headers: Iterable[str] = (),
+           faults: Any = None) -> Replay:
     """Answer this process's calls from a recording until the returned `Replay` is closed.
 
     `source`: a recording file, a run id in the store, or a loaded `Recording`. Without a
     prior `tracelab.init()`, one is made for the replay (the recording's workflow, a new run
     id, tag `replay_of`) and shut down at the end; with one, the user's recorder is kept and
-    every event recorded meanwhile is tagged `replay_of` and `replay`. Raises `RecordingError`
-    for a source that cannot be loaded, ValueError for a bad option or a replay already
-    active.
+    every event recorded meanwhile is tagged `replay_of` and `replay`. `faults`: fault rules
+    (anything `tracelab.replay.faults.load_rules` takes: a YAML/JSON file path, "@path", JSON
+    or YAML text, a rule dict or a list of them) or a `FaultSet`. Raises `RecordingError` for
+    a source that cannot be loaded, `FaultRuleError` (a ValueError, with every reason) for bad
+    rules, ValueError for a bad option or a replay already active.
     """
     options = _options(ignore, headers)
+    fault_set = _fault_set(faults)
     recording = source if isinstance(source, Recording) else load_recording(source)
-    session = Session(recording, on_miss=on_miss, speed=speed, options=options)
+    session = Session(recording, on_miss=on_miss, speed=speed, options=options,
+                      faults=fault_set)
     import tracelab.sdk.recorder as recorder
     from tracelab.events import new_event_id
 
@@ -164,6 +199,15 @@ def replay(source: str | Path | Recording, *, on_miss: str = "fail", speed: floa
         raise
     return Replay(session, run_id=rec.config.run_id if rec else None,
                   workflow=rec.config.workflow if rec else None, owns_init=owns_init)
+
+
+def _fault_set(faults: Any) -> FaultSet | None:
+    """The rules as a FaultSet (None: no faults); a bad rule raises FaultRuleError."""
+    if faults is None:
+        return None
+    from tracelab.replay.faults import FaultSet
+
+    return FaultSet.load(faults)
 
 
 # -- activation by the environment (`tracelab replay` sets it for the process it starts) ---
@@ -192,8 +236,11 @@ def _session_from_env() -> Session:
         if on_miss not in ON_MISS_MODES:
             raise ValueError(f"TRACELAB_REPLAY_ON_MISS must be one of "
                              f"{', '.join(ON_MISS_MODES)}, got {on_miss!r}")
+        faults = os.environ.get("TRACELAB_REPLAY_FAULTS")
+        fault_set = _fault_set(faults) if faults else None
         recording = load_recording(source)
-        return Session(recording, on_miss=on_miss, speed=speed, options=options, proxied=True)
+        return Session(recording, on_miss=on_miss, speed=speed, options=options, proxied=True,
+                       faults=fault_set)
     except (RecordingError, ValueError, OSError) as exc:
         # Fail closed: an empty recording misses every call, the miss naming the problem.
         empty = Recording(events=[], run_id=None, workflow=None, command=None, source=source)

@@ -659,6 +659,21 @@ class Matcher:
             taken = set(self._taken)
         return self._miss(live, parts, key, taken)
 
+    def peek(self, live: Mapping[str, Any]) -> Hit | Miss:
+        """What `take(live)` would return now, without consuming the recorded answer.
+
+        A fault that changes the recorded answer (an empty or cut body) answers with it but
+        must leave it in place: the retry that follows gets the recorded answer intact.
+        """
+        parts = key_parts(live, self.options)
+        key = canonical_json(parts)
+        with self._lock:
+            queue = self._queues.get(key)
+            if queue:
+                return Hit(self._events[queue[0]])
+            taken = set(self._taken)
+        return self._miss(live, parts, key, taken)
+
     def unused(self) -> list[dict[str, Any]]:
         """Recorded events no call has taken, in recorded order."""
         with self._lock:

@@ -97,7 +97,7 @@ def build_event(
         tags = {**(tags or {}), **session.event_tags()}
     if tags:
         merged = normalize_tags({**config.tags, **tags}, origin="tags", strict=False)
-    return {
+    event = {
         "event_id": new_event_id(),
         "schema": SCHEMA_VERSION,
         "workflow": workflow or config.workflow,
@@ -121,6 +121,9 @@ def build_event(
         "pid": _PID[0],
         "sdk_version": __version__,
     }
+    if session is not None:  # the replay's call log (report line `calls`); never raises
+        session.observe(event)
+    return event
 
 
 def http_target(scheme: str, netloc: str) -> str:

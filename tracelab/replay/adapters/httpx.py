@@ -9,6 +9,12 @@ as usual. A recorded stream yields its chunks at their recorded offsets (speed >
 transport sleeps with asyncio, never blocking the loop), and one that failed mid-way raises
 `httpx.ReadError` at the same chunk. A miss raises `httpx.ConnectError` with the matcher's
 explanation; nothing is sent.
+
+Faults (see tracelab/replay/session.py): a `status` fault is a response like any other, a
+`stream_cut` a recorded stream failing mid-way (`httpx.ReadError`); `reset` raises
+`httpx.ReadError` (the connection dropped before the response), and `timeout` waits the
+fault's `timeout_s` (or the request's own read timeout, if shorter; asyncio.sleep in the async
+transport) and raises `httpx.ReadTimeout`.
 """
 from __future__ import annotations
 
@@ -24,9 +30,10 @@ from tracelab.replay.session import (
     Outcome,
     Session,
     active,
+    answer_chunks,
     body_bytes,
     clear_outcome,
-    recorded_chunks,
+    hang_seconds,
     recorded_headers,
     stream_error,
     take_view,
@@ -57,10 +64,25 @@ def _failure(error: dict[str, Any] | None) -> str:
     return f"{error.get('type', 'Error')}: {error.get('message', 'stream failed')} (replayed)"
 
 
+def _read_timeout(request: Any) -> float | None:
+    """The request's read timeout (httpx puts the client's in the request's extensions)."""
+    timeout = request.extensions.get("timeout") if hasattr(request, "extensions") else None
+    read = timeout.get("read") if isinstance(timeout, dict) else None
+    return float(read) if isinstance(read, (int, float)) else None
+
+
+def _timeout(outcome: Outcome, request: Any, waited: float) -> Exception:
+    message = outcome.fault.message if outcome.fault is not None else "timed out"
+    return httpx.ReadTimeout(f"{message} (read timeout={waited:g}s)", request=request)
+
+
 def _recorded_reply(outcome: Outcome, request: Any) -> dict[str, Any]:
-    """The recorded response dict; a call recorded without one fails the same way again."""
+    """The recorded response dict; a call recorded without one fails the same way again (a
+    `reset` fault: `httpx.ReadError`, the connection dropped before the response)."""
     event = outcome.event or {}
     response = event.get("response")
+    if outcome.fault is not None and outcome.fault.action == "reset":
+        raise httpx.ReadError(outcome.fault.message, request=request)
     if not isinstance(response, dict) or not isinstance(response.get("status_code"), int):
         error = event.get("error") or {}
         raise httpx.ConnectError(f"{error.get('type', 'Error')}: "
@@ -111,9 +133,16 @@ def _answer(session: Session, wrapped: Any, args: tuple[Any, ...],
             kwargs: dict[str, Any]) -> Any:
     request = args[0] if args else kwargs["request"]
     outcome = take_view(session, live_view, request)
+    session.pause(outcome)
+    if outcome.fault is not None and outcome.fault.action == "timeout":
+        import time
+
+        waited = hang_seconds(outcome, _read_timeout(request))
+        time.sleep(waited)
+        raise _timeout(outcome, request, waited)
     if outcome.hit:
         response = _recorded_reply(outcome, request)
-        chunks = recorded_chunks(response)
+        chunks = answer_chunks(response)
         if chunks is None:
             session.wait_until(outcome.started, _latency(outcome.event or {}))
             return _response(response, request,
@@ -145,9 +174,15 @@ async def _answer_async(session: Session, wrapped: Any, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> Any:
     request = args[0] if args else kwargs["request"]
     outcome = take_view(session, live_view, request)
+    if outcome.pause_ms > 0:
+        await asyncio.sleep(outcome.pause_ms / 1000.0)
+    if outcome.fault is not None and outcome.fault.action == "timeout":
+        waited = hang_seconds(outcome, _read_timeout(request))
+        await asyncio.sleep(waited)
+        raise _timeout(outcome, request, waited)
     if outcome.hit:
         response = _recorded_reply(outcome, request)
-        chunks = recorded_chunks(response)
+        chunks = answer_chunks(response)
         if chunks is None:
             delay = session.delay(outcome.started, _latency(outcome.event or {}))
             if delay > 0:

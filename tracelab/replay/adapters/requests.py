@@ -8,6 +8,12 @@ all behave as usual). A recorded stream is released chunk by chunk at its record
 (speed > 0), and a stream that failed mid-way fails at the same chunk with urllib3's
 `ProtocolError` (requests raises it as `ChunkedEncodingError`). A miss raises
 `requests.ConnectionError` with the matcher's explanation; nothing is sent.
+
+Faults (see tracelab/replay/session.py): a `status` fault is a response like any other, a
+`stream_cut` a recorded stream failing mid-way (`ChunkedEncodingError`); `reset` raises
+`requests.ConnectionError` over `ConnectionResetError`, as a dropped connection does, and
+`timeout` waits the fault's `timeout_s` (or the call's own read timeout, if shorter) and
+raises `requests.exceptions.ReadTimeout`.
 """
 from __future__ import annotations
 
@@ -21,9 +27,10 @@ from tracelab.replay.session import (
     Outcome,
     Session,
     active,
+    answer_chunks,
     body_bytes,
     clear_outcome,
-    recorded_chunks,
+    hang_seconds,
     recorded_headers,
     stream_error,
     take_view,
@@ -61,7 +68,7 @@ def _raw_response(session: Session, outcome: Outcome, request: Any) -> Any:
     headers = HTTPHeaderDict()
     for name, value in recorded_headers(response):
         headers.add(name, value)
-    chunks = recorded_chunks(response)
+    chunks = answer_chunks(response)
     error = stream_error(response)
     try:
         reason = HTTPStatus(status).phrase
@@ -123,6 +130,9 @@ def _answer(session: Session, wrapped: Any, instance: Any, args: tuple[Any, ...]
 
     request = args[0] if args else kwargs["request"]
     outcome = take_view(session, live_view, session, request)
+    session.pause(outcome)
+    if outcome.fault is not None and outcome.fault.action in ("reset", "timeout"):
+        raise _fault_error(outcome, request, _read_timeout(args, kwargs))
     if outcome.hit:
         event = outcome.event or {}
         response = event.get("response")
@@ -131,7 +141,7 @@ def _answer(session: Session, wrapped: Any, instance: Any, args: tuple[Any, ...]
             raise requests.ConnectionError(
                 f"{error.get('type', 'Error')}: {error.get('message', 'no reply')} (replayed "
                 f"from the recording)", request=request)
-        if recorded_chunks(response) is None:
+        if answer_chunks(response) is None:
             session.wait_until(outcome.started, _latency(event))
         return instance.build_response(request, _raw_response(session, outcome, request))
     if not outcome.passthrough:
@@ -148,6 +158,36 @@ def _live(session: Session, wrapped: Any, args: tuple[Any, ...], kwargs: dict[st
         return wrapped(*args, **kwargs)
     finally:
         request.headers.pop(HANDLED_HEADER, None)
+
+
+def _read_timeout(args: tuple[Any, ...], kwargs: dict[str, Any]) -> float | None:
+    """The read timeout `send(request, stream, timeout, ...)` was given: a number, the second
+    of a (connect, read) pair, or a urllib3 `Timeout`'s; None for none."""
+    timeout = args[2] if len(args) > 2 else kwargs.get("timeout")
+    if isinstance(timeout, tuple):
+        timeout = timeout[1] if len(timeout) > 1 else None
+    elif timeout is not None and not isinstance(timeout, (int, float)):
+        timeout = getattr(timeout, "read_timeout", None)
+    return float(timeout) if isinstance(timeout, (int, float)) else None
+
+
+def _fault_error(outcome: Outcome, request: Any, read_timeout: float | None) -> Exception:
+    """What requests raises for a dropped connection, or (after the hang) a read timeout."""
+    import time
+
+    import requests
+    from urllib3.exceptions import ProtocolError
+
+    fault = outcome.fault
+    assert fault is not None
+    if fault.action == "reset":
+        return requests.ConnectionError(
+            ProtocolError("Connection aborted.", ConnectionResetError(fault.message)),
+            request=request)
+    waited = hang_seconds(outcome, read_timeout)
+    time.sleep(waited)
+    return requests.exceptions.ReadTimeout(f"{fault.message} (read timeout={waited:g}s)",
+                                           request=request)
 
 
 def _latency(event: dict[str, Any]) -> float:
