@@ -324,13 +324,9 @@ class ReplayAddon(TraceLabAddon):
 
     @staticmethod
     def _answer(flow: http.HTTPFlow, response: http.Response) -> None:
-        """Answer without upstream; a HEAD answer carries no body (it would desync the
-        client's connection), nor do 1xx, 204 and 304 answers."""
-        if flow.request.method.upper() == "HEAD" or response.status_code < 200 \
-                or response.status_code in (204, 304):
-            response.content = b""
-        flow.response = response
-        flow.is_replay = "response"
+        from tracelab.proxy.faults import set_response
+
+        set_response(flow, response)
 
     # -- recording the outcome ------------------------------------------------------------------
     def responseheaders(self, flow: http.HTTPFlow) -> None:
