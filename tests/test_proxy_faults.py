@@ -132,6 +132,7 @@ LIVE_RULES = [
     {"id": "cut", "target": "127.0.0.1:*", "endpoint": "GET /sse*", "stream_cut_after": 2},
     {"id": "big-refund", "endpoint": "POST /refunds", "match_body": {"$.amount": 500},
      "status": 402},
+    {"id": "llm-down", "kind": "llm", "match_body": {"$.model": "gpt-4o*"}, "status": 529},
 ]
 
 
@@ -193,6 +194,11 @@ def test_every_action_on_live_traffic(home: Path, tmp_path: Path, vendor: Vendor
         # match_body: only the refund of 500 is refused.
         assert session.post(f"{base}/refunds", json={"amount": 500}).status_code == 402
         assert session.post(f"{base}/refunds", json={"amount": 20}).status_code == 200
+        # kind: an LLM call is told apart as the recording does (path and body).
+        chat = f"{base}/v1/chat/completions"
+        assert session.post(chat, json={"model": "gpt-4o-mini", "messages": []}).status_code \
+            == 529
+        assert session.post(chat, json={"model": "o3", "messages": []}).status_code == 200
     finally:
         output = proxy.stop()
     assert "injecting faults" in output
@@ -234,6 +240,9 @@ def test_every_action_on_live_traffic(home: Path, tmp_path: Path, vendor: Vendor
         assert cut["tags"]["fault.action"] == "stream_cut"
         assert cut["status"] == "error" and cut["error_type"] == "ConnectionResetError"
     assert [e["tags"].get("fault") for e in events["POST /refunds"]] == ["big-refund", None]
+    chats = events["POST /v1/chat/completions"]
+    assert [(e["kind"], e["tags"].get("fault")) for e in chats] == \
+        [("llm", "llm-down"), ("llm", None)]
 
 
 def test_faults_on_https_traffic(home: Path, tmp_path: Path) -> None:
