@@ -503,3 +503,29 @@ def test_generated_ids_are_stable_and_unique() -> None:
     assert added[0].id == first.id + "-2" and len(faults) == 2
     with pytest.raises(FaultRuleError, match="already exist"):
         faults.add(parse_rules({**rule, "id": first.id}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12), st.one_of(st.text(max_size=4), st.integers(), st.none()))
+def test_match_body_paths_accept_or_explain(path: str, expected: Any) -> None:
+    try:
+        rule = parse_rule({"match_body": {path: expected}, "status": 500})
+    except FaultRuleError as exc:
+        assert all(e.startswith("rule.match_body") for e in exc.errors), exc.errors
+        return
+    FaultSet([rule]).decide_call(CHAT)  # matching never raises either
+
+
+def test_yaml_values_that_are_not_json_are_refused() -> None:
+    with pytest.raises(FaultRuleError) as err:
+        load_rules("- {status: 500, body: 2024-01-01, match_body: {$.day: 2024-01-02}}\n")
+    assert [e.split(": ")[1] for e in err.value.errors] == \
+        ["rules[0].match_body['$.day']", "rules[0].body"]
+    with pytest.raises(FaultRuleError, match="body: must be a JSON value"):
+        parse_rule({"status": 500, "body": float("nan")})
+
+
+def test_a_call_with_missing_parts_is_decided_not_raised() -> None:
+    faults = FaultSet(parse_rules([{"target": "api.*", "reset": True}, {"status": 500}]))
+    fault = faults.decide_call(Call(None, None, None, b"\x00"))  # type: ignore[arg-type]
+    assert fault is not None and fault.status == 500

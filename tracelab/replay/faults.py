@@ -297,11 +297,11 @@ class FaultRule:
 
     def matches(self, call: Call) -> bool:
         """Whether the call is one this rule is about (`nth`/`times`/`rate` aside)."""
-        if not fnmatch.fnmatchcase(call.kind, self.kind):
+        if not fnmatch.fnmatchcase(str(call.kind or ""), self.kind):
             return False
-        if not self._target_matches(call.target):
+        if not self._target_matches(str(call.target or "")):
             return False
-        if not fnmatch.fnmatchcase(call.endpoint, self.endpoint):
+        if not fnmatch.fnmatchcase(str(call.endpoint or ""), self.endpoint):
             return False
         for steps, expected in self._body_paths:
             if not any(_same(v, expected) for v in _values_at(call.body, steps)):
@@ -361,6 +361,15 @@ class FaultRule:
                 "applied": self.applied}
 
 
+def _json_value(value: Any) -> bool:
+    """Plain JSON (YAML can also give dates, sets, ...; NaN is not JSON either)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _check_glob(obj: Mapping[str, Any], key: str, where: str, errors: list[str],
                 kw: dict[str, Any]) -> None:
     if key in obj:
@@ -407,7 +416,10 @@ def _parse_match(obj: Mapping[str, Any], where: str, errors: list[str],
             paths = []
             for key, expected in value.items():
                 steps = _parse_json_path(key, f"{where}.match_body", errors)
-                if steps is not None:
+                if not _json_value(expected):
+                    errors.append(f"{where}.match_body[{key!r}]: the expected value must be a "
+                                  f"JSON value, got {expected!r}")
+                elif steps is not None:
                     paths.append((steps, expected))
             kw["match_body"] = copy.deepcopy(dict(value))
             kw["_body_paths"] = tuple(paths)
@@ -461,7 +473,11 @@ def _parse_action(obj: Mapping[str, Any], where: str, errors: list[str],
         if key in obj and not has_status:
             errors.append(f"{where}.{key}: only makes sense with 'status'")
     if "body" in obj:
-        kw["body"], kw["has_body"] = copy.deepcopy(obj["body"]), True
+        if _json_value(obj["body"]):
+            kw["body"], kw["has_body"] = copy.deepcopy(obj["body"]), True
+        else:
+            errors.append(f"{where}.body: must be a JSON value (object, list, string, number, "
+                          f"true/false or null), got {obj['body']!r}")
     if "headers" in obj:
         value = obj["headers"]
         if not isinstance(value, Mapping) or not all(
