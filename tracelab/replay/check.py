@@ -331,6 +331,25 @@ def _fault_file(faults: Any) -> Iterator[str | None]:
             yield str(path)
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """The command's output (and the replay's) goes to stderr, so stdout holds only the
+    verdict lines: CI logs show both, and `tracelab check > verdict.txt` stays clean."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all: nothing to keep clean
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def run_case(case: Case, recording: Path | None = None) -> CaseResult:
     """Replay `case` (from `recording` instead of the case's own, for --update) and judge it."""
     from tracelab.replay.recording import RecordingError, load_recording
@@ -346,7 +365,8 @@ def run_case(case: Case, recording: Path | None = None) -> CaseResult:
         return CaseResult(case, error=f"recording {source}: {str(exc).strip(chr(34))}")
     kwargs: dict[str, Any] = {"on_miss": case.on_miss, "ignore": case.ignore}
     started = time.monotonic()
-    with _fault_file(case.faults) as faults, contextlib.chdir(case.folder):
+    with _fault_file(case.faults) as faults, contextlib.chdir(case.folder), \
+            _stdout_to_stderr():
         if faults is not None:
             kwargs["faults"] = faults
         result = run_replay(str(source), case.command, **kwargs)
@@ -439,7 +459,8 @@ def record_live(case: Case, home: Path, out: Path,
             return None, "the case has no command and its recording holds none"
         argv = [sys.executable, *argv] if argv[0].endswith(".py") else argv
     try:
-        code = subprocess.call(list(argv), env=live_env(home, extra_env), cwd=cwd)
+        code = subprocess.call(list(argv), env=live_env(home, extra_env), cwd=cwd,
+                               stdout=2)
     except OSError as exc:
         return None, f"cannot run {argv[0]!r}: {exc.strerror or exc}"
     fold_spool(home)

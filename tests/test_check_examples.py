@@ -1,0 +1,59 @@
+"""examples/ci: its spec passes against its committed recording with the real sample agent, and
+the deliberately fragile agent (`--no-retry`) fails the rate-limit case; the workflow file
+runs `tracelab check` on it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CI = ROOT / "examples" / "ci"
+
+
+def check(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TRACELAB_", "GITHUB_", "MOCK_")) and k.lower() not in
+           ("http_proxy", "https_proxy", "all_proxy")}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["TRACELAB_HOME"] = str(cwd / ".tracelab-home")
+    return subprocess.run([sys.executable, "-m", "tracelab.cli", "check", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_example_spec_passes_and_the_fragile_agent_fails_its_rate_limit_case(
+        tmp_path: Path) -> None:
+    done = check("examples/ci", "--junit", str(tmp_path / "junit.xml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == \
+        "tracelab check: passed: 2 cases, 2 passed, 0 failed, 0 errors"
+
+    cases = yaml.safe_load((CI / "tracelab.yaml").read_text())
+    for case in cases:
+        case["recording"] = str(CI / case["recording"])
+        case["command"] = case["command"].replace("../refund_agent.py",
+                                                  str(ROOT / "examples" / "refund_agent.py"))
+        case["command"] += " --no-retry"
+    (tmp_path / "fragile.yaml").write_text(yaml.safe_dump(cases, sort_keys=False))
+    fragile = check("fragile.yaml", cwd=tmp_path)
+    out = fragile.stdout
+    assert fragile.returncode == 1, out + fragile.stderr
+    assert out.splitlines()[0].startswith("PASS  refund happy path")  # no fault, no retry needed
+    assert "FAIL  refund survives a Stripe rate limit" in out
+    for expected in ["      unused: 4 recorded calls were never made (at most 0)",
+                     "        unused: POST 127.0.0.1:9100 /v1/refunds",
+                     "      calls.must_include: no call 'POST 127.0.0.1:9100 /v1/refunds' was made",
+                     "        - recorded #6: sms twilio messages.create  (not made in the replay)"]:
+        assert expected in out.splitlines(), (expected, out)
+
+
+def test_the_workflow_installs_tracelab_and_runs_check_on_the_example() -> None:
+    workflow = yaml.safe_load((CI / ".github" / "workflows" / "tracelab.yml").read_text())
+    steps = workflow["jobs"]["replay-specs"]["steps"]
+    runs = [step.get("run", "") for step in steps]
+    assert any(r.startswith("pip install \".[proxy]\"") for r in runs)
+    assert "tracelab check examples/ci --junit tracelab-junit.xml" in runs
+    assert (CI / "recordings" / "refund.jsonl").is_file()
