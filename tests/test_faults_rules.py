@@ -219,6 +219,8 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         load_rules("@" + str(tmp_path / "missing.json"))
     with pytest.raises(FaultRuleError, match="fault rules: neither JSON nor YAML"):
         load_rules("{status: [")
+    with pytest.raises(FaultRuleError, match="'chaos.txt' is no file"):
+        load_rules("chaos.txt")
 
 
 # -- matching -------------------------------------------------------------------------------

@@ -60,21 +60,28 @@ What happens (`latency_ms` combines with any one of the others, which exclude ea
 | `id` | `f_<hash of the rule>` | the rule's name (the same rule gets the same id on every run; identical rules get `-2`, `-3`): tags `fault=<id>` on the faulted call's event; `DELETE /__tracelab/faults/{id}` on a mock |
 
 Rules are tried in order; the first that matches, passes `nth`, has `times` left and whose
-`rate` draw fires gives the call its `Fault` (the others are not tried). A rule with no
+`rate` draw fires gives the call its `Fault`, and the rules after it are not tried (a rule
+that does not fire lets the next one try). `matched` counts the calls that reached a rule and
+matched it (what `nth` counts), `applied` the faults it gave. A rule with no
 effect, an unknown key, a wrong type or an out-of-range value is refused with every reason at
 once (`FaultRuleError.errors`, each prefixed by where: `rules[1].status: ...`, and the file name
 for a file).
 
 `load_rules(source)` reads a file (`.yaml`/`.yml`/`.json`, or `@path`), JSON or YAML text, or
 already-parsed objects; `FaultSet(rules).decide_call(Call(kind, target, endpoint, body))`
-gives the `Fault` (or None). The mocks' ASGI layer is `tracelab.mocks.middleware`.
+gives the `Fault` (or None): its action, the latency drawn for this call, the status and
+headers (`Retry-After` included), and what the appliers need: `body_bytes()` (a status
+answer), `mangle(body)` (empty/malformed/truncated bytes), `response_event(recorded)` (the
+recorded-event shape a replay answers with) and `tags()` (`fault`, `fault.action`,
+`fault.rule` on the faulted call's event). The mocks' ASGI layer is
+`tracelab.mocks.middleware`.
 """
 from __future__ import annotations
 
 import base64
 import copy
-import hashlib
 import fnmatch
+import hashlib
 import json
 import math
 import os
@@ -83,12 +90,13 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 ENV_VAR = "MOCK_FAULTS"
 DEFAULT_TIMEOUT_S = 30.0
 MAX_LATENCY_MS = 600_000.0
-Z99 = 2.3263478740408408  # the standard normal's 99th percentile
+Z99 = NormalDist().inv_cdf(0.99)  # the standard normal's 99th percentile
 
 METHODS = frozenset({"*", "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 MATCH_KEYS = ("kind", "target", "endpoint", "method", "path", "match_body", "nth")
@@ -651,7 +659,11 @@ def load_rules(source: Any) -> list[FaultRule]:
         if looks_like_path:
             path = Path(text).expanduser()
             return _prefixed(_read_file(path, str(path)), str(path))
-        return _prefixed(_load_text(text, "fault rules"), "fault rules")
+        data = _load_text(text, "fault rules")
+        if isinstance(data, str):
+            raise FaultRuleError([f"fault rules: {text!r} is no file (cannot read it) and no "
+                                  "rules (a rule object, a list of them, or {rules: [...]})"])
+        return _prefixed(data, "fault rules")
     return parse_rules(source)
 
 
