@@ -14,12 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "examples" / "ci"
 
 
-def check(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def check(*args: str, cwd: Path = ROOT, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TRACELAB_", "GITHUB_", "MOCK_")) and k.lower() not in
            ("http_proxy", "https_proxy", "all_proxy")}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["TRACELAB_HOME"] = str(cwd / ".tracelab-home")
+    env.update(extra)
     return subprocess.run([sys.executable, "-m", "tracelab.cli", "check", *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=300)
 
@@ -57,3 +58,53 @@ def test_the_workflow_installs_tracelab_and_runs_check_on_the_example() -> None:
     assert any(r.startswith("pip install \".[proxy]\"") for r in runs)
     assert "tracelab check examples/ci --junit tracelab-junit.xml" in runs
     assert (CI / "recordings" / "refund.jsonl").is_file()
+
+
+def free_base_port() -> int:
+    """A base port with the five mock ports after it free right now."""
+    import random
+    import socket
+
+    for _ in range(50):
+        base = random.randrange(20000, 60000)
+        socks = []
+        try:
+            for port in range(base, base + 5):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise AssertionError("no five free consecutive ports")
+
+
+def test_update_against_mocks_records_the_real_agent_then_replays_it(tmp_path: Path) -> None:
+    base = free_base_port()
+    [happy, _rate_limited] = yaml.safe_load((CI / "tracelab.yaml").read_text())
+    text = yaml.safe_dump([{**happy, "recording": "new/refund.jsonl",
+                            "command": happy["command"].replace(
+                                "../refund_agent.py", str(ROOT / "examples" / "refund_agent.py"))}],
+                          sort_keys=False)
+    text = text.replace("127.0.0.1:9100", f"127.0.0.1:{base}").replace(
+        "127.0.0.1:9104", f"127.0.0.1:{base + 4}")
+    (tmp_path / "tracelab.yaml").write_text(text)
+    plain = check("--against-mocks", cwd=tmp_path)
+    assert plain.returncode == 2 and "--against-mocks only goes with --update" in plain.stderr
+    done = check("--update", "--against-mocks", "--mocks-base-port", str(base), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[0].startswith("PASS  refund happy path")
+    assert "recording updated" in done.stdout
+    recording = (tmp_path / "new" / "refund.jsonl").read_text()
+    assert f'"target":"127.0.0.1:{base}","endpoint":"POST /v1/refunds"' in recording
+    # The mocks are gone: answered from the new recording. The agent is pointed where it
+    # recorded (on the default ports, 9100-9104, the agent's defaults, nothing is needed).
+    from tracelab.mocks import VENDORS
+
+    urls = {f"MOCK_{name.upper()}_URL": f"http://127.0.0.1:{vendor.port(base)}"
+            for name, vendor in VENDORS.items()}
+    again = check(cwd=tmp_path, **urls)
+    assert again.returncode == 0, again.stdout + again.stderr

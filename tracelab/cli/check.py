@@ -13,13 +13,16 @@ invalid (or a bad flag). All of it comes from one `Verdict` (`tracelab.replay.ch
 `--update` re-records each selected case's recording by running its command live (embedded
 mode, in a temporary TRACELAB_HOME), judges the cases against the new recording and writes it
 only when they all pass; `--against-mocks` runs the command against `tracelab mocks` (started
-here on their default ports, 9100-9104, passed as MOCK_<VENDOR>_URL).
+here on ports 9100-9104, or from `--mocks-base-port`, passed as MOCK_<VENDOR>_URL).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import TYPE_CHECKING
+
+from tracelab.listen import port_number
+from tracelab.mocks import DEFAULT_BASE_PORT
 
 if TYPE_CHECKING:
     from tracelab.replay.check import CaseResult
@@ -37,12 +40,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--against-mocks", action="store_true",
                         help="with --update: run the commands against `tracelab mocks` "
                              "(MOCK_<VENDOR>_URL set)")
+    parser.add_argument("--mocks-base-port", type=port_number, default=DEFAULT_BASE_PORT,
+                        metavar="PORT",
+                        help=f"with --against-mocks: the first mock's port (default "
+                             f"{DEFAULT_BASE_PORT}: stripe, +1 sendgrid, +2 twilio, +3 ses, "
+                             "+4 openai)")
 
 
 def run(args: argparse.Namespace) -> int:
     from tracelab.replay.check import EXIT_INVALID, SetupError, case_lines, check, update_cases
     from tracelab.replay.junit import github_output, write_junit
 
+    if args.mocks_base_port == 0:
+        print("tracelab check: --mocks-base-port needs fixed ports (the recording keeps them)",
+              file=sys.stderr)
+        return EXIT_INVALID
     if args.against_mocks and not args.update:
         print("tracelab check: --against-mocks only goes with --update (a replay needs no "
               "mocks)", file=sys.stderr)
@@ -52,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.update:
-            verdict = update_cases(args.paths, args.name, against_mocks=args.against_mocks,
-                                   on_result=show)
+            base = args.mocks_base_port if args.against_mocks else None
+            verdict = update_cases(args.paths, args.name, mocks_base_port=base, on_result=show)
         else:
             verdict = check(args.paths, args.name, on_result=show)
     except SetupError as exc:

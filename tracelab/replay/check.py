@@ -350,8 +350,25 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def run_case(case: Case, recording: Path | None = None) -> CaseResult:
-    """Replay `case` (from `recording` instead of the case's own, for --update) and judge it."""
+@contextlib.contextmanager
+def _environ(extra: Mapping[str, str] | None) -> Iterator[None]:
+    """`extra` in os.environ for the replay's processes (the live run's mock URLs)."""
+    saved = {k: os.environ.get(k) for k in extra or {}}
+    os.environ.update(extra or {})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_case(case: Case, recording: Path | None = None,
+             env: Mapping[str, str] | None = None) -> CaseResult:
+    """Replay `case` and judge it; for --update, from `recording` instead of the case's own
+    and with the live run's `env` additions (the command must make the same calls)."""
     from tracelab.replay.recording import RecordingError, load_recording
     from tracelab.replay.runner import run_replay
 
@@ -366,7 +383,7 @@ def run_case(case: Case, recording: Path | None = None) -> CaseResult:
     kwargs: dict[str, Any] = {"on_miss": case.on_miss, "ignore": case.ignore}
     started = time.monotonic()
     with _fault_file(case.faults) as faults, contextlib.chdir(case.folder), \
-            _stdout_to_stderr():
+            _environ(env), _stdout_to_stderr():
         if faults is not None:
             kwargs["faults"] = faults
         result = run_replay(str(source), case.command, **kwargs)
@@ -479,16 +496,17 @@ def record_live(case: Case, home: Path, out: Path,
 
 
 @contextlib.contextmanager
-def _mocks(enabled: bool) -> Iterator[dict[str, str]]:
-    """`tracelab mocks` on their default ports, as MOCK_<VENDOR>_URL variables (or nothing)."""
-    if not enabled:
+def _mocks(base_port: int | None) -> Iterator[dict[str, str]]:
+    """`tracelab mocks` from `base_port` on, as MOCK_<VENDOR>_URL variables (None: nothing).
+
+    Fixed ports, not free ones: the recorded targets hold the port, and a spec names them."""
+    if base_port is None:
         yield {}
         return
     from tracelab.cli.mocks import MockServers, ports_for
-    from tracelab.mocks import DEFAULT_BASE_PORT
 
     try:
-        servers = MockServers(ports_for(None, DEFAULT_BASE_PORT), faults_text="").start()
+        servers = MockServers(ports_for(None, base_port), faults_text="").start()
     except SystemExit as exc:  # a port is taken: the mocks say which
         raise SetupError(str(exc.code).replace("tracelab mocks:", "--against-mocks:")) from None
     try:
@@ -502,10 +520,11 @@ class SetupError(RuntimeError):
 
 
 def update_cases(paths: Sequence[str | Path], name: str | None = None,
-                 against_mocks: bool = False,
+                 mocks_base_port: int | None = None,
                  on_result: Callable[[CaseResult], None] | None = None) -> Verdict:
     """Re-record the recordings of the selected cases (see the module doc); the verdict judges
-    the new recordings, and a recording is written only when all its cases pass."""
+    the new recordings, and a recording is written only when all its cases pass.
+    `mocks_base_port`: run the commands against `tracelab mocks` started on these ports."""
     cases, errors = select(paths, name)
     verdict = Verdict(spec_errors=errors)
     if errors or not cases:
@@ -516,7 +535,7 @@ def update_cases(paths: Sequence[str | Path], name: str | None = None,
     groups: dict[Path, list[Case]] = {}
     for case in cases:
         groups.setdefault(case.recording, []).append(case)
-    with _mocks(against_mocks) as mock_env:
+    with _mocks(mocks_base_port) as mock_env:
         for recording, group in groups.items():
             for result in _update_one(recording, group, mock_env):
                 verdict.results.append(result)
@@ -538,7 +557,7 @@ def _update_one(recording: Path, cases: list[Case],
                 return [CaseResult(c, error=problem) for c in cases]
             return [CaseResult(c, [Failure("update", problem)], note="recording not updated")
                     for c in cases]
-        results = [run_case(c, recording=candidate) for c in cases]
+        results = [run_case(c, recording=candidate, env=mock_env) for c in cases]
         if code != first.expect.exit_code:
             results[0].failures.insert(0, Failure(
                 "exit_code", f"the live command exited with status {code}, expected "
