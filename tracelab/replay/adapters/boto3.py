@@ -13,6 +13,18 @@ The key needs the caller's API parameters, which `_make_request` no longer sees:
 dict `_make_request` later gets) keeps them there. A miss raises botocore's own
 `EndpointConnectionError`, whose message carries the matcher's explanation; every other AWS
 service is left alone (it goes to the network as usual, or to the HTTP replay beneath).
+
+Faults (see tracelab/replay/session.py): a `status` fault is an error reply botocore turns
+into its modelled `ClientError` (the code `Throttling` for 429, `ServiceUnavailable` for 503,
+`InternalFailure` for other 5xx, `BadRequest` for other 4xx, unless the rule's `body` is an
+object with an `Error`; `Retry-After` in the response metadata's headers); `reset` raises
+botocore's `ConnectionClosedError`, and `timeout` waits the fault's `timeout_s` (or the
+client's `read_timeout`, if shorter) and raises botocore's `ReadTimeoutError`; `stream_cut`
+is a reply cut short (`ConnectionClosedError`), `malformed_body` and `truncate` a reply that
+does not parse (`ResponseParserError`, as botocore raises for broken XML), `empty_body` the
+recorded reply with nothing but its metadata. The fault
+replaces what `_make_request` returns, above botocore's own retries, so one faulted call is
+one error the application sees.
 """
 from __future__ import annotations
 
@@ -86,6 +98,53 @@ def _answer(event: dict[str, Any], url: str) -> tuple[Any, dict[str, Any]]:
     return http, parsed
 
 
+_ERROR_CODES = {429: "Throttling", 503: "ServiceUnavailable"}
+
+
+def _fault_answer(answer: Any, client: Any, url: str) -> tuple[Any, dict[str, Any]]:
+    """The reply (or error) a fault gives an SES call."""
+    import time
+
+    from botocore.awsrequest import AWSResponse
+    from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
+
+    fault = answer.fault
+    if fault.action in ("malformed_body", "truncate"):
+        from botocore.exceptions import ResponseParserError
+
+        raise ResponseParserError(f"Unable to parse response ({fault.message}), invalid XML "
+                                  "received. Further retries may succeed.")
+    if fault.action == "empty_body":
+        http, parsed = _answer(answer.event, url)
+        return http, {"ResponseMetadata": parsed.get("ResponseMetadata", {})}
+    if fault.action in ("reset", "stream_cut"):
+        exc = ConnectionClosedError(endpoint_url=url)
+        exc.args = (f"{exc}: {fault.message}",)
+        raise exc
+    if fault.action == "timeout":
+        read_timeout = getattr(getattr(getattr(client, "meta", None), "config", None),
+                               "read_timeout", None)
+        waited = session_api.hang_seconds(answer, read_timeout)
+        time.sleep(waited)
+        exc = ReadTimeoutError(endpoint_url=url)
+        exc.args = (f"{exc}: {fault.message}",)
+        raise exc
+    status = int(fault.status or 500)
+    headers = {"content-type": "text/xml", **fault.headers}
+    body = fault.rule.body if fault.rule.has_body else None
+    if isinstance(body, Mapping) and isinstance(body.get("Error"), Mapping):
+        error = dict(body["Error"])
+    else:
+        code = _ERROR_CODES.get(status) or ("InternalFailure" if status >= 500 else
+                                            "BadRequest")
+        error = {"Type": "Sender" if status < 500 else "Receiver", "Code": code,
+                 "Message": fault.message}
+    metadata = {"HTTPStatusCode": status, "HTTPHeaders": headers, "RetryAttempts": 0}
+    parsed = {"Error": error, "ResponseMetadata": metadata} if status >= 300 else \
+        {"ResponseMetadata": metadata}
+    return AWSResponse(url, status, headers, None), parsed
+
+
 def _make_request(wrapped: Any, instance: Any, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> Any:
     session = session_api.active()
@@ -101,6 +160,8 @@ def _make_request(wrapped: Any, instance: Any, args: tuple[Any, ...],
         if answer.passthrough:
             return wrapped(*args, **kwargs)
         raise _connection_error(url, answer.message)
+    if answer.fault is not None and answer.fault.action != "latency":
+        return _fault_answer(answer, instance, url)
     return _answer(answer.event, url)
 
 

@@ -7,6 +7,13 @@ its return value. A hook without `replay=` runs the function (tagged `replay=pas
 the SDK cannot know how to answer it. A miss in `fail` mode raises `ReplayMiss` (a
 `ConnectionError`) with the matcher's explanation. The call is recorded by the hook's own
 wrapper either way, so the new run shows it like any other.
+
+Faults (see tracelab/replay/session.py) apply to hooked calls with `replay=` (the SDK cannot
+fake the others): `reset` raises `ConnectionResetError`, `timeout` waits the fault's
+`timeout_s` and raises `TimeoutError` (the library is unknown, so are its errors), and the
+other actions hand `fn` the fault's event instead of the recorded one (a `status` fault: a
+`response` with that `status_code`, `headers` and `body`; a body fault: the recorded event with
+its response body changed).
 """
 from __future__ import annotations
 
@@ -54,6 +61,14 @@ def call(rec: Recorder, wrapper: Any, attr: str, original: Callable[..., Any],
     outcome, answer = _decide(rec, session, wrapper, attr, args, kwargs)
     with hooks._recorded(rec, wrapper, attr, args, kwargs):
         try:
+            session.pause(outcome)
+            failure = _fault_failure(outcome)
+            if failure is not None:
+                if isinstance(failure, TimeoutError):
+                    import time
+
+                    time.sleep(outcome.timeout_s or 0.0)
+                raise failure
             if outcome.hit and answer is not None:
                 session.wait_until(outcome.started, _latency(outcome.event))
                 return answer(outcome.event or {})
@@ -73,6 +88,13 @@ async def call_async(rec: Recorder, wrapper: Any, attr: str, original: Callable[
     outcome, answer = _decide(rec, session, wrapper, attr, args, kwargs)
     with hooks._recorded(rec, wrapper, attr, args, kwargs):
         try:
+            if outcome.pause_ms > 0:
+                await asyncio.sleep(outcome.pause_ms / 1000.0)
+            failure = _fault_failure(outcome)
+            if failure is not None:
+                if isinstance(failure, TimeoutError):
+                    await asyncio.sleep(outcome.timeout_s or 0.0)
+                raise failure
             if outcome.hit and answer is not None:
                 delay = session.delay(outcome.started, _latency(outcome.event))
                 if delay > 0:
@@ -83,6 +105,18 @@ async def call_async(rec: Recorder, wrapper: Any, attr: str, original: Callable[
             raise ReplayMiss(outcome.message)
         finally:
             outcome.retag()
+
+
+def _fault_failure(outcome: Outcome) -> Exception | None:
+    """The error a `reset` or `timeout` fault raises from a hooked call, else None."""
+    fault = outcome.fault
+    if fault is None:
+        return None
+    if fault.action == "reset":
+        return ConnectionResetError(fault.message)
+    if fault.action == "timeout":
+        return TimeoutError(fault.message)
+    return None
 
 
 def _latency(event: dict[str, Any] | None) -> float:

@@ -15,6 +15,16 @@ SDK records the send as usual. On a miss the "server" hangs up: smtplib raises i
 connection opened before the replay started is answered the same way, on a stand-in socket
 swapped in for that transaction. In passthrough mode a missed send goes to the real server
 (see `_ReplaySocket`).
+
+Faults (see tracelab/replay/session.py) act on the mail transaction: a `status` fault of 400
+or more is the server's reply to MAIL FROM (smtplib raises `SMTPSenderRefused` with that code;
+421 also closes the connection, as smtplib does), a lower one lets the send succeed; `reset`
+drops the connection at MAIL FROM (smtplib raises `SMTPServerDisconnected`, its error for a
+connection reset by the peer); `timeout` hangs at MAIL FROM for the fault's `timeout_s` (or
+the connection's own timeout, if shorter) and then fails the read with `TimeoutError`
+("timed out"), which smtplib, like after a real read timeout, raises as
+`SMTPServerDisconnected` with the `TimeoutError` as its context. The body faults leave the
+recorded replies as they are (a mail reply has no body).
 """
 from __future__ import annotations
 
@@ -51,8 +61,30 @@ class _Transaction:
         self.mail_reply: tuple[int, str] | None = None
         self.data_reply: tuple[int, str] | None = None
         self.hang_up: str | None = None
+        self.hang_s: float | None = None  # a timeout fault: hang this long at MAIL, then fail
         if event is not None:
             self._from_event(event)
+
+    @classmethod
+    def of(cls, answer: Any, timeout: Any = None) -> _Transaction:
+        """The transaction a session's answer gives (`timeout`: the connection's own)."""
+        fault = answer.fault if answer.hit else None
+        if fault is None or fault.action == "latency":
+            return cls(answer.event) if answer.hit else cls(None, miss=answer.message)
+        if fault.action == "status":
+            transaction = cls(None)
+            if (fault.status or 0) >= 400:
+                transaction.mail_reply = (int(fault.status or 0), fault.message)
+            return transaction
+        if fault.action == "reset":
+            transaction = cls(None)
+            transaction.hang_up = fault.message
+            return transaction
+        if fault.action == "timeout":
+            transaction = cls(None)
+            transaction.hang_s = session_api.hang_seconds(answer, timeout)
+            return transaction
+        return cls(answer.event)  # a body fault: the recorded replies, which have no body
 
     def _from_event(self, event: dict[str, Any]) -> None:
         response = event.get("response") or {}
@@ -128,7 +160,7 @@ class _ReplaySocket:
         self._in_data = False
         self._data_live = False
         self._data = bytearray()
-        self._failure: str | None = None
+        self._failure: BaseException | None = None
 
     # -- the socket API smtplib uses -------------------------------------------------------
     def getpeername(self) -> tuple[str, int]:
@@ -167,8 +199,8 @@ class _ReplaySocket:
 
     def read_reply_line(self, limit: int = -1) -> bytes:
         if self._failure is not None:
-            message, self._failure = self._failure, None
-            raise ConnectionResetError(message)
+            failure, self._failure = self._failure, None
+            raise failure
         if not self._replies:
             return b""
         head = self._replies[0]
@@ -190,7 +222,7 @@ class _ReplaySocket:
         self._replies.append(_line(code, message))
 
     def _hang_up(self, message: str) -> None:
-        self._failure = message
+        self._failure = ConnectionResetError(message)
         self.transaction = None
 
     def _forward(self, raw: bytes) -> None:
@@ -264,6 +296,12 @@ class _ReplaySocket:
             self._hang_up(transaction.miss)
         elif transaction.hang_up is not None:
             self._hang_up(transaction.hang_up)
+        elif transaction.hang_s is not None:
+            import time
+
+            time.sleep(transaction.hang_s)  # no reply comes: the read then times out
+            self._failure = TimeoutError("timed out")
+            self.transaction = None
         elif transaction.mail_reply is not None:
             self._reply(*transaction.mail_reply)
             self.transaction = None
@@ -355,13 +393,17 @@ def _sendmail(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[s
     answer = session.take(_live_view(instance, args, kwargs))
     if not isinstance(sock, _ReplaySocket):
         return _over_live_connection(instance, answer, wrapped, args, kwargs)
-    if answer.hit:
-        sock.transaction = _Transaction(answer.event)
-    elif answer.passthrough:
+    if not answer.hit and answer.passthrough:
         sock.transaction = _Transaction(None, live=True)
     else:
-        sock.transaction = _Transaction(None, miss=answer.message)
+        sock.transaction = _Transaction.of(answer, _timeout(instance))
     return wrapped(*args, **kwargs)
+
+
+def _timeout(instance: Any) -> Any:
+    """The connection's own timeout in seconds (None, or smtplib's "global default": none)."""
+    timeout = getattr(instance, "timeout", None)
+    return timeout if isinstance(timeout, (int, float)) else None
 
 
 def _over_live_connection(instance: Any, answer: Any, wrapped: Any, args: tuple[Any, ...],
@@ -375,8 +417,7 @@ def _over_live_connection(instance: Any, answer: Any, wrapped: Any, args: tuple[
         return wrapped(*args, **kwargs)
     real, real_file = instance.sock, instance.file
     stand_in = _ReplaySocket(*_peer(real), connect=lambda: real, greet=False)
-    stand_in.transaction = (_Transaction(answer.event) if answer.hit
-                            else _Transaction(None, miss=answer.message))
+    stand_in.transaction = _Transaction.of(answer, _timeout(instance))
     instance.sock, instance.file = stand_in, None
     try:
         return wrapped(*args, **kwargs)

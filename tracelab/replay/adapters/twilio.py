@@ -13,6 +13,14 @@ A miss raises what a refused connection raises at that layer: requests'
 `ConnectionError` (aiohttp's `ClientConnectionError` for the async client), with the
 matcher's explanation as its message. Other twilio resources are not touched here (their HTTP
 goes through requests / aiohttp, where the HTTP replay answers it).
+
+Faults (see tracelab/replay/session.py) are answered at the same layer: a `status` fault is a
+twilio error reply (`TwilioRestException` with that status, the rule's `body` if it gives
+one); `reset` raises the HTTP client's connection error, as a miss does; `timeout` waits the
+fault's `timeout_s` (or the twilio HTTP client's own timeout, if shorter) and raises its
+timeout error (requests' `ReadTimeout`; `asyncio.TimeoutError` for the async client); the body
+faults make the reply's body empty, malformed or cut (twilio then fails to parse it, as it
+would).
 """
 from __future__ import annotations
 
@@ -88,6 +96,40 @@ def _response(event: dict[str, Any], is_async: bool) -> Any:
                     {"Content-Type": "application/json"})
 
 
+def _fault_response(answer: Any, is_async: bool) -> Any:
+    """The reply a fault gives (reset/timeout: the error its HTTP client raises; the caller
+    has already waited a timeout's hang)."""
+    from twilio.http.response import Response
+
+    fault = answer.fault
+    if fault.action == "reset":
+        raise _refused(fault.message, is_async)
+    if fault.action == "timeout":
+        if is_async:
+            raise asyncio.TimeoutError(fault.message)
+        import requests
+
+        raise requests.exceptions.ReadTimeout(fault.message)
+    if fault.action == "status":
+        status = int(fault.status or 500)
+        if fault.rule.has_body:
+            data, content_type = fault.body_bytes()
+            text = data.decode("utf-8", errors="replace")
+        else:
+            text = json.dumps({"code": None, "message": fault.message, "status": status})
+            content_type = "application/json"
+        return Response(status, text, {"Content-Type": content_type, **fault.headers})
+    good = _response(answer.event, is_async)  # a body fault: the recorded reply, changed
+    return Response(good.status_code, fault.mangle(good.text.encode("utf-8")).decode(
+        "utf-8", errors="replace"), good.headers)
+
+
+def _hang(answer: Any, instance: Any) -> float:
+    """How long a timeout fault hangs: at most the twilio HTTP client's own timeout."""
+    client_timeout = getattr(getattr(instance, "http_client", None), "timeout", None)
+    return session_api.hang_seconds(answer, client_timeout)
+
+
 def _refused(message: str, is_async: bool) -> Exception:
     if is_async:
         try:
@@ -121,6 +163,8 @@ async def _create_async(wrapped: Any, instance: Any, args: tuple[Any, ...],
     if session is None:
         return await wrapped(*args, **kwargs)
     answer = session.take(_live_view(wrapped, instance, args, kwargs), wait=False)
+    if answer.pause_ms > 0:  # a fault's latency, without blocking the event loop
+        await asyncio.sleep(answer.pause_ms / 1000.0)
     if not answer.hit and answer.passthrough:
         return await wrapped(*args, **kwargs)
     if answer.hit:  # the recorded latency (speed > 0) without blocking the event loop
@@ -148,6 +192,12 @@ def _request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
         return wrapped(*args, **kwargs)
     if not answer.hit:
         raise _refused(answer.message, is_async=False)
+    if answer.fault is not None and answer.fault.action != "latency":
+        if answer.fault.action == "timeout":
+            import time
+
+            time.sleep(_hang(answer, instance))
+        return _fault_response(answer, is_async=False)
     return _response(answer.event, is_async=False)
 
 
@@ -158,6 +208,10 @@ async def _request_async(wrapped: Any, instance: Any, args: tuple[Any, ...],
         return await wrapped(*args, **kwargs)
     if not answer.hit:
         raise _refused(answer.message, is_async=True)
+    if answer.fault is not None and answer.fault.action != "latency":
+        if answer.fault.action == "timeout":
+            await asyncio.sleep(_hang(answer, instance))
+        return _fault_response(answer, is_async=True)
     return _response(answer.event, is_async=True)
 
 
