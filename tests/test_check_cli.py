@@ -188,6 +188,15 @@ def test_update_keeps_a_passing_run_and_never_a_failing_one(recorded: tuple[Path
         assert f"recording updated: {tmp_path / 'rec.jsonl'}" in kept.stdout
         new = (tmp_path / "rec.jsonl").read_bytes()
         assert new != old and live.encode() in new and len(server.requests_seen) == seen + 3
+
+        # No command in the case: the one the recording holds is run again, live.
+        (tmp_path / "tracelab.yaml").write_text(spec_text(live, ("clean", "")).replace(
+            f"  command: python agent.py http://{live} \n", ""))
+        assert "command" not in (tmp_path / "tracelab.yaml").read_text()
+        recorded_again = tracelab(tmp_path, "check", "--update")
+        assert recorded_again.returncode == 0, recorded_again.stdout + recorded_again.stderr
+        assert len(server.requests_seen) == seen + 6
+        assert (tmp_path / "rec.jsonl").read_bytes() != new
     finally:
         server.close()
     again = tracelab(tmp_path, "check")  # the new recording replays with the server gone

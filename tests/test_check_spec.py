@@ -331,3 +331,27 @@ def test_a_bad_fault_rule_fails_the_spec_at_its_place() -> None:
     errors = caught.value.errors
     assert len(errors) == 2 and all(e.startswith("cases[0].faults[1]") for e in errors)
     assert any("colour" in e for e in errors) and any("status" in e and "99" in e for e in errors)
+
+
+def test_fault_rules_from_a_file_beside_the_spec(tmp_path: Path) -> None:
+    (tmp_path / "faults").mkdir()
+    (tmp_path / "faults" / "stripe.yaml").write_text(
+        "- {target: api.stripe.com, endpoint: 'POST /v1/refunds', status: 503}\n")
+    spec = write(tmp_path, "- {name: a, recording: r.jsonl, faults: faults/stripe.yaml}\n"
+                           "- {name: b, recording: r.jsonl, faults: faults/none.yaml}\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    assert caught.value.errors == [
+        f"{spec}: cases[1].faults: no such file {str(tmp_path / 'faults' / 'none.yaml')!r}"]
+    spec.write_text(spec.read_text().splitlines()[0] + "\n")
+    [case] = load_spec(spec)
+    assert case.faults == tmp_path / "faults" / "stripe.yaml"
+
+
+def test_a_summary_file_that_cannot_be_written_leaves_the_verdict_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    verdict = verdict_of(tmp_path)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "no" / "such" / "dir.md"))
+    assert github_output(verdict) == annotations(verdict)
+    assert "cannot append to GITHUB_STEP_SUMMARY" in capsys.readouterr().err

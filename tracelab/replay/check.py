@@ -464,17 +464,16 @@ def record_live(case: Case, home: Path, out: Path,
     from tracelab.store.layout import resolve_layout
     from tracelab.store.spool import fold_spool
 
-    argv = case.command
-    cwd = case.folder
-    if argv is None:
+    argv: list[str] | None = case.command
+    cwd: str | Path | None = case.folder
+    if argv is None:  # the recorded command, in its recorded folder, as `tracelab replay` runs it
+        from tracelab.replay.runner import ReplayInputError, _command
+
         try:
-            recorded = load_recording(case.recording).command or {}
-        except (RecordingError, KeyError, OSError):
-            recorded = {}
-        argv = recorded.get("argv") if isinstance(recorded.get("argv"), list) else None
-        if argv is None:
-            return None, "the case has no command and its recording holds none"
-        argv = [sys.executable, *argv] if argv[0].endswith(".py") else argv
+            argv, cwd = _command(None, load_recording(case.recording).command)
+            cwd = cwd or case.folder
+        except (RecordingError, KeyError, OSError, ReplayInputError) as exc:
+            return None, f"the case has no command, and none from its recording: {exc}"
     try:
         code = subprocess.call(list(argv), env=live_env(home, extra_env), cwd=cwd,
                                stdout=2)

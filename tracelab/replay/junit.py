@@ -15,6 +15,7 @@ status come from, so they can never disagree with it.
 from __future__ import annotations
 
 import os
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -144,6 +145,10 @@ def github_output(verdict: Verdict) -> list[str]:
         return []
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
-        with open(summary, "a", encoding="utf-8") as handle:
-            handle.write(step_summary(verdict))
+        try:
+            with open(summary, "a", encoding="utf-8") as handle:
+                handle.write(step_summary(verdict))
+        except OSError as exc:  # the verdict stands; only the summary is lost
+            print(f"tracelab check: cannot append to GITHUB_STEP_SUMMARY {summary}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
     return annotations(verdict)
