@@ -153,12 +153,10 @@ RECORDED = [event(0, "POST /v1/charges"), event(1, "POST /v1/refunds"),
 
 
 def result(calls: list[dict], command_exit: int = 0, hits: int = 3,
-           duration_ms: float = 100.0) -> Any:
+           duration_ms: float = 100.0) -> ReplayResult:
     tally = Tally(total=3, hits={e["event_id"] for e in RECORDED[:hits]})
-    r = ReplayResult(0, tally.summary, "new-run", [], command_exit=command_exit, tally=tally)
-    r.calls = calls  # type: ignore[attr-defined]
-    r.duration_ms = duration_ms  # type: ignore[attr-defined]
-    return r
+    return ReplayResult(0, tally.summary, "new-run", [], command_exit=command_exit, tally=tally,
+                        calls=calls, duration_ms=duration_ms)
 
 
 def case_from(expect: dict) -> Any:

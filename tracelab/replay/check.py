@@ -31,6 +31,9 @@ from typing import Any
 
 import orjson
 
+from tracelab.replay.recording import RecordingError, export_run, load_recording, start_order
+from tracelab.replay.runner import (NOT_REPLAYED_KINDS, ReplayInputError, ReplayResult, Tally,
+                                    _command, replayable, run_replay)
 from tracelab.replay.spec import Case, SpecError, call_label, discover, label_matches, load_spec
 
 MAX_EVIDENCE = 20
@@ -118,25 +121,15 @@ def case_lines(r: CaseResult) -> list[str]:
 
 # -- judging one replay ------------------------------------------------------------------------
 
-def _replayed_kinds() -> frozenset[str]:
-    from tracelab.replay.runner import NOT_REPLAYED_KINDS
-
-    return frozenset(NOT_REPLAYED_KINDS)
-
-
 def recorded_labels(events: Sequence[Mapping[str, Any]]) -> list[str]:
     """The recording's replayable calls in start order, as spec labels."""
-    from tracelab.replay.recording import start_order
-    from tracelab.replay.runner import replayable
-
     return [call_label(e.get("kind"), e.get("target"), e.get("endpoint"))
             for e in start_order(events) if replayable(e)]
 
 
 def outside_calls(calls: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The call log without the program's own spans (function, websocket summaries)."""
-    skip = _replayed_kinds()
-    return [c for c in calls if c.get("kind") not in skip]
+    return [c for c in calls if c.get("kind") not in NOT_REPLAYED_KINDS]
 
 
 def _label(call: Mapping[str, Any]) -> str:
@@ -182,7 +175,7 @@ def _cap(lines: list[str]) -> list[str]:
     return [*lines[:MAX_EVIDENCE], f"... and {len(lines) - MAX_EVIDENCE} more"]
 
 
-def evaluate(case: Case, result: Any, recorded: Sequence[Mapping[str, Any]],
+def evaluate(case: Case, result: ReplayResult, recorded: Sequence[Mapping[str, Any]],
              duration_ms: float | None = None) -> list[Failure]:
     """Every expectation of `case` not met by `result` (a `ReplayResult`), with evidence.
 
@@ -200,13 +193,12 @@ def evaluate(case: Case, result: Any, recorded: Sequence[Mapping[str, Any]],
                                 f"{expect.misses})", _cap([
                                     f"miss: {m.get('message') or m.get('call')}"
                                     for m in misses])))
-    tally = getattr(result, "tally", None)
+    tally = result.tally
     if expect.unused is not None and tally is not None and tally.unused > expect.unused:
         failures.append(Failure("unused", f"{tally.unused} recorded calls were never made "
                                 f"(at most {expect.unused})", _cap(_unused(recorded, tally))))
-    raw_calls = getattr(result, "calls", None)
-    calls = outside_calls(raw_calls or [])
-    if raw_calls is None and _needs_calls(case):
+    calls = outside_calls(result.calls or [])
+    if result.calls is None and _needs_calls(case):
         failures.append(Failure("calls", "the replay reported no call log to judge the "
                                 "calls, errors and LLM budgets by"))
     failures.extend(_call_failures(case, calls, recorded))
@@ -227,10 +219,7 @@ def _needs_calls(case: Case) -> bool:
                 b.llm_tokens is not None or b.llm_cost_usd is not None)
 
 
-def _unused(recorded: Sequence[Mapping[str, Any]], tally: Any) -> list[str]:
-    from tracelab.replay.recording import start_order
-    from tracelab.replay.runner import replayable
-
+def _unused(recorded: Sequence[Mapping[str, Any]], tally: Tally) -> list[str]:
     hits = set(tally.hits)
     return [f"unused: {call_label(e.get('kind'), e.get('target'), e.get('endpoint'))}"
             for e in start_order(recorded) if replayable(e) and e.get("event_id") not in hits]
@@ -270,15 +259,14 @@ def _call_failures(case: Case, calls: list[Mapping[str, Any]],
     return failures
 
 
-def _budget_failures(case: Case, result: Any, calls: list[Mapping[str, Any]],
+def _budget_failures(case: Case, result: ReplayResult, calls: list[Mapping[str, Any]],
                      measured_ms: float | None) -> list[Failure]:
     from tracelab.analysis.cost import cost_usd, price_table
 
     budgets = case.expect.budgets
     failures: list[Failure] = []
     if budgets.duration_ms is not None:
-        took = getattr(result, "duration_ms", None)
-        took = measured_ms if took is None else took
+        took = measured_ms if result.duration_ms is None else result.duration_ms
         if took is not None and took > budgets.duration_ms:
             failures.append(Failure("budgets.duration_ms", f"the command took {took:.0f} ms "
                                     f"(budget {budgets.duration_ms:.0f} ms)"))
@@ -369,9 +357,6 @@ def run_case(case: Case, recording: Path | None = None,
              env: Mapping[str, str] | None = None) -> CaseResult:
     """Replay `case` and judge it; for --update, from `recording` instead of the case's own
     and with the live run's `env` additions (the command must make the same calls)."""
-    from tracelab.replay.recording import RecordingError, load_recording
-    from tracelab.replay.runner import run_replay
-
     source = recording or case.recording
     if not source.is_file():
         return CaseResult(case, error=f"recording {source}: no such file (record it with "
@@ -388,12 +373,12 @@ def run_case(case: Case, recording: Path | None = None,
             kwargs["faults"] = faults
         result = run_replay(str(source), case.command, **kwargs)
     took = time.monotonic() - started
-    if getattr(result, "tally", None) is None and result.exit_code == 2:
+    if result.tally is None and result.exit_code == 2:
         return CaseResult(case, error=result.reason or "invalid replay input", duration_s=took)
-    if result.command_exit is None and getattr(result, "tally", None) is not None:
+    if result.command_exit is None and result.tally is not None:
         return CaseResult(case, error=f"the command could not be started: {case.command}",
                           duration_s=took)
-    if getattr(result, "tally", None) is None:
+    if result.tally is None:
         return CaseResult(case, [Failure("replay", result.reason or "the replay did not run")],
                           duration_s=took)
     failures = evaluate(case, result, loaded.events, duration_ms=took * 1000)
@@ -459,7 +444,6 @@ def record_live(case: Case, home: Path, out: Path,
 
     Returns (the command's exit status, None) or (status, why no recording was made).
     """
-    from tracelab.replay.recording import RecordingError, export_run, load_recording
     from tracelab.store import query
     from tracelab.store.layout import resolve_layout
     from tracelab.store.spool import fold_spool
@@ -467,8 +451,6 @@ def record_live(case: Case, home: Path, out: Path,
     argv: list[str] | None = case.command
     cwd: str | Path | None = case.folder
     if argv is None:  # the recorded command, in its recorded folder, as `tracelab replay` runs it
-        from tracelab.replay.runner import ReplayInputError, _command
-
         try:
             argv, cwd = _command(None, load_recording(case.recording).command)
             cwd = cwd or case.folder
