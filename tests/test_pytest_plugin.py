@@ -137,6 +137,9 @@ def test_refund_survives_a_503(tracelab_replay):
     assert agent.refund("o-42") == "re_1"
     assert agent.seen == [200, 503, 201]
     assert tracelab_replay.misses == []
+    assert [(f["fault"], f["action"]) for f in tracelab_replay.faulted] == [
+        ("refunds-down", "status")]
+    assert tracelab_replay.resilience["outcome"].tolist() == ["recovered"]
 '''
 
 FAULTS = '''
