@@ -163,6 +163,13 @@ def test_an_invalid_recording_or_unknown_key_exits_2(recorded: tuple[Path, str],
     done = tracelab(tmp_path, "check", str(tmp_path))
     assert done.returncode == 2
     assert "cases[0].expect.tolerance: unknown key" in done.stdout
+    (tmp_path / "tracelab.yaml").write_text(
+        f"- name: no such command\n  recording: {folder / 'rec.jsonl'}\n"
+        "  command: tracelab-no-such-agent --go\n")
+    done = tracelab(tmp_path, "check")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.startswith("ERROR no such command: the command could not be started: "
+                                  "tracelab-no-such-agent --go")
 
 
 def test_update_keeps_a_passing_run_and_never_a_failing_one(recorded: tuple[Path, str],

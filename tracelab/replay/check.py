@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -356,7 +357,10 @@ def _environ(extra: Mapping[str, str] | None) -> Iterator[None]:
 def run_case(case: Case, recording: Path | None = None,
              env: Mapping[str, str] | None = None) -> CaseResult:
     """Replay `case` and judge it; for --update, from `recording` instead of the case's own
-    and with the live run's `env` additions (the command must make the same calls)."""
+    and with the live run's `env` additions (the command must make the same calls).
+
+    While it runs, the process works in the spec's folder with `env` in os.environ and its
+    stdout on stderr: one case at a time (the CLI's way), not from several threads."""
     source = recording or case.recording
     if not source.is_file():
         return CaseResult(case, error=f"recording {source}: no such file (record it with "
@@ -376,7 +380,8 @@ def run_case(case: Case, recording: Path | None = None,
     if result.tally is None and result.exit_code == 2:
         return CaseResult(case, error=result.reason or "invalid replay input", duration_s=took)
     if result.command_exit is None and result.tally is not None:
-        return CaseResult(case, error=f"the command could not be started: {case.command}",
+        shown = shlex.join(case.command) if case.command else "the recorded command"
+        return CaseResult(case, error=f"the command could not be started: {shown}",
                           duration_s=took)
     if result.tally is None:
         return CaseResult(case, [Failure("replay", result.reason or "the replay did not run")],
@@ -530,8 +535,9 @@ def _update_one(recording: Path, cases: list[Case],
     first = cases[0]
     with tempfile.TemporaryDirectory(prefix="tracelab-update-") as tmp:
         candidate = Path(tmp) / "recording.jsonl"
-        print(f"tracelab check: recording {recording} live: {first.command or 'recorded command'}",
-              file=sys.stderr, flush=True)
+        shown = shlex.join(first.command) if first.command else "the recorded command"
+        print(f"tracelab check: recording {recording} live: {shown}", file=sys.stderr,
+              flush=True)
         code, problem = record_live(first, Path(tmp) / "home", candidate, mock_env)
         if problem is not None:
             if code is None:
