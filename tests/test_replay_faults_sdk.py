@@ -482,3 +482,51 @@ def test_hooked_calls_get_reset_and_status(tmp_path: Path) -> None:
         Ledger().charge(5)  # the recorded answer, still there
         assert calls == ["live"] and len(r.faulted) == 2 and r.unused == []
     handle.remove()
+
+
+def test_twilio_status_reset_and_timeout(traced: RedisServer, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    from twilio.base.exceptions import TwilioRestException
+    from test_integration_twilio import _issue_certificates, _TwilioStandIn, twilio_client
+
+    ca_path, cert_path, key_path = _issue_certificates(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert_path, key_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_path))
+    for var in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_EDGE", "TWILIO_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    server = _TwilioStandIn(tls)
+    server.ca_path = ca_path  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_port
+
+    def send() -> str:
+        client = twilio_client(server, port=port)
+        return client.messages.create(to="+15558675310", from_="+15017122661",
+                                      body="Your code is 123456").sid
+
+    try:
+        recorded_sid = send()
+        events, _ = read_events(traced)
+    finally:
+        server.shutdown()
+        server.server_close()
+    recording = write_recording(events, tmp_path / "sms.jsonl")
+    rules = [{"id": "busy", "kind": "sms", "status": 429, "retry_after": 1, "times": 1},
+             {"id": "drop", "kind": "sms", "reset": True, "times": 1},
+             {"id": "hang", "kind": "sms", "timeout": True, "timeout_s": 0.1, "times": 1}]
+    with tracelab.replay(str(recording), faults=rules) as r:
+        with pytest.raises(TwilioRestException) as busy:
+            send()
+        assert busy.value.status == 429 and "fault injected" in busy.value.msg
+        with pytest.raises(requests.exceptions.ConnectionError, match="fault injected"):
+            send()
+        with pytest.raises(requests.exceptions.ReadTimeout, match="fault injected"):
+            send()
+        assert send() == recorded_sid
+        assert [f["fault"] for f in r.faulted] == ["busy", "drop", "hang"] and r.unused == []
+    sends = [e for e in read_events(traced)[0] if e["tags"].get("replay")]
+    assert [e["tags"].get("fault") for e in sends] == ["busy", "drop", "hang", None]
+    assert sends[0]["status_code"] == 429
