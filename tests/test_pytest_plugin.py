@@ -19,7 +19,6 @@ pytest_plugins = ["pytester"]
 
 CONFTEST = '''
 import json
-import socket
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
