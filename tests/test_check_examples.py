@@ -14,12 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "examples" / "ci"
 
 
-def check(*args: str, cwd: Path = ROOT, **extra: str) -> subprocess.CompletedProcess[str]:
+def check(*args: str, home: Path, cwd: Path = ROOT,
+          **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TRACELAB_", "GITHUB_", "MOCK_")) and k.lower() not in
            ("http_proxy", "https_proxy", "all_proxy")}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["TRACELAB_HOME"] = str(cwd / ".tracelab-home")
+    env["TRACELAB_HOME"] = str(home)
     env.update(extra)
     return subprocess.run([sys.executable, "-m", "tracelab.cli", "check", *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=300)
@@ -27,7 +28,7 @@ def check(*args: str, cwd: Path = ROOT, **extra: str) -> subprocess.CompletedPro
 
 def test_the_example_spec_passes_and_the_fragile_agent_fails_its_rate_limit_case(
         tmp_path: Path) -> None:
-    done = check("examples/ci", "--junit", str(tmp_path / "junit.xml"))
+    done = check("examples/ci", "--junit", str(tmp_path / "junit.xml"), home=tmp_path / "home")
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == \
         "tracelab check: passed: 2 cases, 2 passed, 0 failed, 0 errors"
@@ -39,7 +40,7 @@ def test_the_example_spec_passes_and_the_fragile_agent_fails_its_rate_limit_case
                                                   str(ROOT / "examples" / "refund_agent.py"))
         case["command"] += " --no-retry"
     (tmp_path / "fragile.yaml").write_text(yaml.safe_dump(cases, sort_keys=False))
-    fragile = check("fragile.yaml", cwd=tmp_path)
+    fragile = check("fragile.yaml", home=tmp_path / "home", cwd=tmp_path)
     out = fragile.stdout
     assert fragile.returncode == 1, out + fragile.stderr
     assert out.splitlines()[0].startswith("PASS  refund happy path")  # no fault, no retry needed
@@ -92,9 +93,10 @@ def test_update_against_mocks_records_the_real_agent_then_replays_it(tmp_path: P
     text = text.replace("127.0.0.1:9100", f"127.0.0.1:{base}").replace(
         "127.0.0.1:9104", f"127.0.0.1:{base + 4}")
     (tmp_path / "tracelab.yaml").write_text(text)
-    plain = check("--against-mocks", cwd=tmp_path)
+    plain = check("--against-mocks", home=tmp_path / "home", cwd=tmp_path)
     assert plain.returncode == 2 and "--against-mocks only goes with --update" in plain.stderr
-    done = check("--update", "--against-mocks", "--mocks-base-port", str(base), cwd=tmp_path)
+    done = check("--update", "--against-mocks", "--mocks-base-port", str(base),
+                 home=tmp_path / "home", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[0].startswith("PASS  refund happy path")
     assert "recording updated" in done.stdout
@@ -106,5 +108,5 @@ def test_update_against_mocks_records_the_real_agent_then_replays_it(tmp_path: P
 
     urls = {f"MOCK_{name.upper()}_URL": f"http://127.0.0.1:{vendor.port(base)}"
             for name, vendor in VENDORS.items()}
-    again = check(cwd=tmp_path, **urls)
+    again = check(home=tmp_path / "home", cwd=tmp_path, **urls)
     assert again.returncode == 0, again.stdout + again.stderr
