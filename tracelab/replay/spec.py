@@ -7,7 +7,9 @@ each with its path in the file (`cases[0].expect.calls.tolerance`) and the case'
 The file holds a list of cases, or a mapping with the one key `cases` holding that list.
 Relative paths (`recording`, a `faults` file) resolve from the spec file's folder, and the
 `command` runs with that folder as its working directory, so a spec works wherever the
-repository is checked out. Every key, with its default:
+repository is checked out. "Calls" are the program's outbound calls (HTTP, LLM, email, SMS,
+...; its own `@trace` spans and WebSocket summaries are not calls), written in a spec as
+`METHOD target /path` or `KIND target endpoint` (`call_label`). Every key, with its default:
 
     - name: refund survives a Stripe rate limit   # required, unique in the file
       recording: recordings/refund.jsonl          # required: the JSON Lines recording
@@ -55,7 +57,7 @@ from typing import Any
 
 import yaml
 
-ON_MISS = ("fail", "passthrough", "record")
+from tracelab.replay.runner import ON_MISS_MODES as ON_MISS
 CASE_KEYS = ("name", "recording", "command", "faults", "on_miss", "ignore", "expect")
 EXPECT_KEYS = ("exit_code", "misses", "unused", "errors", "calls", "budgets")
 CALLS_KEYS = ("same_as_recording", "must_include", "must_not_include", "max_per_target")
