@@ -145,10 +145,17 @@ class Session:
         _pending_fault.set(None)
         fault = self._decide(live)
         if fault is not None:
-            faulted = self._faulted(live, fault, started, wait)
+            try:
+                faulted = self._faulted(live, fault, started, wait)
+            except Exception as exc:  # a TraceLab failure: the call is answered as usual
+                from tracelab.sdk.recorder import _stats
+
+                _stats.count_error("replay.faults", f"{type(exc).__name__}: {exc}")
+                faulted, fault = None, None
             if faulted is not None:
                 return faulted
-            started += fault.latency_ms / 1000.0
+            if fault is not None:
+                started += fault.latency_ms / 1000.0
         outcome = self._take(live, started, wait)
         if fault is not None:  # latency only, or a mangling fault with nothing recorded
             _pending_fault.set(fault.tags() if outcome.hit else None)
@@ -210,11 +217,12 @@ class Session:
                 return None  # nothing to mangle: a normal miss
             recorded = peeked.event
         call = _safe_describe(live)
+        event, tags = fault.response_event(recorded), fault.tags()
         with self._lock:
             self.faulted.append({"call": call, "fault": fault.rule_id, "action": fault.action})
         _pending.set("fault")
-        _pending_fault.set(fault.tags())
-        return Outcome(True, call, fault.response_event(recorded), fault=fault,
+        _pending_fault.set(tags)
+        return Outcome(True, call, event, fault=fault,
                        started=started + fault.latency_ms / 1000.0,
                        pause_ms=0.0 if wait else fault.latency_ms)
 
