@@ -195,6 +195,24 @@ def test_latency_alone_answers_from_the_recording_and_consumes_it(name: str) -> 
     assert first["latency_ms"] >= 20  # the fault's wait is part of the call
 
 
+def test_rules_match_llm_calls_by_kind_and_request_body() -> None:
+    def chat(url: str) -> None:
+        for model in ("gpt-4o-mini", "small-model"):
+            requests.post(f"{url}/v1/chat/completions", timeout=5,
+                          json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+
+    url = record(chat)
+    rule = {"id": "gpt-down", "kind": "llm", "match_body": {"$.model": "gpt-4o*"},
+            "status": 503}
+    with tracelab.replay("orig-1", faults=rule) as r:
+        codes = [requests.post(f"{url}/v1/chat/completions", timeout=5,
+                               json={"model": model,
+                                     "messages": [{"role": "user", "content": "hi"}]}
+                               ).status_code for model in ("gpt-4o-mini", "small-model")]
+    assert codes == [503, 200]
+    assert [(c["kind"], c["fault"]) for c in r.calls] == [("llm", "gpt-down"), ("llm", None)]
+
+
 # -- streams ---------------------------------------------------------------------------------
 
 SSE = [{"t": 1, "data": "data: one\n\n"}, {"t": 2, "data": "data: two\n\n"},
