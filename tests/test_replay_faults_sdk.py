@@ -548,3 +548,35 @@ def test_twilio_status_reset_and_timeout(traced: RedisServer, tmp_path: Path,
     sends = [e for e in read_events(traced)[0] if e["tags"].get("replay")]
     assert [e["tags"].get("fault") for e in sends] == ["busy", "drop", "hang", None]
     assert sends[0]["status_code"] == 429
+
+
+def test_async_hooked_calls_get_latency_and_timeout() -> None:
+    class Ledger:
+        async def charge(self, amount: int) -> dict[str, Any]:
+            return {"ok": True, "amount": amount}
+
+    def describe(self: Ledger, amount: int) -> dict[str, Any]:
+        return {"service": "ledger", "endpoint": "charge", "request": {"amount": amount}}
+
+    tracelab.init("hooks", run_id="orig-1")
+    handle = tracelab.register_hook(Ledger, "charge", describe,
+                                    replay=lambda event: "replayed")
+    asyncio.run(Ledger().charge(5))
+    asyncio.run(Ledger().charge(5))
+    tracelab.flush()
+    tracelab.shutdown()
+    rules = [{"id": "hang", "target": "ledger", "timeout": True, "timeout_s": 0.05,
+              "times": 1},
+             {"id": "slow", "target": "ledger", "latency_ms": 30}]
+    try:
+        with tracelab.replay("orig-1", faults=rules) as r:
+            with pytest.raises(TimeoutError, match="fault injected"):
+                asyncio.run(Ledger().charge(5))
+            assert asyncio.run(Ledger().charge(5)) == "replayed"
+            assert asyncio.run(Ledger().charge(5)) == "replayed"
+            assert [f["fault"] for f in r.faulted] == ["hang"] and len(r.hits) == 2
+    finally:
+        handle.remove()
+    assert [(c["replay"], c["fault_action"]) for c in r.calls] == [
+        ("fault", "timeout"), ("hit", "latency"), ("hit", "latency")]
+    assert all(c["latency_ms"] >= 30 for c in r.calls[1:])
