@@ -2,7 +2,9 @@
 
 `tracelab replay` sums the lines of every process it started (sdk-py, sdk-ts, the proxy):
 `{"source": "sdk-py", "pid": n, "hits": [recorded event_id, ...], "misses": [{"call",
-"message"}], "passthrough": ["call", ...]}`. Each process writes exactly one line, at
+"message"}], "passthrough": ["call", ...], "faulted": n, "calls": [call_summary, ...]}`
+(`faulted`: calls a fault rule answered, neither hits nor misses; `calls`: the call log below,
+by `t`). Each process writes exactly one line, at
 exit, so the sum never counts a call twice; the line is written with one `write()` on an
 O_APPEND descriptor, so concurrent processes never interleave their lines.
 """
