@@ -425,7 +425,7 @@ def test_smtplib_status_reset_and_timeout(traced: RedisServer, tmp_path: Path) -
 def test_boto3_ses_status_reset_and_timeout(traced: RedisServer, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
-    from test_replay_mail_ses import _stop, ses_server  # noqa: F401 (fixture)
+    from test_replay_mail_ses import _stop
     from test_integration_boto3 import _SESStandIn, client, url_of
 
     for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION",

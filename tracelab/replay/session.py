@@ -6,9 +6,9 @@ inherit context variables. Adapters (tracelab/replay/adapters/) ask it `take(liv
 outbound call; it answers from the `Matcher`, counts hits, misses and passthroughs for the
 report, and leaves the outcome (`hit` | `miss` | `passthrough`) in a context variable that
 the next event built in the same thread or task consumes (`tracelab.sdk.capture.build_event`
-calls `event_tags()`, then hands the event to `observe`, the call log of the report line). It has to be "the next event" rather than "events inside a scope":
-the SDK's recording wrappers sit above the adapters and build their event only after the
-adapter has returned or raised.
+calls `event_tags()`, then hands the event to `observe`, the call log of the report line). It
+has to be "the next event" rather than "events inside a scope": the SDK's recording wrappers
+sit above the adapters and build their event only after the adapter has returned or raised.
 
 With fault rules (`faults`, a `tracelab.replay.faults.FaultSet`), `take` asks them first, before
 the matcher: a `latency` fault waits (real time, whatever the speed), then the call is answered

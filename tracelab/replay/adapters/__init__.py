@@ -23,7 +23,14 @@ How to write an adapter (`tracelab/replay/adapters/<library>.py`):
    - else: raise the library's own connection error with `outcome.message` (the matcher's
      explanation); nothing is sent.
    `take()` also leaves the outcome for the event the SDK builds next in this thread/task
-   (tag `replay=hit|miss|passthrough`), so an adapter does nothing about tags.
+   (tag `replay=hit|miss|passthrough|fault`), so an adapter does nothing about tags.
+   Faults arrive as hits: `outcome.fault` set and `outcome.event` the fault's synthetic event
+   (a status answer, a recorded answer with its body changed or its stream cut, which the
+   code above already answers). Only `reset` and `timeout` need the adapter: raise the
+   library's own connection-dropped error, or wait `session_api.hang_seconds(outcome,
+   <the client's own timeout>)` and raise its own timeout error. With `take(wait=False)`,
+   first wait `outcome.pause_ms` (the fault's latency; `session.pause(outcome)` or
+   `asyncio.sleep`).
 4. Never let a TraceLab failure reach the caller except the deliberate miss error.
 """
 from __future__ import annotations
