@@ -51,7 +51,7 @@ AGENT = textwrap.dedent("""\
     if sdk:
         tracelab.shutdown()
 """)
-SIDES = ("proxy",)  # "sdk" once the SDK applies TRACELAB_REPLAY_FAULTS
+SIDES = ("sdk", "proxy")
 
 REFUND_429 = textwrap.dedent("""\
     - id: stripe-429
