@@ -386,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="start the mocks in this process first")
     parser.add_argument("--json", action="store_true", help="print the outcomes as JSON last")
     parser.add_argument("--no-retry", action="store_true",
-                        help="a fragile agent: one attempt per vendor call (examples/ci)")
+                        default=os.environ.get("REFUND_AGENT_NO_RETRY") == "1",
+                        help="a fragile agent: one attempt per vendor call (examples/ci; also "
+                             "REFUND_AGENT_NO_RETRY=1, so `tracelab check` shows it failing "
+                             "without editing the spec)")
     parser.add_argument("--scenario", choices=[t.scenario for t in SCENARIOS],
                         help="run only this ticket (one process per run: `tracelab replay "
                              "RUN` then runs exactly that run's command)")
