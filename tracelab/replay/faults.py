@@ -57,6 +57,8 @@ What happens (`latency_ms` combines with any one of the others, which exclude ea
 | `malformed_body: true` | - | the answer's body made invalid JSON (its first half, then `{"`) |
 | `stream_cut_after` | - | integer >= 0: the first N chunks of the (streamed) body are delivered, then the connection is dropped before the end |
 | `truncate_after` | - | integer >= 0: the body cut to its first N bytes (the response then ends normally) |
+| `grpc_status` | - | a gRPC call ends with this status: a code name (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, any case) or number (1-16), instead of the recording (applied by the gRPC replay adapter) |
+| `details` | the fault's message | with `grpc_status`: the status details (a string) |
 | `id` | `f_<hash of the rule>` | the rule's name (the same rule gets the same id on every run; identical rules get `-2`, `-3`): tags `fault=<id>` on the faulted call's event; `DELETE /__tracelab/faults/{id}` on a mock |
 
 Rules are tried in order; the first that matches, passes `nth`, has `times` left and whose
@@ -103,13 +105,21 @@ MATCH_KEYS = ("kind", "target", "endpoint", "method", "path", "match_body", "nth
 WHEN_KEYS = ("rate", "seed", "times")
 ACTION_KEYS = ("latency_ms", "status", "body", "headers", "retry_after", "reset", "timeout",
                "timeout_s", "empty_body", "malformed_body", "stream_cut_after",
-               "truncate_after")
+               "truncate_after", "grpc_status", "details")
 RULE_KEYS = ("id", *MATCH_KEYS, *WHEN_KEYS, *ACTION_KEYS)
 # Exclusive actions, by the key that asks for it -> the Fault.action it gives.
 EXCLUSIVE = {"status": "status", "reset": "reset", "timeout": "timeout",
              "empty_body": "empty_body", "malformed_body": "malformed_body",
-             "stream_cut_after": "stream_cut", "truncate_after": "truncate"}
-REPLACING = frozenset({"status", "reset", "timeout"})
+             "stream_cut_after": "stream_cut", "truncate_after": "truncate",
+             "grpc_status": "grpc_status"}
+REPLACING = frozenset({"status", "reset", "timeout", "grpc_status"})
+# gRPC status codes by name (grpc.StatusCode, without importing grpc): `grpc_status` takes both.
+GRPC_CODES = {"OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3,
+              "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5, "ALREADY_EXISTS": 6,
+              "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9,
+              "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13,
+              "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16}
+GRPC_NAMES = {number: name for name, number in GRPC_CODES.items()}
 MANGLING = frozenset({"empty_body", "malformed_body", "truncate"})
 _OUTPUT_ONLY = frozenset({"action", "matched", "applied"})  # to_dict() keys accepted back
 
@@ -271,6 +281,8 @@ class FaultRule:
     malformed_body: bool = False
     stream_cut_after: int | None = None
     truncate_after: int | None = None
+    grpc_status: int | None = None
+    details: str | None = None
     id: str = ""
     auto_id: bool = False          # `id` was not given: derived from the rule's content
     matched: int = 0
@@ -304,7 +316,10 @@ class FaultRule:
         return bool(self.match_body)
 
     def matches(self, call: Call) -> bool:
-        """Whether the call is one this rule is about (`nth`/`times`/`rate` aside)."""
+        """Whether the call is one this rule is about (`nth`/`times`/`rate` aside); a
+        `grpc_status` rule is about gRPC calls only."""
+        if self.grpc_status is not None and call.kind != "grpc":
+            return False
         if not fnmatch.fnmatchcase(str(call.kind or ""), self.kind):
             return False
         if not self._target_matches(str(call.target or "")):
@@ -356,6 +371,10 @@ class FaultRule:
         for key in ("stream_cut_after", "truncate_after"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.grpc_status is not None:
+            out["grpc_status"] = GRPC_NAMES[self.grpc_status]
+            if self.details is not None:
+                out["details"] = self.details
         out["rate"] = self.rate
         if self.seed is not None:
             out["seed"] = self.seed
@@ -527,6 +546,7 @@ def _parse_action(obj: Mapping[str, Any], where: str, errors: list[str],
                               f"got {value!r}")
             else:
                 kw[key] = value
+    _parse_grpc(obj, where, errors, kw)
     chosen = [key for key in EXCLUSIVE if key in obj and obj[key] is not None
               and obj[key] is not False]
     if len(chosen) > 1:
@@ -537,7 +557,28 @@ def _parse_action(obj: Mapping[str, Any], where: str, errors: list[str],
             not any(e.startswith(f"{where}.latency_ms") for e in errors):
         errors.append(f"{where}: no effect; give at least one of latency_ms (> 0), status, "
                       "reset: true, timeout: true, empty_body: true, malformed_body: true, "
-                      "stream_cut_after, truncate_after")
+                      "stream_cut_after, truncate_after, grpc_status")
+
+
+def _parse_grpc(obj: Mapping[str, Any], where: str, errors: list[str],
+                kw: dict[str, Any]) -> None:
+    """`grpc_status`: a code name (any case) or number 1-16; `details` only with it."""
+    if "grpc_status" in obj:
+        value = obj["grpc_status"]
+        number = GRPC_CODES.get(value.strip().upper()) if isinstance(value, str) else \
+            value if _is_int(value) else None
+        if number is None or not 1 <= number <= 16:
+            errors.append(f"{where}.grpc_status: must be a gRPC status code other than OK, a "
+                          f"name such as 'UNAVAILABLE' or a number from 1 to 16, got {value!r}")
+        else:
+            kw["grpc_status"] = number
+    if "details" in obj:
+        if "grpc_status" not in obj:
+            errors.append(f"{where}.details: only makes sense with 'grpc_status'")
+        if not isinstance(obj["details"], str):
+            errors.append(f"{where}.details: must be a string, got {obj['details']!r}")
+        else:
+            kw["details"] = obj["details"]
 
 
 def parse_rule(obj: Any, where: str = "rule") -> FaultRule:
@@ -736,6 +777,8 @@ class Fault:
     timeout_s: float = DEFAULT_TIMEOUT_S
     cut_after_chunks: int | None = None
     truncate_after_bytes: int | None = None
+    grpc_status: int | None = None
+    details: str | None = None
 
     @property
     def replaces_response(self) -> bool:
@@ -745,6 +788,7 @@ class Fault:
     @property
     def message(self) -> str:
         what = {"reset": "connection reset",
+                "grpc_status": f"gRPC status {GRPC_NAMES.get(self.grpc_status or 0)}",
                 "timeout": f"timed out after {self.timeout_s:g}s",
                 "stream_cut": f"stream cut after {self.cut_after_chunks} chunk(s)"}
         return f"fault injected by TraceLab (rule {self.rule_id}): " + \
@@ -786,6 +830,11 @@ class Fault:
             headers = {"content-type": content_type, **self.headers}
             return {"response": {"status_code": status, "headers": headers, "body": body},
                     "status_code": status, "status": "error" if status >= 400 else "ok"}
+        if self.action == "grpc_status":
+            code = self.grpc_status or GRPC_CODES["UNKNOWN"]
+            details = self.details if self.details is not None else self.message
+            return {"response": {"status_code": code, "details": details}, "status_code": code,
+                    "status": "error", "error": {"type": GRPC_NAMES[code], "message": details}}
         if self.action in ("reset", "timeout"):
             kind = "ConnectionResetError" if self.action == "reset" else "TimeoutError"
             return {"response": None, "status": "error",
@@ -920,7 +969,8 @@ def _fault(rule: FaultRule, latency_ms: float) -> Fault:
     return Fault(rule=rule, rule_id=rule.id, action=rule.action, latency_ms=latency_ms,
                  status=rule.status, headers=headers if rule.status is not None else {},
                  timeout_s=rule.timeout_s, cut_after_chunks=rule.stream_cut_after,
-                 truncate_after_bytes=rule.truncate_after)
+                 truncate_after_bytes=rule.truncate_after, grpc_status=rule.grpc_status,
+                 details=rule.details)
 
 
 __all__ = ["Call", "Fault", "FaultRule", "FaultRuleError", "FaultSet", "load_rules",

@@ -274,6 +274,11 @@ def key_parts(event: Mapping[str, Any], options: MatchOptions = MatchOptions()) 
         parts = {"kind": "sms", "target": target, "endpoint": endpoint, "to": request.get("to"),
                  "from": request.get("from"), "body": _apply_body_rules(request.get("body"), rules)}
     else:
+        if kind == "grpc":  # messages and their type; not metadata, nor stream offsets (timing)
+            request = {k: request[k] for k in ("type", "message", "messages") if k in request}
+            if isinstance(request.get("messages"), list):
+                request["messages"] = [{k: v for k, v in m.items() if k != "t"}
+                                       if isinstance(m, dict) else m for m in request["messages"]]
         parts = {"kind": kind, "target": target, "endpoint": endpoint,
                  "request": _apply_body_rules(request, rules)}
     return {k: v for k, v in parts.items() if v is not _GONE}

@@ -48,6 +48,7 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "smtplib": ("tracelab.replay.adapters.smtplib", "smtplib"),
     "boto3": ("tracelab.replay.adapters.boto3", "botocore.client"),
     "twilio": ("tracelab.replay.adapters.twilio", "twilio.rest"),
+    "grpc": ("tracelab.replay.adapters.grpc", "grpc"),
 }
 
 _wanted = False

@@ -21,6 +21,7 @@ INTEGRATIONS: dict[str, tuple[str, str]] = {
     "smtplib": ("tracelab.sdk.integrations.smtplib", "smtplib"),
     "boto3": ("tracelab.sdk.integrations.boto3", "botocore.client"),
     "twilio": ("tracelab.sdk.integrations.twilio", "twilio.rest"),
+    "grpc": ("tracelab.sdk.integrations.grpc", "grpc"),
 }
 
 _wanted: set[str] = set()

@@ -1,0 +1,2 @@
+"""The small gRPC service the gRPC tests run on loopback (greeter.proto, its generated code
+committed, and `server.py`)."""
