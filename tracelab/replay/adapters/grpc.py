@@ -238,7 +238,7 @@ def _rpc_error_classes() -> tuple[type, type, type]:
         def traceback(self, timeout: Any = None) -> Any:
             return None
 
-    class ReplayedError(grpc.RpcError, Replayed):
+    class ReplayedError(Replayed, grpc.RpcError):
         """A replayed call that ended with a non-OK status: raised, as grpc raises its own."""
 
         def __str__(self) -> str:
@@ -253,7 +253,7 @@ def _rpc_error_classes() -> tuple[type, type, type]:
         def exception(self, timeout: Any = None) -> Any:
             return self
 
-    class ReplayedStream(grpc.RpcError, Replayed):
+    class ReplayedStream(Replayed, grpc.RpcError):
         """A replayed streaming response: the recorded messages at their offsets, then the
         recorded status (raised when not OK), as grpc's own iterator does."""
 

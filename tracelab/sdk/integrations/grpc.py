@@ -467,6 +467,89 @@ async def _teed_responses_async(call: Any, capture: Capture) -> AsyncIterator[An
         capture.rec.stats.count_error(ORIGIN, f"{type(exc).__name__}: {exc}")
 
 
+_AIO_STREAM_CLASS: list[type] = []
+
+
+def teed_aio_stream(inner: Any, capture: Capture) -> Any:
+    """A streaming aio call whose responses go through the capture on their way.
+
+    A call object (not a bare iterator), so grpc keeps using it for `code()`, `cancel()` and
+    the rest even when no real call is underneath (a replayed one)."""
+    if not _AIO_STREAM_CLASS:
+        _AIO_STREAM_CLASS.append(_teed_aio_stream_class())
+    return _AIO_STREAM_CLASS[0](inner, capture)
+
+
+def _teed_aio_stream_class() -> type:
+    import grpc
+    import grpc.aio
+
+    class TeedAioStream(grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):
+        def __init__(self, inner: Any, capture: Capture) -> None:
+            self._inner, self._capture = inner, capture
+            self._responses: AsyncIterator[Any] | None = None
+            weakref.finalize(self, capture.abandon)
+
+        def __aiter__(self) -> AsyncIterator[Any]:
+            if self._responses is None:
+                self._responses = _teed_responses_async(self._inner, self._capture)
+            return self._responses
+
+        async def read(self) -> Any:
+            try:
+                return await self.__aiter__().__anext__()
+            except StopAsyncIteration:
+                return grpc.aio.EOF
+
+        def cancel(self) -> bool:
+            cancelled = bool(self._inner.cancel())
+            if cancelled:
+                self._capture.finish(grpc.StatusCode.CANCELLED, "cancelled", complete=False)
+            return cancelled
+
+        def cancelled(self) -> bool:
+            return bool(self._inner.cancelled())
+
+        def done(self) -> bool:
+            return bool(self._inner.done())
+
+        def add_done_callback(self, callback: Any) -> None:
+            self._inner.add_done_callback(lambda _call: callback(self))
+
+        def time_remaining(self) -> Any:
+            return self._inner.time_remaining()
+
+        async def initial_metadata(self) -> Any:
+            return await self._inner.initial_metadata()
+
+        async def trailing_metadata(self) -> Any:
+            return await self._inner.trailing_metadata()
+
+        async def code(self) -> Any:
+            return await self._inner.code()
+
+        async def details(self) -> Any:
+            return await self._inner.details()
+
+        async def debug_error_string(self) -> Any:
+            return await self._inner.debug_error_string()
+
+        async def wait_for_connection(self) -> None:
+            await self._inner.wait_for_connection()
+
+        async def write(self, request: Any) -> None:
+            await self._inner.write(request)
+
+        async def done_writing(self) -> None:
+            await self._inner.done_writing()
+
+        @property
+        def _done_writing_flag(self) -> bool:  # what grpc's write() checks
+            return bool(getattr(self._inner, "_done_writing_flag", False))
+
+    return TeedAioStream
+
+
 async def _aio_invoke(target: str, continuation: Any, details: Any, request: Any,
                       stream_request: bool, stream_response: bool) -> Any:
     capture, session = _begin(target, details, stream_request, stream_response)
@@ -486,7 +569,7 @@ async def _aio_invoke(target: str, continuation: Any, details: Any, request: Any
     if capture is None:
         return call
     if stream_response:
-        return _teed_responses_async(call, capture)
+        return teed_aio_stream(call, capture)
     if stream_request:  # write() waits for this interceptor: settle beside it
         task = asyncio.ensure_future(settle(call, capture))
         _tasks.add(task)
