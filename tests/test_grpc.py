@@ -207,3 +207,30 @@ def test_shutdown_restores_the_channel_factories(server: int) -> None:
     assert grpc.insecure_channel is not patched
     channel = grpc.insecure_channel(f"127.0.0.1:{server}")
     assert type(channel).__module__ == "grpc._channel"  # no interceptor any more
+
+
+def test_grpc_imported_after_init_and_a_second_init_is_traced(tmp_path: Path) -> None:
+    """In a fresh interpreter: two init() before grpc is imported (a re-init must neither
+    import grpc nor hang when it is), then channels made after the import are traced."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, tracelab
+        tracelab.init("late", run_id="late-run")
+        tracelab.init("late", run_id="late-run")
+        assert "grpc" not in sys.modules
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import grpc
+        from grpc_service import greeter_pb2 as pb, greeter_pb2_grpc as pb_grpc, server
+        started, port = server.start()
+        stub = pb_grpc.GreeterStub(grpc.insecure_channel(f"127.0.0.1:{{port}}"))
+        assert stub.SayHello(pb.HelloRequest(name="late")).message == "hello late"
+        assert tracelab.flush(5.0)
+        started.stop(None)
+        tracelab.shutdown()
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    (event,) = [e for e in run_events("late-run") if e["kind"] == "grpc"]
+    assert event["request"]["message"] == {"name": "late"}

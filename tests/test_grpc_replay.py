@@ -195,3 +195,19 @@ def test_grpc_status_rules_are_checked_and_only_hit_grpc_calls() -> None:
     rules = FaultSet.load({"grpc_status": "unavailable"})
     assert rules.decide_call(Call("http", "api.example.com", "GET /")) is None
     assert rules.decide_call(Call("grpc", "h:1", "/a.B/C")).grpc_status == 14
+
+
+def test_metadata_is_not_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A per-call request id (allow-listed, so recorded) differs on every run; the call is
+    still the same call."""
+    monkeypatch.setenv("TRACELAB_GRPC_METADATA", "x-request-id")
+
+    def calls(greeter: pb_grpc.GreeterStub) -> None:
+        greeter.SayHello(pb.HelloRequest(name="ann"), metadata=[("x-request-id", "r-1")])
+
+    target = record(calls)
+    assert run_events("orig-1")[0]["request"]["metadata"] == {"x-request-id": "r-1"}
+    with tracelab.replay("orig-1") as r:
+        reply = pb_grpc.GreeterStub(grpc.insecure_channel(target)).SayHello(
+            pb.HelloRequest(name="ann"), metadata=[("x-request-id", "r-2")])
+    assert reply.message == "hello ann" and len(r.hits) == 1

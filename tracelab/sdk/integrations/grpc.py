@@ -42,7 +42,7 @@ _AUTH_WORDS = ("authorization", "auth", "token", "cookie", "api-key", "apikey", 
 _FACTORIES = (("grpc", "insecure_channel"), ("grpc", "secure_channel"),
               ("grpc.aio", "insecure_channel"), ("grpc.aio", "secure_channel"))
 _users: set[str] = set()  # "record" (the SDK integration) and/or "replay" (the adapter)
-_lock = threading.Lock()
+_lock = threading.RLock()
 _tasks: set[asyncio.Task[Any]] = set()  # settling aio calls, kept until they finish
 
 
@@ -642,10 +642,12 @@ def enable(user: str) -> None:
     """Patch the channel factories for `user` ("record" or "replay"); idempotent."""
     import importlib
 
+    # Imported before taking the lock: importing grpc runs the registry's post-import hook,
+    # which calls back here.
+    modules = [(importlib.import_module(name), name, attr) for name, attr in _FACTORIES]
     with _lock:
         _users.add(user)
-        for module_name, attr in _FACTORIES:
-            module = importlib.import_module(module_name)
+        for module, module_name, attr in modules:
             patch(module, attr, _aio_channel if module_name == "grpc.aio" else _sync_channel)
 
 
@@ -664,7 +666,12 @@ def disable(user: str) -> None:
 
 
 def install() -> None:
-    enable("record")
+    """Patch the channel factories, once grpc is imported (the registry's post-import hook
+    calls this again then; a re-`init()` before that must not import grpc for the app)."""
+    import sys
+
+    if "grpc" in sys.modules:
+        enable("record")
 
 
 def uninstall() -> None:
