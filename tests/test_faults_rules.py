@@ -160,7 +160,7 @@ def test_parser_accepts_or_explains(rule: dict[str, Any]) -> None:
         return
     assert parse_rule(parsed.definition()).definition() == parsed.definition()
     assert parsed.action in ("latency", "status", "reset", "timeout", "empty_body",
-                             "malformed_body", "stream_cut", "truncate")
+                             "malformed_body", "stream_cut", "truncate", "grpc_status")
 
 
 # -- files ----------------------------------------------------------------------------------
