@@ -20,6 +20,7 @@ from tracelab import __version__
 from tracelab.config import normalize_tags
 from tracelab.events import SCHEMA_VERSION, new_event_id
 from tracelab.sdk.context import current_span_id
+from tracelab.sdk.llm import llm_fields, path_model
 from tracelab.sdk.payloads import encode_body, not_captured
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ HOST = socket.gethostname()
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 # LLM detection (the same rule in sdk-ts): a known provider host, or an LLM-style path whose
 # request body looks like an LLM request (`model` plus `messages`, `input` or `prompt`). A path
-# alone is not enough: `/api/surveys/42/responses` is not an LLM call.
+# alone is not enough: `/api/surveys/42/responses` is not an LLM call. Gemini's paths name the
+# model (`/v1beta/models/M:generateContent`) and its body has `contents`.
 LLM_HOSTS = {
     "api.openai.com": "openai", "api.anthropic.com": "anthropic",
     "generativelanguage.googleapis.com": "google", "api.mistral.ai": "mistral",
@@ -146,7 +148,18 @@ def llm_provider(host: str, path: str, request_body: Any) -> str | None:
             return name
     if path.endswith(LLM_PATH_SUFFIXES) and _llm_shaped(request_body):
         return "anthropic" if path.endswith("/v1/messages") else "openai-compatible"
+    if path_model(path) and _gemini_shaped(request_body):
+        return "google"
     return None
+
+
+def _gemini_shaped(body: Any) -> bool:
+    """A Gemini `generateContent` request body: `contents` (the model is in the path)."""
+    if isinstance(body, dict):
+        if body.get("$tracelab") == "truncated" and isinstance(body.get("data"), str):
+            return '"contents":' in body["data"]
+        return "contents" in body
+    return False
 
 
 def _llm_shaped(body: Any) -> bool:
@@ -159,26 +172,17 @@ def _llm_shaped(body: Any) -> bool:
     return False
 
 
-def llm_tags(host: str, path: str, request_body: Any,
-             response_body: Any) -> dict[str, str] | None:
-    """Provider, model and token usage for an LLM call; None when it is not one."""
+def llm_tags(host: str, path: str, request_body: Any, response_body: Any,
+             chunks: Any = None, fold: Any = None) -> dict[str, str] | None:
+    """The canonical `llm.*` tags of an LLM call (`tracelab.sdk.llm`); None when it is not one.
+
+    `chunks`: the response's stored stream pieces (they time `llm.ttft_ms`); `fold`: a
+    `tracelab.sdk.llm.Fold` a stream tee filled while the caller read the stream.
+    """
     provider = llm_provider(host, path, request_body)
     if provider is None:
         return None
-    tags = {"llm.provider": provider}
-    for body in (request_body, response_body):
-        if isinstance(body, dict) and isinstance(body.get("model"), str):
-            tags["llm.model"] = body["model"]
-    usage = response_body.get("usage") if isinstance(response_body, dict) else None
-    if isinstance(usage, dict):
-        for ours, theirs in (("input_tokens", ("prompt_tokens", "input_tokens")),
-                             ("output_tokens", ("completion_tokens", "output_tokens")),
-                             ("total_tokens", ("total_tokens",))):
-            for name in theirs:
-                if isinstance(usage.get(name), int):
-                    tags[f"llm.{ours}"] = str(usage[name])
-                    break
-    return tags
+    return llm_fields(provider, path, request_body, response_body, chunks, fold)
 
 
 def record_http(
@@ -247,7 +251,13 @@ def record_http(
         if response_stream is not None and capture:
             response.update(response_stream.members(redactor, found))
     path = parts.path or "/"
-    tags = llm_tags(parts.hostname or "", path, req_body, response["body"] if response else None)
+    # LLM fields from the body as received: redaction blanks secret-looking members (Gemini's
+    # `promptTokenCount`), and token counts are not payload (kept with capture off too).
+    llm_body = response_body if response_body is not None and response_stream is None \
+        else response["body"] if response else None
+    tags = llm_tags(parts.hostname or "", path, req_body, llm_body,
+                    response.get("chunks") if response else None,
+                    response_stream.llm_fold() if response_stream is not None else None)
     failed = exc is not None or (status_code is not None and status_code >= 400)
     event = build_event(
         rec, kind=kind or ("llm" if tags else "http"),

@@ -10,6 +10,10 @@ when the stream is read to its end, fails, is closed early, or is garbage-collec
 `StreamTee.members()` then turns the pieces into the contract's `chunks` and `stream`:
 redaction runs on the joined text (so a secret split across two pieces is found whole) and
 the result is split again at the original boundaries (`split_like`).
+
+Every piece is also scanned as Server-Sent Events (`tracelab.sdk.llm.StreamScanner`, which
+gives up at once on a stream that is not SSE): an LLM stream's final usage and its first
+content event's time are found even past the cap, where the stored chunks stop.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tracelab.events import MAX_EVENT_BYTES
+from tracelab.sdk.llm import Fold, StreamScanner
 from tracelab.sdk.redaction import MARKER, Redactor
 
 # Text past the cap kept for the joined body, as encode_body redacts a margin past the cap.
@@ -52,6 +57,7 @@ class StreamTee:
         self.complete = False
         self.error: BaseException | None = None
         self.ended = False
+        self._scanner = StreamScanner()
 
     def add(self, data: bytes) -> None:
         """One piece the library is handing to the caller now. Never raises."""
@@ -61,6 +67,7 @@ class StreamTee:
                 return
             t = round((time.perf_counter_ns() - self._t0) / 1e6, 3)
             self.size += n
+            self._scanner.add(data, t)
             room = self._cap - self.stored
             if n > room:
                 self.truncated = True
@@ -81,6 +88,10 @@ class StreamTee:
     def chunks(self) -> list[tuple[float, bytes]]:
         """The stored pieces: (ms since the request started, bytes)."""
         return [(t, bytes(data)) for t, data in self._pieces]
+
+    def llm_fold(self) -> Fold | None:
+        """The LLM fields of the whole stream as read (None when it was not SSE)."""
+        return self._scanner.fold()
 
     def end(self, complete: bool, error: BaseException | None = None) -> None:
         """The stream ended: read to its end (`complete`), failed (`error`), or was dropped."""
