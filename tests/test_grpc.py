@@ -234,3 +234,17 @@ def test_grpc_imported_after_init_and_a_second_init_is_traced(tmp_path: Path) ->
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     (event,) = [e for e in run_events("late-run") if e["kind"] == "grpc"]
     assert event["request"]["message"] == {"name": "late"}
+
+
+def test_messages_are_capped_like_bodies(server: int) -> None:
+    tracelab.init("grpc-wf", run_id="grpc-run", max_body_bytes=64)
+    greeter = stub(server)
+    assert greeter.SayHello(pb.HelloRequest(name="x" * 500)).message == "hello " + "x" * 500
+    assert len(list(greeter.CountUp(pb.HelloRequest(name="y" * 40, times=5)))) == 5
+
+    unary, streamed = events()
+    for stored in (unary["request"]["message"], unary["response"]["message"],
+                   streamed["response"]["messages"]):
+        assert stored["$tracelab"] == "truncated" and stored["size"] > 64
+        assert len(stored["data"].encode()) <= 64
+    assert streamed["request"]["message"] == {"name": "y" * 40, "times": 5}

@@ -211,3 +211,45 @@ def test_metadata_is_not_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> Non
         reply = pb_grpc.GreeterStub(grpc.insecure_channel(target)).SayHello(
             pb.HelloRequest(name="ann"), metadata=[("x-request-id", "r-2")])
     assert reply.message == "hello ann" and len(r.hits) == 1
+
+
+def test_reset_timeout_and_latency_faults_on_grpc_calls() -> None:
+    target = record(lambda greeter: [greeter.SayHello(pb.HelloRequest(name="ann", times=7))
+                                     for _ in range(2)])
+    rules = [{"id": "drop", "kind": "grpc", "reset": True, "nth": 1},
+             {"id": "hang", "kind": "grpc", "timeout": True, "timeout_s": 30, "nth": 1},
+             {"id": "slow", "kind": "grpc", "latency_ms": 1}]
+    request = pb.HelloRequest(name="ann", times=7)
+    with tracelab.replay("orig-1", faults=rules) as r:
+        greeter = pb_grpc.GreeterStub(grpc.insecure_channel(target))
+        with pytest.raises(grpc.RpcError) as reset:
+            greeter.SayHello(request)
+        with pytest.raises(grpc.RpcError) as timed_out:
+            greeter.SayHello(request, timeout=0.05)  # the client's deadline ends the hang
+        assert greeter.SayHello(request).message == "hello ann"
+    assert reset.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert timed_out.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert [f["action"] for f in r.faulted] == ["reset", "timeout"] and len(r.hits) == 1
+    tags = [e["tags"] for e in replay_events(r.run_id)]
+    assert [(t["replay"], t["fault"]) for t in tags] == \
+        [("fault", "drop"), ("fault", "hang"), ("hit", "slow")]
+
+
+def test_a_recorded_message_cut_at_the_cap_is_not_made_up() -> None:
+    server, port = greeter_server.start()
+    try:
+        tracelab.init("greeter", run_id="orig-1", max_body_bytes=32)
+        pb_grpc.GreeterStub(grpc.insecure_channel(f"127.0.0.1:{port}")).SayHello(
+            pb.HelloRequest(name="z" * 100))
+        tracelab.flush()
+        tracelab.shutdown()
+    finally:
+        server.stop(None)
+    tracelab.init("greeter", run_id="replay-1", max_body_bytes=32)  # keyed as recorded
+    with tracelab.replay("orig-1") as r:
+        with pytest.raises(grpc.RpcError) as raised:
+            pb_grpc.GreeterStub(grpc.insecure_channel(f"127.0.0.1:{port}")).SayHello(
+                pb.HelloRequest(name="z" * 100))
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    assert "was not kept whole (truncated)" in raised.value.details()
+    assert len(r.hits) == 1
