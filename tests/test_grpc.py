@@ -200,11 +200,17 @@ def test_a_capture_failure_never_reaches_the_caller(server: int,
         assert stub(server).SayHello(pb.HelloRequest(name="ok")).message == "hello ok"
 
 
-def test_shutdown_restores_the_channel_factories(server: int) -> None:
-    assert grpc.insecure_channel is not grpc_integration.__dict__.get("_never")
-    patched = grpc.insecure_channel
+def test_install_twice_is_a_noop_and_shutdown_restores_the_factories(server: int) -> None:
+    patched = [grpc.insecure_channel, grpc.secure_channel, grpc.aio.insecure_channel,
+               grpc.aio.secure_channel]
+    assert all(getattr(f, "_self_tracelab_patched", False) for f in patched)
+    grpc_integration.install()
+    assert [grpc.insecure_channel, grpc.secure_channel, grpc.aio.insecure_channel,
+            grpc.aio.secure_channel] == patched
     tracelab.shutdown()
-    assert grpc.insecure_channel is not patched
+    assert not any(hasattr(f, "_self_tracelab_patched") for f in (
+        grpc.insecure_channel, grpc.secure_channel, grpc.aio.insecure_channel,
+        grpc.aio.secure_channel))
     channel = grpc.insecure_channel(f"127.0.0.1:{server}")
     assert type(channel).__module__ == "grpc._channel"  # no interceptor any more
 
@@ -248,3 +254,52 @@ def test_messages_are_capped_like_bodies(server: int) -> None:
         assert stored["$tracelab"] == "truncated" and stored["size"] > 64
         assert len(stored["data"].encode()) <= 64
     assert streamed["request"]["message"] == {"name": "y" * 40, "times": 5}
+
+
+def _self_signed_localhost() -> tuple[bytes, bytes]:
+    """(key, certificate) PEM of a throwaway self-signed certificate for localhost."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()),
+            cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_secure_channels_sync_and_aio_are_traced() -> None:
+    key, cert = _self_signed_localhost()
+    started, port = greeter_server.start(tls=(key, cert))
+    target = f"localhost:{port}"
+    try:
+        with grpc.secure_channel(target, grpc.ssl_channel_credentials(cert)) as channel:
+            assert pb_grpc.GreeterStub(channel).SayHello(
+                pb.HelloRequest(name="tls")).message == "hello tls"
+
+        async def aio() -> str:
+            async with grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(cert),
+                                               interceptors=[]) as channel:
+                return (await pb_grpc.GreeterStub(channel).SayHello(
+                    pb.HelloRequest(name="tls-aio"))).message
+
+        assert asyncio.run(aio()) == "hello tls-aio"
+    finally:
+        started.stop(None)
+    assert [(e["target"], e["request"]["message"]["name"]) for e in events()] == \
+        [(target, "tls"), (target, "tls-aio")]

@@ -53,10 +53,14 @@ class Greeter(greeter_pb2_grpc.GreeterServicer):
             yield greeter_pb2.HelloReply(message=f"hello {request.name}", index=i)
 
 
-def start() -> tuple[grpc.Server, int]:
-    """A started server and its port on 127.0.0.1 (stop it with `server.stop(None)`)."""
+def start(tls: tuple[bytes, bytes] | None = None) -> tuple[grpc.Server, int]:
+    """A started server and its port on 127.0.0.1 (stop it with `server.stop(None)`);
+    `tls`: (private key, certificate chain) PEM for a TLS port."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     greeter_pb2_grpc.add_GreeterServicer_to_server(Greeter(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([tls]))
     server.start()
     return server, port
