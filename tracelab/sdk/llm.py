@@ -35,6 +35,7 @@ _GEMINI_PATH = re.compile(r"/models/([^/:]+):(?:stream)?generatecontent$", re.IG
 _TERMINAL = {"completed", "incomplete", "failed", "cancelled"}
 _RESPONSE_TOOL_ITEMS = {"function_call", "custom_tool_call", "mcp_call"}
 _ANTHROPIC_TOOL_BLOCKS = {"tool_use", "server_tool_use", "mcp_tool_use"}
+_SSE_FIELDS = ("data:", "event:", "id:", "retry:", ":")
 
 
 def operation(path: str) -> str | None:
@@ -327,8 +328,11 @@ class SSEScanner:
             if not head:
                 self._buffer = buffer
                 return
-            if not head.startswith(("data:", "event:", "id:", "retry:", ":")):
+            if not any(head.startswith(f) or f.startswith(head) for f in _SSE_FIELDS):
                 self._stop()
+                return
+            if not head.startswith(_SSE_FIELDS):  # a field name cut short: wait for more
+                self._buffer = buffer
                 return
             self._started = True
         hold = buffer.endswith("\r")  # maybe half of a CRLF
