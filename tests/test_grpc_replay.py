@@ -253,3 +253,56 @@ def test_a_recorded_message_cut_at_the_cap_is_not_made_up() -> None:
     assert raised.value.code() == grpc.StatusCode.INTERNAL
     assert "was not kept whole (truncated)" in raised.value.details()
     assert len(r.hits) == 1
+
+
+def test_aio_client_streaming_and_bidi_replayed_with_iterators_and_writes() -> None:
+    names = [pb.HelloRequest(name=n) for n in ("a", "b")]
+
+    def calls(greeter: pb_grpc.GreeterStub) -> None:
+        greeter.Collect(iter(names))
+        list(greeter.Chat(iter(names)))
+
+    target = record(calls)
+
+    async def replayed() -> tuple[str, list[str]]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            greeter = pb_grpc.GreeterStub(channel)
+            collected = (await greeter.Collect(iter(names))).message
+            chat = greeter.Chat()
+            for request in names:
+                await chat.write(request)
+            await chat.done_writing()
+            return collected, [m.message async for m in chat]
+
+    with tracelab.replay("orig-1") as r:
+        assert asyncio.run(replayed()) == ("hello a+b", ["hello a", "hello b"])
+    assert len(r.hits) == 2 and not r.misses
+    assert [e["tags"]["replay"] for e in replay_events(r.run_id)] == ["hit", "hit"]
+
+
+def test_on_miss_passthrough_sends_unrecorded_calls_live() -> None:
+    server, port = greeter_server.start()
+    target = f"127.0.0.1:{port}"
+    try:
+        tracelab.init("greeter", run_id="orig-1")
+        pb_grpc.GreeterStub(grpc.insecure_channel(target)).SayHello(pb.HelloRequest(name="a"))
+        tracelab.flush()
+        tracelab.shutdown()
+
+        async def aio_collect() -> str:
+            async with grpc.aio.insecure_channel(target) as channel:
+                return (await pb_grpc.GreeterStub(channel).Collect(
+                    iter([pb.HelloRequest(name="q")]))).message
+
+        with tracelab.replay("orig-1", on_miss="passthrough") as r:
+            greeter = pb_grpc.GreeterStub(grpc.insecure_channel(target))
+            assert greeter.SayHello(pb.HelloRequest(name="a")).message == "hello a"
+            assert greeter.SayHello(pb.HelloRequest(name="new")).message == "hello new"
+            assert greeter.Collect(iter([pb.HelloRequest(name="x"),
+                                         pb.HelloRequest(name="y")])).message == "hello x+y"
+            assert asyncio.run(aio_collect()) == "hello q"
+    finally:
+        server.stop(None)
+    assert len(r.hits) == 1 and len(r.passthrough) == 3
+    assert [e["tags"]["replay"] for e in replay_events(r.run_id)] == \
+        ["hit", "passthrough", "passthrough", "passthrough"]
