@@ -10,6 +10,7 @@
 import { hostname } from "node:os";
 import { currentSpanId } from "./context.js";
 import { newEventId } from "./ids.js";
+import { llmFields, pathModel, type Piece } from "./llm.js";
 import { CapturedBytes, encodeBody, encodeCaptured, notCaptured } from "./payloads.js";
 import type { Redactor } from "./redaction.js";
 import { redactShapes } from "./shapes.js";
@@ -23,6 +24,7 @@ const DEFAULT_PORTS: Record<string, string> = { http: "80", https: "443", ws: "8
 // LLM detection (the Python SDK's rule, tracelab/sdk/capture.py): a known provider host, or an
 // LLM-style path whose request body looks like an LLM request (`model` plus `messages`, `input`
 // or `prompt`). A path alone is not enough: `/api/surveys/42/responses` is not an LLM call.
+// Gemini's paths name the model (`/v1beta/models/M:generateContent`) and its body has `contents`.
 export const LLM_HOSTS: Readonly<Record<string, string>> = {
   "api.openai.com": "openai", "api.anthropic.com": "anthropic",
   "generativelanguage.googleapis.com": "google", "api.mistral.ai": "mistral",
@@ -189,7 +191,15 @@ export function llmProvider(host: string, path: string, requestBody: unknown): s
   if (LLM_PATH_SUFFIXES.some((s) => path.endsWith(s)) && llmShaped(requestBody)) {
     return path.endsWith("/v1/messages") ? "anthropic" : "openai-compatible";
   }
+  if (pathModel(path) && geminiShaped(requestBody)) return "google";
   return null;
+}
+
+/** A Gemini `generateContent` request body: `contents` (the model is in the path). */
+function geminiShaped(body: unknown): boolean {
+  if (!isRecord(body)) return false;
+  if (body.$tracelab === "truncated" && typeof body.data === "string") return body.data.includes('"contents":');
+  return "contents" in body;
 }
 
 /** The host of a URL's netloc as Python's `urlsplit().hostname` gives it: no userinfo, port or brackets. */
@@ -203,36 +213,21 @@ export function hostOf(netloc: string): string {
   return colon >= 0 ? hostport.slice(0, colon) : hostport;
 }
 
-/** Provider, model and token usage for an LLM call; null when it is not one. */
-export function llmTags(host: string, path: string, requestBody: unknown, responseBody: unknown): Record<string, string> | null {
+/**
+ * The canonical `llm.*` tags of an LLM call (`./llm.ts`, the Python SDK's rule); null when it is
+ * not one. `chunks`: a stream's stored pieces (they time `llm.ttft_ms`).
+ */
+export function llmTags(host: string, path: string, requestBody: unknown, responseBody: unknown,
+  chunks?: readonly Piece[] | null): Record<string, string> | null {
   const provider = llmProvider(host, path, requestBody);
   if (provider === null) return null;
-  const tags: Record<string, string> = { "llm.provider": provider };
-  for (const body of [requestBody, responseBody]) {
-    if (body && typeof body === "object" && !Array.isArray(body)) {
-      const model = (body as Record<string, unknown>).model;
-      if (typeof model === "string") tags["llm.model"] = model;
-    }
-  }
-  const usage = responseBody && typeof responseBody === "object" && !Array.isArray(responseBody)
-    ? (responseBody as Record<string, unknown>).usage : null;
-  if (usage && typeof usage === "object" && !Array.isArray(usage)) {
-    const u = usage as Record<string, unknown>;
-    const pairs: Array<[string, string[]]> = [
-      ["input_tokens", ["prompt_tokens", "input_tokens"]],
-      ["output_tokens", ["completion_tokens", "output_tokens"]],
-      ["total_tokens", ["total_tokens"]],
-    ];
-    for (const [ours, theirs] of pairs) {
-      for (const name of theirs) {
-        if (Number.isInteger(u[name])) {
-          tags[`llm.${ours}`] = String(u[name]);
-          break;
-        }
-      }
-    }
-  }
-  return tags;
+  return llmFields(provider, path, requestBody, responseBody, chunks);
+}
+
+/** The body as received, for the LLM fields: redaction blanks secret-looking members. */
+function receivedBody(body: unknown): unknown {
+  if (body instanceof CapturedBytes) return body.complete && body.head.byteLength === body.size ? body.head : null;
+  return typeof body === "string" || body instanceof Uint8Array ? body : null;
 }
 
 /** scheme, netloc and path of a URL the way Python's urlsplit sees them (no normalization). */
@@ -325,7 +320,10 @@ export function recordHttp(rec: Recorder, call: HttpCall, extraTags?: Record<str
       : encodeAny(call.responseBody, header(respHeaders, "content-type"), redactor, cap);
     response = { status_code: statusCode, headers: respHeaders, body: respBody };
   }
-  const llm = llmTags(host, path, request.body, response ? response.body : null);
+  // LLM fields from the body as received (Gemini's `promptTokenCount` is redacted when stored;
+  // token counts are not payload, so they are kept with capture off too).
+  const received = statusCode !== null && !call.responseBodyNote ? receivedBody(call.responseBody) : null;
+  const llm = llmTags(host, path, request.body, received ?? (response ? response.body : null));
   const tags = llm || extraTags ? { ...(llm ?? {}), ...(extraTags ?? {}) } : null;
   const failed = call.error !== undefined || (statusCode !== null && statusCode >= 400);
   const event = buildEvent(rec, {

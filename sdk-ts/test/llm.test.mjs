@@ -27,6 +27,8 @@ describe("llmProvider", () => {
     assert.equal(llmProvider("x", "/v1/messages", { text: "hello", to: "ada" }), null);
     assert.equal(llmProvider("x", "/v1/messages", { model: 3, messages: [] }), null);
     assert.equal(llmProvider("x", "/v1/chat/completions", null), null);
+    assert.equal(llmProvider("127.0.0.1", "/v1beta/models/gemini-2.5-flash:generateContent", { contents: [] }), "google");
+    assert.equal(llmProvider("127.0.0.1", "/v1beta/models/gemini-2.5-flash:generateContent", { text: "hi" }), null);
   });
 
   it("reads the host as urlsplit().hostname does", () => {
@@ -35,6 +37,13 @@ describe("llmProvider", () => {
   });
 });
 
+const GEMINI_ANSWER = {
+  candidates: [{ content: { role: "model", parts: [{ functionCall: { name: "refund", args: {} } }] }, finishReason: "STOP" }],
+  modelVersion: "gemini-2.5-flash-001",
+  usageMetadata: { promptTokenCount: 120, cachedContentTokenCount: 100, candidatesTokenCount: 20,
+    thoughtsTokenCount: 10, totalTokenCount: 150 },
+};
+
 describe("an app's HTTP calls", () => {
   let server, dir;
   before(async () => {
@@ -42,6 +51,7 @@ describe("an app's HTTP calls", () => {
       res.writeHead(200, { "content-type": "application/json" });
       res.end(JSON.stringify(req.url.endsWith("/chat/completions")
         ? { model: "gpt-4o-mini", usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } }
+        : req.url.endsWith(":generateContent") ? GEMINI_ANSWER
         : { ok: true }));
     });
     dir = userProject([]);
@@ -61,6 +71,7 @@ describe("an app's HTTP calls", () => {
       await post("/api/surveys/42/responses", { answers: [1, 2] });
       await post("/v1/messages", { to: "ada", text: "hi" });
       await post("/v1/chat/completions", { model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] });
+      await post("/v1beta/models/gemini-2.5-flash:generateContent", { contents: [{ role: "user", parts: [{ text: "hi" }] }] });
       console.log(JSON.stringify({ flushed: await flush(5000) }));
     `, { TRACELAB_HOME: home, TEST_HTTP: server.url });
     assert.equal(run.code, 0, run.stderr);
@@ -71,8 +82,17 @@ describe("an app's HTTP calls", () => {
     const chat = byEndpoint["POST /v1/chat/completions"];
     assert.equal(chat.kind, "llm");
     assert.deepEqual(chat.tags, {
-      "llm.provider": "openai-compatible", "llm.model": "gpt-4o-mini",
+      "llm.provider": "openai-compatible", "llm.operation": "chat", "llm.model": "gpt-4o-mini",
       "llm.input_tokens": "3", "llm.output_tokens": "2", "llm.total_tokens": "5",
+    });
+    const gemini = byEndpoint["POST /v1beta/models/gemini-2.5-flash:generateContent"];
+    assert.equal(gemini.kind, "llm");
+    // the token counts come from the body as received: the stored one has them redacted
+    assert.deepEqual(gemini.tags, {
+      "llm.provider": "google", "llm.operation": "generate_content", "llm.model": "gemini-2.5-flash-001",
+      "llm.input_tokens": "120", "llm.cached_input_tokens": "100", "llm.output_tokens": "30",
+      "llm.reasoning_tokens": "10", "llm.total_tokens": "150", "llm.finish_reason": "stop",
+      "llm.tool_calls": "refund",
     });
     removeDir(home);
   });

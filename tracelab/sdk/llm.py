@@ -189,8 +189,10 @@ class Fold:
         return kind.endswith(".delta")
 
     def _anthropic(self, kind: str, data: dict[str, Any]) -> bool:
-        message = data.get("message") if kind == "message_start" else data
-        if isinstance(message, dict) and kind in ("message", "message_start"):
+        if kind in ("message", "message_start"):
+            message = data.get("message") if kind == "message_start" else data
+            if not isinstance(message, dict):
+                return False
             self._set_model(message.get("model"))
             self.anthropic.update(_dict(message.get("usage")))
             reason = message.get("stop_reason")
