@@ -56,6 +56,16 @@ def events() -> list[dict[str, Any]]:
     return found
 
 
+def captured(n: int) -> None:
+    """Wait (bounded) until the integration has captured `n` events."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while tracelab.stats()["integrations"].get("grpc", {}).get("captured", 0) < n:
+        assert time.monotonic() < deadline, tracelab.stats()
+        time.sleep(0.01)
+
+
 def stub(port: int) -> pb_grpc.GreeterStub:
     return pb_grpc.GreeterStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
 
@@ -68,6 +78,7 @@ def test_unary_call_with_call_and_future_each_give_one_event(server: int) -> Non
     assert ("x-served-by", "greeter-1") in call.trailing_metadata()
     assert greeter.SayHello.future(pb.HelloRequest(name="cy")).result().message == "hello cy"
 
+    captured(3)  # a future's event is built by its done callback, on grpc's thread
     recorded = events()
     assert [e["request"]["message"]["name"] for e in recorded] == ["ann", "bob", "cy"]
     first = recorded[0]
@@ -196,8 +207,22 @@ def test_aio_channels_all_four_shapes(server: int) -> None:
 
 def test_a_capture_failure_never_reaches_the_caller(server: int,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    greeter = stub(server)
     with capture_broken(monkeypatch, grpc_integration, "messages_view"):
-        assert stub(server).SayHello(pb.HelloRequest(name="ok")).message == "hello ok"
+        assert greeter.SayHello(pb.HelloRequest(name="ok")).message == "hello ok"
+    with capture_broken(monkeypatch, grpc_integration, "messages_view"):
+        assert len(list(greeter.Chat(iter([pb.HelloRequest(name="c")])))) == 1
+    with capture_broken(monkeypatch, grpc_integration, "metadata_view"):
+        with pytest.raises(grpc.RpcError):
+            greeter.SayHello(pb.HelloRequest(name="fail"))
+
+    async def aio() -> str:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server}") as channel:
+            return (await pb_grpc.GreeterStub(channel).SayHello(
+                pb.HelloRequest(name="a"))).message
+
+    with capture_broken(monkeypatch, grpc_integration, "messages_view"):
+        assert asyncio.run(aio()) == "hello a"
 
 
 def test_install_twice_is_a_noop_and_shutdown_restores_the_factories(server: int) -> None:

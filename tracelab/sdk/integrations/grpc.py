@@ -359,7 +359,8 @@ class SyncInterceptorBase:
             call = continuation(details, request)
         if capture is not None:
             try:
-                call.add_done_callback(capture.finish_future)
+                call.add_done_callback(
+                    lambda done: capture.rec.safely(ORIGIN, capture.finish_future, done))
             except Exception as exc:
                 capture.rec.stats.count_error(ORIGIN, f"{type(exc).__name__}: {exc}")
         return call
