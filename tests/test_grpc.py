@@ -56,12 +56,17 @@ def events() -> list[dict[str, Any]]:
     return found
 
 
-def captured(n: int) -> None:
-    """Wait (bounded) until the integration has captured `n` events."""
+def captured() -> int:
+    """How many events the integration has captured in this process so far."""
+    return int(tracelab.stats()["integrations"].get("grpc", {}).get("captured", 0))
+
+
+def wait_captured(n: int) -> None:
+    """Wait (bounded) until the integration has captured `n` events in all."""
     import time
 
     deadline = time.monotonic() + 10
-    while tracelab.stats()["integrations"].get("grpc", {}).get("captured", 0) < n:
+    while captured() < n:
         assert time.monotonic() < deadline, tracelab.stats()
         time.sleep(0.01)
 
@@ -71,6 +76,7 @@ def stub(port: int) -> pb_grpc.GreeterStub:
 
 
 def test_unary_call_with_call_and_future_each_give_one_event(server: int) -> None:
+    before = captured()
     greeter = stub(server)
     assert greeter.SayHello(pb.HelloRequest(name="ann", times=2)).message == "hello ann"
     reply, call = greeter.SayHello.with_call(pb.HelloRequest(name="bob"))
@@ -78,7 +84,7 @@ def test_unary_call_with_call_and_future_each_give_one_event(server: int) -> Non
     assert ("x-served-by", "greeter-1") in call.trailing_metadata()
     assert greeter.SayHello.future(pb.HelloRequest(name="cy")).result().message == "hello cy"
 
-    captured(3)  # a future's event is built by its done callback, on grpc's thread
+    wait_captured(before + 3)  # a future's event is built by its done callback, on grpc's thread
     recorded = events()
     assert [e["request"]["message"]["name"] for e in recorded] == ["ann", "bob", "cy"]
     first = recorded[0]
