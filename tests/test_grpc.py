@@ -171,7 +171,15 @@ def test_metadata_values_only_for_the_allow_list_and_auth_always_redacted(
                                             "x-other": "[NOT RECORDED]", "x-echo": "pong"}
     assert event["response"]["metadata"] == {"x-echo": "pong"}
     assert event["request"]["message"]["password"] == "[REDACTED]"
-    text = json.dumps(event)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub(server).SayHello(pb.HelloRequest(name="echo-auth"),
+                              metadata=[("authorization", BEARER)])
+    assert BEARER in refused.value.details()  # the caller's own error is untouched
+
+    (_first, echoed) = events()
+    assert echoed["error"]["type"] == "PERMISSION_DENIED"
+    assert "[REDACTED]" in echoed["error"]["message"]
+    text = json.dumps([event, echoed])
     for secret in (BEARER, "grpc-secret-9f8e7d6c", PASSWORD, "hidden-1"):
         assert secret not in text
 

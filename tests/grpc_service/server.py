@@ -1,6 +1,7 @@
 """A real `grpc.server` on a free loopback port serving greeter.proto's Greeter.
 
-Names steer it: `fail` aborts with NOT_FOUND, `fail-mid` sends one message of a stream then
+Names steer it: `fail` aborts with NOT_FOUND, `echo-auth` with PERMISSION_DENIED quoting the
+`authorization` metadata, `fail-mid` sends one message of a stream then
 aborts with UNAVAILABLE, `slow` waits between streamed messages (for cancellation tests).
 Every call gets the trailing metadata `x-served-by: greeter-1`, and `x-echo` from the
 request metadata comes back as initial metadata.
@@ -28,6 +29,9 @@ class Greeter(greeter_pb2_grpc.GreeterServicer):
         self._common(context)
         if request.name == "fail":
             context.abort(grpc.StatusCode.NOT_FOUND, "no such person: fail")
+        if request.name == "echo-auth":  # a server quoting the credential it refuses
+            auth = dict(context.invocation_metadata()).get("authorization", "")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"refused: {auth}")
         return greeter_pb2.HelloReply(message=f"hello {request.name}", index=request.times)
 
     def CountUp(self, request: greeter_pb2.HelloRequest,

@@ -131,9 +131,12 @@ def messages_view(rec: Any, message: Any = None, timed: list[tuple[float, Any]] 
 
 
 def request_view(rec: Any, metadata: Any, message: Any = None,
-                 timed: list[tuple[float, Any]] | None = None) -> dict[str, Any]:
-    """The request as stored (also the replay's live view: the same key, see matching.py)."""
-    found: set[str] = set()
+                 timed: list[tuple[float, Any]] | None = None,
+                 found: set[str] | None = None) -> dict[str, Any]:
+    """The request as stored (also the replay's live view: the same key, see matching.py).
+
+    `found` collects the secret values redacted here, to be scrubbed from the whole event."""
+    found = set() if found is None else found
     view = messages_view(rec, message, timed, found)
     view["metadata"] = metadata_view(metadata, rec.redactor, found)
     return scrub(view, found) if found else view
@@ -201,10 +204,10 @@ class Capture:
                 exc: BaseException | None, complete: bool) -> None:
         rec = self.rec
         latency_ms = self.timer.elapsed_ms()
-        request = request_view(rec, self.metadata, self.request,
-                               self.requests if self.stream_request else None)
-        number, name = code_of(code)
         found: set[str] = set()
+        request = request_view(rec, self.metadata, self.request,
+                               self.requests if self.stream_request else None, found)
+        number, name = code_of(code)
         response = None
         if number is not None:
             response = {"status_code": number}
