@@ -29,6 +29,7 @@ from tracelab.sdk.integrations import grpc as grpc_integration
 SAY = "/tlgrpc.v1.Greeter/SayHello"
 BEARER = "Bearer grpc-secret-9f8e7d6c"
 PASSWORD = "hunter2-grpc-pass"
+OPAQUE = "opaque-credential-4242"  # no secret shape: only its name says it is one
 
 
 @pytest.fixture
@@ -173,14 +174,14 @@ def test_metadata_values_only_for_the_allow_list_and_auth_always_redacted(
     assert event["request"]["message"]["password"] == "[REDACTED]"
     with pytest.raises(grpc.RpcError) as refused:
         stub(server).SayHello(pb.HelloRequest(name="echo-auth"),
-                              metadata=[("authorization", BEARER)])
-    assert BEARER in refused.value.details()  # the caller's own error is untouched
+                              metadata=[("authorization", OPAQUE)])
+    assert OPAQUE in refused.value.details()  # the caller's own error is untouched
 
     (_first, echoed) = events()
     assert echoed["error"]["type"] == "PERMISSION_DENIED"
     assert "[REDACTED]" in echoed["error"]["message"]
     text = json.dumps([event, echoed])
-    for secret in (BEARER, "grpc-secret-9f8e7d6c", PASSWORD, "hidden-1"):
+    for secret in (BEARER, "grpc-secret-9f8e7d6c", PASSWORD, "hidden-1", OPAQUE):
         assert secret not in text
 
 
