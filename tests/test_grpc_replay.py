@@ -306,3 +306,15 @@ def test_on_miss_passthrough_sends_unrecorded_calls_live() -> None:
     assert len(r.hits) == 1 and len(r.passthrough) == 3
     assert [e["tags"]["replay"] for e in replay_events(r.run_id)] == \
         ["hit", "passthrough", "passthrough", "passthrough"]
+
+
+def test_an_http_status_fault_becomes_the_grpc_code_grpc_maps_it_to() -> None:
+    target = record(recorded_calls)
+    with tracelab.replay("orig-1", faults={"kind": "grpc", "status": 503, "times": 1}) as r:
+        greeter = pb_grpc.GreeterStub(grpc.insecure_channel(target))
+        with pytest.raises(grpc.RpcError) as raised:
+            list(greeter.CountUp(pb.HelloRequest(name="n", times=3)))
+        assert len(list(greeter.CountUp(pb.HelloRequest(name="n", times=3)))) == 3
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "HTTP status 503" in raised.value.details()
+    assert len(r.faulted) == 1 and len(r.hits) == 1

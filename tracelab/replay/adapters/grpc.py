@@ -112,7 +112,7 @@ def _metadata(recorded: Any) -> tuple[tuple[str, Any], ...] | None:
     return tuple(pairs)
 
 
-def _answer(session: Session, outcome: Outcome, timeout: Any, stream: bool) -> Answer | None:
+def _answer(outcome: Outcome, timeout: Any, stream: bool) -> Answer | None:
     """The answer for a decided call; None: run it live (passthrough)."""
     import grpc
 
@@ -144,12 +144,14 @@ def _answer(session: Session, outcome: Outcome, timeout: Any, stream: bool) -> A
     answer.wait_ms = float(latency) if isinstance(latency, (int, float)) else 0.0
     try:
         if stream:
-            for item in response.get("messages") or []:
-                t = item.get("t") if isinstance(item, dict) else None
+            messages = response.get("messages")
+            if isinstance(messages, dict):  # a marker: cut at the cap, or not captured
+                rebuild(response.get("type"), messages)
+            for item in messages if isinstance(messages, list) else []:
+                item = item if isinstance(item, dict) else {}
+                t = item.get("t")
                 answer.messages.append((float(t) if isinstance(t, (int, float)) else 0.0,
                                         rebuild(response.get("type"), item.get("message"))))
-            if isinstance(response.get("messages"), dict):  # a marker: cut at the cap
-                rebuild(response.get("type"), response["messages"])
         elif answer.ok:
             answer.response = rebuild(response.get("type"), response.get("message"))
     except _Unrebuildable as exc:
@@ -170,7 +172,7 @@ def _decide(session: Session, target: str, details: Any, message: Any,
 
         clear_outcome()  # no event will take the tag
     try:
-        return _answer(session, outcome, details.timeout, stream)
+        return _answer(outcome, details.timeout, stream)
     except Exception as exc:  # a TraceLab failure: the call fails closed, explained
         import grpc
 
