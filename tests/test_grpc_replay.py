@@ -239,20 +239,24 @@ def test_a_recorded_message_cut_at_the_cap_is_not_made_up() -> None:
     server, port = greeter_server.start()
     try:
         tracelab.init("greeter", run_id="orig-1", max_body_bytes=32)
-        pb_grpc.GreeterStub(grpc.insecure_channel(f"127.0.0.1:{port}")).SayHello(
-            pb.HelloRequest(name="z" * 100))
+        greeter = pb_grpc.GreeterStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        greeter.SayHello(pb.HelloRequest(name="z" * 100))
+        list(greeter.CountUp(pb.HelloRequest(name="s", times=9)))
         tracelab.flush()
         tracelab.shutdown()
     finally:
         server.stop(None)
     tracelab.init("greeter", run_id="replay-1", max_body_bytes=32)  # keyed as recorded
     with tracelab.replay("orig-1") as r:
+        greeter = pb_grpc.GreeterStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         with pytest.raises(grpc.RpcError) as raised:
-            pb_grpc.GreeterStub(grpc.insecure_channel(f"127.0.0.1:{port}")).SayHello(
-                pb.HelloRequest(name="z" * 100))
-    assert raised.value.code() == grpc.StatusCode.INTERNAL
-    assert "was not kept whole (truncated)" in raised.value.details()
-    assert len(r.hits) == 1
+            greeter.SayHello(pb.HelloRequest(name="z" * 100))
+        with pytest.raises(grpc.RpcError) as streamed:
+            list(greeter.CountUp(pb.HelloRequest(name="s", times=9)))
+    for error in (raised.value, streamed.value):
+        assert error.code() == grpc.StatusCode.INTERNAL
+        assert "was not kept whole (truncated)" in error.details()
+    assert len(r.hits) == 2
 
 
 def test_aio_client_streaming_and_bidi_replayed_with_iterators_and_writes() -> None:
