@@ -15,8 +15,8 @@ as JSON (`shapes.py`). Routes (all under `/api`, bearer-protected when a token i
   (`live.py`).
 
 Ids are path segments percent-encoded by the client: `pay%2Fments` is `pay/ments` (`ids.py`).
-Outside `/api`: `/healthz`, `/metrics` (Prometheus, `metrics.py`; token-protected too when a
-token is set), `/docs`, `/openapi.json`. Every error is `{"detail": str}` (plus `errors` on a
+Outside `/api`: the OTLP/HTTP receiver (`/v1/traces`, `tracelab.otlp.receiver`), `/healthz`,
+`/metrics` (Prometheus, `metrics.py`; token-protected too when a token is set), `/docs`, `/openapi.json`. Every error is `{"detail": str}` (plus `errors` on a
 422), declared in the OpenAPI document (`errors.py`); a 404 names the id, never a server path.
 With `OTEL_EXPORTER_OTLP_ENDPOINT` set, requests are traced with OpenTelemetry (`otel.py`).
 """
@@ -40,6 +40,7 @@ from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBear
 
 from tracelab import __version__
 from tracelab.analysis.diff import diff_executions
+from tracelab.otlp.receiver import Publisher, mount
 from tracelab.replay.recording import REPLAY_OF_TAG, replays_of
 from tracelab.server import errors
 from tracelab.server.ids import RawPathIds, path_id
@@ -365,6 +366,10 @@ def create_app(store: str | StoreLayout | None = None, token: str | None = None,
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
+
+    # OTLP/HTTP (`POST /v1/traces`, `/v1/metrics`, `/v1/logs`): spans in as events
+    app.state.otlp_guard = guard
+    mount(app, Publisher(layout, ingester), guard)
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RawPathIds)
