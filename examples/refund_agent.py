@@ -4,7 +4,7 @@ For each support ticket the agent:
 
 1. looks the order up in the shop's order book (`@trace` step, a local dict here);
 2. asks the LLM what to do (OpenAI SDK, `base_url` = the OpenAI mock): refund, charge or
-   escalate, as JSON;
+   escalate, as JSON, streamed (so the trace shows the time to first token and the usage);
 3. refunds or charges the card (Stripe SDK, `base_addresses={"api": …}` = the Stripe mock);
 4. emails the customer through SendGrid (`host=` the SendGrid mock; SendGrid's client uses
    urllib, which TraceLab does not patch, so this file traces it with ONE `register_hook`) and
@@ -243,14 +243,20 @@ def lookup_order(order_id: str) -> Order:
 
 @tracelab.trace
 def decide(c: Clients, ticket: Ticket, order: Order) -> dict[str, Any]:
-    reply = with_retries("openai", lambda: c.openai.chat.completions.create(
+    """The LLM's decision, streamed as a chat UI would show it: the event gets the time to the
+    first token (`llm.ttft_ms`) and, from the final usage chunk, the token counts."""
+    stream = with_retries("openai", lambda: c.openai.chat.completions.create(
         model="gpt-4o-mini", response_format={"type": "json_object"}, temperature=0,
+        stream=True, stream_options={"include_usage": True},
         messages=[{"role": "system", "content": "You are a support agent for an online shop. "
                    "Answer with JSON {action: refund|charge|escalate, amount, reply}. "
                    f"The customer's order: {order.order_id}, {order.item}, "
                    f"{order.amount / 100:.2f} {order.currency.upper()}."},
                   {"role": "user", "content": ticket.message}]))
-    return json.loads(reply.choices[0].message.content)
+    with stream:
+        answer = "".join(chunk.choices[0].delta.content or "" for chunk in stream
+                         if chunk.choices)
+    return json.loads(answer)
 
 
 @tracelab.trace
