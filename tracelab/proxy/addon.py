@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from tracelab.proxy import grpc
 from tracelab.sdk.capture import http_target, llm_tags, record_http
 from tracelab.sdk.recorder import Recorder, current
 
@@ -198,6 +199,12 @@ def _later(fn: Callable[..., None], *args: Any) -> None:
         fn(*args)
 
 
+def _kept_bytes() -> int:
+    """How many body bytes an event keeps: the body cap, 0 without payloads or recording."""
+    rec = current()
+    return rec.config.max_body_bytes if rec is not None and rec.config.capture_payloads else 0
+
+
 def _content(message: http.Message) -> bytes | None:
     """The body as the application sees it (decompressed); the raw bytes if that fails."""
     raw = message.raw_content
@@ -290,6 +297,8 @@ class TraceLabAddon:
                     overrides[key] = value[:_MAX_OVERRIDE_CHARS]
         if overrides:
             flow.metadata[_METADATA_KEY] = overrides
+        if grpc.is_grpc(flow):  # streamed both ways: a bidi call must not wait for its end
+            flow.request.stream = grpc.GrpcFrames(flow.request.timestamp_start, _kept_bytes())
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """The chaos proxy: decide and apply a fault before anything goes upstream."""
@@ -345,10 +354,11 @@ class TraceLabAddon:
         response = flow.response
         if response is None or not _may_have_body(flow):
             return
-        cap = rec.config.max_body_bytes if rec is not None and rec.config.capture_payloads \
-            else 0
-        if rec is not None and (response.stream
-                                or should_stream(response, rec.config.max_body_bytes)):
+        cap = _kept_bytes()
+        if grpc.is_grpc(flow):
+            response.stream = grpc.GrpcFrames(flow.request.timestamp_start, cap)
+        elif rec is not None and (response.stream
+                                  or should_stream(response, rec.config.max_body_bytes)):
             response.stream = BodyTap(cap + 1)
         proxy_faults.on_response_headers(flow, proxy_faults.flow_fault(flow), cap + 1)
 
@@ -424,6 +434,9 @@ class TraceLabAddon:
         if fault is not None:
             exc = fault_error(fault) or exc
         rec = Tagged(rec, self.event_tags(flow), self.observe)  # type: ignore[assignment]
+        if grpc.is_grpc(flow):
+            grpc.record_grpc(rec, flow, exc, self._identity(flow), ORIGIN)
+            return
         request, response = flow.request, flow.response
         end = (response.timestamp_end if response is not None else None) or time.time()
         kwargs: dict[str, Any] = {}
