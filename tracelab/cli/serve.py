@@ -15,6 +15,8 @@ from typing import Any
 
 from tracelab.listen import listen_socket, port_number, stop_on_signals, stopper
 
+DEFAULT_OTLP_PORT = 4318
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
@@ -24,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ui-port", type=port_number, default=3000,
                         help="web UI port (default 3000)")
     parser.add_argument("--no-ui", action="store_true", help="serve the API only")
+    parser.add_argument("--otlp-port", type=port_number, default=None,
+                        help="OTLP/HTTP receiver port (default 4318, skipped with a warning "
+                             "when busy; 0 disables; the API port also takes POST /v1/traces)")
     parser.add_argument("--token", default=None,
                         help="require 'Authorization: Bearer TOKEN' on /api "
                              "(default: $TRACELAB_API_TOKEN, else no token)")
@@ -36,9 +41,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def bind(host: str, port: int, what: str) -> socket.socket:
     """A listening socket for the API or the web UI, or SystemExit with one clear line."""
-    flag = "--port" if what == "API" else "--ui-port"
+    flag = {"API": "--port", "OTLP receiver": "--otlp-port"}.get(what, "--ui-port")
     return listen_socket(host, port, command="tracelab", purpose=f"the {what}",
                          busy_hint=f"choose another with {flag}")
+
+
+def _bind_otlp(args: argparse.Namespace) -> tuple[socket.socket | None, str | None]:
+    """The OTLP receiver's socket. The default port (4318) is the OpenTelemetry Collector's
+    too: when it is busy the receiver is skipped with a warning (the API port still takes
+    `POST /v1/traces`); a port given with --otlp-port must be free."""
+    port = getattr(args, "otlp_port", None)
+    if port == 0:
+        return None, None
+    if port is not None:
+        return bind(args.host, port, "OTLP receiver"), None
+    try:
+        return bind(args.host, DEFAULT_OTLP_PORT, "OTLP receiver"), None
+    except SystemExit as exc:
+        return None, f"warning: no OTLP receiver on port {DEFAULT_OTLP_PORT} ({exc.code}); " \
+            "send OTLP to the API port or choose --otlp-port"
 
 
 def _is_loopback(host: str) -> bool:
@@ -69,12 +90,15 @@ def serve(args: argparse.Namespace, ingester: Any = None, *, name: str = "serve"
     from tracelab.store.layout import resolve_layout
 
     api_sock = bind(args.host, args.port, "API")
-    ui_sock = None
+    ui_sock = otlp_sock = None
     try:
         if not args.no_ui:
             ui_sock = bind(args.host, args.ui_port, "web UI")
+        otlp_sock, otlp_warning = _bind_otlp(args)
     except SystemExit:
-        api_sock.close()
+        for sock in (api_sock, ui_sock):
+            if sock is not None:
+                sock.close()
         raise
 
     layout = resolve_layout(args.store)
@@ -96,6 +120,11 @@ def serve(args: argparse.Namespace, ingester: Any = None, *, name: str = "serve"
     if ui_sock is not None:
         servers.append(_Server(config(create_ui_app(api))))
         socks.append(ui_sock)
+    if otlp_sock is not None:
+        from tracelab.otlp.receiver import create_otlp_app
+
+        servers.append(_Server(config(create_otlp_app(api.state.otlp, api.state.otlp_guard))))
+        socks.append(otlp_sock)
 
     def url(sock: socket.socket) -> str:
         host, port = sock.getsockname()[:2]
@@ -108,6 +137,10 @@ def serve(args: argparse.Namespace, ingester: Any = None, *, name: str = "serve"
         lines.append(f"TraceLab web UI on {url(ui_sock)}")
         if not ui_built():
             lines.append("warning: the web UI is not built (make ui); the UI port shows how")
+    if otlp_warning:
+        lines.append(otlp_warning)
+    if otlp_sock is not None:
+        lines.append(f"OTLP/HTTP receiver on {url(otlp_sock)}/v1/traces (and on the API port)")
     if token:
         lines.append("/api requires 'Authorization: Bearer <token>'")
     elif not _is_loopback(args.host):
@@ -130,6 +163,7 @@ def serve(args: argparse.Namespace, ingester: Any = None, *, name: str = "serve"
     finally:
         for sock in socks:
             sock.close()
+        api.state.otlp.close()
     return 0
 
 
