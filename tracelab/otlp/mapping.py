@@ -488,7 +488,10 @@ def _restore(event: dict[str, Any], attrs: Mapping[str, Any]) -> dict[str, Any]:
         return event
     if not isinstance(original, dict):
         return event
-    return {**event, **{k: v for k, v in original.items() if k != "schema"}}
+    restored = {**event, **{k: v for k, v in original.items() if k != "schema"}}
+    for field in ("span_id", "parent_id", "status_code", "error"):
+        restored[field] = original.get(field)  # absent in the original: absent here too
+    return restored
 
 
 def events_from_request(request: Any) -> Iterator[tuple[dict[str, Any] | None, str | None]]:
