@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracelab.sdk.capture import llm_tags
-from tracelab.sdk.llm import MAX_EVENT_CHARS, SSEScanner, StreamScanner
+from tracelab.sdk.llm import MAX_EVENT_CHARS, SSEScanner, StreamScanner, fold_response
 
 CASES_DIR = Path(__file__).resolve().parent.parent / "spec" / "llm" / "cases"
 CASES = [json.loads(p.read_text()) for p in sorted(CASES_DIR.glob("*.json"))]
@@ -77,3 +77,27 @@ def test_an_endless_line_stops_the_scanner() -> None:
     sse.feed("data: " + "x" * MAX_EVENT_CHARS)
     sse.feed("\n\n")
     assert sse.dead and sse.events == 0
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["model", "usage", "choices", "delta", "type", "message", "candidates",
+                         "usageMetadata", "response", "output", "content", "parts", "index",
+                         "finish_reason", "tool_calls", "function", "name", "prompt_tokens",
+                         "input_tokens", "status", "item", "content_block", "functionCall",
+                         "id", "output_index", "stop_reason", "finishReason"]),
+        inner, max_size=5),
+    max_leaves=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(response=JSON, events=st.lists(JSON, max_size=5))
+def test_any_json_gives_string_tags_and_never_raises(response: Any, events: list[Any]) -> None:
+    request = {"model": "m", "messages": []}
+    for body, chunks in ((response, None), (None, [
+            {"t": float(i), "data": f"data: {json.dumps(e)}\n\n"} for i, e in enumerate(events)])):
+        fields = fold_response(body, chunks).tags()  # no exception to swallow here
+        assert all(isinstance(v, str) for v in fields.values())
+        tags = llm_tags("api.openai.com", "/v1/chat/completions", request, body, chunks)
+        assert tags is not None and fields.items() <= tags.items()

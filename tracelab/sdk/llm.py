@@ -177,7 +177,8 @@ class Fold:
 
     def _response_item(self, n: Any, item: dict[str, Any]) -> None:
         if item.get("type") in _RESPONSE_TOOL_ITEMS:
-            self._tool(("resp", item.get("id") or item.get("call_id") or n), item.get("name"))
+            self._tool(("resp", str(item.get("id") or item.get("call_id") or n)),
+                       item.get("name"))
 
     def _response_event(self, kind: str, data: dict[str, Any]) -> bool:
         if isinstance(data.get("response"), dict):
