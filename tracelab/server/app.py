@@ -10,6 +10,7 @@ as JSON (`shapes.py`). Routes (all under `/api`, bearer-protected when a token i
   (`shape=columns` gives the events column-wise, dictionary-encoded: what the web UI reads);
   the execution names the run it replays (`replay_of`, from its tag) and its own `replays`;
 - `GET /api/events/{event_id}`: one event with its request and response, as the contract JSON;
+- `GET /api/events/{event_id}/conversation`: an LLM call's messages, tool calls, completion;
 - `GET /api/executions/{a}/diff/{b}`: `tracelab.analysis.diff.diff_executions` as JSON rows;
 - `GET /api/stream`: Server-Sent Events `workflow`, `execution`, `events` as data lands
   (`live.py`).
@@ -39,6 +40,7 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 
 from tracelab import __version__
+from tracelab.analysis.conversation import Conversation, conversation
 from tracelab.analysis.diff import diff_executions
 from tracelab.otlp.receiver import Publisher, mount
 from tracelab.replay.recording import REPLAY_OF_TAG, replays_of
@@ -312,6 +314,22 @@ def create_app(store: str | StoreLayout | None = None, token: str | None = None,
         except KeyError:
             raise HTTPException(404, detail=f"unknown event_id {event_id!r}") from None
         return ORJSONResponse(event)
+
+    @route("/api/events/{event_id}/conversation", 404, 422, tags=["events"],
+           response_model=Conversation)
+    def get_conversation(event_id: str) -> Conversation:
+        """An LLM call read as a conversation (`tracelab.analysis.conversation`): messages by
+        role, tool calls and their results, the completion. 404 for another kind of event."""
+        event_id = path_id(event_id)
+        try:
+            event = query.event_dict(event_id, layout=layout)
+        except KeyError:
+            raise HTTPException(404, detail=f"unknown event_id {event_id!r}") from None
+        found = conversation(event)
+        if found is None:
+            raise HTTPException(404, detail=f"event {event_id!r} is not an LLM conversation "
+                                f"(kind {event.get('kind')!r}): read it at /api/events/{{id}}")
+        return found
 
     @route("/api/executions/{a}/diff/{b}", 404, 422, tags=["executions"])
     def diff(a: str, b: str) -> Response:
