@@ -69,6 +69,26 @@ def test_openai_chat_stream_usage_from_the_final_chunk_and_ttft(traced: RedisSer
     assert 0 < ttft <= event["latency_ms"]
 
 
+def test_async_openai_chat_stream(traced: RedisServer, wire: LLMWire) -> None:
+    import asyncio
+
+    async def main() -> str:
+        client = openai.AsyncOpenAI(base_url=wire.url + "/v1", api_key="sk-test", max_retries=0)
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True,
+            stream_options={"include_usage": True})
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        await client.close()
+        return text
+
+    assert asyncio.run(main()) == ANSWER
+    tags = dict(only(traced)["tags"])
+    assert float(tags.pop("llm.ttft_ms")) > 0
+    assert tags == {"llm.provider": "openai-compatible", "llm.operation": "chat",
+                    "llm.model": "gpt-4o-mini-2024-07-18", "llm.finish_reason": "stop",
+                    **CANONICAL_USAGE}
+
+
 def test_openai_chat_stream_tool_names_from_the_deltas(traced: RedisServer,
                                                        wire: LLMWire) -> None:
     client = openai.OpenAI(base_url=wire.url + "/v1", api_key="sk-test", max_retries=0)
