@@ -2,8 +2,8 @@
 
 `import tracelab as tl` is both the SDK (`tl.init`, `tl.trace`, `tl.span`, `tl.register_hook`,
 `tl.flush`, `tl.shutdown`, `tl.stats`) and the notebook face (`tl.workflows()`,
-`tl.executions(wf)`, `tl.execution(run_id)`). The query side is imported on first use so an
-instrumented app never pays for pandas or pyarrow at import time.
+`tl.executions(wf)`, `tl.execution(run_id)`, `tl.llm_calls(wf)`). The query side is imported
+on first use so an instrumented app never pays for pandas or pyarrow at import time.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from tracelab.sdk import (  # noqa: E402  (needs __version__ above)
     trace,
 )
 
-_QUERY_NAMES = ("workflows", "executions", "execution", "Executions", "Execution")
+_QUERY_NAMES = ("workflows", "executions", "execution", "Executions", "Execution",
+                "llm_calls")
 
 __all__ = ["__version__", "init", "trace", "span", "register_hook", "flush", "shutdown", "stats",
            *_QUERY_NAMES]

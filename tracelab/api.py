@@ -1,4 +1,5 @@
-"""The notebook face of the query layer: `tl.workflows()`, `tl.executions(wf)`, `tl.execution(id)`.
+"""The notebook face of the query layer: `tl.workflows()`, `tl.executions(wf)`, `tl.execution(id)`,
+`tl.llm_calls(wf)`.
 
 DataFrame first, widget second: every object here is a thin shape over `tracelab.store.query`
 with a `.df`/`.events` to do pandas on, a short `_repr_html_` that summarises instead of
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 _EVENT_VIEW = ["started_at", "service", "kind", "target", "endpoint", "status", "status_code",
                "latency_ms", "event_id"]
 _RUN_VIEW = ["run_id", "started_at", "duration_ms", "events", "errors", "status", "services",
-             "targets", "tags"]
+             "targets", "tags", "llm_tokens", "llm_cost_usd"]
 
 
 def workflows() -> pd.DataFrame:
@@ -135,7 +136,7 @@ class Executions:
 
 class Execution:
     """One run: `.events` (DataFrame, no payloads), `.event(id)` (one event with its payloads),
-    `.timeline()`, `.diff(other)`, `.summary` (its row of `tl.executions(wf).df`), and for
+    `.timeline()`, `.diff(other)`, `.llm` (its LLM calls), `.summary` (its row of `tl.executions(wf).df`), and for
     record & replay `.export(path)`, `.replay(...)`, `.replay_of`, `.replays`."""
 
     def __init__(self, run_id: str, events: pd.DataFrame | None = None, *,
@@ -161,6 +162,14 @@ class Execution:
     def summary(self) -> pd.Series:
         frame = query.executions(self.workflow)
         return frame[frame["run_id"] == self.run_id].iloc[0]
+
+    @property
+    def llm(self) -> pd.DataFrame:
+        """This run's LLM calls, one row each (the columns of `tl.llm_calls`), in start order;
+        cost priced with the table in effect now."""
+        from tracelab.store.llm import llm_calls_frame
+
+        return llm_calls_frame(self.events)
 
     def event(self, event_id: str) -> dict[str, Any]:
         """One event of this run, with its request and response, as the contract JSON."""
@@ -292,3 +301,12 @@ def execution(run_id: str, workflow: str | None = None) -> Execution:
     """One run by id; KeyError naming it when the store has no event of it."""
     return Execution(run_id, query.execution_events(run_id, workflow=workflow),
                      workflow=workflow)
+
+
+def llm_calls(workflow: str, since: query.TimeLike | None = None,
+              until: query.TimeLike | None = None, run_id: str | None = None) -> pd.DataFrame:
+    """One row per LLM call of `workflow` in start order: run_id, event_id, started_at,
+    service, provider, model, operation, input / cached_input / output / reasoning / total
+    tokens, cost_usd and cost_source (`provider` or `table:<date>`; NaN and None for a model
+    without a price), latency_ms, ttft_ms, finish_reason, tool_calls (names), status."""
+    return query.llm_calls(workflow, since, until, run_id=run_id)

@@ -10,6 +10,9 @@ has not seen, and forgets files that compaction removed.
 Payload columns (`request`, `response`) are read only by `event()` and `events(payloads=True)`.
 Before answering, readers fold any spool files that embedded-mode recorders left behind, so a
 second process sees what the first one recorded.
+
+LLM cost is never stored: events frames get `llm_cost_usd`/`llm_cost_source` and executions
+`llm_tokens`/`llm_cost_usd` from the tags with the price table in effect (`store.llm`).
 """
 from __future__ import annotations
 
@@ -25,13 +28,17 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from tracelab.store import event_index
+from tracelab.store import llm as llm_columns
 from tracelab.store.layout import NAME_COLUMN, DataFile, StoreLayout, resolve_layout
 from tracelab.store.schema import EVENT_SCHEMA, LIGHT_COLUMNS, TIMESTAMP, row_to_event
 
 TimeLike = str | datetime | date_type | pd.Timestamp | int | float
 
 EXECUTION_COLUMNS = ["workflow", "run_id", "started_at", "ended_at", "duration_ms", "events",
-                     "errors", "status", "services", "targets", "tags"]
+                     "errors", "status", "services", "targets", "tags", "llm_tokens",
+                     "llm_cost_usd"]
+# Computed from each event's tags when read: a corrected price table fixes old events.
+LLM_EVENT_COLUMNS = ["llm_cost_usd", "llm_cost_source"]
 WORKFLOW_COLUMNS = ["workflow", "executions", "events", "errors", "first_event", "last_event"]
 _SUMMARY_SOURCE = ["run_id", "started_at", "latency_ms", "status", "service", "target", "tags"]
 
@@ -114,6 +121,7 @@ _SUMMARY_SCHEMA = pa.schema([
     ("first_ns", pa.int64()), ("last_ns", pa.int64()), ("events", pa.int64()),
     ("errors", pa.int64()), ("services", pa.list_(pa.string())),
     ("targets", pa.list_(pa.string())), ("tags", pa.list_(pa.string())),
+    ("llm", llm_columns.LLM_GROUPS),
 ])
 
 
@@ -144,6 +152,8 @@ def _summarise(layout: StoreLayout, files: list[DataFile]) -> pa.Table:
             grouped["run_id"], grouped["s_min"], grouped["e_max"], grouped["run_id_count"],
             grouped["err_sum"], grouped["service_distinct"], grouped["target_distinct"],
             grouped["tags_distinct"],
+            llm_columns.summarise_groups(table["run_id"], table["tags"],
+                                         grouped["run_id"].to_pylist()),
         ], schema=_SUMMARY_SCHEMA))
     return pa.concat_tables(parts) if parts else _SUMMARY_SCHEMA.empty_table()
 
@@ -306,6 +316,7 @@ def executions(workflow: str, since: TimeLike | None = None, until: TimeLike | N
     errors = runs["errors_sum"].to_numpy()
     services = _distinct_per_run(table, "services")
     targets = _distinct_per_run(table, "targets")
+    llm_tokens, llm_cost = llm_columns.run_totals(table["run_id"], table["llm"], run_ids)
     return pd.DataFrame({
         "workflow": workflow,
         "run_id": run_ids,
@@ -318,6 +329,8 @@ def executions(workflow: str, since: TimeLike | None = None, until: TimeLike | N
         "services": [sorted(services.get(r, ())) for r in run_ids],
         "targets": [sorted(targets.get(r, ())) for r in run_ids],
         "tags": run_tags,
+        "llm_tokens": pd.Series(llm_tokens, dtype="int64"),
+        "llm_cost_usd": pd.Series(llm_cost, dtype="float64"),
     })
 
 
@@ -377,7 +390,8 @@ def _events_frame(parts: list[tuple[DataFile, pa.Table]], sort: bool,
         table = table.slice(0, limit)
     frame = table.to_pandas()
     first = ["event_id", "workflow", "run_id"]
-    return frame[first + [c for c in frame.columns if c not in first]]
+    return llm_columns.add_cost_columns(frame[first + [c for c in frame.columns
+                                                       if c not in first]])
 
 
 def event(event_id: str, *, layout: StoreLayout | None = None) -> pd.DataFrame:
@@ -527,7 +541,17 @@ def events(workflow: str, since: TimeLike | None = None, until: TimeLike | None 
     parts = _scan_by_file(layout, files, columns, filter=expression) if files else []
     frame = _events_frame(parts, sort=True, limit=limit)
     return frame if not frame.empty else _empty(
-        ["event_id", "workflow", "run_id", *(c for c in columns if c != NAME_COLUMN)])
+        ["event_id", "workflow", "run_id", *(c for c in columns if c != NAME_COLUMN),
+         *LLM_EVENT_COLUMNS])
+
+
+def llm_calls(workflow: str, since: TimeLike | None = None, until: TimeLike | None = None,
+              *, run_id: str | None = None, layout: StoreLayout | None = None
+              ) -> pd.DataFrame:
+    """One row per LLM call of `workflow` (or of one run) in start order: tokens, cost and
+    its source (priced now), latency, time to first token; see `llm.LLM_CALL_COLUMNS`."""
+    return llm_columns.llm_calls_frame(events(workflow, since, until, run_id=run_id,
+                                              layout=layout))
 
 
 def _matching_tag_values(layout: StoreLayout, files: list[DataFile],
