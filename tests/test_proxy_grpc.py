@@ -10,6 +10,7 @@ through the same CONNECT tunnel is passed through as raw TCP by mitmproxy, unrec
 """
 from __future__ import annotations
 
+import json
 import queue
 from collections.abc import Iterator
 from concurrent import futures
@@ -18,6 +19,7 @@ from typing import Any
 
 import grpc
 import hypothesis.strategies as st
+import orjson
 import pytest
 from google.protobuf import descriptor_pb2
 from hypothesis import given, settings
@@ -27,6 +29,7 @@ from grpc_service import greeter_pb2_grpc as pb_grpc
 from grpc_service import server as greeter_server
 from tests.conftest import RedisServer
 from tests.test_proxy import Proxy, self_signed_cert, wait_events
+from tests.test_replay_proxy import ReplayProxy, http_event
 from tracelab.proxy.grpc import decode_message
 
 SAY, COUNT, CHAT = ("/tlgrpc.v1.Greeter/SayHello", "/tlgrpc.v1.Greeter/CountUp",
@@ -72,7 +75,7 @@ def proxy(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[Proxy, by
         started.stop()
 
 
-def stub(proxy: tuple[Proxy, bytes], port: int, **options: Any) -> pb_grpc.GreeterStub:
+def stub(proxy: tuple[Any, bytes], port: int, **options: Any) -> pb_grpc.GreeterStub:
     """A TLS channel to the greeter through the proxy, trusting the proxy's CA."""
     running, ca = proxy
     channel = grpc.secure_channel(
@@ -171,6 +174,83 @@ def test_bidirectional_call_streams_through_both_ways(proxy: tuple[Proxy, bytes]
         {"1": "hello one"}, {"1": "hello two", "2": 1}]
     sent, got = event["request"]["messages"], event["response"]["messages"]
     assert sent[0]["t"] <= got[0]["t"] <= sent[1]["t"] <= got[1]["t"]
+
+
+def test_chaos_proxy_faults_grpc_calls(tmp_path: Path, redis_server: RedisServer,
+                                       greeter: int) -> None:
+    """`tracelab proxy --faults`: a `grpc_status` rule answers a gRPC status in place of the
+    upstream (once), a latency rule delays a streaming call that still streams both ways."""
+    rules = tmp_path / "chaos.json"
+    rules.write_text(json.dumps({"rules": [
+        {"id": "down", "kind": "grpc", "endpoint": SAY, "grpc_status": "UNAVAILABLE",
+         "details": "try again: 100% down", "times": 1},
+        {"id": "slow", "kind": "grpc", "endpoint": CHAT, "latency_ms": 50}]}))
+    home = tmp_path / "home"
+    running = Proxy(home, "--ssl-insecure", "--redis-url", redis_server.url,
+                    "--faults", str(rules))
+    try:
+        greeter_stub = stub((running, (home / "proxy" / "mitmproxy-ca-cert.pem").read_bytes()),
+                            greeter)
+        with pytest.raises(grpc.RpcError) as failed:
+            greeter_stub.SayHello(pb.HelloRequest(name="ana"), timeout=10)
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert failed.value.details() == "try again: 100% down"
+        assert greeter_stub.SayHello(pb.HelloRequest(name="ana"), timeout=10).message == \
+            "hello ana"  # times: 1, the retry reaches the server
+        chat = greeter_stub.Chat(iter([pb.HelloRequest(name="x"), pb.HelloRequest(name="y")]),
+                                 timeout=10)
+        assert [m.message for m in chat] == ["hello x", "hello y"]
+    finally:
+        running.stop()
+    events, _ = wait_events(redis_server, 3)
+    faulted, retried = sorted((e for e in events if e["endpoint"] == SAY),
+                              key=lambda e: e["status"] != "error")
+    assert faulted["kind"] == "grpc" and faulted["status_code"] == 14
+    assert faulted["error"] == {"type": "UNAVAILABLE", "message": "try again: 100% down"}
+    assert faulted["tags"]["fault.action"] == "grpc_status"
+    assert json.loads(faulted["tags"]["fault.rule"])["id"] == "down"
+    assert faulted["request"]["message"] == {"1": "ana"}
+    assert retried["status"] == "ok" and "fault" not in retried["tags"]
+    (slow,) = (e for e in events if e["endpoint"] == CHAT)
+    assert slow["tags"]["fault.action"] == "latency" and slow["status_code"] == 0
+    assert [m["message"] for m in slow["response"]["messages"]] == [
+        {"1": "hello x"}, {"1": "hello y", "2": 1}]
+
+
+class CountingGreeter(greeter_server.Greeter):
+    """The greeter, counting the calls that reached it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def SayHello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
+        self.calls += 1
+        return super().SayHello(request, context)
+
+
+def test_replay_proxy_fails_a_grpc_call_closed(tmp_path: Path, tls: tuple[bytes, bytes]) -> None:
+    """The replay proxy must see a gRPC request whole before anything goes upstream: in
+    fail mode a call without a recorded answer never reaches the server."""
+    servicer = CountingGreeter()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_GreeterServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([tls]))
+    server.start()
+    recording = tmp_path / "recording.jsonl"
+    recording.write_bytes(orjson.dumps(http_event("GET", "https://api.example.com/x", 200,
+                                                  {"ok": True}, seq=1)) + b"\n")
+    home = tmp_path / "home"
+    replay = ReplayProxy(home, recording, "--ssl-insecure").ready()
+    try:
+        ca = (home / "proxy" / "mitmproxy-ca-cert.pem").read_bytes()
+        with pytest.raises(grpc.RpcError) as missed:
+            stub((replay, ca), port).SayHello(pb.HelloRequest(name="ana"), timeout=10)
+        assert missed.value.code() == grpc.StatusCode.UNAVAILABLE  # HTTP 502, as gRPC maps it
+    finally:
+        report = replay.stop()
+        server.stop(None)
+    assert servicer.calls == 0
+    assert any(line.get("misses") for line in report), report
 
 
 # -- the decoder on real protobuf serialisations ------------------------------------------------

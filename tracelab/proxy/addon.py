@@ -68,6 +68,7 @@ OVERRIDE_HEADERS = {"workflow": "X-Tracelab-Workflow", "run_id": "X-Tracelab-Run
 _METADATA_KEY = "tracelab.overrides"
 _RECORDED_KEY = "tracelab.recorded"
 FAULT_KEY = "tracelab.fault"  # flow.metadata: the `Fault` applied to the flow
+_GRPC_FAULT_KEY = "tracelab.fault.grpc"  # the fault decided for a gRPC call, to be applied
 _MAX_OVERRIDE_CHARS = 256  # the contract's limit for workflow, run_id and service
 # Content types whose bodies are produced over time: buffering them would stall the client.
 STREAMING_CONTENT_TYPES = (
@@ -297,14 +298,29 @@ class TraceLabAddon:
                     overrides[key] = value[:_MAX_OVERRIDE_CHARS]
         if overrides:
             flow.metadata[_METADATA_KEY] = overrides
-        if grpc.is_grpc(flow):  # streamed both ways: a bidi call must not wait for its end
+        if grpc.is_grpc(flow) and self.stream_grpc_request(flow):
             flow.request.stream = grpc.GrpcFrames(flow.request.timestamp_start, _kept_bytes())
+
+    def stream_grpc_request(self, flow: http.HTTPFlow) -> bool:
+        """Stream this gRPC request upstream as it comes (a bidirectional call waiting for an
+        answer before its next message needs it), unless a fault is to be applied to it: the
+        `request` hook of a streamed request comes after it went upstream, so the fault is
+        decided here (on the call's `grpc` view: kind, target, endpoint; no body) and the
+        request is read whole for `request` to apply it."""
+        if self.faults is None:
+            return True
+        fault = self.decide(flow, grpc.call_view(flow))
+        if fault is None:
+            return True
+        flow.metadata[_GRPC_FAULT_KEY] = fault
+        return False
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """The chaos proxy: decide and apply a fault before anything goes upstream."""
         if self.faults is None or flow.response is not None or flow.error is not None:
             return
-        fault = self.decide(flow)
+        fault = flow.metadata.pop(_GRPC_FAULT_KEY, None) if grpc.is_grpc(flow) \
+            else self.decide(flow)
         if fault is not None:
             await self.apply_fault(flow, fault)
 

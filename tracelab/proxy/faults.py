@@ -7,7 +7,8 @@ proxy alike:
 
 - in the `request` hook (the request is read, nothing was sent upstream): the fault's
   `latency_ms` first (`await asyncio.sleep`: mitmproxy awaits async hooks, other flows go on);
-  then `status` answers in place of the upstream, `reset` kills the flow (the client's
+  then `status` answers in place of the upstream, `grpc_status` with a gRPC trailers-only
+  answer (the addon reads a faulted gRPC request whole, see `stream_grpc_request`), `reset` kills the flow (the client's
   connection is dropped without an answer), `timeout` holds the request for `timeout_s`, or
   until the client gives up, then kills it;
 - in `responseheaders`: `empty_body`, `malformed_body` and `truncate` turn streaming off for
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 MANGLING = frozenset(("empty_body", "malformed_body", "truncate"))
 _UPSTREAM_KEY = "tracelab.fault.upstream"  # the response side is still to be applied
 _HOLD_POLL_S = 0.01  # how soon a client that gave up is noticed
+# grpc-message is percent-encoded, printable ASCII but "%" sent as is (gRPC's PROTOCOL-HTTP2).
+_GRPC_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
 def flow_fault(flow: http.HTTPFlow) -> Fault | None:
@@ -71,6 +74,22 @@ def status_response(fault: Fault) -> http.Response:
     return mhttp.Response.make(fault.status or 500, body, headers)
 
 
+def grpc_status_response(fault: Fault) -> http.Response:
+    """The answer of a `grpc_status` fault: a gRPC trailers-only response (HTTP 200, the
+    status and its percent-encoded details in the headers, no message)."""
+    from urllib.parse import quote
+
+    from mitmproxy import http as mhttp
+
+    from tracelab.replay.faults import GRPC_CODES
+
+    details = fault.details if fault.details is not None else fault.message
+    return mhttp.Response.make(200, b"", {
+        "content-type": "application/grpc",
+        "grpc-status": str(fault.grpc_status or GRPC_CODES["UNKNOWN"]),
+        "grpc-message": quote(details, safe=_GRPC_MESSAGE_SAFE)})
+
+
 def set_response(flow: http.HTTPFlow, response: http.Response) -> None:
     """Answer without upstream; a HEAD answer carries no body (it would desync the
     client's connection), nor do 1xx, 204 and 304 answers."""
@@ -95,6 +114,9 @@ async def before_upstream(flow: http.HTTPFlow, fault: Fault, upstream: bool = Tr
         await asyncio.sleep(fault.latency_ms / 1000)
     if fault.action == "status":
         set_response(flow, status_response(fault))
+        return True
+    if fault.action == "grpc_status":
+        set_response(flow, grpc_status_response(fault))
         return True
     if fault.action == "timeout":
         await hold(flow, fault.timeout_s)

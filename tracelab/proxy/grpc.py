@@ -18,8 +18,8 @@ mitmproxy's own protobuf parser (`mitmproxy.contentviews.grpc.ProtoParser`, the 
 view's; frames decompressed with its `parse_grpc_messages` per `grpc-encoding`) into
 `{"<field number>": value}`: varints as integers (the top bit set: a negative int64, as
 negative int32/int64 are sent), fixed32/fixed64 as unsigned integers, length-delimited values
-as text when they are UTF-8 without control characters, else as a nested message when they parse as one, else
-as the binary marker; a repeated field number gives a list. The wire cannot say whether a call
+as text when they are UTF-8 without control characters, else as a nested message when they
+parse as one, else as the binary marker; a repeated field number gives a list. The wire cannot say whether a call
 streams: one message is stored as `message`, any other count as `messages`, a list of
 `{"t", "message"}`. Bodies are capped and redacted like the SDK's (field-name rules cannot
 apply to numbers; value patterns do); metadata follows `TRACELAB_GRPC_METADATA`, auth metadata
@@ -112,6 +112,14 @@ def frames_of(data: bytes | None, started: float, at: float | None) -> GrpcFrame
     for frame in frames.frames:
         frame.t = round(((at or time.time()) - started) * 1000, 3)
     return frames
+
+
+def call_view(flow: http.HTTPFlow) -> dict[str, Any]:
+    """What a fault rule matches a live gRPC call on: kind, target, endpoint (no body: the
+    messages have not been read when the fault is decided)."""
+    request = flow.request
+    return {"kind": "grpc", "target": f"{request.host}:{request.port}",
+            "endpoint": request.path.split("?", 1)[0], "request": {}}
 
 
 # -- decoding -----------------------------------------------------------------------------------
@@ -281,9 +289,10 @@ def record_grpc(rec: Recorder, flow: http.HTTPFlow, exc: BaseException | None,
             error = error_info(exc)
         else:
             error = {"type": "UNKNOWN", "message": "the response ended without a grpc-status"}
+    call = call_view(flow)
     event = build_event(
-        rec, kind="grpc", target=f"{request.host}:{request.port}", endpoint=request.path
-        .split("?", 1)[0], started_at=int(started * 1e9),
+        rec, kind="grpc", target=call["target"], endpoint=call["endpoint"],
+        started_at=int(started * 1e9),
         latency_ms=max(0.0, (end - started) * 1000), status="ok" if ok else "error",
         request=view, response=answer, status_code=number, error=error,
         tags={"grpc.status": name} if name else None, source="proxy", **identity)

@@ -198,6 +198,11 @@ class ReplayAddon(TraceLabAddon):
         self.chunks = ChunkServer()
 
     # -- answering ------------------------------------------------------------------------------
+    def stream_grpc_request(self, flow: http.HTTPFlow) -> bool:
+        """Never: `request` answers from the recording (or fails closed) and must see the
+        request before anything of it goes upstream."""
+        return False
+
     @staticmethod
     def live_view(flow: http.HTTPFlow, rec: Recorder | None) -> dict[str, Any]:
         """The live request in the stored event shape the matcher keys on."""
