@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from fastapi.responses import JSONResponse
 
+from tracelab.store.llm import frame_totals
+
 # A run whose last event ended this recently is shown as running.
 ACTIVE_SECONDS = 30.0
 # Columns of the execution view (no payloads); `shape=columns` dictionary-encodes these.
@@ -22,6 +24,8 @@ DICT_COLUMNS = ("status", "service", "source", "kind", "target", "endpoint", "er
 EVENT_COLUMNS = ("event_id", "started_at", "latency_ms", "status", "status_code", "service",
                  "source", "kind", "target", "endpoint", "span_id", "parent_id", "error_type",
                  "error_message", "tags")
+# Computed by the query layer at read time (not file columns): sent when the frame has them.
+COST_COLUMNS = ("llm_cost_usd", "llm_cost_source")
 
 
 class ORJSONResponse(JSONResponse):
@@ -71,6 +75,8 @@ def execution_row(row: dict, now_ns: int | None = None) -> dict:
         "errors": int(row["errors"]), "status": row["status"],
         "services": list(row["services"]), "targets": list(row["targets"]),
         "tags": dict(row["tags"] or {}),
+        "llm_tokens": int(row.get("llm_tokens") or 0),
+        "llm_cost_usd": None if pd.isna(row.get("llm_cost_usd")) else float(row["llm_cost_usd"]),
         "active": now_ns - int(ended.value) < ACTIVE_SECONDS * 1e9,
     }
 
@@ -85,6 +91,7 @@ def summary_from_events(frame: pd.DataFrame) -> dict:
         tags.update(orjson.loads(text))
     workflows = sorted(frame["workflow"].unique())
     first, last = int(start_ns.min()), int(end_ns.max())
+    llm_tokens, llm_cost_usd = frame_totals(frame)
     return execution_row({
         "workflow": workflows[0] if len(workflows) == 1 else ",".join(workflows),
         "run_id": frame["run_id"].iloc[0],
@@ -94,11 +101,13 @@ def summary_from_events(frame: pd.DataFrame) -> dict:
         "status": "error" if errors else "ok",
         "services": sorted(frame["service"].dropna().unique()),
         "targets": sorted(frame["target"].dropna().unique()), "tags": tags,
+        "llm_tokens": llm_tokens, "llm_cost_usd": llm_cost_usd,
     })
 
 
 def events_table(frame: pd.DataFrame) -> pa.Table:
-    table = pa.Table.from_pandas(frame[[c for c in EVENT_COLUMNS if c in frame.columns]],
+    table = pa.Table.from_pandas(frame[[c for c in (*EVENT_COLUMNS, *COST_COLUMNS)
+                                        if c in frame.columns]],
                                  preserve_index=False)
     if "status_code" in table.column_names:  # pandas made it float to hold nulls
         i = table.column_names.index("status_code")
@@ -108,7 +117,8 @@ def events_table(frame: pd.DataFrame) -> pa.Table:
 
 def event_rows(table: pa.Table, t0_ns: int) -> list[dict]:
     """Events as contract-like objects (no payloads), plus `offset_ms` from the run's start."""
-    cols = {name: table[name].to_pylist() for name in EVENT_COLUMNS if name in table.column_names}
+    cols = {name: table[name].to_pylist() for name in (*EVENT_COLUMNS, *COST_COLUMNS)
+            if name in table.column_names}
     starts = pc.cast(table["started_at"], pa.int64()).to_pylist()
     rows = []
     for i, start in enumerate(starts):
@@ -132,7 +142,7 @@ def event_columns(table: pa.Table, t0_ns: int) -> dict[str, Any]:
         "offset_ms": pc.divide(pc.cast(pc.subtract(starts, t0_ns), pa.float64()),
                                1e6).to_pylist(),
     }
-    for name in EVENT_COLUMNS:
+    for name in (*EVENT_COLUMNS, *COST_COLUMNS):
         if name == "started_at" or name not in table.column_names:
             continue
         column = table[name]

@@ -170,6 +170,25 @@ def add_cost_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def frame_totals(frame: pd.DataFrame) -> tuple[int, float]:
+    """A run's LLM tokens and USD from its events frame (the numbers `executions` gives)."""
+    if frame.empty or "tags" not in frame.columns:
+        return 0, 0.0
+    if "llm_cost_usd" not in frame.columns:
+        frame = add_cost_columns(frame.copy())
+    tokens, usd = 0, 0.0
+    for text, price in zip(frame["tags"], frame["llm_cost_usd"]):
+        usage = usage_of(tags_of(text)) if isinstance(text, str) and LLM_MARK in text else None
+        if usage is None:
+            continue
+        tokens += usage.tokens
+        if price == price:  # not NaN
+            usd += float(price)
+        elif usage.has_usage:
+            usd = float("nan")
+    return tokens, usd
+
+
 def _names(value: Any) -> list[str]:
     return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else []
 
