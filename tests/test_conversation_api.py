@@ -16,7 +16,8 @@ from llm_wire import ANSWER, LLMWire
 from test_api import ROOT, UvicornThread
 
 # The agent's second turn: a tool round trip in the history, the answer streamed with tools;
-# then the same through Anthropic, an embeddings call and a call that is no LLM at all.
+# then the same through Anthropic, an embeddings call, Gemini with a model no price table
+# knows, and a call that is no LLM at all.
 LLM_AGENT = r"""
 import sys, anthropic, openai, requests, tracelab
 url, run_id = sys.argv[1:3]
@@ -39,6 +40,8 @@ with claude.messages.stream(model="claude-3-7-sonnet", max_tokens=64, system="Be
                             messages=[{"role": "user", "content": "hello <b>there</b>"}]) as s:
     s.get_final_text()
 client.embeddings.create(model="text-embedding-3-small", input="a")
+requests.post(url + "/v1beta/models/acme-llm:generateContent",  # a model with no price
+              json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
 requests.post(url + "/not-llm", json={"a": 1})
 assert tracelab.flush(10)
 tracelab.shutdown()

@@ -611,9 +611,19 @@ def build(path: str, request_body: Any, response_body: Any = None, chunks: Any =
     return conv
 
 
-def is_llm_event(event: Mapping[str, Any]) -> bool:
+def _tags(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An event's tags: a dict once loaded, JSON text as the store's frames keep them."""
     tags = event.get("tags")
-    return event.get("kind") == "llm" or (isinstance(tags, Mapping) and "llm.provider" in tags)
+    if isinstance(tags, (str, bytes)):
+        try:
+            tags = orjson.loads(tags)
+        except orjson.JSONDecodeError:
+            return {}
+    return tags if isinstance(tags, Mapping) else {}
+
+
+def is_llm_event(event: Mapping[str, Any]) -> bool:
+    return event.get("kind") == "llm" or "llm.provider" in _tags(event)
 
 
 def conversation(event: Mapping[str, Any]) -> Conversation | None:
@@ -622,7 +632,7 @@ def conversation(event: Mapping[str, Any]) -> Conversation | None:
     try:
         if not is_llm_event(event):
             return None
-        tags = event.get("tags") if isinstance(event.get("tags"), Mapping) else {}
+        tags = _tags(event)
         request = _d(event.get("request"))
         response = _d(event.get("response"))
         url = _s(request.get("url")) or ""

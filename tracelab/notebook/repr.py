@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 import pandas as pd
 
+from tracelab.analysis.conversation import ROLES, Conversation, Message, ToolCall, conversation
+
 # Past this, a pretty-printed body is cut in the panel (the full event stays one call away).
 PANEL_TEXT_LIMIT = 100_000
 _BASE64_PREVIEW = 240
@@ -29,6 +31,13 @@ _STYLE = (
     "background:var(--jp-layout-color2,#f5f5f5);border-radius:3px;font-size:12px}"
     ".tl-box table{border-collapse:collapse}"
     ".tl-box code{font-size:12px}"
+    ".tl-box .tl-msg{border-left:3px solid #9e9e9e;padding:2px 0 2px 6px;margin:4px 0}"
+    ".tl-box .tl-msg pre{margin:2px 0}"
+    ".tl-box .tl-role{font-weight:600;font-size:11px;text-transform:uppercase}"
+    ".tl-box .tl-role-system{border-color:#7e57c2}.tl-box .tl-role-user{border-color:#1e88e5}"
+    ".tl-box .tl-role-assistant{border-color:#43a047}.tl-box .tl-role-tool{border-color:#fb8c00}"
+    ".tl-box .tl-completion{background:var(--jp-layout-color1,#fff);outline:1px solid #43a047}"
+    ".tl-box details>summary{cursor:pointer;font-weight:600;margin:6px 0}"
     "</style>"
 )
 
@@ -150,8 +159,57 @@ def _message_html(title: str, message: Any) -> str:
     return "".join(parts)
 
 
+def _tool_call_html(call: ToolCall) -> str:
+    args = call.arguments
+    text = "" if args is None else args if isinstance(args, str) else pretty(args)
+    ident = f' <span class="tl-dim">{esc(call.id)}</span>' if call.id else ""
+    return (f'<div class="tl-call">→ calls <code>{esc(call.name or "?")}</code>{ident}</div>'
+            + (f"<pre>{esc(_cut(text))}</pre>" if text else ""))
+
+
+def _turn_html(message: Message, extra_class: str = "") -> str:
+    role = message.role if message.role in ROLES else "user"
+    head = esc(role)
+    if role == "tool":
+        what = f" {esc(message.name)}" if message.name else ""
+        ident = f" ({esc(message.tool_call_id)})" if message.tool_call_id else ""
+        head += f'<span class="tl-dim"> result of{what}{ident}</span>'
+        if message.is_error:
+            head += ' <span class="tl-err">error</span>'
+    parts = [f'<div class="tl-role">{head}</div>']
+    if message.reasoning:
+        parts.append(f'<div class="tl-dim">reasoning</div><pre>{esc(_cut(message.reasoning))}'
+                     "</pre>")
+    if message.content is not None:
+        parts.append(f"<pre>{esc(_cut(message.content))}</pre>")
+    parts += [_tool_call_html(call) for call in message.tool_calls]
+    return f'<div class="tl-msg tl-role-{role}{extra_class}">{"".join(parts)}</div>'
+
+
+def conversation_html(conv: Conversation) -> str:
+    """An LLM call as read by people: the turns by role, tool calls and results, the
+    completion (every string escaped, like any payload)."""
+    facts = [esc(conv.format)] + [f"<code>{esc(v)}</code>" for v in (conv.model,) if v]
+    if conv.streamed:
+        facts.append("streamed")
+    if conv.truncated:
+        facts.append('<span class="tl-err">cut short: the stream was not recorded whole</span>')
+    parts = [f'<div class="tl-head">Conversation</div><div class="tl-dim">{" · ".join(facts)}'
+             "</div>"]
+    if conv.tools:
+        parts.append(f'<div class="tl-dim">tools offered: {join_names(conv.tools, 12)}</div>')
+    parts += [_turn_html(m) for m in conv.messages]
+    finish = f' <span class="tl-dim">finish: {esc(conv.finish_reason)}</span>' \
+        if conv.finish_reason else ""
+    parts.append(f'<div class="tl-head">Completion{finish}</div>')
+    parts.append(_turn_html(conv.completion, " tl-completion") if conv.completion
+                 else '<div class="tl-dim">(no answer recorded)</div>')
+    return f'<div class="tl-conversation">{"".join(parts)}</div>'
+
+
 def payload_html(event: Mapping[str, Any]) -> str:
-    """The payload panel for one event: what it was, then its request and response."""
+    """The payload panel for one event: what it was, then its request and response; for an
+    LLM call, the conversation first and the raw JSON one click away."""
     head = " ".join(esc(event.get(k)) for k in ("kind", "endpoint"))
     facts = [f"target <code>{esc(event.get('target'))}</code>",
              f"service <code>{esc(event.get('service'))}</code>",
@@ -166,9 +224,54 @@ def payload_html(event: Mapping[str, Any]) -> str:
         if isinstance(error, Mapping):
             error = f"{error.get('type', '')}: {error.get('message', '')}"
         parts.append(f'<div class="tl-err">{esc(error)}</div>')
-    parts.append(_message_html("Request", event.get("request")))
-    parts.append(_message_html("Response", event.get("response")))
+    tokens = llm_usage_text(event.get("tags"))
+    if tokens:
+        parts.append(f"<div>{esc(tokens)}</div>")
+    raw = _message_html("Request", event.get("request")) + \
+        _message_html("Response", event.get("response"))
+    conv = conversation(event)
+    if conv is None:
+        parts.append(raw)
+    else:
+        parts.append(conversation_html(conv))
+        parts.append(f'<details class="tl-raw"><summary>Raw JSON (request and response)'
+                     f"</summary>{raw}</details>")
     return box("".join(parts))
+
+
+def llm_usage_text(tags: Any, cost_usd: Any = None) -> str:
+    """`120 in (100 cached) · 30 out tokens · $0.000123`: what an LLM call used, from its
+    `llm.*` tags and, when the query layer priced it, its cost; empty for other calls."""
+    if isinstance(tags, (str, bytes)):
+        try:
+            tags = orjson.loads(tags)
+        except orjson.JSONDecodeError:
+            tags = None
+    tags = tags if isinstance(tags, Mapping) else {}
+    pieces = []
+    if tags.get("llm.input_tokens") is not None:
+        cached = tags.get("llm.cached_input_tokens")
+        pieces.append(f"{tags['llm.input_tokens']} in"
+                      + (f" ({cached} cached)" if cached not in (None, "0") else ""))
+    if tags.get("llm.output_tokens") is not None:
+        pieces.append(f"{tags['llm.output_tokens']} out")
+    text = (" · ".join(pieces) + " tokens") if pieces else ""
+    try:
+        cost = float(cost_usd)
+    except (TypeError, ValueError):
+        cost = math.nan
+    if not math.isnan(cost):
+        text += (" · " if text else "") + format_usd(cost)
+    return text
+
+
+def format_usd(value: float) -> str:
+    """Dollars with three significant digits however small (`$0.0000285`): an LLM call often
+    costs a fraction of a cent."""
+    if value <= 0 or math.isnan(value):
+        return "$0"
+    decimals = max(2, 2 - math.floor(math.log10(value)))
+    return f"${value:.{decimals}f}"
 
 
 def placeholder_html(text: str) -> str:

@@ -28,7 +28,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from tracelab.notebook.repr import (
-    box, esc, format_ms, join_names, payload_html, placeholder_html, pretty, status_html,
+    box, esc, format_ms, join_names, llm_usage_text, payload_html, placeholder_html, pretty,
+    status_html,
 )
 
 STATUS_COLORS = {"ok": "#4C78A8", "error": "#E45756"}
@@ -37,6 +38,10 @@ FAULT_COLOR = "#F58518"
 FAULT_TRACE = "fault"  # the trace (and legend entry) holding every faulted call
 FAULT_TAG, FAULT_ACTION_TAG, FAULT_RULE_TAG, REPLAY_TAG = \
     "fault", "fault.action", "fault.rule", "replay"
+# An LLM call's hover shows its tokens (these tags) and its cost (the events frame's
+# `llm_cost_usd`, priced at query time by tracelab.analysis.cost) when it has them.
+LLM_TOKEN_TAGS = ("llm.input_tokens", "llm.cached_input_tokens", "llm.output_tokens")
+COST_COLUMN = "llm_cost_usd"
 MAX_SUBROWS = 8          # concurrent calls in one lane spread over at most this many rows
 MAX_OVERVIEW_RUNS = 1000  # the overview Gantt shows the newest runs, one row each
 FIGURE_WIDTH = 760
@@ -401,7 +406,7 @@ def execution_timeline(events: pd.DataFrame, load_event: Loader, *,
     width = np.maximum(latency, max(span, 1.0) * _MIN_BAR_FRACTION)
     status = events["status"] if n else pd.Series([], dtype=object)
     tags = tag_columns(events["tags"].tolist() if "tags" in events else [None] * n,
-                       (FAULT_TAG, FAULT_ACTION_TAG, REPLAY_TAG))
+                       (FAULT_TAG, FAULT_ACTION_TAG, REPLAY_TAG, *LLM_TOKEN_TAGS))
     faulted = pd.notna(tags[FAULT_TAG]).astype(bool)
     hover = _event_hover(events, orphan, tags) if n else np.zeros(0, dtype=object)
     ids = events["event_id"].to_numpy(dtype=object) if n else np.zeros(0, dtype=object)
@@ -464,7 +469,8 @@ def _event_hover(events: pd.DataFrame, orphan: np.ndarray,
 
     def render(endpoint: Any, kind: Any, target: Any, status: Any, code: Any,
                is_orphan: bool, fault: Any = None, action: Any = None,
-               replay: Any = None) -> str:
+               replay: Any = None, tokens_in: Any = None, cached: Any = None,
+               tokens_out: Any = None, cost: Any = None) -> str:
         code_text = "—" if code is None or code is pd.NA or code != code else str(int(code))
         text = (f"<b>{_plotly_text(endpoint)}</b><br>{_plotly_text(kind)} → "
                 f"{_plotly_text(target)}<br>status {_plotly_text(status)} · code {code_text}")
@@ -473,14 +479,24 @@ def _event_hover(events: pd.DataFrame, orphan: np.ndarray,
                      f"({_plotly_text('?' if _missing(action) else action)})</b>")
         if not _missing(replay):
             text += f"<br>replay {_plotly_text(replay)}"
+        usage = llm_usage_text({name: value for name, value in zip(
+            LLM_TOKEN_TAGS, (tokens_in, cached, tokens_out)) if not _missing(value)},
+            None if _missing(cost) else cost)
+        if usage:
+            text += f"<br>{_plotly_text(usage)}"
         return text + ("<br><i>parent span not recorded</i>" if is_orphan else "")
 
     tagged = [pd.Series(tags[name]) for name in (FAULT_TAG, FAULT_ACTION_TAG, REPLAY_TAG)]
-    if not any(series.notna().any() for series in tagged):
+    llm = [pd.Series(tags[name]) for name in LLM_TOKEN_TAGS]
+    llm.append(pd.Series(events[COST_COLUMN].to_numpy(dtype=object)) if COST_COLUMN in events
+               else pd.Series([None] * n, dtype=object))
+    if not any(series.notna().any() for series in llm):
+        llm = []  # no LLM call: fewer columns to combine
+    if not llm and not any(series.notna().any() for series in tagged):
         tagged = []  # a run that is neither replayed nor faulted: fewer columns to combine
     return combination_text([column("endpoint"), column("kind"), column("target"),
                              column("status"), column("status_code"), pd.Series(orphan),
-                             *tagged], render)
+                             *tagged, *llm], render)
 
 
 def executions_timeline(runs: pd.DataFrame, workflow: str,
