@@ -30,7 +30,7 @@ from grpc_service import server as greeter_server
 from tests.conftest import RedisServer
 from tests.test_proxy import Proxy, self_signed_cert, wait_events
 from tests.test_replay_proxy import ReplayProxy, http_event
-from tracelab.proxy.grpc import decode_message
+from tracelab.proxy.grpc import GrpcFrames, decode_message
 
 SAY, COUNT, CHAT = ("/tlgrpc.v1.Greeter/SayHello", "/tlgrpc.v1.Greeter/CountUp",
                     "/tlgrpc.v1.Greeter/Chat")
@@ -149,6 +149,25 @@ def test_gzip_compressed_messages_are_decoded(proxy: tuple[Proxy, bytes], gzip_g
     assert event["kind"] == "grpc" and event["status_code"] == 0
     assert event["request"]["message"] == {"1": "zip " * 50, "2": 2}
     assert event["response"]["message"] == {"1": "hello " + "zip " * 50, "2": 2}
+
+
+def test_messages_past_the_body_cap_are_truncated_like_bodies(
+        tmp_path: Path, redis_server: RedisServer, greeter: int) -> None:
+    home = tmp_path / "home"
+    running = Proxy(home, "--ssl-insecure", "--redis-url", redis_server.url,
+                    env={"TRACELAB_MAX_BODY_BYTES": "512"})
+    try:
+        ca = (home / "proxy" / "mitmproxy-ca-cert.pem").read_bytes()
+        answers = list(stub((running, ca), greeter).CountUp(
+            pb.HelloRequest(name="many", times=2000), timeout=20))
+    finally:
+        running.stop()
+    assert [a.index for a in answers] == list(range(2000))  # the client got every message
+    (event,), _ = wait_events(redis_server, 1)
+    assert event["status"] == "ok" and event["response"]["complete"] is True
+    stored = event["response"]["messages"]
+    assert stored["$tracelab"] == "truncated" and stored["size"] > 512
+    assert stored["data"].startswith('[{"t":')
 
 
 def test_bidirectional_call_streams_through_both_ways(proxy: tuple[Proxy, bytes], greeter: int,
@@ -282,6 +301,30 @@ def test_nested_and_repeated_fields(names: list[str], numbers: list[int]) -> Non
     assert decode_message(proto.SerializeToString()) == {
         "1": "a.proto", "3": names,
         "4": {"1": "M", "2": fields[0] if len(fields) == 1 else fields}}
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 3000), max_size=8), limit=st.integers(0, 10_000),
+       data=st.data())
+def test_frames_split_out_of_any_chunking(sizes: list[int], limit: int,
+                                          data: st.DataObject) -> None:
+    """Frames come whole out of a body however it is cut into chunks; the chunks pass
+    unchanged; frames are kept while they add up to the limit (+4 KiB), then only counted."""
+    frames = [bytes([i % 2]) + len(body).to_bytes(4, "big") + body
+              for i, body in enumerate(bytes([i]) * size for i, size in enumerate(sizes))]
+    wire = b"".join(frames)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
+    chunks = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
+    tap = GrpcFrames(started=0.0, limit=limit)
+    assert b"".join(tap(chunk) for chunk in chunks) == wire
+    assert tap.count == len(frames) and tap.whole
+    kept, total = [], 0
+    for frame in frames:
+        total += len(frame)
+        if total > limit + 4096:
+            break
+        kept.append(frame)
+    assert [f.data for f in tap.frames] == kept
 
 
 def test_bytes_that_are_no_message_are_kept_as_binary() -> None:

@@ -22,6 +22,9 @@ What becomes an event:
   Content-Length, and any body larger than the body cap) are forwarded chunk by chunk as they
   arrive; the addon keeps a copy of the first `max_body_bytes` only, so the event's body is the
   usual JSON/text value, or a `truncated` marker carrying the full size.
+- A gRPC call (HTTP/2, `application/grpc*`): ONE `kind: grpc` event, its messages decoded
+  without a `.proto` (keys are field numbers), its status from the `grpc-status` trailer;
+  both bodies are streamed through the proxy (`tracelab.proxy.grpc` has the details).
 - A WebSocket connection: ONE event per connection (`kind: websocket`), recorded when it
   closes. `request` is the upgrade request, `response` the 101 answer whose `body` summarises
   the connection: `messages` and `bytes` counted per direction (`from_client`,

@@ -8,9 +8,9 @@ proxy alike:
 - in the `request` hook (the request is read, nothing was sent upstream): the fault's
   `latency_ms` first (`await asyncio.sleep`: mitmproxy awaits async hooks, other flows go on);
   then `status` answers in place of the upstream, `grpc_status` with a gRPC trailers-only
-  answer (the addon reads a faulted gRPC request whole, see `stream_grpc_request`), `reset` kills the flow (the client's
-  connection is dropped without an answer), `timeout` holds the request for `timeout_s`, or
-  until the client gives up, then kills it;
+  answer (the addon reads a faulted gRPC request whole, see `stream_grpc_request`), `reset`
+  kills the flow (the client's connection is dropped without an answer), `timeout` holds the
+  request for `timeout_s`, or until the client gives up, then kills it;
 - in `responseheaders`: `empty_body`, `malformed_body` and `truncate` turn streaming off for
   this response (its body must be whole to be rewritten); `stream_cut` streams it through
   `StreamCut`, which passes the first N body chunks as they come from the upstream and then

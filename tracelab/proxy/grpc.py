@@ -19,11 +19,17 @@ view's; frames decompressed with its `parse_grpc_messages` per `grpc-encoding`) 
 `{"<field number>": value}`: varints as integers (the top bit set: a negative int64, as
 negative int32/int64 are sent), fixed32/fixed64 as unsigned integers, length-delimited values
 as text when they are UTF-8 without control characters, else as a nested message when they
-parse as one, else as the binary marker; a repeated field number gives a list. The wire cannot say whether a call
-streams: one message is stored as `message`, any other count as `messages`, a list of
-`{"t", "message"}`. Bodies are capped and redacted like the SDK's (field-name rules cannot
-apply to numbers; value patterns do); metadata follows `TRACELAB_GRPC_METADATA`, auth metadata
-always redacted.
+parse as one, else as the binary marker; a repeated field number gives a list. The wire
+cannot say whether a call streams: one message is stored as `message`, any other count as
+`messages`, a list of `{"t", "message"}` (`complete` says whether the stream ended with a
+status). Bodies are capped and redacted like the SDK's (field-name rules cannot apply to
+numbers; value patterns do); metadata follows `TRACELAB_GRPC_METADATA`, auth metadata always
+redacted. An answer without `grpc-status` gets the code a gRPC client makes of its HTTP
+status (502 -> UNAVAILABLE, ...); a call that got no answer the proxy's error.
+
+Not recorded as gRPC: plaintext gRPC (an insecure channel) through the proxy's CONNECT
+tunnel, which mitmproxy 11 forwards as raw TCP (it does not intercept HTTP/2 with prior
+knowledge in a tunnel); clients use TLS and trust the proxy's CA.
 """
 from __future__ import annotations
 
@@ -75,39 +81,60 @@ class Frame:
 @dataclass
 class GrpcFrames:
     """A `Message.stream` callable: passes every chunk on unchanged and keeps the gRPC frames
-    it carries (up to `limit` bytes of them; the rest are only counted)."""
+    it carries while they add up to at most `limit` bytes (and a little more, so an over-long
+    list is seen as such, as the SDK does); the frames past that are counted, their bytes
+    skipped as they pass (never buffered)."""
 
     started: float
     limit: int
     frames: list[Frame] = field(default_factory=list)
     count: int = 0
-    kept: int = 0
-    pending: bytearray = field(default_factory=bytearray)
+    seen: int = 0  # bytes of all frames so far, kept or not
+    pending: bytearray = field(default_factory=bytearray)  # a frame still arriving
+    skip: int = 0  # bytes left of a frame that is not kept
 
     def __call__(self, chunk: bytes) -> bytes:
-        if chunk:
-            self.pending += chunk
-            self._split()
+        data = memoryview(chunk)
+        while data:
+            if self.skip:
+                step = min(self.skip, len(data))
+                self.skip -= step
+                data = data[step:]
+                continue
+            self.pending += data
+            data = self._split()
         return chunk
 
-    def _split(self) -> None:
+    def _split(self) -> memoryview:
+        """Take the complete frames out of `pending`; what follows a frame that is not kept
+        is handed back (after its bytes are skipped)."""
         while len(self.pending) >= _FRAME_HEADER:
             size = _FRAME_HEADER + int.from_bytes(self.pending[1:_FRAME_HEADER], "big")
+            if self.seen + size > self.limit + _SLACK:
+                self.count += 1
+                self.seen += size
+                rest = memoryview(bytes(self.pending[size:]))
+                self.skip = max(0, size - len(self.pending))
+                self.pending.clear()
+                return rest
             if len(self.pending) < size:
-                return
-            self.add(bytes(self.pending[:size]))
+                break
+            self.count += 1
+            self.seen += size
+            self.frames.append(Frame(round((time.time() - self.started) * 1000, 3),
+                                     bytes(self.pending[:size])))
             del self.pending[:size]
+        return memoryview(b"")
 
-    def add(self, frame: bytes) -> None:
-        self.count += 1
-        if self.kept + len(frame) <= self.limit + _SLACK:
-            self.kept += len(frame)
-            self.frames.append(Frame(round((time.time() - self.started) * 1000, 3), frame))
+    @property
+    def whole(self) -> bool:
+        """No frame was left half-way (the stream ended on a frame boundary)."""
+        return not self.pending and not self.skip
 
 
-def frames_of(data: bytes | None, started: float, at: float | None) -> GrpcFrames:
+def frames_of(data: bytes | None, started: float, at: float | None, limit: int) -> GrpcFrames:
     """The frames of a body read whole (or the kept head of a streamed one): all at `at`."""
-    frames = GrpcFrames(started, limit=len(data or b""))
+    frames = GrpcFrames(started, limit)
     frames(data or b"")
     for frame in frames.frames:
         frame.t = round(((at or time.time()) - started) * 1000, 3)
@@ -259,20 +286,21 @@ def record_grpc(rec: Recorder, flow: http.HTTPFlow, exc: BaseException | None,
     end = (response.timestamp_end if response is not None else None) or time.time()
     number, name, details = status_of(flow)
     ok = number == 0 and exc is None
+    cap = rec.config.max_body_bytes
     found: set[str] = set()
     sent = request.stream if isinstance(request.stream, GrpcFrames) else \
-        frames_of(request.raw_content, started, request.timestamp_end)
+        frames_of(request.raw_content, started, request.timestamp_end, cap)
     view = _messages_view(rec, sent, request.headers.get("grpc-encoding"), True, found)
     view["metadata"] = metadata_view(_metadata(request.headers), rec.redactor, found)
     answer: dict[str, Any] | None = None
     if response is not None:
         got = response.stream if isinstance(response.stream, GrpcFrames) else \
-            frames_of(_kept(response), started, response.timestamp_end)
+            frames_of(_kept(response), started, response.timestamp_end, cap)
         answer = {"status_code": number,
                   **_messages_view(rec, got, response.headers.get("grpc-encoding"),
                                    number == 0, found)}
         if "messages" in answer:
-            answer["complete"] = number is not None and exc is None and not got.pending
+            answer["complete"] = number is not None and exc is None and got.whole
         initial, trailing = response.headers, response.trailers
         if trailing is None and "grpc-status" in initial:  # trailers-only: headers are trailers
             initial, trailing = None, initial
