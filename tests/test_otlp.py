@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -229,3 +232,23 @@ def test_spans_go_to_the_redis_stream_when_configured(tmp_path: Path,
     assert {e["tags"]["llm.model"] for e in llm} == {
         "claude-sonnet-4-20250514", "gpt-4o", "gpt-4o-mini"}
     assert all(e["source"] == "otlp" and e["workflow"] == "otel-agent" for e in events)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["resourceSpans", "scopeSpans", "spans", "resource", "attributes",
+                         "traceId", "spanId", "name", "key", "value", "stringValue",
+                         "intValue", "startTimeUnixNano", "status", "code", "kind"]) | st.text(),
+        inner, max_size=4), max_leaves=20)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(st.binary(max_size=200).map(lambda b: ("application/x-protobuf", b)),
+                      JSON_VALUES.map(lambda v: ("application/json", orjson.dumps(v)))))
+def test_any_body_is_answered_never_crashes(server, body):
+    ctype, raw = body
+    answer = httpx.post(server.otlp_url + "/v1/traces", content=raw,
+                        headers={"Content-Type": ctype}, timeout=30)
+    assert answer.status_code in (200, 400), (raw, answer.text)
