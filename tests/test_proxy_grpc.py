@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from grpc_service import greeter_pb2 as pb
 from grpc_service import greeter_pb2_grpc as pb_grpc
 from grpc_service import server as greeter_server
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, free_port
 from tests.test_proxy import Proxy, self_signed_cert, wait_events
 from tests.test_replay_proxy import ReplayProxy, http_event
 from tracelab.proxy.grpc import GrpcFrames, decode_message
@@ -168,6 +168,25 @@ def test_messages_past_the_body_cap_are_truncated_like_bodies(
     stored = event["response"]["messages"]
     assert stored["$tracelab"] == "truncated" and stored["size"] > 512
     assert stored["data"].startswith('[{"t":')
+
+
+def test_a_stream_cut_by_the_server_going_away(proxy: tuple[Proxy, bytes],
+                                               tls: tuple[bytes, bytes],
+                                               redis_server: RedisServer) -> None:
+    server, port = greeter_server.start(tls)
+    answers = stub(proxy, port).CountUp(pb.HelloRequest(name="slow", times=50), timeout=10)
+    first = next(answers)
+    assert first.message == "slow 0"
+    server.stop(None)  # mid-stream (it waits between messages): no status for the client
+    with pytest.raises(grpc.RpcError):
+        list(answers)
+    (event,), _ = wait_events(redis_server, 1)
+    assert event["kind"] == "grpc" and event["endpoint"] == COUNT
+    assert event["status"] == "error" and event["status_code"] is None
+    assert "grpc.status" not in event["tags"]
+    assert event["error"]["type"] == "UpstreamError"  # what mitmproxy saw, in its words
+    assert event["response"]["status_code"] is None
+    assert event["response"]["message"] == {"1": "slow 0"}  # what came before the cut
 
 
 def test_bidirectional_call_streams_through_both_ways(proxy: tuple[Proxy, bytes], greeter: int,
