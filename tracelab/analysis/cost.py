@@ -166,6 +166,8 @@ class PriceTable:
         self.as_of = as_of
         self.override = override
         self._cache: dict[tuple[str, str | None], Price | None] = {}
+        # For callers pricing the same inputs again (the query layer: one entry per tags text).
+        self.memo: dict[Any, Any] = {}
 
     def price_for(self, model: str, provider: str | None = None) -> Price | None:
         """The first entry matching `model` (and `provider`, when the entry names one)."""

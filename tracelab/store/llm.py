@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from tracelab.analysis import cost
 
 LLM_MARK = '"llm.'  # every stored tag text of an LLM call holds it (tags are compact JSON)
+_MEMO_LIMIT = 200_000  # tags texts priced per price table before the memo starts over
 _CALL_KEYS = ("llm.provider", "llm.model", "llm.input_tokens", "llm.output_tokens",
               "llm.total_tokens")
 
@@ -151,22 +152,30 @@ def run_totals(run_ids: pa.ChunkedArray | pa.Array, groups: pa.ChunkedArray | pa
 
 def add_cost_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """`llm_cost_usd` (NaN when unknown or not an LLM call) and `llm_cost_source` (`provider`,
-    `table:<date>` or None), computed once per distinct tags text."""
+    `table:<date>` or None), computed once per distinct tags text and price table."""
     if "tags" not in frame.columns:
         return frame
     prices = cost.current_prices()
-    found: dict[Any, tuple[float | None, str | None]] = {}
+    memo = prices.memo
+    usd: dict[str, float] = {}
+    source: dict[str, str] = {}
     for text in frame["tags"].unique():
-        if isinstance(text, str) and LLM_MARK in text:
-            tags = tags_of(text)
-            if usage_of(tags) is not None:
-                found[text] = prices.cost_of(tags)
-    costs = [found.get(t, (None, None)) if isinstance(t, str) else (None, None)
-             for t in frame["tags"]]
-    frame["llm_cost_usd"] = pd.Series([c[0] for c in costs], index=frame.index,
-                                      dtype="float64")
-    frame["llm_cost_source"] = pd.Series([c[1] for c in costs], index=frame.index,
-                                         dtype=object)
+        if not isinstance(text, str) or LLM_MARK not in text:
+            continue
+        if text not in memo:
+            if len(memo) > _MEMO_LIMIT:
+                memo.clear()
+            memo[text] = prices.cost_of(tags_of(text))
+        found = memo[text]
+        if found[0] is not None:
+            usd[text], source[text] = found
+    if not usd:
+        frame["llm_cost_usd"] = pd.Series(float("nan"), index=frame.index, dtype="float64")
+        frame["llm_cost_source"] = pd.Series(None, index=frame.index, dtype=object)
+        return frame
+    frame["llm_cost_usd"] = frame["tags"].map(usd).astype("float64")
+    sources = frame["tags"].map(source).astype(object)
+    frame["llm_cost_source"] = sources.where(sources.notna(), None)
     return frame
 
 
