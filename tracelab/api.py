@@ -136,8 +136,9 @@ class Executions:
 
 class Execution:
     """One run: `.events` (DataFrame, no payloads), `.event(id)` (one event with its payloads),
-    `.timeline()`, `.diff(other)`, `.llm` (its LLM calls), `.summary` (its row of `tl.executions(wf).df`), and for
-    record & replay `.export(path)`, `.replay(...)`, `.replay_of`, `.replays`."""
+    `.timeline()`, `.diff(other)`, `.llm` (its LLM calls), `.summary` (its row of
+    `tl.executions(wf).df`), and for record & replay `.export(path)`, `.replay(...)`,
+    `.replay_of`, `.replays`."""
 
     def __init__(self, run_id: str, events: pd.DataFrame | None = None, *,
                  workflow: str | None = None) -> None:
