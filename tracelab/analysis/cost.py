@@ -180,24 +180,25 @@ class PriceTable:
 
     def cost_of(self, tags: Mapping[str, Any]) -> tuple[float | None, str | None]:
         """USD and its source for one LLM call's tags; `(None, None)` when unknown."""
-        reported = _float(tags.get(COST_TAG))
+        reported = tag_float(tags.get(COST_TAG))
         if reported is not None:
             return reported, PROVIDER_SOURCE
         model = tags.get("llm.model")
         if not isinstance(model, str) or not model:
             return None, None
-        input_tokens = _int(tags.get("llm.input_tokens"))
-        output_tokens = _int(tags.get("llm.output_tokens"))
+        input_tokens = tag_int(tags.get("llm.input_tokens"))
+        output_tokens = tag_int(tags.get("llm.output_tokens"))
         if input_tokens is None and output_tokens is None:
             return None, None
-        price = self.price_for(model, _str(tags.get("llm.provider")))
+        price = self.price_for(model, tag_str(tags.get("llm.provider")))
         if price is None:
             return None, None
         return (price.cost(input_tokens or 0, output_tokens or 0,
-                           _int(tags.get("llm.cached_input_tokens")) or 0), price.source)
+                           tag_int(tags.get("llm.cached_input_tokens")) or 0), price.source)
 
 
-def _int(value: Any) -> int | None:
+def tag_int(value: Any) -> int | None:
+    """A tag's integer (tags are strings; `"120"`, `"120.0"`), or None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -208,12 +209,13 @@ def _int(value: Any) -> int | None:
         try:
             return int(value.strip())
         except ValueError:
-            number = _float(value)
+            number = tag_float(value)
             return int(number) if number is not None else None
     return None
 
 
-def _float(value: Any) -> float | None:
+def tag_float(value: Any) -> float | None:
+    """A tag's non-negative finite number, or None."""
     if isinstance(value, bool) or value is None:
         return None
     try:
@@ -223,7 +225,8 @@ def _float(value: Any) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
-def _str(value: Any) -> str | None:
+def tag_str(value: Any) -> str | None:
+    """A non-empty string tag, or None."""
     return value if isinstance(value, str) and value else None
 
 

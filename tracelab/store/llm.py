@@ -73,14 +73,14 @@ def usage_of(tags: Mapping[str, Any]) -> Usage | None:
     """The call's numbers, or None when the tags are not an LLM call's."""
     if not any(tags.get(k) not in (None, "") for k in _CALL_KEYS):
         return None
-    input_tokens = cost._int(tags.get("llm.input_tokens"))
-    output_tokens = cost._int(tags.get("llm.output_tokens"))
-    total = cost._int(tags.get("llm.total_tokens"))
+    input_tokens = cost.tag_int(tags.get("llm.input_tokens"))
+    output_tokens = cost.tag_int(tags.get("llm.output_tokens"))
+    total = cost.tag_int(tags.get("llm.total_tokens"))
     has_usage = input_tokens is not None or output_tokens is not None
     tokens = (input_tokens or 0) + (output_tokens or 0) if has_usage else (total or 0)
-    return Usage(cost._str(tags.get("llm.model")), cost._str(tags.get("llm.provider")),
-                 input_tokens or 0, cost._int(tags.get("llm.cached_input_tokens")) or 0,
-                 output_tokens or 0, tokens, has_usage, cost._float(tags.get(cost.COST_TAG)))
+    return Usage(cost.tag_str(tags.get("llm.model")), cost.tag_str(tags.get("llm.provider")),
+                 input_tokens or 0, cost.tag_int(tags.get("llm.cached_input_tokens")) or 0,
+                 output_tokens or 0, tokens, has_usage, cost.tag_float(tags.get(cost.COST_TAG)))
 
 
 # -- per-file run summaries ----------------------------------------------------------------
@@ -220,18 +220,18 @@ def llm_calls_frame(events: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "run_id": record["run_id"], "event_id": record["event_id"],
             "started_at": record["started_at"], "service": record.get("service"),
-            "provider": cost._str(tags.get("llm.provider")),
-            "model": cost._str(tags.get("llm.model")),
-            "operation": cost._str(tags.get("llm.operation")),
-            "input_tokens": cost._int(tags.get("llm.input_tokens")),
-            "cached_input_tokens": cost._int(tags.get("llm.cached_input_tokens")),
-            "output_tokens": cost._int(tags.get("llm.output_tokens")),
-            "reasoning_tokens": cost._int(tags.get("llm.reasoning_tokens")),
-            "total_tokens": cost._int(tags.get("llm.total_tokens")),
+            "provider": cost.tag_str(tags.get("llm.provider")),
+            "model": cost.tag_str(tags.get("llm.model")),
+            "operation": cost.tag_str(tags.get("llm.operation")),
+            "input_tokens": cost.tag_int(tags.get("llm.input_tokens")),
+            "cached_input_tokens": cost.tag_int(tags.get("llm.cached_input_tokens")),
+            "output_tokens": cost.tag_int(tags.get("llm.output_tokens")),
+            "reasoning_tokens": cost.tag_int(tags.get("llm.reasoning_tokens")),
+            "total_tokens": cost.tag_int(tags.get("llm.total_tokens")),
             "cost_usd": cost_usd, "cost_source": record.get("llm_cost_source"),
             "latency_ms": record.get("latency_ms"),
-            "ttft_ms": cost._float(tags.get("llm.ttft_ms")),
-            "finish_reason": cost._str(tags.get("llm.finish_reason")),
+            "ttft_ms": cost.tag_float(tags.get("llm.ttft_ms")),
+            "finish_reason": cost.tag_str(tags.get("llm.finish_reason")),
             "tool_calls": _names(tags.get("llm.tool_calls")),
             "status": record.get("status"),
         })
