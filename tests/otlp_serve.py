@@ -20,16 +20,26 @@ from conftest import free_port
 
 
 class OtlpServe(Serve):
-    """`tracelab serve --no-ui --otlp-port P` over `home`, extra environment allowed."""
+    """`tracelab serve --no-ui --otlp-port P` over `home` (without `--otlp-port` when
+    `otlp_port` is false), extra environment and arguments allowed."""
 
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, env: dict[str, str] | None = None,
+                 extra: tuple[str, ...] = (), otlp_port: bool = True) -> None:
         self.port, self.otlp_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.otlp_url = f"http://127.0.0.1:{self.otlp_port}"
         args = [TRACELAB, "serve", "--no-ui", "--host", "127.0.0.1", "--port", str(self.port),
-                "--otlp-port", str(self.otlp_port)]
+                *(("--otlp-port", str(self.otlp_port)) if otlp_port else ()), *extra]
         self.proc = subprocess.Popen(args, env={**clean_env(home), **(env or {})}, cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.output = self.proc.communicate(timeout=15)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.output = self.proc.communicate()[0]
 
     def execution(self, run_id: str) -> list[dict[str, Any]]:
         answer = httpx.get(f"{self.url}/api/executions/{run_id}", timeout=30)
@@ -57,11 +67,11 @@ def record_spans(resource: dict[str, Any], build: Any) -> list[Any]:
     return list(memory.get_finished_spans())
 
 
-def export_protobuf(url: str, spans: list[Any]) -> Any:
+def export_protobuf(url: str, spans: list[Any], headers: dict[str, str] | None = None) -> Any:
     """Send with opentelemetry-sdk's OTLP/HTTP exporter; its result (SUCCESS or FAILURE)."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    exporter = OTLPSpanExporter(endpoint=f"{url}/v1/traces", timeout=30)
+    exporter = OTLPSpanExporter(endpoint=f"{url}/v1/traces", timeout=30, headers=headers)
     try:
         return exporter.export(spans)
     finally:

@@ -8,6 +8,7 @@ refused without losing anything else, and the Redis stream used when configured.
 """
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ def build_agent(tracer: Any) -> None:
                     "lookup_order",
                 "llm.output_messages.0.message.tool_calls.1.tool_call.function.name":
                     "refund"})
+            span.add_event("First Token Stream Event")
         with tracer.start_as_current_span("GET", kind=SpanKind.CLIENT) as span:
             span.set_attributes({  # HTTP, current semantic conventions
                 "http.request.method": "GET", "url.full": "https://shop.example.com/orders/7",
@@ -130,6 +132,7 @@ def test_openinference_span_lands_as_llm_event(landed):
     assert (tags["llm.input_tokens"], tags["llm.output_tokens"], tags["llm.total_tokens"]) == \
         ("11", "7", "18")
     assert tags["llm.tool_calls"] == "lookup_order,refund"
+    assert 0 <= float(tags["llm.ttft_ms"]) <= event["latency_ms"]
     assert event["request"]["body"]["messages"][0]["content"] == "refund order 7"
     # the counters stay readable in the kept attributes (not taken for secrets)
     assert event["request"]["attributes"]["llm.token_count.prompt"] == 11
@@ -235,7 +238,7 @@ def test_spans_go_to_the_redis_stream_when_configured(tmp_path: Path,
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
         st.sampled_from(["resourceSpans", "scopeSpans", "spans", "resource", "attributes",
                          "traceId", "spanId", "name", "key", "value", "stringValue",
@@ -252,3 +255,33 @@ def test_any_body_is_answered_never_crashes(server, body):
     answer = httpx.post(server.otlp_url + "/v1/traces", content=raw,
                         headers={"Content-Type": ctype}, timeout=30)
     assert answer.status_code in (200, 400), (raw, answer.text)
+
+
+def test_with_a_token_the_receiver_wants_it(tmp_path: Path):
+    spans = record_spans({"service.name": "guarded"}, lambda t: t.start_span("x").end())
+    auth = {"Authorization": "Bearer otlp-secret-1"}
+    with OtlpServe(tmp_path / "home", extra=("--token", "otlp-secret-1")) as running:
+        for url in (running.url, running.otlp_url):
+            assert export_protobuf(url, spans) == SpanExportResult.FAILURE
+            assert export_protobuf(url, spans, auth) == SpanExportResult.SUCCESS
+        trace_id = format(spans[0].context.trace_id, "032x")
+        rows = httpx.get(f"{running.url}/api/executions/{trace_id}", headers=auth).json()
+    assert [r["endpoint"] for r in rows["events"]] == ["x"]
+
+
+def test_default_port_busy_is_a_warning_and_zero_disables(tmp_path: Path):
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 4318))
+        holder.listen()
+    except OSError:  # already busy (another server): busy is what this test needs
+        pass
+    try:
+        with OtlpServe(tmp_path / "home", otlp_port=False) as running:
+            assert httpx.get(running.url + "/healthz").status_code == 200
+    finally:
+        holder.close()
+    with OtlpServe(tmp_path / "home", extra=("--otlp-port", "0"), otlp_port=False) as disabled:
+        assert httpx.get(disabled.url + "/healthz").status_code == 200
+    assert "warning: no OTLP receiver on port 4318" in running.output
+    assert "OTLP/HTTP receiver" not in disabled.output
