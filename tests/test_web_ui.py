@@ -393,3 +393,70 @@ def test_a_faulted_call_recorded_while_the_page_is_open_arrives_marked(site, wat
     page.wait_for_selector("canvas.gantt-canvas[data-drawn-steps='2'][data-drawn-faults='1']",
                            timeout=20_000)
     assert page.locator(".step-row .badge.fault").inner_text().strip() == "⚡ fault: stripe-429"
+
+
+@pytest.fixture(scope="module")
+def llm_run(site) -> str:
+    """A run of an agent calling the LLM-shaped loopback server through the real openai and
+    anthropic clients (tests/test_conversation_api.py), recorded into the site's store."""
+    from llm_wire import LLMWire
+    from test_conversation_api import record_llm_run
+
+    with LLMWire() as wire:
+        record_llm_run(site["home"], wire.url, "llm-run")
+    return "llm-run"
+
+
+def test_an_llm_step_shows_its_conversation_with_the_raw_json_a_click_away(site, llm_run,
+                                                                           watched):
+    from llm_wire import ANSWER
+
+    page = watched.page
+    page.goto(site["base"] + f"/executions/{llm_run}")
+    page.locator(".step-row", has_text="POST /v1/chat/completions").first.click()
+    side = page.get_by_role("complementary", name="Step details")
+    conv = side.get_by_role("region", name="Conversation")
+    conv.wait_for()
+    roles = conv.locator(".conv-msg").evaluate_all("els => els.map(e => e.dataset.role)")
+    assert roles == ["system", "user", "assistant", "tool", "assistant"]  # + the completion
+    assert conv.locator(".conv-msg.role-system").inner_text().endswith("You are a refund agent.")
+    call = conv.get_by_test_id("tool-call").first
+    assert "lookup_order" in call.inner_text() and '"order": 42' in call.inner_text()
+    assert "result of lookup_order (call_a)" in conv.locator(".role-tool").inner_text()
+    assert conv.locator(".conv-msg.completion").inner_text().endswith(ANSWER)
+    assert "finish: stop" in conv.inner_text()
+    assert side.get_by_role("region", name="Request").count() == 0  # raw JSON folded away
+    side.get_by_role("button", name="Show raw JSON").click()
+    body = side.locator(".body", has_text="Request body").locator("pre")
+    body.wait_for()
+    assert '"messages"' in body.inner_text()
+    assert conv.count() == 0
+    side.get_by_role("button", name="Show conversation").click()
+    conv.wait_for()
+
+
+def test_a_streamed_llm_answer_and_hostile_text_in_a_conversation(site, llm_run, watched):
+    page = watched.page
+    page.goto(site["base"] + f"/executions/{llm_run}")
+    page.locator(".step-row", has_text="POST /v1/chat/completions").nth(1).click()
+    side = page.get_by_role("complementary", name="Step details")
+    conv = side.get_by_role("region", name="Conversation")
+    conv.wait_for()
+    assert "streamed" in conv.inner_text() and "tools offered: refund" in conv.inner_text()
+    assert "refund" in conv.locator(".completion").get_by_test_id("tool-call").inner_text()
+    page.locator(".step-row", has_text="POST /v1/messages").click()
+    user = conv.locator(".conv-msg.role-user")
+    user.wait_for()
+    assert user.inner_text().endswith("hello <b>there</b>")  # shown as those characters
+    assert side.locator("b", has_text="there").count() == 0  # never parsed as markup
+
+
+def test_steps_without_a_conversation_show_the_raw_json(site, llm_run, watched):
+    page = watched.page
+    page.goto(site["base"] + f"/executions/{llm_run}")
+    for endpoint in ("POST /v1/embeddings", "POST /not-llm"):
+        page.locator(".step-row", has_text=endpoint).click()
+        side = page.get_by_role("complementary", name="Step details")
+        side.locator(".body", has_text="Request body").locator("pre").wait_for()
+        assert side.get_by_role("region", name="Conversation").count() == 0
+        assert side.get_by_role("button", name="Show raw JSON").count() == 0

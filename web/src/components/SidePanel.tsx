@@ -4,6 +4,7 @@ import { useEffect, useState } from "react";
 import { api, ApiError, enc } from "../lib/api";
 import { fmtMs } from "../lib/format";
 import { Body, CopyButton, Fields, Headers, ReplayBadge, pretty } from "./Payload";
+import Conversation, { type ConversationData } from "./Conversation";
 
 type Obj = Record<string, unknown>;
 
@@ -61,8 +62,31 @@ export function FaultSection({ tags }: { tags: Obj }) {
   );
 }
 
+/** An LLM call's conversation, fetched once; null while loading, for other calls, or when
+ * the API has none (embeddings, a cut request): the raw JSON is shown then, as before. */
+function useConversation(event: Obj, isLlm: boolean): ConversationData | null {
+  const [conv, setConv] = useState<ConversationData | null>(null);
+  const eventId = String(event.event_id);
+  useEffect(() => {
+    setConv(null);
+    if (!isLlm) return;
+    const ctl = new AbortController();
+    api<ConversationData>(`/api/events/${enc(eventId)}/conversation`, ctl.signal)
+      .then(setConv)
+      .catch(() => { /* no conversation: the raw JSON stays */ });
+    return () => ctl.abort();
+  }, [eventId, isLlm]);
+  return conv;
+}
+
 function EventDetails({ event }: { event: Obj }) {
   const tags = (event.tags && typeof event.tags === "object" ? event.tags : {}) as Obj;
+  // embeddings are LLM calls but no conversation: not asked for (a 404 in the console)
+  const isLlm = (event.kind === "llm" || tags["llm.provider"] !== undefined) &&
+    tags["llm.operation"] !== "embeddings";
+  const conv = useConversation(event, isLlm);
+  const [raw, setRaw] = useState(false);
+  const showRaw = conv === null || raw;
   const replay = tags["replay"];
   const request = (event.request ?? {}) as Obj;
   const response = (event.response ?? null) as Obj | null;
@@ -100,24 +124,36 @@ function EventDetails({ event }: { event: Obj }) {
         </div>
       )}
       <FaultSection tags={tags} />
-      <section className="payload" aria-label="Request">
-        <h4>Request</h4>
-        <Fields obj={request} skip={["headers", "body"]} />
-        {"headers" in request && (<><h5>Headers</h5><Headers headers={request.headers} /></>)}
-        {"body" in request && <Body value={request.body} title="Request body" />}
-      </section>
-      <section className="payload" aria-label="Response">
-        <h4>Response</h4>
-        {response === null ? (
-          <div className="muted">no response (the call raised or timed out)</div>
-        ) : (
-          <>
-            <Fields obj={response} skip={["headers", "body"]} />
-            {"headers" in response && (<><h5>Headers</h5><Headers headers={response.headers} /></>)}
-            {"body" in response && <Body value={response.body} title="Response body" />}
-          </>
-        )}
-      </section>
+      {conv !== null ? (
+        <div className="side-actions">
+          <button type="button" aria-pressed={raw} onClick={() => setRaw(!raw)}>
+            {raw ? "Show conversation" : "Show raw JSON"}
+          </button>
+        </div>
+      ) : null}
+      {conv !== null && !raw ? <Conversation conv={conv} /> : null}
+      {showRaw ? (
+        <>
+          <section className="payload" aria-label="Request">
+            <h4>Request</h4>
+            <Fields obj={request} skip={["headers", "body"]} />
+            {"headers" in request && (<><h5>Headers</h5><Headers headers={request.headers} /></>)}
+            {"body" in request && <Body value={request.body} title="Request body" />}
+          </section>
+          <section className="payload" aria-label="Response">
+            <h4>Response</h4>
+            {response === null ? (
+              <div className="muted">no response (the call raised or timed out)</div>
+            ) : (
+              <>
+                <Fields obj={response} skip={["headers", "body"]} />
+                {"headers" in response && (<><h5>Headers</h5><Headers headers={response.headers} /></>)}
+                {"body" in response && <Body value={response.body} title="Response body" />}
+              </>
+            )}
+          </section>
+        </>
+      ) : null}
     </div>
   );
 }
