@@ -24,11 +24,12 @@ class OtlpServe(Serve):
     `otlp_port` is false), extra environment and arguments allowed."""
 
     def __init__(self, home: Path, env: dict[str, str] | None = None,
-                 extra: tuple[str, ...] = (), otlp_port: bool = True) -> None:
+                 extra: tuple[str, ...] = (), otlp_port: bool = True,
+                 command: str = "serve") -> None:
         self.port, self.otlp_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.otlp_url = f"http://127.0.0.1:{self.otlp_port}"
-        args = [TRACELAB, "serve", "--no-ui", "--host", "127.0.0.1", "--port", str(self.port),
+        args = [TRACELAB, command, "--no-ui", "--host", "127.0.0.1", "--port", str(self.port),
                 *(("--otlp-port", str(self.otlp_port)) if otlp_port else ()), *extra]
         self.proc = subprocess.Popen(args, env={**clean_env(home), **(env or {})}, cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

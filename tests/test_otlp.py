@@ -9,6 +9,7 @@ refused without losing anything else, and the Redis stream used when configured.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -285,3 +286,20 @@ def test_default_port_busy_is_a_warning_and_zero_disables(tmp_path: Path):
         assert httpx.get(disabled.url + "/healthz").status_code == 200
     assert "warning: no OTLP receiver on port 4318" in running.output
     assert "OTLP/HTTP receiver" not in disabled.output
+
+
+def test_tracelab_up_publishes_to_its_ingester_stream(tmp_path: Path, redis_server: RedisServer):
+    """Under `tracelab up` the spans go to the ingester's stream and land in the store."""
+    spans = record_spans(RESOURCE, build_agent)
+    with OtlpServe(tmp_path / "home", command="up",
+                   extra=("--redis-url", redis_server.url, "--stream", "otlp.events")) as up:
+        assert export_protobuf(up.otlp_url, spans) == SpanExportResult.SUCCESS
+        assert len(read_stream(redis_server.client(), "otlp.events")) == len(spans)
+        trace_id = format(spans[0].context.trace_id, "032x")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            answer = httpx.get(f"{up.url}/api/executions/{trace_id}")
+            if answer.status_code == 200 and len(answer.json()["events"]) == len(spans):
+                break
+            time.sleep(0.2)
+        assert {r["kind"] for r in answer.json()["events"]} == {"function", "llm", "http"}
