@@ -132,3 +132,21 @@ def test_default_jsonl_unchanged_and_unknown_run(home):
     missing = subprocess.run([TRACELAB, "export", "nope", "--format", "markdown"],
                              capture_output=True, text=True, env=clean_env(home), timeout=60)
     assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+def test_markdown_reads_anthropic_and_gemini_turns():
+    from event_factory import make_event
+
+    from tracelab.cli.export import markdown
+
+    anthropic = make_event("wf", "r", seq=0, kind="llm", tags={"llm.model": "claude-x"},
+                           request={"body": {"messages": [
+                               {"role": "user", "content": [{"type": "text", "text": "hi"}]}]}},
+                           response={"body": {"content": [{"type": "text", "text": "hello"}]}})
+    gemini = make_event("wf", "r", seq=1, kind="llm", tags={"llm.model": "gemini-2.0"},
+                        request={"body": {"contents": [{"role": "user",
+                                                        "parts": [{"text": "bonjour"}]}]}},
+                        response={"body": {}})
+    text = markdown([anthropic, gemini])
+    assert "> **user**: hi" in text and "> **assistant**: hello" in text
+    assert "> **user**: bonjour" in text

@@ -303,3 +303,18 @@ def test_tracelab_up_publishes_to_its_ingester_stream(tmp_path: Path, redis_serv
                 break
             time.sleep(0.2)
         assert {r["kind"] for r in answer.json()["events"]} == {"function", "llm", "http"}
+
+
+def test_a_span_too_large_for_the_transport_is_refused_alone(server):
+    def build(tracer: Any) -> None:
+        tracer.start_span("small").end()
+        tracer.start_span("huge", attributes={f"blob.{i}": "x" * 60_000
+                                              for i in range(80)}).end()
+
+    spans = record_spans({"service.name": "sizes"}, build)
+    answer = post_json(server.otlp_url, otlp_json(spans), gzipped=True)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["partialSuccess"]["rejectedSpans"] == "1"
+    assert "larger than" in answer.json()["partialSuccess"]["errorMessage"]
+    rows = server.execution(format(spans[0].context.trace_id, "032x"))
+    assert [r["endpoint"] for r in rows] == ["small"]

@@ -51,7 +51,7 @@ def _content(message: Any) -> str:
     """A chat message's text, whatever the provider's shape (string, parts, blocks)."""
     if not isinstance(message, dict):
         return str(message)
-    content = message.get("content")
+    content = message.get("content", message.get("parts"))  # Gemini: parts
     if isinstance(content, list):
         content = " ".join(str(p.get("text", "")) if isinstance(p, dict) else str(p)
                            for p in content)

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from tracelab.events import SCHEMA_VERSION, validate
+from tracelab.events import MAX_EVENT_BYTES, SCHEMA_VERSION, validate
 from tracelab.sdk.payloads import to_jsonable
 from tracelab.sdk.redaction import Redactor
 
@@ -371,7 +371,8 @@ def _http_target(attrs: Mapping[str, Any], url: str) -> str:
     host = _first(attrs, "server.address", "net.peer.name")
     port = _first(attrs, "server.port", "net.peer.port")
     if host:
-        return f"{host}:{port}" if port and int(port) not in (80, 443) else str(host)
+        number = _int(port)
+        return f"{host}:{number}" if number and number not in (80, 443) else str(host)
     return urlsplit(url).netloc.rpartition("@")[2] or "unknown"
 
 
@@ -508,6 +509,8 @@ def events_from_request(request: Any) -> Iterator[tuple[dict[str, Any] | None, s
                     yield None, f"span {span.name!r}: {type(exc).__name__}: {exc}"
                     continue
                 problems = validate(event)
+                if not problems and len(orjson.dumps(event)) > MAX_EVENT_BYTES:
+                    problems = [f"event larger than {MAX_EVENT_BYTES} bytes"]
                 if problems:
                     yield None, f"span {span.name!r}: " + "; ".join(problems[:3])
                 else:
