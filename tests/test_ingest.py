@@ -124,7 +124,10 @@ def test_two_ingesters_one_killed_the_other_finishes_its_work(redis_server, trac
     victim = start_ingest(redis_server.url, "--consumer", "a", *common)
     survivor = start_ingest(redis_server.url, "--consumer", "b", *common, "--log-interval", "0.5")
     try:
-        wait_for(lambda: acked(client) >= 3000, 60, "a few thousand events stored")
+        # Both must have joined the group (read at least once) before the kill: on a loaded
+        # machine the survivor alone can store thousands before the victim has started.
+        wait_for(lambda: acked(client) >= 3000 and len(client.xinfo_consumers(STREAM, GROUP)) == 2,
+                 60, "a few thousand events stored, both ingesters reading")
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         wait_for(lambda: group_backlog(client) == (0, 0), 90,
