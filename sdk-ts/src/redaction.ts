@@ -79,7 +79,10 @@ export class Redactor {
   private judge(name: string): boolean {
     if (SECRET_HEADERS.has(name.toLowerCase())) return true;
     const words = nameWords(name);
-    if (words.some((w) => SECRET_WORDS.has(w))) return true;
+    // `token` in `promptTokenCount` (Gemini's usage) is a counter, not a secret.
+    const counter = (i: number) =>
+      words[i] === "token" && (words[i + 1] === "count" || words[i + 1] === "counts");
+    if (words.some((w, i) => SECRET_WORDS.has(w) && !counter(i))) return true;
     for (let i = 0; i + 1 < words.length; i++) {
       if (SECRET_WORD_PAIRS.has(`${words[i]} ${words[i + 1]}`)) return true;
     }

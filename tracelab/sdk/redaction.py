@@ -178,6 +178,12 @@ def name_words(name: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(name)]
 
 
+def _counts(words: list[str], i: int) -> bool:
+    """`token` in `promptTokenCount`, `cachedContentTokenCount`: a counter (Gemini's usage), not
+    a secret, like `prompt_tokens`."""
+    return words[i] == "token" and i + 1 < len(words) and words[i + 1] in ("count", "counts")
+
+
 class Redactor:
     """Decides which names are secret and replaces their values by `MARKER`."""
 
@@ -202,7 +208,7 @@ class Redactor:
         if name.lower() in SECRET_HEADERS:
             return True
         words = name_words(name)
-        if any(w in SECRET_WORDS for w in words):
+        if any(w in SECRET_WORDS and not _counts(words, i) for i, w in enumerate(words)):
             return True
         if any(pair in SECRET_WORD_PAIRS for pair in zip(words, words[1:])):
             return True
