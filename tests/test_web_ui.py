@@ -460,3 +460,51 @@ def test_steps_without_a_conversation_show_the_raw_json(site, llm_run, watched):
         side.locator(".body", has_text="Request body").locator("pre").wait_for()
         assert side.get_by_role("region", name="Conversation").count() == 0
         assert side.get_by_role("button", name="Show raw JSON").count() == 0
+
+
+BAR_POINTS_JS = """(canvas) => {
+  // The centre (CSS px) of every run of the ok or error colour on the canvas: the bars.
+  const ctx = canvas.getContext("2d");
+  const { width, height } = canvas;
+  const data = ctx.getImageData(0, 0, width, height).data;
+  const dpr = width / canvas.clientWidth;
+  const seen = new Set(), points = [];
+  for (let y = 0; y < height; y += 2) {
+    let start = -1;
+    for (let x = 0; x <= width; x++) {
+      const i = (y * width + x) * 4;
+      const near = (r, g, b) => Math.abs(data[i] - r) < 12 && Math.abs(data[i + 1] - g) < 12
+        && Math.abs(data[i + 2] - b) < 12;
+      const hit = x < width && (near(59, 130, 246) || near(220, 38, 38));
+      if (hit && start < 0) start = x;
+      if (!hit && start >= 0) {
+        const cx = (start + x - 1) / 2 / dpr, cy = y / dpr;
+        const key = `${Math.round(cx / 3)}:${Math.round(cy / 8)}`;
+        if (!seen.has(key)) { seen.add(key); points.push({ x: cx, y: cy }); }
+        start = -1;
+      }
+    }
+  }
+  return points;
+}"""
+
+
+def test_the_timeline_hover_shows_an_llm_calls_tokens_and_cost(site, llm_run, watched):
+    page = watched.page
+    page.goto(site["base"] + f"/executions/{llm_run}")
+    canvas = page.locator("canvas.gantt-canvas[data-drawn-steps='6']")
+    canvas.wait_for()
+    tips = {}
+    for point in canvas.evaluate(BAR_POINTS_JS):
+        canvas.hover(position=point)
+        tip = page.locator(".gantt-tip")
+        if tip.count():
+            text = tip.inner_text()
+            tips[text.splitlines()[0]] = text
+    chat = tips["POST /v1/chat/completions"]
+    # gpt-4o-mini: (120 - 100 cached) * $0.15 + 100 * $0.075 + 30 * $0.60 per million tokens
+    assert "120 in (100 cached) · 30 out tokens · $0.0000285" in chat
+    assert "120 in (100 cached) · 30 out tokens" in tips[
+        "POST /v1beta/models/acme-llm:generateContent"]  # no price for this model: no cost
+    assert "$" not in tips["POST /v1beta/models/acme-llm:generateContent"]
+    assert "tokens" not in tips["POST /not-llm"]

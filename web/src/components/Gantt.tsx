@@ -5,7 +5,7 @@
 // vendor's own; its hover names the rule and the action.
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import type { Steps } from "../lib/steps";
-import { fmtMs } from "../lib/format";
+import { fmtMs, fmtUsd } from "../lib/format";
 
 const ROW_H = 18;
 const BAR_H = 12;
@@ -413,6 +413,12 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
             )}
             {steps.replay[hover.i] !== null && (
               <div className="muted small">replay {steps.replay[hover.i]}</div>
+            )}
+            {(steps.tokens[hover.i] !== null || steps.cost[hover.i] !== null) && (
+              <div className="small" data-testid="tip-llm">
+                {[steps.tokens[hover.i], steps.cost[hover.i] !== null ? fmtUsd(steps.cost[hover.i] as number) : null]
+                  .filter(Boolean).join(" · ")}
+              </div>
             )}
           </div>
         )}

@@ -46,6 +46,7 @@ export interface EventRow {
   parent_id: string | null;
   error?: { type: string | null; message: string | null };
   tags: Record<string, string>;
+  llm_cost_usd?: number | null;
 }
 
 export interface DictColumn {
@@ -70,6 +71,7 @@ export interface EventColumns {
   error_type: DictColumn;
   error_message: (string | null)[];
   tags: (string | null)[];
+  llm_cost_usd?: (number | null)[];
 }
 
 export interface ExecutionDetail {

@@ -42,3 +42,11 @@ export function tagsText(tags: Record<string, string> | null | undefined): strin
     .map(([k, v]) => `${k}=${v}`)
     .join(" ");
 }
+
+/** Dollars with three significant digits however small (`$0.0000285`): an LLM call often
+ * costs a fraction of a cent. */
+export function fmtUsd(usd: number): string {
+  if (!(usd > 0)) return "$0";
+  const decimals = Math.max(2, 2 - Math.floor(Math.log10(usd)));
+  return `$${usd.toFixed(Math.min(decimals, 20))}`;
+}

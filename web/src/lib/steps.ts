@@ -20,6 +20,8 @@ export interface Steps {
   fault: (string | null)[]; // the fault rule's id (tag `fault`): a call TraceLab failed on purpose
   faultAction: (string | null)[]; // tag `fault.action`: status, reset, timeout, latency, ...
   replay: (string | null)[]; // tag `replay`: hit | miss | passthrough | fault
+  tokens: (string | null)[]; // an LLM call's tokens (tags llm.*_tokens), as the hover shows them
+  cost: (number | null)[]; // an LLM call's USD cost, priced by the query layer (llm_cost_usd)
   // derived
   depth: Int32Array;
   orphan: Uint8Array; // parent_id set but no such span in this run
@@ -70,9 +72,10 @@ interface StepTags {
   fault: string | null;
   faultAction: string | null;
   replay: string | null;
+  tokens: string | null;
 }
 
-const NO_TAGS: StepTags = { fault: null, faultAction: null, replay: null };
+const NO_TAGS: StepTags = { fault: null, faultAction: null, replay: null, tokens: null };
 
 function str(v: unknown): string | null {
   return v === null || v === undefined ? null : String(v);
@@ -80,7 +83,19 @@ function str(v: unknown): string | null {
 
 function stepTags(tags: Record<string, unknown> | null | undefined): StepTags {
   if (!tags) return NO_TAGS;
-  return { fault: str(tags["fault"]), faultAction: str(tags["fault.action"]), replay: str(tags["replay"]) };
+  return { fault: str(tags["fault"]), faultAction: str(tags["fault.action"]), replay: str(tags["replay"]),
+    tokens: tokensText(tags) };
+}
+
+/** `120 in (100 cached) · 30 out tokens`, from the canonical llm.* tags; null for other calls. */
+export function tokensText(tags: Record<string, unknown>): string | null {
+  const input = str(tags["llm.input_tokens"]);
+  const cached = str(tags["llm.cached_input_tokens"]);
+  const output = str(tags["llm.output_tokens"]);
+  const parts: string[] = [];
+  if (input !== null) parts.push(`${input} in${cached !== null && cached !== "0" ? ` (${cached} cached)` : ""}`);
+  if (output !== null) parts.push(`${output} out`);
+  return parts.length ? `${parts.join(" · ")} tokens` : null;
 }
 
 /** Each step's tags from the column of JSON texts, each distinct text parsed once. */
@@ -88,7 +103,8 @@ function tagColumns(texts: (string | null)[] | undefined, n: number) {
   const fault = new Array<string | null>(n).fill(null);
   const faultAction = new Array<string | null>(n).fill(null);
   const replay = new Array<string | null>(n).fill(null);
-  if (!texts) return { fault, faultAction, replay };
+  const tokens = new Array<string | null>(n).fill(null);
+  if (!texts) return { fault, faultAction, replay, tokens };
   const parsed = new Map<string, StepTags>();
   for (let i = 0; i < n; i++) {
     const text = texts[i];
@@ -106,8 +122,9 @@ function tagColumns(texts: (string | null)[] | undefined, n: number) {
     fault[i] = t.fault;
     faultAction[i] = t.faultAction;
     replay[i] = t.replay;
+    tokens[i] = t.tokens;
   }
-  return { fault, faultAction, replay };
+  return { fault, faultAction, replay, tokens };
 }
 
 type Raw = Omit<Steps, "depth" | "orphan" | "order" | "rowOf" | "lanes" | "rows" | "end">;
@@ -130,6 +147,7 @@ export function fromColumns(c: EventColumns): Steps {
     errorType: decodeNullable(c.error_type, n),
     errorMessage: c.error_message,
     ...tagColumns(c.tags, n),
+    cost: Array.from({ length: n }, (_, i) => c.llm_cost_usd?.[i] ?? null),
   };
   return layout(raw);
 }
@@ -168,6 +186,8 @@ export function appendRows(s: Steps, rows: EventRow[], shift: number): Steps {
     fault: [...s.fault, ...freshTags.map((t) => t.fault)],
     faultAction: [...s.faultAction, ...freshTags.map((t) => t.faultAction)],
     replay: [...s.replay, ...freshTags.map((t) => t.replay)],
+    tokens: [...s.tokens, ...freshTags.map((t) => t.tokens)],
+    cost: [...s.cost, ...fresh.map((r) => r.llm_cost_usd ?? null)],
   };
   return layout(raw);
 }
