@@ -2,11 +2,12 @@
 subprocess, a real `grpc.server` on loopback (tests/grpc_service), events read back from a real
 redis-server. Messages are decoded without the `.proto`: keys are field numbers.
 
-How the client goes through the proxy (what works with mitmproxy 11): a TLS channel
-(`grpc.secure_channel`) trusting the proxy's CA, with the `grpc.http_proxy` channel option (or
-the `https_proxy` environment variable): grpc opens an HTTP CONNECT tunnel, mitmproxy
-intercepts the TLS inside it and speaks HTTP/2 (ALPN h2) to both sides. A plaintext channel
-through the same CONNECT tunnel is passed through as raw TCP by mitmproxy, unrecorded.
+How the client goes through the proxy (what works with mitmproxy 11): the `grpc.http_proxy`
+channel option (or the `https_proxy` environment variable) makes grpc open an HTTP CONNECT
+tunnel. A TLS channel (`grpc.secure_channel`) trusting the proxy's CA: mitmproxy intercepts
+the TLS inside the tunnel and speaks HTTP/2 (ALPN h2) to both sides. A plaintext channel
+(`grpc.insecure_channel`): HTTP/2 with prior knowledge in the tunnel, which mitmproxy alone
+relays as raw TCP (the server speaks first); the addon makes it HTTP/2 (`h2c_layer`).
 """
 from __future__ import annotations
 
@@ -138,6 +139,30 @@ def test_unary_streaming_and_error_calls_recorded_with_decoded_messages(
     assert stream_cut["status"] == "error" and stream_cut["status_code"] == 14
     assert stream_cut["error"] == {"type": "UNAVAILABLE", "message": "went away mid-stream"}
     assert stream_cut["response"]["message"] == {"1": "fail-mid 0"}  # one message came first
+
+
+def test_plaintext_channel_through_the_connect_tunnel(proxy: tuple[Proxy, bytes],
+                                                      redis_server: RedisServer) -> None:
+    """An insecure channel (HTTP/2 with prior knowledge in the CONNECT tunnel): the server
+    speaks first, which mitmproxy alone would relay as raw TCP, unrecorded."""
+    server, port = greeter_server.start()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}",
+                                        options=[("grpc.http_proxy", proxy[0].url)])
+        greeter_stub = pb_grpc.GreeterStub(channel)
+        assert greeter_stub.SayHello(pb.HelloRequest(name="plain"), timeout=10).message == \
+            "hello plain"
+        assert len(list(greeter_stub.CountUp(pb.HelloRequest(name="p", times=2),
+                                             timeout=10))) == 2
+    finally:
+        server.stop(None)
+    events, _ = wait_events(redis_server, 2)
+    found = {e["endpoint"]: e for e in events}
+    assert {e["kind"] for e in events} == {"grpc"}
+    assert {e["target"] for e in events} == {f"127.0.0.1:{port}"}
+    assert found[SAY]["response"]["message"] == {"1": "hello plain"}
+    assert [m["message"] for m in found[COUNT]["response"]["messages"]] == [
+        {"1": "p 0"}, {"1": "p 1", "2": 1}]
 
 
 def test_gzip_compressed_messages_are_decoded(proxy: tuple[Proxy, bytes], gzip_greeter: int,

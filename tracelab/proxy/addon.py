@@ -288,6 +288,14 @@ class TraceLabAddon:
 
             self.websocket_messages = max(0, ctx.options.tracelab_websocket_messages)
 
+    def next_layer(self, nextlayer: Any) -> None:
+        """Plaintext gRPC in a CONNECT tunnel: HTTP/2, not a TCP relay (`grpc.h2c_layer`)."""
+        rec = current()
+        if rec is not None:
+            rec.safely(ORIGIN, grpc.h2c_layer, nextlayer)
+        else:
+            grpc.h2c_layer(nextlayer)
+
     # -- HTTP ---------------------------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Take the override headers off before anything is forwarded (even a streamed body)."""

@@ -27,9 +27,10 @@ numbers; value patterns do); metadata follows `TRACELAB_GRPC_METADATA`, auth met
 redacted. An answer without `grpc-status` gets the code a gRPC client makes of its HTTP
 status (502 -> UNAVAILABLE, ...); a call that got no answer the proxy's error.
 
-Not recorded as gRPC: plaintext gRPC (an insecure channel) through the proxy's CONNECT
-tunnel, which mitmproxy 11 forwards as raw TCP (it does not intercept HTTP/2 with prior
-knowledge in a tunnel); clients use TLS and trust the proxy's CA.
+Plaintext gRPC (an insecure channel, HTTP/2 with prior knowledge, "h2c") comes through the
+proxy's CONNECT tunnel too: mitmproxy 11 would relay it as raw TCP, because a gRPC server
+speaks first (its SETTINGS frame) and mitmproxy takes a server greeting for a non-HTTP
+protocol; `h2c_layer` makes that tunnel an HTTP/2 layer on both sides instead.
 """
 from __future__ import annotations
 
@@ -147,6 +148,34 @@ def call_view(flow: http.HTTPFlow) -> dict[str, Any]:
     request = flow.request
     return {"kind": "grpc", "target": f"{request.host}:{request.port}",
             "endpoint": request.path.split("?", 1)[0], "request": {}}
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _h2_settings_first(data: bytes) -> bool:
+    """The bytes start with an HTTP/2 SETTINGS frame on stream 0 (a server's first frame)."""
+    return len(data) >= 9 and data[3] == 0x04 and data[5:9] == bytes(4)
+
+
+def h2c_layer(nextlayer: Any) -> None:
+    """A `next_layer` hook: a plaintext tunnel whose server opened with an HTTP/2 SETTINGS
+    frame (and whose client sent the HTTP/2 preface, or nothing yet) becomes an HTTP/2 layer
+    both ways, where mitmproxy's own choice was a raw TCP relay. Ignored hosts stay relayed."""
+    from mitmproxy.proxy import layers
+    from mitmproxy.proxy.layers.http import HTTPMode
+
+    chosen, context = nextlayer.layer, nextlayer.context
+    if not isinstance(chosen, layers.TCPLayer) or chosen.flow is None \
+            or not _h2_settings_first(nextlayer.data_server()):
+        return
+    sent = nextlayer.data_client()
+    if sent and not _H2_PREFACE.startswith(sent[:len(_H2_PREFACE)]):
+        return
+    if context.layers and context.layers[-1] is chosen:
+        context.layers.pop()  # layers add themselves to the stack when made
+    context.client.alpn = context.server.alpn = b"h2"
+    nextlayer.layer = layers.HttpLayer(context, HTTPMode.transparent)
 
 
 # -- decoding -----------------------------------------------------------------------------------
