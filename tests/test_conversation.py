@@ -255,3 +255,35 @@ def test_hostile_bodies_never_raise(op: str | None, request_body: Any,
              "response": {"body": response_body}}
     conv = conversation(event)
     assert conv is None or conv.to_dict()["format"]
+
+
+def test_an_llm_span_from_opentelemetry_reads_as_a_conversation() -> None:
+    """OTLP spans become OpenAI-chat-shaped bodies whatever the provider (tracelab.otlp): a
+    Gemini span from OpenLLMetry is read by its body's shape, not its operation's name."""
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    from tracelab.otlp.mapping import events_from_request
+
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, "gemini.generate"
+    span.start_time_unix_nano, span.end_time_unix_nano = 1_764_000_000_000_000_000, \
+        1_764_000_000_500_000_000
+    for key, value in {"gen_ai.system": "gemini", "gen_ai.operation.name": "generate_content",
+                       "gen_ai.request.model": "gemini-2.5-flash",
+                       "gen_ai.prompt.0.role": "system", "gen_ai.prompt.0.content": "Be brief.",
+                       "gen_ai.prompt.1.role": "user", "gen_ai.prompt.1.content": "refund 42",
+                       "gen_ai.completion.0.role": "assistant",
+                       "gen_ai.completion.0.finish_reason": "stop",
+                       "gen_ai.completion.0.tool_calls.0.name": "refund",
+                       "gen_ai.completion.0.tool_calls.0.arguments": "{\"order\": 42}"}.items():
+        attribute = span.attributes.add()
+        attribute.key, attribute.value.string_value = key, value
+    ((event, problem),) = list(events_from_request(request))
+    assert problem is None and event["kind"] == "llm"
+    conv = conversation(event)
+    assert conv is not None and conv.format == "openai.chat"
+    assert [(m.role, m.content) for m in conv.messages] == [("system", "Be brief."),
+                                                            ("user", "refund 42")]
+    assert conv.completion is not None
+    assert calls(conv.completion) == [("refund", {"order": 42}, None)]

@@ -17,7 +17,9 @@ Formats: OpenAI chat completions (and legacy completions), OpenAI responses, Ant
 (content blocks, `tool_use` / `tool_result`, thinking), Gemini `generateContent` (also
 `streamGenerateContent` as SSE or a JSON array). Anything else (embeddings, an unknown API, a
 request body cut by the cap so it is no longer JSON) gives None: the faces then show the raw
-JSON. Never raises on hostile input: a malformed part is skipped.
+JSON. Events from OpenTelemetry spans (`source: otlp`) carry OpenAI-chat-shaped bodies built
+from the span's messages (`tracelab/otlp/mapping.py`) and are read as such. Never raises on
+hostile input: a malformed part is skipped.
 """
 from __future__ import annotations
 
@@ -210,7 +212,7 @@ def _chat_tool_calls(calls: Any) -> list[ToolCall]:
         fn = _d(call.get("function"))
         if fn:
             out.append(ToolCall(_s(fn.get("name")), _args(fn.get("arguments")),
-                                _s(call.get("id"))))
+                                _s(call.get("id")) or None))
         elif call.get("type") == "custom" and isinstance(call.get("custom"), dict):
             out.append(ToolCall(_s(call["custom"].get("name")), call["custom"].get("input"),
                                 _s(call.get("id"))))
@@ -644,8 +646,16 @@ def conversation(event: Mapping[str, Any]) -> Conversation | None:
             endpoint = _s(event.get("endpoint")) or ""
             path = endpoint.partition(" ")[2] or endpoint
         stream = _d(response.get("stream"))
+        op = _s(tags.get("llm.operation"))
+        if event.get("source") == "otlp":
+            # OpenTelemetry spans arrive as OpenAI-chat-shaped bodies whatever the provider
+            # (tracelab/otlp/mapping.py), so their shape, not their operation, decides
+            body = _d(request.get("body"))
+            op = "chat" if "messages" in body else "responses" if "input" in body else None
+            if op is None:
+                return None
         conv = build(path, request.get("body"), response.get("body"), response.get("chunks"),
-                     op=_s(tags.get("llm.operation")), provider=_s(tags.get("llm.provider")),
+                     op=op, provider=_s(tags.get("llm.provider")),
                      stream_cut=bool(stream.get("truncated")) or stream.get("complete") is False)
         if conv is not None and _s(tags.get("llm.model")):
             conv.model = tags["llm.model"]
