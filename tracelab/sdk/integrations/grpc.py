@@ -345,10 +345,12 @@ class SyncInterceptorBase:
     def __init__(self, target: str) -> None:
         self.target = target
 
-    def _unary(self, continuation: Any, details: Any, request: Any, stream: bool) -> Any:
-        capture, session = _begin(self.target, details, stream, False)
+    def _start(self, continuation: Any, details: Any, request: Any, stream: bool,
+               response_stream: bool) -> tuple[Capture | None, Any]:
+        """The call (answered by a replay, else made) and its capture (None: not recorded)."""
+        capture, session = _begin(self.target, details, stream, response_stream)
         if capture is None and session is None:
-            return continuation(details, request)
+            return None, continuation(details, request)
         if capture is not None:
             if stream:
                 request = _teed_requests(request, capture)
@@ -357,9 +359,13 @@ class SyncInterceptorBase:
         call = None
         if session is not None:
             call, request = _replay().sync_call(session, self.target, details, request, stream,
-                                                False, capture)
+                                                response_stream, capture)
         if call is None:
             call = continuation(details, request)
+        return capture, call
+
+    def _unary(self, continuation: Any, details: Any, request: Any, stream: bool) -> Any:
+        capture, call = self._start(continuation, details, request, stream, False)
         if capture is not None:
             try:
                 call.add_done_callback(
@@ -369,20 +375,7 @@ class SyncInterceptorBase:
         return call
 
     def _stream(self, continuation: Any, details: Any, request: Any, stream: bool) -> Any:
-        capture, session = _begin(self.target, details, stream, True)
-        if capture is None and session is None:
-            return continuation(details, request)
-        if capture is not None:
-            if stream:
-                request = _teed_requests(request, capture)
-            else:
-                capture.request = request
-        call = None
-        if session is not None:
-            call, request = _replay().sync_call(session, self.target, details, request, stream,
-                                                True, capture)
-        if call is None:
-            call = continuation(details, request)
+        capture, call = self._start(continuation, details, request, stream, True)
         return TeedStream(call, capture) if capture is not None else call
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
