@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from tracelab.events import MAX_EVENT_BYTES, SCHEMA_VERSION, validate
+from tracelab.events import MAX_EVENT_BYTES, MAX_TAG_VALUE_CHARS, SCHEMA_VERSION, validate
 from tracelab.sdk.payloads import to_jsonable
 from tracelab.sdk.redaction import Redactor
 
@@ -98,15 +98,17 @@ def _first(attrs: Mapping[str, Any], *names: str) -> Any:
 
 
 def _int(value: Any) -> int | None:
+    """A count from an attribute (an int, an integral float or digits), within 0..2**62."""
+    number = None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return None
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isdigit() and len(value.strip()) < 20:
+        number = int(value)
+    return number if number is not None and 0 <= number <= 2**62 else None
 
 
 def _text(value: Any) -> str:
@@ -148,9 +150,11 @@ def _indexed(attrs: Mapping[str, Any], prefix: str) -> list[dict[str, Any]]:
         node = items.setdefault(int(index), {})
         parts = rest.split(".")
         for part in parts[:-1]:
-            child = node.get(part)
-            node = node.setdefault(part, {}) if not isinstance(child, dict) else child
-        node[parts[-1]] = value
+            if not isinstance(node.get(part), dict):
+                node[part] = {}  # a deeper name wins over a shallower value
+            node = node[part]
+        if not isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]] = value
     return [items[i] for i in sorted(items)]
 
 
@@ -166,13 +170,15 @@ def _as_list(value: Any) -> list[Any]:
 def _oi_message(node: Mapping[str, Any]) -> dict[str, Any]:
     """An OpenInference `message` node as an OpenAI chat message."""
     msg = node.get("message", node)
-    out: dict[str, Any] = {"role": msg.get("role", "user")}
+    if not isinstance(msg, dict):
+        msg = {"content": msg}
+    out: dict[str, Any] = {"role": str(msg.get("role", "user"))}
     if "content" in msg:
         out["content"] = msg["content"]
     elif isinstance(msg.get("contents"), dict):
-        parts = [c.get("message_content", c) for c in _ordered(msg["contents"])]
+        parts = [_dig(c, "message_content") or c for c in _ordered(msg["contents"])]
         out["content"] = "".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
-    calls = [c.get("tool_call", c) for c in _ordered(msg.get("tool_calls"))]
+    calls = [_dig(c, "tool_call") or c for c in _ordered(msg.get("tool_calls"))]
     if calls:
         out["tool_calls"] = [{"id": c.get("id", ""), "type": "function",
                               "function": {"name": _dig(c, "function", "name") or "",
@@ -183,6 +189,10 @@ def _oi_message(node: Mapping[str, Any]) -> dict[str, Any]:
     if msg.get("name"):
         out["name"] = msg["name"]
     return out
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _ordered(node: Any) -> list[Any]:
@@ -291,8 +301,8 @@ def llm_tags(attrs: Mapping[str, Any], started_ns: int = 0,
     reasons = reasons or [m["finish_reason"] for m in outputs if m.get("finish_reason")]
     if reasons:
         tags["llm.finish_reason"] = str(reasons[0]).lower()
-    tools = [c["function"]["name"] for m in outputs for c in m.get("tool_calls", ())
-             if c["function"].get("name")]
+    tools = [str(_dig(c, "function", "name")) for m in outputs
+             for c in _list(m.get("tool_calls")) if _dig(c, "function", "name")]
     if tools:
         tags["llm.tool_calls"] = ",".join(tools)
     for name, at in span_events:
@@ -300,7 +310,8 @@ def llm_tags(attrs: Mapping[str, Any], started_ns: int = 0,
                                                      "llm.first_token"):
             tags["llm.ttft_ms"] = round(max(0, at - started_ns) / 1e6, 3)
             break
-    return {k: str(v) for k, v in tags.items() if v is not None and v != ""}
+    return {k: str(v)[:MAX_TAG_VALUE_CHARS] for k, v in tags.items()
+            if v is not None and v != ""}
 
 
 def _llm_payloads(attrs: Mapping[str, Any], tags: Mapping[str, str]
@@ -505,12 +516,12 @@ def events_from_request(request: Any) -> Iterator[tuple[dict[str, Any] | None, s
             for span in scope_spans.spans:
                 try:
                     event = span_to_event(span, resource, scope)
+                    problems = validate(event)
+                    if not problems and len(orjson.dumps(event)) > MAX_EVENT_BYTES:
+                        problems = [f"event larger than {MAX_EVENT_BYTES} bytes"]
                 except Exception as exc:  # a hostile span is refused, never fatal
                     yield None, f"span {span.name!r}: {type(exc).__name__}: {exc}"
                     continue
-                problems = validate(event)
-                if not problems and len(orjson.dumps(event)) > MAX_EVENT_BYTES:
-                    problems = [f"event larger than {MAX_EVENT_BYTES} bytes"]
                 if problems:
                     yield None, f"span {span.name!r}: " + "; ".join(problems[:3])
                 else:
