@@ -183,16 +183,27 @@ def test_messages_past_the_body_cap_are_truncated_like_bodies(
                     env={"TRACELAB_MAX_BODY_BYTES": "512"})
     try:
         ca = (home / "proxy" / "mitmproxy-ca-cert.pem").read_bytes()
-        answers = list(stub((running, ca), greeter).CountUp(
-            pb.HelloRequest(name="many", times=2000), timeout=20))
+        greeter_stub = stub((running, ca), greeter)
+        answers = list(greeter_stub.CountUp(pb.HelloRequest(name="many", times=2000),
+                                            timeout=20))
+        big = greeter_stub.SayHello(pb.HelloRequest(name="b" * 20_000), timeout=20)
     finally:
         running.stop()
     assert [a.index for a in answers] == list(range(2000))  # the client got every message
-    (event,), _ = wait_events(redis_server, 1)
-    assert event["status"] == "ok" and event["response"]["complete"] is True
-    stored = event["response"]["messages"]
+    assert big.message == "hello " + "b" * 20_000
+    events, _ = wait_events(redis_server, 2)
+    found = {e["endpoint"]: e for e in events}
+    stream = found[COUNT]
+    assert stream["status"] == "ok" and stream["response"]["complete"] is True
+    stored = stream["response"]["messages"]
     assert stored["$tracelab"] == "truncated" and stored["size"] > 512
     assert stored["data"].startswith('[{"t":')
+    assert stream["response"]["dropped"] > 0  # messages past the cap: counted, not kept
+    unary = found[SAY]  # one message bigger than the cap on each side: said, not kept
+    for side in (unary["request"], unary["response"]):
+        assert side["message"] == {"$tracelab": "not_captured",
+                                   "reason": "a message over the body cap (512 bytes)"}
+        assert side["dropped"] == 1
 
 
 def test_a_stream_cut_by_the_server_going_away(proxy: tuple[Proxy, bytes],

@@ -50,11 +50,6 @@ if TYPE_CHECKING:
 
     from tracelab.sdk.recorder import Recorder
 
-# The gRPC status codes, by number (grpc/doc/statuscodes.md).
-CODE_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-              "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-              "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-              "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
 # What a client makes of an HTTP status without grpc-status (grpc/doc/http-grpc-status-mapping.md).
 _HTTP_CODES = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
 _FRAME_HEADER = 5
@@ -262,18 +257,24 @@ def _metadata(headers: Any) -> list[tuple[str, str]]:
 def _messages_view(rec: Recorder, frames: GrpcFrames, encoding: str | None, ok: bool,
                    found: set[str]) -> dict[str, Any]:
     """`{"type": null, "message"}` for one message, `{"type": null, "messages": [...]}` for
-    any other count (none for a failed call without messages), capped and redacted."""
+    any other count (none for a failed call without messages), capped and redacted; the
+    messages left out past the body cap are counted in `dropped`."""
     timed = messages(frames, encoding)
     out: dict[str, Any] = {"type": None}
-    if frames.count == 1 and timed:
-        key, value = "message", timed[0]["message"]
+    if frames.count == 1:
+        key, value = "message", timed[0]["message"] if timed else None
     elif frames.count or ok:
         key, value = "messages", timed
     else:
         return out
     config = rec.config
+    if frames.count > len(timed):
+        out["dropped"] = frames.count - len(timed)
     if not config.capture_payloads:
         out[key] = not_captured("capture_payloads is off")
+        return out
+    if frames.count == 1 and not timed:
+        out[key] = not_captured(f"a message over the body cap ({config.max_body_bytes} bytes)")
         return out
     encoded = encode_body(orjson.dumps(value), "application/json", rec.redactor,
                           config.max_body_bytes, found)
@@ -302,7 +303,9 @@ def status_of(flow: http.HTTPFlow) -> tuple[int | None, str | None, str | None]:
 
 
 def _name(number: int) -> str:
-    return CODE_NAMES[number] if 0 <= number < len(CODE_NAMES) else f"CODE_{number}"
+    from tracelab.replay.faults import GRPC_NAMES
+
+    return GRPC_NAMES.get(number, f"CODE_{number}")
 
 
 def record_grpc(rec: Recorder, flow: http.HTTPFlow, exc: BaseException | None,
