@@ -90,7 +90,8 @@ def test_unary_streaming_and_error_calls_recorded_with_decoded_messages(
     greeter_stub = stub(proxy, greeter)
     reply, call = greeter_stub.SayHello.with_call(
         pb.HelloRequest(name="ana", times=-7, password="hunter2-pw"), timeout=10,
-        metadata=(("x-echo", "echoed"), ("authorization", BEARER), ("x-other", "kept-out")))
+        metadata=(("x-echo", "echoed"), ("authorization", BEARER), ("x-other", "kept-out"),
+                  ("x-tracelab-run-id", "grpc-run-7")))
     assert (reply.message, reply.index) == ("hello ana", -7)  # the client's answer, untouched
     assert ("x-served-by", "greeter-1") in call.trailing_metadata()
     streamed = list(greeter_stub.CountUp(pb.HelloRequest(name="bo", times=3), timeout=10))
@@ -109,6 +110,7 @@ def test_unary_streaming_and_error_calls_recorded_with_decoded_messages(
     unary, failure = sorted((e for e in events if e["endpoint"] == SAY),
                             key=lambda e: e["status"] != "ok")
     assert unary["status"] == "ok" and unary["status_code"] == 0
+    assert unary["run_id"] == "grpc-run-7"  # the override header, as for HTTP (and removed)
     assert unary["tags"]["grpc.status"] == "OK" and unary.get("error") is None
     assert unary["request"]["message"] == {"1": "ana", "2": -7, "3": "hunter2-pw"}
     assert unary["request"]["metadata"] == {"x-echo": "echoed", "authorization": "[REDACTED]",
