@@ -32,25 +32,22 @@ CHAT_HISTORY = [
 ]
 
 
-WIRE = [""]
-
-
 @pytest.fixture
 def wire() -> Iterator[LLMWire]:
     with LLMWire() as server:
-        WIRE[0] = server.url + "/"
         yield server
 
 
-def recorded(redis: RedisServer) -> list[dict[str, Any]]:
-    """This test's LLM events (its wire server's port: an earlier test's stream closed late by
+def recorded(redis: RedisServer, wire: LLMWire) -> list[dict[str, Any]]:
+    """This test's LLM events (to its wire server: an earlier test's stream closed late by
     the garbage collector may land in this test's Redis)."""
     events, _ = read_events(redis)
-    return [e for e in events if e["kind"] == "llm" and e["request"]["url"].startswith(WIRE[0])]
+    return [e for e in events
+            if e["kind"] == "llm" and e["request"]["url"].startswith(wire.url + "/")]
 
 
-def only(redis: RedisServer) -> dict[str, Any]:
-    events = recorded(redis)
+def only(redis: RedisServer, wire: LLMWire) -> dict[str, Any]:
+    events = recorded(redis, wire)
     assert len(events) == 1, events
     return events[0]
 
@@ -66,7 +63,7 @@ def calls(message: Any) -> list[tuple[Any, Any, Any]]:
 def test_openai_chat_history_with_a_tool_result(traced: RedisServer, wire: LLMWire) -> None:
     client = openai.OpenAI(base_url=wire.url + "/v1", api_key="sk-test", max_retries=0)
     client.chat.completions.create(model="gpt-4o-mini", messages=CHAT_HISTORY)
-    conv = conversation(only(traced))
+    conv = conversation(only(traced, wire))
     assert conv is not None and conv.format == "openai.chat" and not conv.streamed
     assert roles(conv) == ["system", "user", "assistant", "tool"]
     assert conv.messages[1].content == "refund order 42"
@@ -85,7 +82,7 @@ def test_openai_chat_stream_reassembles_text(traced: RedisServer, wire: LLMWire)
     for _ in client.chat.completions.create(model="gpt-4o-mini", messages=CHAT_HISTORY[:2],
                                             stream=True, stream_options={"include_usage": True}):
         pass
-    conv = conversation(only(traced))
+    conv = conversation(only(traced, wire))
     assert conv is not None and conv.streamed
     assert conv.completion is not None and conv.completion.content == ANSWER
     assert conv.completion.tool_calls == [] and conv.finish_reason == "stop"
@@ -97,7 +94,7 @@ def test_openai_chat_stream_reassembles_tool_call_deltas(traced: RedisServer,
     with client.chat.completions.stream(model="gpt-4o-mini", messages=CHAT_HISTORY[:2],
                                         tools=CHAT_TOOLS) as stream:
         stream.get_final_completion()
-    conv = conversation(only(traced))
+    conv = conversation(only(traced, wire))
     assert conv is not None and conv.streamed and conv.tools == ["lookup_order", "refund"]
     assert conv.completion is not None and conv.completion.content is None
     assert calls(conv.completion) == [("lookup_order", {}, "call_0"), ("refund", {}, "call_1")]
@@ -114,7 +111,7 @@ def test_openai_responses_plain_and_streamed(traced: RedisServer, wire: LLMWire)
     with client.responses.stream(model="gpt-4.1", input="refund?", tools=[
             {"type": "function", "name": "refund", "parameters": {"type": "object"}}]) as stream:
         stream.get_final_response()
-    plain, streamed = (conversation(e) for e in recorded(traced))
+    plain, streamed = (conversation(e) for e in recorded(traced, wire))
     assert plain is not None and plain.format == "openai.responses" and not plain.streamed
     assert roles(plain) == ["system", "user", "assistant", "tool"]
     assert calls(plain.messages[2]) == [("lookup_order", {"order": 42}, "call_a")]
@@ -145,7 +142,7 @@ def test_openai_responses_stream_cut_before_completed_uses_the_deltas() -> None:
 def test_openai_embeddings_are_not_a_conversation(traced: RedisServer, wire: LLMWire) -> None:
     client = openai.OpenAI(base_url=wire.url + "/v1", api_key="sk-test", max_retries=0)
     client.embeddings.create(model="text-embedding-3-small", input="a")
-    assert conversation(only(traced)) is None
+    assert conversation(only(traced, wire)) is None
 
 
 ANTHROPIC_HISTORY = [
@@ -164,7 +161,7 @@ def test_anthropic_tool_use_and_tool_result_blocks(traced: RedisServer, wire: LL
     client = anthropic.Anthropic(base_url=wire.url, api_key="sk-ant-test", max_retries=0)
     client.messages.create(model="claude-3-7-sonnet", max_tokens=64, system="Be kind.",
                            messages=ANTHROPIC_HISTORY)
-    conv = conversation(only(traced))
+    conv = conversation(only(traced, wire))
     assert conv is not None and conv.format == "anthropic.messages" and not conv.streamed
     assert roles(conv) == ["system", "user", "assistant", "tool", "user"]
     assistant, tool = conv.messages[2], conv.messages[3]
@@ -184,7 +181,7 @@ def test_anthropic_stream_with_tools(traced: RedisServer, wire: LLMWire) -> None
                                 tools=[{"name": n, "input_schema": {"type": "object"}}
                                        for n in ("lookup_order", "refund")]) as stream:
         stream.get_final_text()
-    conv = conversation(only(traced))
+    conv = conversation(only(traced, wire))
     assert conv is not None and conv.streamed and conv.tools == ["lookup_order", "refund"]
     assert conv.completion is not None and conv.completion.content == ANSWER
     assert calls(conv.completion) == [("lookup_order", {}, "toolu_0"), ("refund", {}, "toolu_1")]
@@ -204,7 +201,7 @@ GEMINI_REQUEST = {
 def test_gemini_generate_content(traced: RedisServer, wire: LLMWire) -> None:
     url = wire.url + "/v1beta/models/gemini-2.5-flash:generateContent"
     assert requests.post(url, json=GEMINI_REQUEST, timeout=5).ok
-    conv = conversation(only(traced))
+    conv = conversation(only(traced, wire))
     assert conv is not None and conv.format == "gemini.generate_content" and not conv.streamed
     assert roles(conv) == ["system", "user", "assistant", "tool"]
     assert calls(conv.messages[2]) == [("lookup_order", {"order": 42}, None)]
@@ -221,7 +218,7 @@ def test_gemini_sse_stream_and_json_array(traced: RedisServer, wire: LLMWire) ->
         list(response.iter_lines())
     body = {**GEMINI_REQUEST, "tools": [{"functionDeclarations": [{"name": "refund"}]}]}
     assert requests.post(url, json=body, timeout=5).ok
-    sse, array = (conversation(e) for e in recorded(traced))
+    sse, array = (conversation(e) for e in recorded(traced, wire))
     assert sse is not None and sse.streamed and sse.completion is not None
     assert sse.completion.content == ANSWER  # the words of every event joined
     assert array is not None and array.streamed and array.tools == ["refund"]

@@ -62,18 +62,20 @@ export function FaultSection({ tags }: { tags: Obj }) {
   );
 }
 
-/** An LLM call's conversation, fetched once; null while loading, for other calls, or when
- * the API has none (embeddings, a cut request): the raw JSON is shown then, as before. */
-function useConversation(event: Obj, isLlm: boolean): ConversationData | null {
-  const [conv, setConv] = useState<ConversationData | null>(null);
+/** An LLM call's conversation, fetched once: undefined while loading, null for other calls
+ * or when the API has none (embeddings, a cut request): the raw JSON is shown then. */
+function useConversation(event: Obj, isLlm: boolean): ConversationData | null | undefined {
+  const [conv, setConv] = useState<ConversationData | null | undefined>(isLlm ? undefined : null);
   const eventId = String(event.event_id);
   useEffect(() => {
-    setConv(null);
+    setConv(isLlm ? undefined : null);
     if (!isLlm) return;
     const ctl = new AbortController();
     api<ConversationData>(`/api/events/${enc(eventId)}/conversation`, ctl.signal)
       .then(setConv)
-      .catch(() => { /* no conversation: the raw JSON stays */ });
+      .catch(() => {
+        if (!ctl.signal.aborted) setConv(null); // no conversation: the raw JSON, as before
+      });
     return () => ctl.abort();
   }, [eventId, isLlm]);
   return conv;
@@ -86,7 +88,7 @@ function EventDetails({ event }: { event: Obj }) {
     tags["llm.operation"] !== "embeddings";
   const conv = useConversation(event, isLlm);
   const [raw, setRaw] = useState(false);
-  const showRaw = conv === null || raw;
+  const showRaw = conv === null || (conv !== undefined && raw);
   const replay = tags["replay"];
   const request = (event.request ?? {}) as Obj;
   const response = (event.response ?? null) as Obj | null;
@@ -124,14 +126,15 @@ function EventDetails({ event }: { event: Obj }) {
         </div>
       )}
       <FaultSection tags={tags} />
-      {conv !== null ? (
+      {conv === undefined ? <div className="muted">Loading conversation…</div> : null}
+      {conv ? (
         <div className="side-actions">
           <button type="button" aria-pressed={raw} onClick={() => setRaw(!raw)}>
             {raw ? "Show conversation" : "Show raw JSON"}
           </button>
         </div>
       ) : null}
-      {conv !== null && !raw ? <Conversation conv={conv} /> : null}
+      {conv && !raw ? <Conversation conv={conv} /> : null}
       {showRaw ? (
         <>
           <section className="payload" aria-label="Request">
