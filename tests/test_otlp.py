@@ -214,6 +214,10 @@ def test_malformed_bodies_are_400_and_lose_nothing_else(server):
     assert [r["endpoint"] for r in server.execution(
         format(kept[0].context.trace_id, "032x"))] == ["first"]
     assert server.proc.poll() is None
+    metrics = httpx.get(server.url + "/metrics").text
+    counted = {line.split("}")[0].split('"')[1]: float(line.split()[-1])
+               for line in metrics.splitlines() if line.startswith("tracelab_otlp_spans_total{")}
+    assert counted["refused"] >= 1 and counted["stored"] >= 2
 
 
 def test_the_same_span_sent_twice_is_stored_once(server):
@@ -239,7 +243,8 @@ def test_spans_go_to_the_redis_stream_when_configured(tmp_path: Path,
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
+    | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
         st.sampled_from(["resourceSpans", "scopeSpans", "spans", "resource", "attributes",
                          "traceId", "spanId", "name", "key", "value", "stringValue",
@@ -271,20 +276,25 @@ def test_with_a_token_the_receiver_wants_it(tmp_path: Path):
 
 
 def test_default_port_busy_is_a_warning_and_zero_disables(tmp_path: Path):
+    """The default port (TRACELAB_OTLP_PORT here, 4318 unset) busy: serve starts, warns."""
     holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    busy = holder.getsockname()[1]
     try:
-        holder.bind(("127.0.0.1", 4318))
-        holder.listen()
-    except OSError:  # already busy (another server): busy is what this test needs
-        pass
-    try:
-        with OtlpServe(tmp_path / "home", otlp_port=False) as running:
+        with OtlpServe(tmp_path / "home", env={"TRACELAB_OTLP_PORT": str(busy)},
+                       otlp_port=False) as running:
             assert httpx.get(running.url + "/healthz").status_code == 200
     finally:
         holder.close()
+    with OtlpServe(tmp_path / "home", env={"TRACELAB_OTLP_PORT": str(busy)},
+                   otlp_port=False) as default:
+        spans = record_spans({"service.name": "dflt"}, lambda t: t.start_span("d").end())
+        assert export_protobuf(f"http://127.0.0.1:{busy}", spans) == SpanExportResult.SUCCESS
     with OtlpServe(tmp_path / "home", extra=("--otlp-port", "0"), otlp_port=False) as disabled:
         assert httpx.get(disabled.url + "/healthz").status_code == 200
-    assert "warning: no OTLP receiver on port 4318" in running.output
+    assert f"warning: no OTLP receiver on port {busy}" in running.output
+    assert f"OTLP/HTTP receiver on http://127.0.0.1:{busy}/v1/traces" in default.output
     assert "OTLP/HTTP receiver" not in disabled.output
 
 

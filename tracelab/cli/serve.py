@@ -13,6 +13,7 @@ import socket
 import sys
 from typing import Any
 
+from tracelab.config import env_int
 from tracelab.listen import listen_socket, port_number, stop_on_signals, stopper
 
 DEFAULT_OTLP_PORT = 4318
@@ -27,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="web UI port (default 3000)")
     parser.add_argument("--no-ui", action="store_true", help="serve the API only")
     parser.add_argument("--otlp-port", type=port_number, default=None,
-                        help="OTLP/HTTP receiver port (default 4318, skipped with a warning "
-                             "when busy; 0 disables; the API port also takes POST /v1/traces)")
+                        help="OTLP/HTTP receiver port (default $TRACELAB_OTLP_PORT, else 4318, "
+                             "skipped with a warning when busy; 0 disables; the API port also "
+                             "takes POST /v1/traces)")
     parser.add_argument("--token", default=None,
                         help="require 'Authorization: Bearer TOKEN' on /api "
                              "(default: $TRACELAB_API_TOKEN, else no token)")
@@ -55,10 +57,13 @@ def _bind_otlp(args: argparse.Namespace) -> tuple[socket.socket | None, str | No
         return None, None
     if port is not None:
         return bind(args.host, port, "OTLP receiver"), None
+    default = env_int("TRACELAB_OTLP_PORT", DEFAULT_OTLP_PORT)
+    if not 0 < default < 65536:
+        return None, None
     try:
-        return bind(args.host, DEFAULT_OTLP_PORT, "OTLP receiver"), None
+        return bind(args.host, default, "OTLP receiver"), None
     except SystemExit as exc:
-        return None, f"warning: no OTLP receiver on port {DEFAULT_OTLP_PORT} ({exc.code}); " \
+        return None, f"warning: no OTLP receiver on port {default} ({exc.code}); " \
             "send OTLP to the API port or choose --otlp-port"
 
 

@@ -45,13 +45,22 @@ class BadRequest(ValueError):
 class Publisher:
     """Writes events through one SDK sink (Redis stream or spool), created on first use."""
 
-    def __init__(self, layout: Any, ingester: Any = None) -> None:
+    def __init__(self, layout: Any, ingester: Any = None, registry: Any = None) -> None:
         self.layout = layout
         self.ingester = ingester
-        self.accepted = 0
-        self.rejected = 0
         self._sink: Any = None
         self._lock = threading.Lock()
+        self.spans: Any = None
+        if registry is not None:  # the API's /metrics
+            from prometheus_client import Counter
+
+            self.spans = Counter("tracelab_otlp_spans", "OTLP spans received, by outcome "
+                                 "(stored, refused: not a valid event, failed: not written)",
+                                 ["outcome"], registry=registry)
+
+    def count(self, outcome: str, n: int) -> None:
+        if self.spans is not None and n:
+            self.spans.labels(outcome=outcome).inc(n)
 
     def _make_sink(self) -> Any:
         from tracelab.config import resolve_sdk_config
@@ -208,16 +217,17 @@ def router(publisher: Publisher) -> APIRouter:
                 events.append(event)
             else:
                 reasons.append(reason)
-        publisher.rejected += len(reasons)
+        publisher.count("refused", len(reasons))
         if reasons:
             log.warning("OTLP: %d span(s) refused, first: %s", len(reasons), reasons[0])
         if events:
             import anyio
 
             if not await anyio.to_thread.run_sync(publisher.publish, events):
+                publisher.count("failed", len(events))
                 return _status(14, "could not write the events (Redis or the spool is "
                                "unavailable); retry", content_type)
-            publisher.accepted += len(events)
+            publisher.count("stored", len(events))
         answer = trace_service_pb2.ExportTraceServiceResponse()
         if reasons:
             answer.partial_success.rejected_spans = len(reasons)

@@ -387,7 +387,7 @@ def create_app(store: str | StoreLayout | None = None, token: str | None = None,
 
     # OTLP/HTTP (`POST /v1/traces`, `/v1/metrics`, `/v1/logs`): spans in as events
     app.state.otlp_guard = guard
-    mount(app, Publisher(layout, ingester), guard)
+    mount(app, Publisher(layout, ingester, metrics.registry), guard)
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RawPathIds)
