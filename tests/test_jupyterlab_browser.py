@@ -31,9 +31,13 @@ from test_notebook_kernel import STANDIN_SERVER
 CHROMIUM = "/usr/bin/chromium"
 HOSTILE = "<img src=x onerror=alert(1)>"
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason=f"{CHROMIUM} is absent: install Debian's chromium package (the Makefile does)")
+
+
+@pytest.fixture(autouse=True)
+def _chromium_is_there() -> None:
+    """Chromium is part of the test environment: missing, these tests fail, never skip."""
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is absent: install Debian's chromium " \
+        "package (the Makefile does)"
 
 SLOW_ERROR_SERVER = STANDIN_SERVER.replace(
     "    def _handle(self):\n",

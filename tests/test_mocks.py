@@ -19,10 +19,6 @@ import requests
 
 from conftest import free_port
 
-pytest.importorskip("stripe")
-pytest.importorskip("sendgrid")
-pytest.importorskip("openai")
-
 import boto3  # noqa: E402
 import httpx  # noqa: E402
 import botocore.exceptions  # noqa: E402

@@ -23,11 +23,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync"]
 STATIC = ROOT / "tracelab" / "server" / "static"
 
-pytestmark = [
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"{CHROMIUM} is missing: apt-get install chromium (make test does)"),
-    pytest.mark.timeout(180),
-]
+pytestmark = [pytest.mark.timeout(180)]
+
+
+@pytest.fixture(autouse=True)
+def _chromium_is_there() -> None:
+    """Chromium is part of the test environment: missing, these tests fail, never skip."""
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium " \
+        "(make test does)"
 
 
 def build_ui() -> None:
