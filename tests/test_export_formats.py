@@ -8,6 +8,7 @@ transcript names the steps, the LLM turn (model, tokens, answer) and the error.
 """
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from api_serve import ROOT, TRACELAB, clean_env
 from conftest import free_port
@@ -80,6 +83,12 @@ def test_otlp_json_reimported_gives_the_same_calls(home, tmp_path):
     originals = stored(home)
     assert len(spans) == len(originals) == 3
     assert {len(s["traceId"]) for s in spans} == {32}
+    strict = orjson.loads(path.read_bytes())  # protobuf's own JSON parser, unknown names refused
+    for span in (s for r in strict["resourceSpans"] for ss in r["scopeSpans"] for s in ss["spans"]):
+        for key in ("traceId", "spanId", "parentSpanId"):
+            if key in span:
+                span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+    json_format.ParseDict(strict, trace_service_pb2.ExportTraceServiceRequest())
     by_id = {s["spanId"]: s for s in spans}
     assert all(s.get("parentSpanId") in by_id for s in spans if s["name"] != "agent")
 
