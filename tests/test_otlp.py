@@ -39,6 +39,7 @@ def build_agent(tracer: Any) -> None:
                 "claude-sonnet-4-20250514", "gen_ai.usage.input_tokens": 120,
                 "gen_ai.usage.output_tokens": 30, "gen_ai.usage.cache_read.input_tokens": 100,
                 "gen_ai.response.finish_reasons": ["end_turn"],
+                "server.address": "api.anthropic.com", "server.port": 443,
                 "gen_ai.input.messages": '[{"role": "user", "parts": [{"type": "text", '
                                          '"content": "Where is order 7?"}]}]'})
         with tracer.start_as_current_span("openai.chat", kind=SpanKind.CLIENT) as span:
@@ -102,7 +103,7 @@ def test_genai_span_lands_as_llm_event_with_canonical_tags(landed):
     assert (event["workflow"], event["service"]) == ("otel-agent", "support-agent")
     assert event["run_id"] == step["run_id"] and len(event["run_id"]) == 32
     assert event["parent_id"] == step["span_id"] and step.get("parent_id") is None
-    assert event["target"] == "anthropic"
+    assert event["target"] == "api.anthropic.com"
     assert {k: v for k, v in event["tags"].items() if k.startswith("llm.")} == {
         "llm.provider": "anthropic", "llm.model": "claude-sonnet-4-20250514",
         "llm.operation": "chat", "llm.input_tokens": "120", "llm.output_tokens": "30",
@@ -116,7 +117,7 @@ def test_genai_span_lands_as_llm_event_with_canonical_tags(landed):
 def test_deprecated_genai_names_map_to_the_same_tags(landed):
     event = landed["openai.chat"]
     tags = event["tags"]
-    assert event["kind"] == "llm"
+    assert (event["kind"], event["target"]) == ("llm", "openai")  # no host: the provider
     assert (tags["llm.provider"], tags["llm.model"]) == ("openai", "gpt-4o")
     assert (tags["llm.input_tokens"], tags["llm.output_tokens"], tags["llm.total_tokens"]) == \
         ("12", "5", "17")

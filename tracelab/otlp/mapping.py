@@ -439,7 +439,9 @@ def span_to_event(span: Any, resource: Mapping[str, Any], scope: str = "") -> di
         kind = "llm"
         tags = llm_tags(attrs, started, [(e.name, int(e.time_unix_nano)) for e in span.events])
         body, answer = _llm_payloads(attrs, tags)
-        target = tags.get("llm.provider") or str(_first(attrs, "server.address") or "llm")
+        # the host, as the SDK and the proxy name an LLM call's target; else the provider
+        target = _http_target(attrs, http["url"]) if http is not None else \
+            str(_first(attrs, "server.address") or tags.get("llm.provider") or "llm")
         endpoint = " ".join(filter(None, (tags.get("llm.operation"), tags.get("llm.model")))) \
             or span.name
         request = {**(http or {}), "body": to_jsonable(body, _redactor, BODY_CAP)}
