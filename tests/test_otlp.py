@@ -186,6 +186,10 @@ def test_metrics_and_logs_are_answered_200_and_dropped(server, path, ctype, body
         assert answer.status_code == 200, answer.text
 
 
+def good_trace(spans: list[dict[str, Any]]) -> str:
+    return next(s["traceId"] for s in spans if s["name"] == "good")
+
+
 def test_malformed_bodies_are_400_and_lose_nothing_else(server):
     kept = record_spans({"service.name": "kept"}, lambda t: t.start_span("first").end())
     assert export_protobuf(server.otlp_url, kept) == SpanExportResult.SUCCESS
@@ -207,9 +211,11 @@ def test_malformed_bodies_are_400_and_lose_nothing_else(server):
     spans = body["resourceSpans"][0]["scopeSpans"][0]["spans"]
     bad = next(s for s in spans if s["name"] == "bad")
     bad["traceId"] = ""  # no run id
+    worse = {**bad, "traceId": good_trace(spans), "spanId": "", "name": "no span id"}
+    spans.append(worse)
     answer = post_json(server.otlp_url, body)
     assert answer.status_code == 200, answer.text
-    assert answer.json()["partialSuccess"]["rejectedSpans"] == "1"
+    assert answer.json()["partialSuccess"]["rejectedSpans"] == "2"
     good = next(s for s in spans if s["name"] == "good")
     assert [r["endpoint"] for r in server.execution(good["traceId"])] == ["good"]
     assert [r["endpoint"] for r in server.execution(

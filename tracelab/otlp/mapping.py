@@ -423,6 +423,8 @@ def span_to_event(span: Any, resource: Mapping[str, Any], scope: str = "") -> di
     """One TraceEvent from one OTLP `Span` message and its resource's attributes."""
     attrs = attributes(span.attributes)
     trace_id, span_id = span.trace_id.hex(), span.span_id.hex()
+    if not trace_id or not span_id:  # both are required by OTLP; the event id needs them
+        raise ValueError("a span needs a trace id and a span id")
     service = str(resource.get("service.name") or "unknown_service")
     workflow = str(_first(resource, "tracelab.workflow", "service.namespace", "service.name")
                    or "otlp")
