@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -165,6 +167,76 @@ def test_plaintext_channel_through_the_connect_tunnel(proxy: tuple[Proxy, bytes]
     assert found[SAY]["response"]["message"] == {"1": "hello plain"}
     assert [m["message"] for m in found[COUNT]["response"]["messages"]] == [
         {"1": "p 0"}, {"1": "p 1", "2": 1}]
+
+
+class ClientFirstH2c:
+    """A plaintext HTTP/2 gRPC server (the `h2` package) that sends its SETTINGS only after
+    the client's preface came: the other order of the tunnel's first bytes. It answers
+    every call with HelloReply(message="h2c <name>")."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _serve(conn: socket.socket) -> None:
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        h2conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        bodies: dict[int, bytes] = {}
+        with conn:
+            while data := conn.recv(65536):
+                if not bodies and h2conn.state_machine.state.name == "IDLE":
+                    h2conn.initiate_connection()  # our SETTINGS, after the client's preface
+                for event in h2conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        bodies[event.stream_id] = b""
+                    elif isinstance(event, h2.events.DataReceived):
+                        bodies[event.stream_id] += event.data
+                        h2conn.acknowledge_received_data(event.flow_controlled_length,
+                                                         event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        name = pb.HelloRequest.FromString(bodies[event.stream_id][5:]).name
+                        reply = pb.HelloReply(message=f"h2c {name}").SerializeToString()
+                        h2conn.send_headers(event.stream_id, [
+                            (":status", "200"), ("content-type", "application/grpc")])
+                        h2conn.send_data(event.stream_id,
+                                         b"\0" + len(reply).to_bytes(4, "big") + reply)
+                        h2conn.send_headers(event.stream_id, [("grpc-status", "0")],
+                                            end_stream=True)
+                conn.sendall(h2conn.data_to_send())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_plaintext_server_that_waits_for_the_client(proxy: tuple[Proxy, bytes],
+                                                    redis_server: RedisServer) -> None:
+    """The tunnel's first bytes are the client's HTTP/2 preface (mitmproxy alone would
+    parse them as HTTP/1 and drop the connection)."""
+    server = ClientFirstH2c()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}",
+                                        options=[("grpc.http_proxy", proxy[0].url)])
+        reply = pb_grpc.GreeterStub(channel).SayHello(pb.HelloRequest(name="ann"), timeout=10)
+        assert reply.message == "h2c ann"
+    finally:
+        server.close()
+    (event,), _ = wait_events(redis_server, 1)
+    assert event["kind"] == "grpc" and event["status_code"] == 0
+    assert event["request"]["message"] == {"1": "ann"}
+    assert event["response"]["message"] == {"1": "h2c ann"}
 
 
 def test_gzip_compressed_messages_are_decoded(proxy: tuple[Proxy, bytes], gzip_greeter: int,

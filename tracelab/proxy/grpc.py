@@ -154,21 +154,31 @@ def _h2_settings_first(data: bytes) -> bool:
 
 
 def h2c_layer(nextlayer: Any) -> None:
-    """A `next_layer` hook: a plaintext tunnel whose server opened with an HTTP/2 SETTINGS
-    frame (and whose client sent the HTTP/2 preface, or nothing yet) becomes an HTTP/2 layer
-    both ways, where mitmproxy's own choice was a raw TCP relay. Ignored hosts stay relayed."""
+    """A `next_layer` hook for plaintext HTTP/2 with prior knowledge in a tunnel.
+
+    mitmproxy decides on the first bytes of either side. When the server spoke first (an
+    HTTP/2 SETTINGS frame, as a gRPC server does) it chose a raw TCP relay; when the client
+    did (the HTTP/2 preface, `PRI * HTTP/2.0`) it chose HTTP/1, which fails on that line.
+    Either way the tunnel becomes an HTTP/2 layer on both sides; with only the preface's
+    start, the decision waits for more bytes. Ignored hosts and TLS tunnels are left alone."""
     from mitmproxy.proxy import layers
     from mitmproxy.proxy.layers.http import HTTPMode
 
     chosen, context = nextlayer.layer, nextlayer.context
-    if not isinstance(chosen, layers.TCPLayer) or chosen.flow is None \
-            or not _h2_settings_first(nextlayer.data_server()):
+    if context.client.alpn or not isinstance(chosen, (layers.TCPLayer, layers.HttpLayer)) \
+            or (isinstance(chosen, layers.TCPLayer) and chosen.flow is None):
         return
     sent = nextlayer.data_client()
-    if sent and not _H2_PREFACE.startswith(sent[:len(_H2_PREFACE)]):
+    if not _H2_PREFACE.startswith(sent[:len(_H2_PREFACE)]):
+        return
+    h2 = len(sent) >= len(_H2_PREFACE) or _h2_settings_first(nextlayer.data_server())
+    if not h2 and not (isinstance(chosen, layers.HttpLayer) and sent):
         return
     if context.layers and context.layers[-1] is chosen:
         context.layers.pop()  # layers add themselves to the stack when made
+    if not h2:
+        nextlayer.layer = None  # the preface's start: ask again with more bytes
+        return
     context.client.alpn = context.server.alpn = b"h2"
     nextlayer.layer = layers.HttpLayer(context, HTTPMode.transparent)
 
