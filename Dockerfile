@@ -25,5 +25,5 @@ COPY notebooks ./notebooks
 COPY examples ./examples
 RUN mkdir -p /data
 VOLUME /data
-EXPOSE 8000 3000 8888
+EXPOSE 8000 3000 4318 8888
 CMD ["tracelab", "up", "--host", "0.0.0.0"]

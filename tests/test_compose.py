@@ -76,7 +76,7 @@ def test_tracelab_services_ports_match_the_cli() -> None:
     parser = build_parser()
     api = parser.parse_args(SERVICES["api"]["command"][1:])
     assert api.command == "up" and api.host == "0.0.0.0"
-    assert _ports(SERVICES["api"]) == {api.port: 8000, api.ui_port: 3000}
+    assert _ports(SERVICES["api"]) == {api.port: 8000, api.ui_port: 3000, api.otlp_port: 4318}
     proxy = parser.parse_args(SERVICES["proxy"]["command"][1:])
     assert proxy.command == "proxy" and proxy.host == "0.0.0.0"
     assert _ports(SERVICES["proxy"]) == {proxy.port: 8888}
