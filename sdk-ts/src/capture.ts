@@ -10,7 +10,7 @@
 import { hostname } from "node:os";
 import { currentSpanId } from "./context.js";
 import { newEventId } from "./ids.js";
-import { llmFields, pathModel, type Piece } from "./llm.js";
+import { type Fold, llmFields, pathModel, type Piece } from "./llm.js";
 import { CapturedBytes, encodeBody, encodeCaptured, notCaptured } from "./payloads.js";
 import type { Redactor } from "./redaction.js";
 import { redactShapes } from "./shapes.js";
@@ -215,13 +215,14 @@ export function hostOf(netloc: string): string {
 
 /**
  * The canonical `llm.*` tags of an LLM call (`./llm.ts`, the Python SDK's rule); null when it is
- * not one. `chunks`: a stream's stored pieces (they time `llm.ttft_ms`).
+ * not one. `chunks`: a stream's stored pieces (they time `llm.ttft_ms`); `fold`: the response
+ * already folded as it streamed by (then the body is not read again).
  */
 export function llmTags(host: string, path: string, requestBody: unknown, responseBody: unknown,
-  chunks?: readonly Piece[] | null): Record<string, string> | null {
+  chunks?: readonly Piece[] | null, fold?: Fold | null): Record<string, string> | null {
   const provider = llmProvider(host, path, requestBody);
   if (provider === null) return null;
-  return llmFields(provider, path, requestBody, responseBody, chunks);
+  return llmFields(provider, path, requestBody, responseBody, chunks, fold);
 }
 
 /** The body as received, for the LLM fields: redaction blanks secret-looking members. */
@@ -252,6 +253,8 @@ export interface HttpCall {
   error?: unknown;
   requestBodyNote?: string | null;
   responseBodyNote?: string | null;
+  /** A streamed response folded as the caller read it (`integrations/sse-tap.ts`). */
+  responseFold?: Fold | null;
 }
 
 /** A body given whole (string, bytes) or as `CapturedBytes` seen passing by. */
@@ -323,7 +326,8 @@ export function recordHttp(rec: Recorder, call: HttpCall, extraTags?: Record<str
   // LLM fields from the body as received (Gemini's `promptTokenCount` is redacted when stored;
   // token counts are not payload, so they are kept with capture off too).
   const received = statusCode !== null && !call.responseBodyNote ? receivedBody(call.responseBody) : null;
-  const llm = llmTags(host, path, request.body, received ?? (response ? response.body : null));
+  const llm = llmTags(host, path, request.body, received ?? (response ? response.body : null), null,
+    statusCode !== null ? call.responseFold : null);
   const tags = llm || extraTags ? { ...(llm ?? {}), ...(extraTags ?? {}) } : null;
   const failed = call.error !== undefined || (statusCode !== null && statusCode >= 400);
   const event = buildEvent(rec, {

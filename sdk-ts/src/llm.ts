@@ -378,12 +378,15 @@ export function foldResponse(responseBody: unknown, chunks?: readonly Piece[] | 
   return scanner.end();
 }
 
-/** The `llm.*` tags of one LLM call whose provider is known. */
+/**
+ * The `llm.*` tags of one LLM call whose provider is known. `given`: the response already folded
+ * while it streamed by (a stream read as the caller read it), used instead of the body.
+ */
 export function llmFields(provider: string, path: string, requestBody: unknown, responseBody: unknown,
-  chunks?: readonly Piece[] | null): Record<string, string> {
+  chunks?: readonly Piece[] | null, given?: Fold | null): Record<string, string> {
   const tags: Record<string, string> = { "llm.provider": provider };
   try {
-    const fold = foldResponse(responseBody, chunks);
+    const fold = given ?? foldResponse(responseBody, chunks);
     let op = operation(path);
     if (op === null && fold.seen) {
       op = Object.keys(fold.gemini).length ? "generate_content" : Object.keys(fold.anthropic).length ? "messages"

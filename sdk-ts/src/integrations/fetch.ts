@@ -4,8 +4,10 @@
  *
  * The caller gets fetch's own promise back, untouched. The response body is captured from
  * `response.clone()`, read in the background (bounded): the caller's body stream is not
- * consumed and the caller never waits for us. A `text/event-stream` (SSE) response is never
- * read on the caller's behalf: it is recorded at its headers, body marked not captured.
+ * consumed and the caller never waits for us. A `text/event-stream` (SSE) response is read as
+ * the caller reads it (`./sse-tap.ts`: a new Response, same status, headers and url, whose body
+ * passes the caller's pieces through a tap) and recorded when the stream ends, fails or is
+ * cancelled, with its LLM fields from the events (`llm.ttft_ms` included).
  */
 import { type HttpRequestView, httpRequestView, recordHttp } from "../capture.js";
 import { httpSuppressed } from "../context.js";
@@ -16,6 +18,7 @@ import { bodyBytes, chunksOf, chunkStream, headerPairs as responseHeaderPairs, r
 import { missError, PASSTHROUGH } from "../replay/errors.js";
 import { replaySession, type ReplaySession } from "../replay/session.js";
 import { headerPairs, type HeaderPairs, type PendingBody, readCapped, requestBodyOf } from "./http-common.js";
+import { tapStream, type TapResult, withBody } from "./sse-tap.js";
 
 export const ORIGIN = "fetch";
 const ORIGINAL = Symbol.for("tracelab.fetch.original");
@@ -78,6 +81,46 @@ async function recordResponse(rec: Recorder, call: Call, response: Response, tag
   }, tags));
 }
 
+/** One SSE answer, recorded once its tap has seen the stream end (or fail, or be cancelled). */
+async function recordStream(rec: Recorder, call: Call, response: Response, result: TapResult, tags: Tags): Promise<void> {
+  const latencyMs = call.timer.elapsedMs();
+  const requestBody = await call.body.resolve();
+  rec.safely(ORIGIN, () => recordHttp(rec, {
+    origin: ORIGIN,
+    method: call.method,
+    url: call.url,
+    requestHeaders: call.headers,
+    requestBody: requestBody.data,
+    requestBodyNote: requestBody.note,
+    startedAt: call.timer.startedAt,
+    latencyMs,
+    statusCode: response.status,
+    responseHeaders: Array.from(response.headers.entries()),
+    responseBody: result.body,
+    responseFold: result.fold,
+    error: result.error === undefined ? undefined : result.error,
+  }, tags));
+}
+
+/**
+ * Record `response` and give the caller its answer: the response itself (its body read from a
+ * clone in the background), or for an SSE stream the same answer through a tap.
+ */
+function observe(rec: Recorder, call: Call, response: Response, tags: Tags, onFail: (err: unknown) => void): Response {
+  const tapped = rec.safely(ORIGIN, () => {
+    const contentType = response.headers.get("content-type") ?? "";
+    if (!/text\/event-stream/i.test(contentType) || !response.body || response.bodyUsed
+      || response.status < 200 || response.status > 599) return null;
+    const keep = keepBytes(rec.config.maxBodyBytes, contentType);
+    const body = tapStream(response.body, keep, () => call.timer.elapsedMs(),
+      (result) => { recordStream(rec, call, response, result, tags).catch(onFail); });
+    return withBody(response, body);
+  });
+  if (tapped) return tapped;
+  recordResponse(rec, call, response, tags).catch(onFail);
+  return response;
+}
+
 async function recordFailure(rec: Recorder, call: Call, error: unknown, tags: Tags = null): Promise<void> {
   const latencyMs = call.timer.elapsedMs();
   const requestBody = await call.body.resolve();
@@ -122,10 +165,7 @@ async function replayFetch(rec: Recorder, session: ReplaySession, live: () => Pr
   }
   if (!outcome.hit && session.onMiss !== "fail") {
     return live().then(
-      (response) => {
-        recordResponse(rec, call, response, PASSTHROUGH).catch(() => undefined);
-        return response;
-      },
+      (response) => observe(rec, call, response, PASSTHROUGH, () => undefined),
       (error: unknown) => {
         recordFailure(rec, call, error, PASSTHROUGH).catch(() => undefined);
         throw error;
@@ -189,10 +229,7 @@ function makeWrapper(fetchImpl: FetchFn): Wrapped {
     // A derived promise, not a handler on fetch's own: an app that leaves a rejected fetch
     // unhandled still gets its unhandled rejection.
     return promise.then(
-      (response) => {
-        recordResponse(rec, call, response).catch(countFailure);
-        return response;
-      },
+      (response) => observe(rec, call, response, null, countFailure),
       (error: unknown) => {
         recordFailure(rec, call, error).catch(countFailure);
         throw error;

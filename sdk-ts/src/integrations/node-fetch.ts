@@ -7,7 +7,9 @@
  * however the app imported it. The wrapper checks, by the caller's stack (a few frames), that
  * the request comes from node-fetch; any other `http.request` caller passes straight through,
  * untouched. Bodies are observed as they pass (request `write`/`end`, response `data`), never
- * read on the caller's behalf; a compressed response is decompressed from our copy.
+ * read on the caller's behalf; a compressed response is decompressed from our copy. A
+ * `text/event-stream` answer is also folded event by event as it passes (`../llm.ts`), so a
+ * streamed LLM call gets its usage, finish reason, tool names and `llm.ttft_ms`.
  */
 import http, { type ClientRequest, type IncomingMessage } from "node:http";
 import https from "node:https";
@@ -17,6 +19,7 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import { httpRequestView, recordHttp } from "../capture.js";
+import { SSEScanner } from "../llm.js";
 import { bodyBytes, chunksOf, headerPairs as responseHeaderPairs, recordReplayed, sleep, streamError } from "../replay/answer.js";
 import { missError, PASSTHROUGH } from "../replay/errors.js";
 import { replaySession, type ReplaySession } from "../replay/session.js";
@@ -121,6 +124,7 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
   let headersSent: Array<[string, string]> | null = null;
   let res: IncomingMessage | null = null;
   let received: ByteCollector | null = null;
+  let sse: SSEScanner | null = null;
   let untrack: () => void = () => undefined;
 
   const origWrite = req.write;
@@ -174,6 +178,7 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
         responseHeaders: res ? rawHeaderPairs(res.rawHeaders) : null,
         responseBody,
         responseBodyNote: responseNote,
+        responseFold: sse ? sse.end(timer.elapsedMs()) : null,
         error: error === undefined ? undefined : error,
       }, tags);
     });
@@ -189,9 +194,18 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
       received = new ByteCollector(compressed ? keep * COMPRESSED_FACTOR + 1 : keep);
       const collector = received;
       untrack = trackPending(() => record(undefined, "response body not read to its end before flush()"));
-      if (!rec.config.capturePayloads || /text\/event-stream/i.test(String(response.headers["content-type"] ?? ""))) {
-        response.once("end", () => record(undefined, rec.config.capturePayloads
-          ? "streamed response (text/event-stream): not read on the caller's behalf" : null));
+      if (/text\/event-stream/i.test(String(response.headers["content-type"] ?? ""))) {
+        // SSE: the pieces are folded as they pass, so an LLM stream gets its fields and ttft
+        const scanner = new SSEScanner();
+        const decoder = new TextDecoder();
+        sse = scanner;
+        response.on("data", (chunk: Buffer) => rec.safely(ORIGIN, () => {
+          collector.add(chunk);
+          if (!compressed && !scanner.dead) scanner.feed(decoder.decode(chunk, { stream: true }), timer.elapsedMs());
+        }));
+        response.once("end", () => record(undefined, null));
+      } else if (!rec.config.capturePayloads) {
+        response.once("end", () => record(undefined, null));
       } else {
         response.on("data", (chunk: Buffer) => collector.add(chunk));
         response.once("end", () => record(undefined, null));
