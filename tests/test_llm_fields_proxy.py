@@ -1,6 +1,6 @@
 """`tracelab proxy` (a real subprocess) in front of the LLM-shaped loopback server: the proxy
 imports the SDK's `llm_tags`, so its events carry the same `llm.*` fields as the SDK's, streamed
-(SSE) answers included — all but `llm.ttft_ms`, as the proxy stores a stream without chunks."""
+(SSE) answers included (their `llm.ttft_ms` and chunks: tests/test_proxy_llm_stream.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -35,6 +35,7 @@ def test_the_proxy_records_the_canonical_fields(redis_server: RedisServer, wire:
     tags = {endpoint: {k: v for k, v in e["tags"].items() if k.startswith("llm.")}
             for endpoint, e in by_endpoint(events).items()}
     assert all(e["kind"] == "llm" for e in events)
+    assert tags["POST /v1/chat/completions"].pop("llm.ttft_ms")
     assert tags["POST /v1/chat/completions"] == {
         "llm.provider": "openai-compatible", "llm.operation": "chat",
         "llm.model": "gpt-4o-mini-2024-07-18", "llm.finish_reason": "stop", **CANONICAL_USAGE}

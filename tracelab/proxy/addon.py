@@ -21,7 +21,10 @@ What becomes an event:
 - Streamed responses (Server-Sent Events, NDJSON and the like, any response without a
   Content-Length, and any body larger than the body cap) are forwarded chunk by chunk as they
   arrive; the addon keeps a copy of the first `max_body_bytes` only, so the event's body is the
-  usual JSON/text value, or a `truncated` marker carrying the full size.
+  usual JSON/text value, or a `truncated` marker carrying the full size. A streaming content
+  type sent without a content encoding also gets `response.chunks` (each piece with `t`, ms
+  since the request started) and `response.stream`, as the SDK's streams (`ChunkTap`), so an
+  LLM stream gets `llm.ttft_ms`.
 - A gRPC call (HTTP/2, `application/grpc*`): ONE `kind: grpc` event, its messages decoded
   without a `.proto` (keys are field numbers), its status from the `grpc-status` trailer;
   both bodies are streamed through the proxy (`tracelab.proxy.grpc` has the details).
@@ -59,6 +62,7 @@ import orjson
 from tracelab.proxy import grpc
 from tracelab.sdk.capture import http_target, llm_tags, record_http
 from tracelab.sdk.recorder import Recorder, current
+from tracelab.sdk.streams import StreamTee
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -120,6 +124,28 @@ class BodyTap:
     @property
     def complete(self) -> bool:
         return self.size == len(self.kept)
+
+
+class ChunkTap(BodyTap):
+    """A `BodyTap` for a streaming content type that also keeps the pieces with their times.
+
+    The pieces go to a `tracelab.sdk.streams.StreamTee` (the Python SDK's stream record), so the
+    event gets `response.chunks` and `response.stream` as the SDK's streams do, and an SSE
+    stream is folded event by event: an LLM stream gets `llm.ttft_ms` and its usage, even past
+    the cap. Only for bodies sent without a content encoding (the pieces are what the client
+    gets). `t` counts from the request's start (`started`, epoch seconds, mitmproxy's clock).
+    """
+
+    __slots__ = ("tee",)
+
+    def __init__(self, limit: int, cap: int, started: float) -> None:
+        super().__init__(limit)
+        elapsed_ns = max(0, int((time.time() - started) * 1e9))
+        self.tee = StreamTee(time.perf_counter_ns() - elapsed_ns, cap, lambda _tee: None)
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self.tee.add(chunk)
+        return super().__call__(chunk)
 
 
 @dataclass
@@ -386,7 +412,13 @@ class TraceLabAddon:
             response.stream = grpc.GrpcFrames(flow.request.timestamp_start, cap)
         elif rec is not None and (response.stream
                                   or should_stream(response, rec.config.max_body_bytes)):
-            response.stream = BodyTap(cap + 1)
+            headers = response.headers
+            if headers.get("content-type", "").lower().startswith(STREAMING_CONTENT_TYPES) \
+                    and headers.get("content-encoding", "identity").strip().lower() \
+                    in ("identity", ""):
+                response.stream = ChunkTap(cap + 1, cap, flow.request.timestamp_start)
+            else:
+                response.stream = BodyTap(cap + 1)
         proxy_faults.on_response_headers(flow, proxy_faults.flow_fault(flow), cap + 1)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -469,6 +501,9 @@ class TraceLabAddon:
         kwargs: dict[str, Any] = {}
         if response is not None:
             tap = response.stream
+            if isinstance(tap, ChunkTap):
+                tap.tee.end(exc is None, exc)
+                kwargs["response_stream"] = tap.tee
             if isinstance(tap, BodyTap):
                 body = bytes(tap.kept)
                 if tap.complete:
