@@ -5,10 +5,14 @@ from the same fold as the SDK's, and the usage of the final event even past the 
 from __future__ import annotations
 
 import re
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import requests
 from conftest import RedisServer
 from llm_wire import CANONICAL_USAGE, LLMWire
 from test_proxy import Proxy, by_endpoint, client, home, start_proxy, wait_events  # noqa: F401
@@ -91,3 +95,68 @@ def test_proxy_stream_past_the_cap_keeps_the_usage(redis_server: RedisServer, wi
     assert {k: v for k, v in _llm(event).items() if k != "llm.ttft_ms"} == {
         "llm.provider": "openai-compatible", "llm.operation": "chat",
         "llm.model": "gpt-4o-mini-2024-07-18", "llm.finish_reason": "stop", **CANONICAL_USAGE}
+
+
+class CutStream:
+    """A raw HTTP/1.1 server on 127.0.0.1: an SSE chat answer (chunked) cut after two events."""
+
+    EVENTS = [
+        b'data: {"object": "chat.completion.chunk", "model": "gpt-4o-mini-2024-07-18", '
+        b'"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n',
+        b'data: {"object": "chat.completion.chunk", "model": "gpt-4o-mini-2024-07-18", '
+        b'"choices": [{"index": 0, "delta": {"content": "Your "}}]}\n\n',
+    ]
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < self._length(data):
+                piece = conn.recv(65536)
+                if not piece:
+                    return
+                data += piece
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+            for event in self.EVENTS:
+                conn.sendall(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+                time.sleep(0.02)
+
+    @staticmethod
+    def _length(data: bytes) -> int:
+        for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                return int(value)
+        return 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_proxy_stream_cut_by_the_upstream_keeps_its_chunks(
+        redis_server: RedisServer, start_proxy: Callable[..., Proxy]) -> None:
+    proxy = start_proxy("--redis-url", redis_server.url, "--workflow", "llm-stream")
+    upstream = CutStream()
+    try:
+        with pytest.raises(requests.RequestException):
+            _stream(proxy, upstream.url + "/v1/chat/completions", {
+                "model": "gpt-4o-mini", "messages": MESSAGES, "stream": True})
+        (event,), _ = wait_events(redis_server, 1)
+    finally:
+        upstream.close()
+    assert event["status"] == "error"
+    response = event["response"]
+    assert "".join(c["data"] for c in response["chunks"]).encode() == b"".join(CutStream.EVENTS)
+    assert response["stream"]["complete"] is False
+    assert response["stream"]["error"]["type"] == "UpstreamError"
+    assert float(event["tags"]["llm.ttft_ms"]) == response["chunks"][-1]["t"]
+    assert event["tags"]["llm.model"] == "gpt-4o-mini-2024-07-18"
