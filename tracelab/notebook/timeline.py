@@ -17,7 +17,10 @@ error; its hover names the rule and action and the payload panel opens with the 
 from __future__ import annotations
 
 import html
+import importlib.util
 import math
+import sys
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -51,7 +54,45 @@ _SVG_WIDTH = 900
 _SVG_LABEL_WIDTH = 170
 _SVG_ROW = 18
 
+WEBGL_MIN_EVENTS = 2000  # from this many events on, WebGL line segments instead of SVG bars
+MAX_HOVER_TRACES = 400   # WebGL: a trace per distinct hover text up to this many, then per point
+_SEGMENT_WIDTH = 9       # px: a WebGL segment as thick as a bar
+
 Loader = Callable[[str], Mapping[str, Any]]
+
+
+class _DeferredModule(types.ModuleType):
+    """Stands in `sys.modules` for a module not yet imported; the first attribute it lacks
+    imports the real module, which then replaces it there and fills it in."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        real = importlib.import_module(self.__name__)
+        vars(self).update({k: v for k, v in vars(real).items() if k != "__spec__"})
+        return getattr(real, attr)
+
+
+def _defer_import(name: str) -> None:
+    """Put a stand-in for `name` in `sys.modules` that imports it on first real use.
+
+    Why: Plotly's widget module imports `nbformat` when it loads (for `fig.show()`'s mime
+    renderer), and nbformat's jsonschema compiles some 40 `lark` grammars (rfc3987_syntax)
+    while importing: about 1.1 s of a kernel's first timeline, for a module the widget never
+    uses. `importlib.util.LazyLoader` does not help: importing a module already in
+    `sys.modules` reads its `__spec__`, which makes LazyLoader load it at once.
+    """
+    if name in sys.modules:
+        return
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return
+    if spec is None:
+        return
+    module = _DeferredModule(name)
+    module.__spec__ = spec
+    sys.modules[name] = module
 
 
 # -- lanes ------------------------------------------------------------------------------------
@@ -326,6 +367,7 @@ def _make_widget(figure: go.FigureWidget, *, ids: list[np.ndarray],
 
 
 def _figure(traces: list[dict[str, Any]], layout: dict[str, Any]) -> go.FigureWidget:
+    _defer_import("nbformat")  # before Plotly's widget module first loads
     try:
         # The arrays are built here and known valid: skip Plotly's per-property validation,
         # the biggest single cost of building a large figure, then turn it back on.
