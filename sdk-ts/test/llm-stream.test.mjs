@@ -38,6 +38,12 @@ describe("fetch of a streamed LLM answer", () => {
         res.on("close", () => clearInterval(beat));
         return;
       }
+      if (name === "stall") {
+        // two events, then silence with the connection open: only flush() records it
+        res.writeHead(200, { "content-type": "text/event-stream" });
+        res.write(FIRST[0].data + FIRST[1].data);
+        return;
+      }
       if (name === "broken") {
         res.writeHead(200, { "content-type": "text/event-stream" });
         res.write(FIRST[0].data + FIRST[1].data);
@@ -95,7 +101,7 @@ describe("fetch of a streamed LLM answer", () => {
     removeDir(home);
   });
 
-  it("records a cancelled endless stream and a broken one, the caller seeing only its own outcome", async () => {
+  it("records a cancelled endless stream, a broken one and, at flush(), a stalled one, the caller seeing only its own outcome", async () => {
     const home = tempDir("tracelab-home-");
     const request = JSON.stringify(CASES[0].request);
     const run = await runScript(dir, "cancel.mjs", `
@@ -114,7 +120,10 @@ describe("fetch of a streamed LLM answer", () => {
       } catch (err) {
         failure = err.name + ": " + err.message;
       }
+      const stalled = (await post("stall")).body.getReader();
+      while (!new TextDecoder().decode((await stalled.read()).value).includes("Your")) ;
       console.log(JSON.stringify({ failure, flushed: await flush(5000) }));
+      process.exit(0);
     `, { TRACELAB_HOME: home, TEST_HTTP: server.url, TRACELAB_MAX_BODY_BYTES: "1000" });
     assert.equal(run.code, 0, run.stderr);
     const { failure } = JSON.parse(run.stdout.trim().split("\n").pop());
@@ -122,7 +131,9 @@ describe("fetch of a streamed LLM answer", () => {
     const events = spoolEvents(home).events.map(({ event }) => event);
     const endless = events.find((e) => e.request.url.endsWith("case=endless"));
     const broken = events.find((e) => e.request.url.endsWith("case=broken"));
-    for (const event of [endless, broken]) {
+    const stalled = events.find((e) => e.request.url.endsWith("case=stall"));
+    assert.equal(stalled.response.body.$tracelab, "truncated");
+    for (const event of [endless, broken, stalled]) {
       assert.equal(event.kind, "llm");
       assert.equal(event.tags["llm.model"], "gpt-4o-mini-2024-07-18");
       assert.match(event.tags["llm.ttft_ms"], /^\d+\.\d{3}$/);

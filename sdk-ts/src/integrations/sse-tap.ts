@@ -4,12 +4,14 @@
  * so nothing is read ahead or buffered for anybody, and each piece is also fed to the SSE fold
  * of `../llm.ts` (usage from the final event, finish reason, tool names, `llm.ttft_ms`). What is
  * kept is bounded: the first `cap` bytes of the body and the fold's own bounded state. `done` is
- * called once, when the stream ends, fails or is cancelled (the body kept is then marked cut); a stream the caller never finishes
- * reading is never recorded (nothing of it is held but the capped head).
+ * called once: when the stream ends, fails or is cancelled (the body kept is then marked cut),
+ * or at `flush()`/`shutdown()` for a stream still unfinished then (recorded as read so far;
+ * later pieces still pass to the caller, untapped).
  */
 import { Fold, SSEScanner } from "../llm.js";
 import { CapturedBytes } from "../payloads.js";
 import { ByteCollector } from "./http-common.js";
+import { trackPending } from "./pending.js";
 
 /** How the tapped stream ended: its capped bytes, the fold of its events, and any failure. */
 export interface TapResult {
@@ -52,12 +54,15 @@ export function tapStream(body: ReadableStream<Uint8Array>, cap: number, elapsed
   const finish = (complete: boolean, error: unknown): void => {
     if (finished) return;
     finished = true;
+    untrack();
     try {
       done(tap.end(complete, error));
     } catch {
       // tracing never breaks the traced program
     }
   };
+  // flush() and shutdown() record a stream still unfinished as it stands
+  const untrack = trackPending(() => finish(false, undefined));
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       let step: ReadableStreamReadResult<Uint8Array>;
@@ -74,7 +79,7 @@ export function tapStream(body: ReadableStream<Uint8Array>, cap: number, elapsed
         return;
       }
       try {
-        tap.add(step.value);
+        if (!finished) tap.add(step.value);
       } catch {
         // a piece the tap cannot read: the caller still gets it
       }
