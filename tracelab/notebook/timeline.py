@@ -456,10 +456,14 @@ def execution_timeline(events: pd.DataFrame, load_event: Loader, *,
                "text": rel}
     options = {"hovertemplate": _EVENT_HOVER, "textposition": "none"}
     plain = ~faulted
-    traces, trace_ids = _status_traces(
-        status[plain].reset_index(drop=True),
-        {key: values[plain] for key, values in columns.items()}, ids[plain], **options)
-    if faulted.any():
+    if n >= WEBGL_MIN_EVENTS:
+        traces, trace_ids = segment_traces(status.to_numpy(dtype=object), faulted, rel, width,
+                                           y, hover, latency, ids)
+    else:
+        traces, trace_ids = _status_traces(
+            status[plain].reset_index(drop=True),
+            {key: values[plain] for key, values in columns.items()}, ids[plain], **options)
+    if faulted.any() and n < WEBGL_MIN_EVENTS:
         traces.append(_fault_trace(status.to_numpy(dtype=object)[faulted],
                                    {key: values[faulted] for key, values in columns.items()},
                                    **options))
@@ -487,6 +491,61 @@ def execution_timeline(events: pd.DataFrame, load_event: Loader, *,
 
 
 _EVENT_HOVER = "%{hovertext}<br>%{customdata:.1f} ms at +%{text:.1f} ms<extra></extra>"
+_SEGMENT_HOVER = "<br>%{customdata:.1f} ms at +%{text:.1f} ms<extra></extra>"
+
+
+def _interleave(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """`first[0], second[0], NaN, first[1], …`: segments that WebGL draws as one polyline,
+    broken at every NaN."""
+    out = np.full((len(first), 3), np.nan)
+    out[:, 0], out[:, 1] = first, second
+    return out.reshape(-1)
+
+
+def segment_traces(status: np.ndarray, faulted: np.ndarray, rel: np.ndarray,
+                   width: np.ndarray, y: np.ndarray, hover: np.ndarray, latency: np.ndarray,
+                   ids: np.ndarray) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """WebGL (`scattergl`) traces for a big run: each event a thick horizontal segment.
+
+    Why: Plotly's SVG bars make one DOM node per event and stall the browser in the tens of
+    thousands; a `scattergl` trace draws its segments in one WebGL call. Only numbers travel
+    per point (binary arrays in the widget state): events that share their hover text (few
+    distinct texts in a run) get one trace whose hover template carries the text, so the text
+    is sent once per group, not once per point; past `MAX_HOVER_TRACES` texts it is per point.
+    Every per-point array is 1-D numeric, which the widget sends as a binary buffer (Plotly
+    turns any other array into a Python list first). A trace's ids are per point (three
+    points per event), so a click maps straight back to its event.
+    """
+    group = np.where(faulted, FAULT_TRACE,
+                     pd.Series(status, dtype=object).fillna("?").astype(str).to_numpy())
+    names = [s for s in ("ok", "error") if s in set(group.tolist())]
+    names += sorted(set(group.tolist()) - {"ok", "error", FAULT_TRACE})
+    names += [FAULT_TRACE] if faulted.any() else []
+    text_codes, texts = pd.factorize(pd.Series(hover, dtype=object), use_na_sentinel=False)
+    per_text = len(texts) <= MAX_HOVER_TRACES
+    traces, trace_ids = [], []
+    for name in names:
+        in_group = group == name
+        color = FAULT_COLOR if name == FAULT_TRACE else STATUS_COLORS.get(name, OTHER_COLOR)
+        codes = np.unique(text_codes[in_group]) if per_text else [None]
+        for k, code in enumerate(codes):
+            idx = np.flatnonzero(in_group & (text_codes == code) if per_text else in_group)
+            trace: dict[str, Any] = {
+                "type": "scattergl", "mode": "lines", "name": name, "legendgroup": name,
+                "showlegend": k == 0, "line": {"color": color, "width": _SEGMENT_WIDTH},
+                "x": _interleave(rel[idx], rel[idx] + width[idx]),
+                "y": _interleave(y[idx], y[idx]).astype(np.float32),
+                "customdata": _interleave(latency[idx], latency[idx]).astype(np.float32),
+                "text": _interleave(rel[idx], rel[idx]),
+            }
+            if per_text:  # '%' escaped so user text never reads as a template field
+                trace["hovertemplate"] = str(texts[code]).replace("%", "&#37;") + _SEGMENT_HOVER
+            else:
+                trace["hovertext"] = np.repeat(hover[idx], 3)
+                trace["hovertemplate"] = "%{hovertext}" + _SEGMENT_HOVER
+            traces.append(trace)
+            trace_ids.append(np.repeat(ids[idx], 3))
+    return traces, trace_ids
 
 
 def _fault_trace(status: np.ndarray, columns: dict[str, np.ndarray],
