@@ -22,7 +22,7 @@ from tracelab.sdk import (  # noqa: E402  (needs __version__ above)
 )
 
 _QUERY_NAMES = ("workflows", "executions", "execution", "Executions", "Execution",
-                "llm_calls")
+                "llm_calls", "compare")
 
 __all__ = ["__version__", "init", "trace", "span", "register_hook", "flush", "shutdown", "stats",
            *_QUERY_NAMES]

@@ -17,6 +17,7 @@ import pandas as pd
 from tracelab.store import query
 
 if TYPE_CHECKING:
+    from tracelab.analysis.compare import Comparison
     from tracelab.analysis.diff import ExecutionDiff
     from tracelab.notebook.timeline import TimelineWidget
     from tracelab.replay.runner import ReplayResult
@@ -205,6 +206,11 @@ class Execution:
         return diff_executions(self._payload_events(), other._payload_events(),
                                a_label=self.run_id, b_label=other.run_id)
 
+    def compare(self, other: Any) -> Comparison:
+        """`tl.compare(self, other)`: steps aligned by longest common subsequence, with status,
+        duration, token and cost deltas and the steps only one run has."""
+        return compare(self, other)
+
     def export(self, path: str | Path | None = None) -> Path:
         """Write this run as a recording (JSON Lines, start order), as `tracelab export` does;
         returns the path (default `<workflow>-<run_id>.jsonl` in the working directory)."""
@@ -311,3 +317,12 @@ def llm_calls(workflow: str, since: query.TimeLike | None = None,
     tokens, cost_usd and cost_source (`provider` or `table:<date>`; NaN and None for a model
     without a price), latency_ms, ttft_ms, finish_reason, tool_calls (names), status."""
     return query.llm_calls(workflow, since, until, run_id=run_id)
+
+
+def compare(a: Any, b: Any) -> Comparison:
+    """Compare two runs, each a run id, an `Execution`, a recording or a recording file: the
+    `Comparison` has `.df` (one row per aligned pair or one-sided step), `.summary()` and
+    `.timeline()`."""
+    from tracelab.analysis.compare import compare as compare_runs
+
+    return compare_runs(a, b)
