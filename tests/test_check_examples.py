@@ -19,7 +19,10 @@ def check(*args: str, home: Path, cwd: Path = ROOT,
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TRACELAB_", "GITHUB_", "MOCK_")) and k.lower() not in
            ("http_proxy", "https_proxy", "all_proxy")}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # PATH as a user's shell has it, without the venv: `tracelab check` puts its own
+    # interpreter's folder first, so the spec's `python ../refund_agent.py` finds TraceLab.
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if p != str(Path(sys.executable).parent))
     env["TRACELAB_HOME"] = str(home)
     env.update(extra)
     return subprocess.run([sys.executable, "-m", "tracelab.cli", "check", *args], cwd=cwd,

@@ -339,11 +339,23 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def interpreter_path(path: str | None) -> str:
+    """PATH with the folder of the interpreter running `tracelab` first, so a spec's
+    `python agent.py` runs with the environment TraceLab is installed in (a venv's `tracelab`
+    called without activating the venv, as tox and nox run their commands)."""
+    folder = str(Path(sys.executable).parent)
+    rest = [p for p in (path or "").split(os.pathsep) if p and p != folder]
+    return os.pathsep.join([folder, *rest])
+
+
 @contextlib.contextmanager
 def _environ(extra: Mapping[str, str] | None) -> Iterator[None]:
-    """`extra` in os.environ for the replay's processes (the live run's mock URLs)."""
-    saved = {k: os.environ.get(k) for k in extra or {}}
-    os.environ.update(extra or {})
+    """`extra` in os.environ for the replay's processes (the live run's mock URLs), with
+    `interpreter_path` as PATH."""
+    extra = {**(extra or {}), "PATH": interpreter_path((extra or {}).get("PATH")
+                                                       or os.environ.get("PATH"))}
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
     try:
         yield
     finally:
@@ -440,6 +452,7 @@ def live_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, st
     env["TRACELAB_HOME"] = str(home)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
+    env["PATH"] = interpreter_path(env.get("PATH"))
     return env
 
 
