@@ -204,6 +204,69 @@ class Comparison:
         return f"<p>{html.escape(self.summary_line())}</p>" + (self.df._repr_html_() or "")
 
 
+@dataclass
+class CompareRow:
+    """One row of `Comparison.df` as the API serves it (missing values as null)."""
+
+    a_event_id: str | None
+    b_event_id: str | None
+    change: str
+    kind: str
+    target: str
+    endpoint: str
+    span_path: str
+    status_a: str | None
+    status_b: str | None
+    status_code_a: int | None
+    status_code_b: int | None
+    duration_a: float | None
+    duration_b: float | None
+    duration_delta: float | None
+    tokens_a: float | None
+    tokens_b: float | None
+    tokens_delta: float | None
+    cost_a: float | None
+    cost_b: float | None
+    cost_delta: float | None
+    started_ms_a: float | None
+    started_ms_b: float | None
+
+
+@dataclass
+class CompareSummary:
+    """`Comparison.summary()`: steps per side, rows per change, total deltas (B - A)."""
+
+    a: str
+    b: str
+    steps_a: int
+    steps_b: int
+    same: int
+    changed: int
+    only_a: int
+    only_b: int
+    duration_delta: float
+    tokens_delta: float
+    cost_delta: float
+
+
+@dataclass
+class CompareResult:
+    """The API's answer: the summary and the rows, in alignment order."""
+
+    summary: CompareSummary
+    rows: list[CompareRow]
+
+
+def compare_stored_runs(a: str, b: str, *, layout: Any = None) -> CompareResult:
+    """Two run ids of the store (never files: what the server reads), as `CompareResult`."""
+    from tracelab.replay.recording import run_events
+
+    sides = [Side(run_id, run_events(run_id, layout=layout)) for run_id in (a, b)]
+    found = Comparison(*sides).to_dict()
+    return CompareResult(CompareSummary(**found["summary"]),
+                         [CompareRow(**row) for row in found["rows"]])
+
+
 def compare(a: Any, b: Any, *, layout: Any = None) -> Comparison:
     """Align run `a` with run `b` (each a run id, an `Execution`, a recording or its file)."""
     return Comparison(load_side(a, layout=layout), load_side(b, layout=layout))

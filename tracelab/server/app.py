@@ -12,6 +12,7 @@ as JSON (`shapes.py`). Routes (all under `/api`, bearer-protected when a token i
 - `GET /api/events/{event_id}`: one event with its request and response, as the contract JSON;
 - `GET /api/events/{event_id}/conversation`: an LLM call's messages, tool calls, completion;
 - `GET /api/executions/{a}/diff/{b}`: `tracelab.analysis.diff.diff_executions` as JSON rows;
+- `GET /api/executions/{a}/compare/{b}`: `tracelab.analysis.compare` (what `tl.compare` gives);
 - `GET /api/stream`: Server-Sent Events `workflow`, `execution`, `events` as data lands
   (`live.py`).
 
@@ -40,6 +41,7 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 
 from tracelab import __version__
+from tracelab.analysis.compare import CompareResult, compare_stored_runs
 from tracelab.analysis.conversation import Conversation, conversation
 from tracelab.analysis.diff import diff_executions
 from tracelab.otlp.receiver import Publisher, mount
@@ -352,6 +354,15 @@ def create_app(store: str | StoreLayout | None = None, token: str | None = None,
             "a": summary_from_events(frames[0]), "b": summary_from_events(frames[1]),
             "summary": summary, "columns": [str(c) for c in result.columns], "rows": rows,
         })
+
+    @route("/api/executions/{a}/compare/{b}", 404, 422, tags=["executions"])
+    def compare_runs(a: str, b: str) -> CompareResult:
+        """Two executions aligned step by step (`tracelab.analysis.compare`, as `tl.compare`):
+        `change` = same / changed / only_a / only_b, with duration, token and cost deltas."""
+        a, b = path_id(a), path_id(b)
+        for run_id in (a, b):
+            run_events(run_id)  # 404 naming the unknown run
+        return compare_stored_runs(a, b, layout=layout)
 
     @app.get("/api/stream", tags=["live"], dependencies=guard,
              response_class=StreamingResponse,
