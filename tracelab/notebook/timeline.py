@@ -536,7 +536,7 @@ def segment_traces(status: np.ndarray, faulted: np.ndarray, rel: np.ndarray,
                 "x": _interleave(rel[idx], rel[idx] + width[idx]),
                 "y": _interleave(y[idx], y[idx]).astype(np.float32),
                 "customdata": _interleave(latency[idx], latency[idx]).astype(np.float32),
-                "text": _interleave(rel[idx], rel[idx]),
+                "text": _interleave(rel[idx], rel[idx]).astype(np.float32),  # hover only
             }
             if per_text:  # '%' escaped so user text never reads as a template field
                 trace["hovertemplate"] = str(texts[code]).replace("%", "&#37;") + _SEGMENT_HOVER
