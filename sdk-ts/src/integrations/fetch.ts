@@ -63,6 +63,12 @@ async function recordResponse(rec: Recorder, call: Call, response: Response, tag
       }
     }
   }
+  await recordAnswer(rec, call, response, { responseBody, responseBodyNote: note }, tags);
+}
+
+/** The event of `call` answered by `response`, with what was read of its body (`answer`). */
+async function recordAnswer(rec: Recorder, call: Call, response: Response,
+  answer: Partial<Parameters<typeof recordHttp>[1]>, tags: Tags): Promise<void> {
   const latencyMs = call.timer.elapsedMs();
   const requestBody = await call.body.resolve();
   rec.safely(ORIGIN, () => recordHttp(rec, {
@@ -76,30 +82,17 @@ async function recordResponse(rec: Recorder, call: Call, response: Response, tag
     latencyMs,
     statusCode: response.status,
     responseHeaders: Array.from(response.headers.entries()),
-    responseBody,
-    responseBodyNote: note,
+    ...answer,
   }, tags));
 }
 
 /** One SSE answer, recorded once its tap has seen the stream end (or fail, or be cancelled). */
 async function recordStream(rec: Recorder, call: Call, response: Response, result: TapResult, tags: Tags): Promise<void> {
-  const latencyMs = call.timer.elapsedMs();
-  const requestBody = await call.body.resolve();
-  rec.safely(ORIGIN, () => recordHttp(rec, {
-    origin: ORIGIN,
-    method: call.method,
-    url: call.url,
-    requestHeaders: call.headers,
-    requestBody: requestBody.data,
-    requestBodyNote: requestBody.note,
-    startedAt: call.timer.startedAt,
-    latencyMs,
-    statusCode: response.status,
-    responseHeaders: Array.from(response.headers.entries()),
+  await recordAnswer(rec, call, response, {
     responseBody: result.body,
     responseFold: result.fold,
     error: result.error === undefined ? undefined : result.error,
-  }, tags));
+  }, tags);
 }
 
 /**
