@@ -282,18 +282,18 @@ class ReplayAddon(TraceLabAddon):
         if fault.action == "latency":
             await self.apply_fault(flow, fault, upstream=False)
             return False
-        recorded = None
-        if not fault.replaces_response:
+        def peek() -> dict[str, Any] | None:
             peeked = self.matcher.peek(live)
-            if not isinstance(peeked, Hit):
-                return False
-            recorded = peeked.event
+            return peeked.event if isinstance(peeked, Hit) else None
+
+        event = fault.replay_answer(peek)
+        if event is None:
+            return False
         with self._lock:
             self.faulted += 1
         flow.metadata[_TAG_KEY] = "fault"
         if await self.apply_fault(flow, fault, upstream=False):
             return True
-        event = fault.response_event(recorded)
         if not await self._stream(flow, event):
             self._answer(flow, answer(event))
         return True

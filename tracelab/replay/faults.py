@@ -89,7 +89,7 @@ import math
 import os
 import random
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
@@ -818,6 +818,21 @@ class Fault:
         if self.action == "truncate" and self.truncate_after_bytes is not None:
             return body[:self.truncate_after_bytes]
         return body
+
+    def replay_answer(self, peek: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+        """What a replay (the SDK's or the replay proxy's) answers this faulted call with,
+        never consuming the recording: None when the call is answered as usual (a `latency`
+        fault, after its wait, or a body or stream fault on a call the recording does not
+        hold: a normal miss); else `response_event`, built from `peek()` (the recorded answer
+        the call would get, looked at, not taken) when the fault changes that answer."""
+        if self.action == "latency":
+            return None
+        recorded = None
+        if not self.replaces_response:
+            recorded = peek()
+            if recorded is None:
+                return None
+        return self.response_event(recorded)
 
     def response_event(self, recorded: dict[str, Any] | None) -> dict[str, Any]:
         """The recorded-event shape a replay answers with for this faulted call."""

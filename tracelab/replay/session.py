@@ -205,19 +205,11 @@ class Session:
         fault's latency). Never consumes the recording."""
         if wait and fault.latency_ms > 0:
             time.sleep(fault.latency_ms / 1000.0)  # real time: the fault's, not the recording's
-        if fault.action == "latency":
+        event = fault.replay_answer(lambda: self._peek(live))
+        if event is None:
             return None
-        recorded = None
-        if not fault.replaces_response:
-            try:
-                peeked = self.matcher.peek(live)
-            except Exception:
-                peeked = None
-            if not isinstance(peeked, Hit):
-                return None  # nothing to mangle: a normal miss
-            recorded = peeked.event
         call = _safe_describe(live)
-        event, tags = fault.response_event(recorded), fault.tags()
+        tags = fault.tags()
         with self._lock:
             self.faulted.append({"call": call, "fault": fault.rule_id, "action": fault.action})
         _pending.set("fault")
@@ -225,6 +217,15 @@ class Session:
         return Outcome(True, call, event, fault=fault,
                        started=started + fault.latency_ms / 1000.0,
                        pause_ms=0.0 if wait else fault.latency_ms)
+
+    def _peek(self, live: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The recorded answer `take` would give `live`, without taking it (None: none, or
+        the matcher failed)."""
+        try:
+            peeked = self.matcher.peek(live)
+        except Exception:
+            return None
+        return peeked.event if isinstance(peeked, Hit) else None
 
     def pause(self, outcome: Outcome) -> None:
         """Sleep a fault's latency `take(wait=False)` left to the adapter (sync adapters)."""
