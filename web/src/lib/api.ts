@@ -23,7 +23,10 @@ export interface ExecutionSummary {
   services: string[];
   targets: string[];
   tags: Record<string, string>;
+  /** Kept for old clients: `state === "running"`. */
   active: boolean;
+  /** The run's lifecycle state (from its `kind: run` start/end events and its idle time). */
+  state?: "running" | "finished" | "failed" | "abandoned";
   /** Only in an execution's detail: the run this one replays (its `replay_of` tag). */
   replay_of?: string | null;
   /** Only in an execution's detail: the runs tagged `replay_of` this one, oldest first. */
