@@ -8,6 +8,11 @@ same files, first as written and then after `tracelab compact`:
   execution_events(run_id)  target p95 <= 50 ms
   event(event_id)           through the per-file event-id index, vs a full scan of the store
 
+Then one workflow holding all 1,000,000 events (1,000 runs of 1,000 steps), read through the
+notebook API as a user would: `tl.executions(wf).df` and `tl.events(wf)`, target <= 2 s each
+(Phoenix users report 22 s for what its own database read in 1.6 s, phoenix #4083), beside
+DuckDB reading the same rows into a DataFrame.
+
 "cold" is the first call in the process (nothing cached); "warm" calls reuse the per-file
 summaries, which are valid forever because store files never change once written.
 Prints figures and ratios; never asserts on time.
@@ -45,18 +50,19 @@ BASE_NS = 1_714_521_600 * 10**9
 DAY_NS = 86_400 * 10**9
 
 
-def build(store: Path, home: Path, n_events: int, batch: int = 20_000) -> float:
+def build(store: Path, home: Path, n_events: int, batch: int = 20_000,
+          workflows: int = WORKFLOWS, runs: int = RUNS) -> float:
     """Events arrive interleaved across runs, as an ingester would see them."""
     writer = StoreWriter(resolve_layout(str(store), home=home), auto_compact=True)
-    per_run = n_events // RUNS
+    per_run = n_events // runs
     rng = random.Random(1)
     t0 = time.perf_counter()
-    order = [(run, i) for i in range(per_run) for run in range(RUNS)]
+    order = [(run, i) for i in range(per_run) for run in range(runs)]
     for start in range(0, len(order), batch):
         events = []
         for run, i in order[start:start + batch]:
-            wf = run % WORKFLOWS
-            run_start = BASE_NS + (run * DAYS * DAY_NS) // RUNS
+            wf = run % workflows
+            run_start = BASE_NS + (run * DAYS * DAY_NS) // runs
             events.append({
                 "event_id": os.urandom(16).hex(), "schema": 1, "workflow": f"wf-{wf:02d}",
                 "run_id": f"run-{run:05d}", "service": f"svc-{i % 4}", "source": "sdk-py",
@@ -179,15 +185,60 @@ def measure_event_lookup(layout, files, con, glob_all: str, repeats: int) -> Non
           f"{p95(scan) / p95(ours):.1f}")
 
 
+def measure_one_workflow(work: Path, n_events: int) -> None:
+    """`tl.executions(wf).df` and `tl.events(wf)` over one workflow of `n_events` events, each in
+    a fresh interpreter (cold: imports done, nothing cached) and then warm in that process."""
+    store, home = work / "one-store", work / "one-home"
+    if not (store / "events").exists():
+        seconds = build(store, home, n_events, workflows=1, runs=1_000)
+        print(f"\nbuilt one workflow of {n_events:,} events (1,000 runs) in {seconds:.1f} s")
+    probe = (
+        "import os, time, json\n"
+        "import tracelab as tl\n"
+        "out = {}\n"
+        "for name, fn in (('executions', lambda: tl.executions('wf-00').df),\n"
+        "                 ('events', lambda: tl.events('wf-00'))):\n"
+        "    times = []\n"
+        "    for _ in range(3):\n"
+        "        t = time.perf_counter(); frame = fn()\n"
+        "        times.append((time.perf_counter() - t) * 1000)\n"
+        "    out[name] = (times, len(frame))\n"
+        "print(json.dumps(out))\n")
+    env = {**os.environ, "TRACELAB_STORE": str(store), "TRACELAB_HOME": str(home)}
+    import json
+    import subprocess
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                            text=True, check=True)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    con = duckdb.connect()
+    glob = f"{store}/events/**/*.parquet"
+    t = time.perf_counter()
+    rows = len(con.execute("SELECT * EXCLUDE (request, response) FROM read_parquet(?, "
+                           "hive_partitioning = true) ORDER BY started_at", [glob]).fetch_df())
+    duck = (time.perf_counter() - t) * 1000
+    print(f"== one workflow, {n_events:,} events")
+    for name in ("executions", "events"):
+        times, n = figures[name]
+        print(f"tl.{name}(wf){'.df' if name == 'executions' else '   '} cold {times[0]:7.1f} ms |"
+              f" warm {min(times[1:]):7.1f} ms | {n:,} rows (target <= 2000 ms)")
+    print(f"DuckDB raw, every event without payloads into a DataFrame: {duck:7.1f} ms "
+          f"({rows:,} rows) | ratio tl.events cold / DuckDB {figures['events'][0][0] / duck:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--keep", help="build (or reuse) the store in this directory")
+    parser.add_argument("--only-one-workflow", action="store_true",
+                        help="measure only the one-workflow tl.executions/tl.events part")
     args = parser.parse_args()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tl-bench-query-"))
     store, home = work / "store", work / "home"
     try:
+        if args.only_one_workflow:
+            measure_one_workflow(work, args.events)
+            return
         if not (store / "events").exists():
             seconds = build(store, home, args.events)
             print(f"built {args.events:,} events, {WORKFLOWS} workflows, {RUNS:,} runs, "
@@ -198,6 +249,7 @@ def main() -> None:
         compact(layout=resolve_layout(str(store), home=home))
         print(f"\ncompacted in {time.perf_counter() - t:.1f} s")
         measure("after tracelab compact", store, home, args.repeats)
+        measure_one_workflow(work, args.events)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

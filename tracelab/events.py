@@ -13,6 +13,8 @@ beyond defining constants, and `validate()` is hand-written with a fast path for
 import math
 import os
 import random
+import sys
+import types
 import uuid
 from pathlib import Path
 from typing import Any, Literal, Required, TypedDict
@@ -508,3 +510,22 @@ def _problems(obj: object) -> list[str]:
         problems.append(f"event: nested deeper than {MAX_NESTING_DEPTH} levels (the event "
                         "object is level 1, each object or array inside adds one)")
     return problems
+
+
+class _EventsModule(types.ModuleType):
+    """This module, callable: `tl.events(workflow, ...)` is the notebook's events query.
+
+    `tl.events` names both the contract (this module, bound on the package by `import
+    tracelab`, whose SDK imports it) and the query users expect beside `tl.executions`;
+    calling the module runs `tracelab.store.query.events`, so `tl.events("wf")` and
+    `from tracelab.events import validate` both work. The query is imported on the call,
+    keeping pandas and pyarrow off the SDK's import path.
+    """
+
+    def __call__(self, workflow: str, *args: Any, **kwargs: Any) -> Any:
+        from tracelab.store.query import events as query_events
+
+        return query_events(workflow, *args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _EventsModule
