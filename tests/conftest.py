@@ -195,16 +195,23 @@ def loopback_http() -> Iterator[LoopbackHTTP]:
         server.close()
 
 
+def is_step(event: dict[str, Any]) -> bool:
+    """Not a run's lifecycle event (`kind: run` start/end, one pair per `init()`'s run)."""
+    return event.get("kind") != "run"
+
+
 def read_stream(client: redis.Redis, stream: str = "trace.events") -> list[dict]:
-    """Every event in a Redis stream, decoded, in stream order."""
+    """Every step in a Redis stream, decoded, in stream order (lifecycle events left out)."""
     import orjson
 
-    return [orjson.loads(fields[b"event"]) for _id, fields in client.xrange(stream)]
+    events = [orjson.loads(fields[b"event"]) for _id, fields in client.xrange(stream)]
+    return [event for event in events if is_step(event)]
 
 
 def read_events(server: RedisServer) -> tuple[list[dict[str, Any]], bytes]:
-    """Flush, then every event in the stream (each checked against the event contract) and the
-    stream's raw bytes (for secret checks)."""
+    """Flush, then every step in the stream (each event checked against the event contract;
+    lifecycle events left out) and the stream's raw bytes, lifecycle events included (for
+    secret checks)."""
     import orjson
 
     import tracelab
@@ -215,7 +222,7 @@ def read_events(server: RedisServer) -> tuple[list[dict[str, Any]], bytes]:
     events = [orjson.loads(item) for item in raw]
     for event in events:
         assert validate(event) == [], event
-    return events, b"\n".join(raw)
+    return [event for event in events if is_step(event)], b"\n".join(raw)
 
 
 def raised_in_library(exc: BaseException) -> bool:

@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         config = tracelab.init(
             workflow_name=args.workflow or env_str("TRACELAB_WORKFLOW_NAME") or DEFAULT_WORKFLOW,
             service_name=args.service or env_str("TRACELAB_SERVICE_NAME") or DEFAULT_SERVICE,
-            run_id=args.run_id, redis_url=args.redis_url, integrations=[])
+            run_id=args.run_id, redis_url=args.redis_url, integrations=[],
+            lifecycle=False)  # the run starts once listening: tracelab.proxy.lifecycle
     except (ProxyStartError, ConfigError) as exc:
         return _fail(str(exc))
     if config is None:

@@ -436,8 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=args.host, port=args.port, ssl_insecure=args.ssl_insecure, confdir=default_ca_dir(),
         # Fail closed means no upstream connection unless a request is forwarded: no eager
         # connect on CONNECT, no peek at the upstream certificate.
-        extra_options=(("connection_strategy", "lazy"), ("upstream_cert", False)))
-    tracelab.init(service_name=os.environ.get("TRACELAB_SERVICE_NAME") or "proxy")
+        extra_options=(("connection_strategy", "lazy"), ("upstream_cert", False)),
+        run_lifecycle=False)  # the replayed program's run: its SDK starts and ends it
+    tracelab.init(service_name=os.environ.get("TRACELAB_SERVICE_NAME") or "proxy",
+                  lifecycle=False)
     try:
         run_proxy(settings, addon)
     except ProxyStartError as exc:

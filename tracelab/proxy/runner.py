@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracelab.config import tracelab_home
+from tracelab.proxy.lifecycle import RunLifecycle
 
 CA_BASENAME = "mitmproxy"  # mitmproxy's CONF_BASENAME: the file names it looks for in confdir
 CA_CERT_FILE = f"{CA_BASENAME}-ca-cert.pem"  # the public certificate clients trust
@@ -43,6 +44,7 @@ class ProxySettings:
     upstream_ca: Path | None = None
     confdir: Path | None = None  # default: $TRACELAB_HOME/proxy
     extra_options: tuple[tuple[str, object], ...] = ()  # more mitmproxy options (replay mode)
+    run_lifecycle: bool = True  # publish the run's start/end (`tracelab.proxy.lifecycle`)
 
     @property
     def ca_dir(self) -> Path:
@@ -118,10 +120,11 @@ async def serve(settings: ProxySettings, addon: object) -> None:
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     # Warnings and errors only: mitmproxy logs every streamed response at info level.
     master.options.update(termlog_verbosity="warn", **dict(settings.extra_options))
-    master.addons.add(addon)
+    lifecycle = RunLifecycle(publish=settings.run_lifecycle)
+    master.addons.add(addon, lifecycle)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, master.shutdown)
+        loop.add_signal_handler(signum, lifecycle.stop_on, signum, master.shutdown)
     try:
         await master.run()
     finally:

@@ -93,12 +93,20 @@ def _one(values: set[str]) -> str | None:
     return next(iter(values)) if len(values) == 1 else None
 
 
+def is_step(event: Mapping[str, Any]) -> bool:
+    """False for a run's lifecycle event (`kind: run` start/end): never an expected call."""
+    return event.get("kind") != "run"
+
+
 def _recording(events: list[dict], source: str) -> Recording:
-    events = start_order(events)
+    """The steps of `events` in start order; the run's facts (run id, workflow, the command
+    in the tags) are read from every event, lifecycle ones included."""
+    everything = start_order(events)
+    events = [event for event in everything if is_step(event)]
     return Recording(events=events,
-                     run_id=_one({str(e.get("run_id")) for e in events}),
-                     workflow=_one({str(e.get("workflow")) for e in events}),
-                     command=command_of(events), source=source)
+                     run_id=_one({str(e.get("run_id")) for e in everything}),
+                     workflow=_one({str(e.get("workflow")) for e in everything}),
+                     command=command_of(everything), source=source)
 
 
 # -- files ----------------------------------------------------------------------------------

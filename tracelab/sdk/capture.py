@@ -94,7 +94,7 @@ def build_event(
 ) -> dict[str, Any]:
     config = rec.config
     merged = config.tags
-    session = replay_session
+    session = replay_session if kind != "run" else None  # lifecycle events are not calls
     if session is not None:
         tags = {**(tags or {}), **session.event_tags()}
     if tags:

@@ -18,6 +18,7 @@ import orjson
 
 from tracelab.config import SDKConfig, is_disabled, resolve_sdk_config
 from tracelab.events import MAX_EVENT_BYTES
+from tracelab.sdk import lifecycle as run_lifecycle
 from tracelab.sdk.redaction import Redactor, scrub_json_bytes
 from tracelab.sdk.sinks import BatchingSink, RedisStreamSink, SpoolSink
 from tracelab.sdk.stats import SDKStats
@@ -121,6 +122,7 @@ def init(
     redact: Iterable[str] = (),
     max_body_bytes: int | None = None,
     integrations: Iterable[str] | None = None,
+    lifecycle: bool = True,
 ) -> SDKConfig | None:
     """Start recording this process's interactions (see README, "Python SDK").
 
@@ -129,6 +131,9 @@ def init(
     workflow name or a setting the event contract or redis-py would refuse, naming it. A failed
     `init()` changes nothing: no library patched, no sink, no exit hook, and the recorder of a
     previous `init()` (if any) still recording as before.
+
+    `lifecycle=False` publishes no run start/end and installs no excepthook or SIGTERM handler:
+    for a caller that publishes them itself (`tracelab proxy`, when it starts listening).
     """
     global _recorder
     if is_disabled():
@@ -157,11 +162,16 @@ def init(
                 sink.close(timeout=0)
             _restore_integrations(previous)
             raise
+        if previous is not None:  # before its sink may close below
+            previous.safely(run_lifecycle.ORIGIN, run_lifecycle.switched, previous, recorder)
         if reuse:
             sink.config = config
         elif previous is not None:
             previous.sink.close(timeout=config.shutdown_timeout)
         _recorder = recorder
+    if lifecycle:
+        recorder.safely(run_lifecycle.ORIGIN, run_lifecycle.start, recorder)
+        recorder.safely(run_lifecycle.ORIGIN, run_lifecycle.install_handlers)
     if os.environ.get("TRACELAB_REPLAY"):  # started by `tracelab replay`: answer from it
         from tracelab.replay.engine import activate_from_env
 
@@ -223,12 +233,18 @@ def _fold_spool(rec: Recorder, deadline: float) -> None:
 
 
 def shutdown(timeout: float | None = None) -> bool:
-    """Flush within `timeout` (default TRACELAB_SHUTDOWN_TIMEOUT, 2 s), stop the sink, unpatch."""
+    """End the run (`kind: run` end, reason `shutdown`), flush within `timeout` (default
+    TRACELAB_SHUTDOWN_TIMEOUT, 2 s), stop the sink, unpatch."""
+    return _shutdown(timeout, "shutdown")
+
+
+def _shutdown(timeout: float | None, reason: str) -> bool:
     global _recorder
     with _lock:
         rec = _recorder
         if rec is None:
             return True
+        rec.safely(run_lifecycle.ORIGIN, run_lifecycle.end, rec, reason)
         _recorder = None
         from tracelab.sdk import integrations as integration_registry
 
@@ -242,7 +258,7 @@ def shutdown(timeout: float | None = None) -> bool:
 
 def _shutdown_at_exit() -> None:
     try:
-        shutdown()
+        _shutdown(None, run_lifecycle.exit_reason())
     except Exception:  # interpreter teardown: never print a traceback from here
         pass
 
