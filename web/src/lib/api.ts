@@ -91,6 +91,57 @@ export interface DiffResult {
   rows: Record<string, unknown>[];
 }
 
+/** How a compare row pairs the two runs: an aligned pair (`same` / `changed`: status or status
+ * code differ) or a step only run A has (`only_a`, removed in B) or only run B has (`only_b`,
+ * inserted in B). */
+export type CompareChange = "same" | "changed" | "only_a" | "only_b";
+
+/** One row of `GET /api/executions/{a}/compare/{b}` (`tracelab.analysis.compare`); deltas are
+ * B minus A, null when a side is missing or has no such number. */
+export interface CompareRow {
+  a_event_id: string | null;
+  b_event_id: string | null;
+  change: CompareChange;
+  kind: string;
+  target: string;
+  endpoint: string;
+  span_path: string;
+  status_a: string | null;
+  status_b: string | null;
+  status_code_a: number | null;
+  status_code_b: number | null;
+  duration_a: number | null;
+  duration_b: number | null;
+  duration_delta: number | null;
+  tokens_a: number | null;
+  tokens_b: number | null;
+  tokens_delta: number | null;
+  cost_a: number | null;
+  cost_b: number | null;
+  cost_delta: number | null;
+  started_ms_a: number | null;
+  started_ms_b: number | null;
+}
+
+export interface CompareSummary {
+  a: string;
+  b: string;
+  steps_a: number;
+  steps_b: number;
+  same: number;
+  changed: number;
+  only_a: number;
+  only_b: number;
+  duration_delta: number;
+  tokens_delta: number;
+  cost_delta: number;
+}
+
+export interface CompareResult {
+  summary: CompareSummary;
+  rows: CompareRow[];
+}
+
 export class ApiError extends Error {
   constructor(
     public status: number,
