@@ -19,6 +19,7 @@ from tracelab.store import query
 if TYPE_CHECKING:
     from tracelab.analysis.compare import Comparison
     from tracelab.analysis.diff import ExecutionDiff
+    from tracelab.notebook.live import LiveExecution, LiveExecutions
     from tracelab.notebook.timeline import TimelineWidget
     from tracelab.replay.runner import ReplayResult
 
@@ -42,9 +43,11 @@ class Executions:
     `.latencies(by=...)` and `.timeline()` look at all of them at once.
     """
 
-    def __init__(self, workflow: str, df: pd.DataFrame) -> None:
+    def __init__(self, workflow: str, df: pd.DataFrame,
+                 filters: Mapping[str, Any] | None = None) -> None:
         self.workflow = workflow
         self.df = df
+        self._filters = dict(filters or {})  # what `.live()` asks the query layer again
 
     def __len__(self) -> int:
         return len(self.df)
@@ -101,6 +104,16 @@ class Executions:
         from tracelab.notebook.timeline import executions_timeline
 
         return executions_timeline(self.df, self.workflow)
+
+    def live(self, interval: float = 1.0) -> LiveExecutions:
+        """The overview Gantt, refreshed every `interval` seconds while the kernel is idle: new
+        runs appear as new bars, a growing run's bar lengthens; `.stop()` ends it."""
+        from tracelab.notebook.live import LiveExecutions
+
+        def fetch() -> pd.DataFrame:
+            return query.executions(self.workflow, **self._filters)
+
+        return LiveExecutions(self.workflow, self.df, fetch, interval=interval).start()
 
     def _empty_reason(self) -> str:
         known = query.workflows()["workflow"].tolist()
@@ -184,12 +197,31 @@ class Execution:
         """Same as `.event(event_id)`."""
         return self.event(event_id)
 
-    def timeline(self) -> TimelineWidget:
+    def timeline(self, live: bool = False, *, interval: float = 1.0, **view: Any
+                 ) -> TimelineWidget | LiveExecution:
         """A Gantt of this run (lanes per service, spans nested under their parent); click a
-        bar to see that event's request and response beside it."""
+        bar to see that event's request and response beside it.
+
+        `live=True`: the widget gains the run's new steps every `interval` seconds while the
+        kernel is idle (appended to the figure, never redrawn; a step `**view` hides is not
+        drawn), until `.stop()` or until the run is finished, failed or abandoned.
+
+        `**view`: the filters that hide steps (`kind=`, `target=`, `status=`, `text=`,
+        `min_duration_ms=`, `llm_and_tools=`), `collapsed=` spans and `root=` (one span), as
+        `tracelab.notebook.timeline.execution_timeline` takes them."""
+        if live:
+            from tracelab.notebook.live import LiveExecution
+
+            self._events = None  # read the run as it is now
+            try:
+                events = self.events
+            except KeyError:  # not recorded yet: start empty and wait for its first steps
+                events = pd.DataFrame()
+            return LiveExecution(self.run_id, self._workflow, events, query.event_dict,
+                                 interval=interval, **view).start()
         from tracelab.notebook.timeline import execution_timeline
 
-        return execution_timeline(self.events, query.event_dict)
+        return execution_timeline(self.events, query.event_dict, **view)
 
     def _payload_events(self) -> pd.DataFrame:
         return query.events(self.workflow, run_id=self.run_id, payloads=True)
@@ -300,8 +332,8 @@ def executions(workflow: str, since: query.TimeLike | None = None,
                tags: Mapping[str, str] | None = None, limit: int | None = None) -> Executions:
     """The runs of `workflow`, newest first, filtered like `query.executions`. An unknown
     workflow gives an empty `Executions` whose repr says so."""
-    return Executions(workflow, query.executions(workflow, since=since, until=until,
-                                                 status=status, tags=tags, limit=limit))
+    filters = {"since": since, "until": until, "status": status, "tags": tags, "limit": limit}
+    return Executions(workflow, query.executions(workflow, **filters), filters)
 
 
 def execution(run_id: str, workflow: str | None = None) -> Execution:
