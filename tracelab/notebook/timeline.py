@@ -21,7 +21,7 @@ import importlib.util
 import math
 import sys
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
@@ -34,6 +34,7 @@ from tracelab.notebook.repr import (
     box, esc, format_ms, join_names, llm_usage_text, payload_html, placeholder_html, pretty,
     status_html,
 )
+from tracelab.notebook.view import SpanTree, StepFilter, View, span_row, step_view
 
 STATUS_COLORS = {"ok": "#4C78A8", "error": "#E45756"}
 OTHER_COLOR = "#9E9E9E"
@@ -108,25 +109,8 @@ def span_depths(span_id: Sequence[Any], parent_id: Sequence[Any]) -> tuple[np.nd
     An orphan names a parent that is not among the run's events (still running, or lost): it
     is drawn at the top level and says so in its hover, never dropped.
     """
-    spans, parents = pd.Series(span_id), pd.Series(parent_id)
-    n = len(spans)
-    codes, uniques = pd.factorize(pd.concat([spans, parents], ignore_index=True))
-    span_code, parent_code = codes[:n], codes[n:]
-    position = np.full(len(uniques) + 1, -1, dtype=np.int64)
-    has_span = np.flatnonzero(span_code >= 0)
-    position[span_code[has_span[::-1]]] = has_span[::-1]  # a repeated span id: first one wins
-    parent_idx = np.where(parent_code >= 0, position[parent_code], -1)
-    parent_idx[parent_idx == np.arange(n)] = -1
-    orphan = (parent_code >= 0) & (parent_idx < 0)
-    depth = np.zeros(n, dtype=np.int64)
-    current = parent_idx.copy()
-    for _ in range(64):  # a cycle in broken data stops here instead of looping forever
-        nested = np.flatnonzero(current >= 0)
-        if not len(nested):
-            break
-        depth[nested] += 1
-        current[nested] = parent_idx[current[nested]]
-    return depth, orphan
+    tree = SpanTree.of(span_id, parent_id)
+    return tree.depth(), tree.orphan
 
 
 def _pack(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -323,7 +307,10 @@ class TimelineWidget(widgets.HBox):
         self.ids = ids  # event (or run) ids per trace, in point order: ids[trace][point]
         self._pick = pick
         self._static = static
-        for index, trace in enumerate(figure.data):
+        self._bind_clicks()
+
+    def _bind_clicks(self) -> None:
+        for index, trace in enumerate(self.figure.data):
             trace.on_click(self._on_click_for(index))
 
     def _on_click_for(self, index: int) -> Callable[..., None]:
@@ -360,10 +347,14 @@ class TimelineWidget(widgets.HBox):
 def _make_widget(figure: go.FigureWidget, *, ids: list[np.ndarray],
                  pick: Callable[[str], str], static: dict[str, Any], title: str,
                  hint: str) -> TimelineWidget:
-    panel = widgets.HTML(value=placeholder_html(hint),
-                         layout=widgets.Layout(width=PANEL_WIDTH, max_height="560px",
-                                               overflow="auto", padding="0 0 0 8px"))
-    return TimelineWidget(figure, panel, ids=ids, pick=pick, static=static, title=title)
+    return TimelineWidget(figure, _panel(hint), ids=ids, pick=pick, static=static,
+                          title=title)
+
+
+def _panel(hint: str) -> widgets.HTML:
+    return widgets.HTML(value=placeholder_html(hint),
+                        layout=widgets.Layout(width=PANEL_WIDTH, max_height="560px",
+                                              overflow="auto", padding="0 0 0 8px"))
 
 
 def _figure(traces: list[dict[str, Any]], layout: dict[str, Any]) -> go.FigureWidget:
@@ -429,65 +420,358 @@ def _status_traces(status: pd.Series, columns: dict[str, np.ndarray], ids: np.nd
     return traces, trace_ids
 
 
-def execution_timeline(events: pd.DataFrame, load_event: Loader, *,
-                       title: str | None = None) -> TimelineWidget:
-    """The Gantt of one execution: lanes per service, nested spans below their parent, a bar
-    per event from its start for its latency, coloured by status; a click shows the payload."""
-    n = len(events)
-    run = str(events["run_id"].iloc[0]) if n and "run_id" in events else "?"
-    start_ns = _ns(events["started_at"]) if n else np.zeros(0, dtype=np.int64)
-    t0 = int(start_ns.min()) if n else 0
-    rel = (start_ns - t0) / 1e6
-    latency = events["latency_ms"].to_numpy(dtype=float, na_value=0.0) if n else np.zeros(0)
-    end = rel + latency
-    span = float(end.max()) if n else 0.0
-    depth, orphan = span_depths(events["span_id"] if "span_id" in events else [None] * n,
+class _Run:
+    """One run's per-step arrays, computed once; every view of the run draws a subset."""
+
+    def __init__(self, events: pd.DataFrame) -> None:
+        events = events.reset_index(drop=True)
+        n = len(events)
+        self.events, self.n = events, n
+        self.run_id = str(events["run_id"].iloc[0]) if n and "run_id" in events else "?"
+        start_ns = _ns(events["started_at"]) if n else np.zeros(0, dtype=np.int64)
+        self.t0 = int(start_ns.min()) if n else 0
+        self.rel = (start_ns - self.t0) / 1e6
+        self.latency = events["latency_ms"].to_numpy(dtype=float, na_value=0.0) if n \
+            else np.zeros(0)
+        self.tree = SpanTree.of(events["span_id"] if "span_id" in events else [None] * n,
                                 events["parent_id"] if "parent_id" in events else [None] * n)
-    y, labels = assign_lanes(events["service"].to_numpy(dtype=object) if n else np.zeros(0),
-                             depth, rel, end)
-    width = np.maximum(latency, max(span, 1.0) * _MIN_BAR_FRACTION)
-    status = events["status"] if n else pd.Series([], dtype=object)
-    tags = tag_columns(events["tags"].tolist() if "tags" in events else [None] * n,
-                       (FAULT_TAG, FAULT_ACTION_TAG, REPLAY_TAG, *LLM_TOKEN_TAGS))
-    faulted = pd.notna(tags[FAULT_TAG]).astype(bool)
-    hover = _event_hover(events, orphan, tags) if n else np.zeros(0, dtype=object)
-    ids = events["event_id"].to_numpy(dtype=object) if n else np.zeros(0, dtype=object)
+        self.depth = self.tree.depth()
+        self.has_children = self.tree.has_children()
+        self.service = events["service"].to_numpy(dtype=object) if n else np.zeros(0, object)
+        self.status = events["status"].to_numpy(dtype=object) if n else np.zeros(0, object)
+        self.tags = tag_columns(events["tags"].tolist() if "tags" in events else [None] * n,
+                                (FAULT_TAG, FAULT_ACTION_TAG, REPLAY_TAG, *LLM_TOKEN_TAGS))
+        self.faulted = pd.notna(self.tags[FAULT_TAG]).astype(bool)
+        self.hover = _event_hover(events, self.tree.orphan, self.tags) if n \
+            else np.zeros(0, dtype=object)
+        self.ids = events["event_id"].to_numpy(dtype=object) if n else np.zeros(0, object)
+        self.span_ids = events["span_id"].to_numpy(dtype=object) if "span_id" in events \
+            else np.full(n, None, dtype=object)
+        self.started = pd.Timestamp(self.t0, unit="ns", tz="UTC") if n else None
+
+    def span_id(self, ref: str) -> str:
+        """The span id `ref` names (a span id, or the event id of a step that is a span)."""
+        return str(self.span_ids[span_row(self.events, self.tree, ref)])
+
+    def row_of_event(self, event_id: str) -> int | None:
+        hits = np.flatnonzero(self.ids == event_id)
+        return int(hits[0]) if len(hits) else None
+
+
+def _draw(run: _Run, view: View, title: str | None) -> tuple[
+        list[dict[str, Any]], list[np.ndarray], dict[str, Any], dict[str, Any], str]:
+    """Traces, their ids, layout, static-SVG inputs and title for the steps `view` keeps.
+
+    Times stay measured from the run's first step whatever is hidden, so a step reads the
+    same `+ms` in every view; lanes are packed again over the steps shown only."""
+    idx = np.flatnonzero(view.keep)
+    shown = len(idx)
+    rel, latency = run.rel[idx], run.latency[idx]
+    end = rel + latency
+    span = float(end.max()) if shown else 0.0
+    extent = span - float(rel.min()) if shown else 0.0
+    y, labels = assign_lanes(run.service[idx], view.depth[idx], rel, end)
+    width = np.maximum(latency, max(extent, 1.0) * _MIN_BAR_FRACTION)
+    status = run.status[idx]
+    faulted = run.faulted[idx]
+    ids = run.ids[idx]
+    hover = run.hover[idx]
+    if view.hidden_under:
+        hover = hover.copy()
+        for row, count in view.hidden_under.items():
+            at = int(np.searchsorted(idx, row))
+            hover[at] = f"{hover[at]}<br><b>▸ collapsed: {count:,} nested steps hidden</b>"
     columns = {"base": rel, "x": width, "y": y, "hovertext": hover, "customdata": latency,
                "text": rel}
     options = {"hovertemplate": _EVENT_HOVER, "textposition": "none"}
     plain = ~faulted
-    if n >= WEBGL_MIN_EVENTS:
-        traces, trace_ids = segment_traces(status.to_numpy(dtype=object), faulted, rel, width,
-                                           y, hover, latency, ids)
+    if shown >= WEBGL_MIN_EVENTS:
+        traces, trace_ids = segment_traces(status, faulted, rel, width, y, hover, latency, ids)
     else:
         traces, trace_ids = _status_traces(
-            status[plain].reset_index(drop=True),
+            pd.Series(status[plain], dtype=object),
             {key: values[plain] for key, values in columns.items()}, ids[plain], **options)
-    if faulted.any() and n < WEBGL_MIN_EVENTS:
-        traces.append(_fault_trace(status.to_numpy(dtype=object)[faulted],
-                                   {key: values[faulted] for key, values in columns.items()},
-                                   **options))
-        trace_ids.append(ids[faulted])
+        if faulted.any():
+            traces.append(_fault_trace(status[faulted],
+                                       {key: values[faulted] for key, values in columns.items()},
+                                       **options))
+            trace_ids.append(ids[faulted])
     errors = int((status == "error").sum())
-    started = pd.Timestamp(t0, unit="ns", tz="UTC") if n else None
-    title = title or f"run {run} · {n:,} events · {errors:,} errors · {format_ms(span)}"
-    axis_title = (f"ms since {started:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC") if started else "ms"
+    count = f"{shown:,} events" if shown == run.n else f"{shown:,} of {run.n:,} events"
+    title = title or f"run {run.run_id} · {count} · {errors:,} errors · {format_ms(span)}"
+    axis_title = (f"ms since {run.started:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC") \
+        if run.started is not None else "ms"
     layout = _layout(title, len(labels), labels, {"title": {"text": axis_title}})
-    if not n:
-        layout["annotations"] = [{"text": "no events recorded for this run", "showarrow": False,
-                                  "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}]
-    figure = _figure(traces, layout)
-
-    def pick(event_id: str) -> str:
-        event = load_event(event_id)
-        return fault_html(event) + payload_html(event)
-
-    static_status = status.to_numpy(dtype=object).copy()
+    layout["annotations"] = [] if shown else [{
+        "text": "no events recorded for this run" if not run.n else "no step matches this view",
+        "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}]
+    static_status = status.copy()
     static_status[faulted] = FAULT_TRACE
     static = {"labels": labels, "rel": rel, "width": width, "y": y, "status": static_status,
               "axis": "ms"}
-    return _make_widget(figure, ids=trace_ids, pick=pick, static=static, title=title,
-                        hint="Click a bar to see that call's request and response here.")
+    return traces, trace_ids, layout, static, title
+
+
+class ExecutionTimeline(TimelineWidget):
+    """The Gantt of one execution with its view controls: filters that hide steps, collapsed
+    spans and a re-rooted view, changed by keyword, by method or by the controls above the
+    figure; every change redraws the same FigureWidget in place (its traces replaced, its
+    payloads still loaded only on click).
+
+    The controls are the third child, drawn first (CSS `order`), so `children[0]` stays the
+    figure and `children[1]` the payload panel.
+    """
+
+    def __init__(self, run: _Run, load_event: Loader, *, filters: StepFilter,
+                 collapsed: Iterable[str], root: str | None, controls: bool,
+                 title: str | None) -> None:
+        self._run = run
+        self._filters = filters
+        self._root = None if root is None else run.span_id(root)
+        self._collapsed = tuple(dict.fromkeys(run.span_id(ref) for ref in collapsed))
+        self._fixed_title = title
+        self.selected: str | None = None
+        self._quiet = False
+        view = self._view()
+        self.shown = int(view.keep.sum())
+        traces, trace_ids, layout, static, shown_title = _draw(run, view, title)
+
+        def pick(event_id: str) -> str:
+            event = load_event(event_id)
+            return fault_html(event) + payload_html(event)
+
+        hint = "Click a bar to see that call's request and response here."
+        if controls:
+            hint += " A clicked span can then be collapsed or made the view's root above."
+        panel = _panel(hint)
+        super().__init__(_figure(traces, layout), panel, ids=trace_ids, pick=pick,
+                         static=static, title=shown_title)
+        self.controls: widgets.Box | None = None
+        self.control: dict[str, widgets.DOMWidget] = {}
+        if controls:
+            self.controls = self._build_controls()
+            self.children = (*self.children, self.controls)
+            self._sync_controls()
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def filters(self) -> StepFilter:
+        return self._filters
+
+    @property
+    def collapsed(self) -> tuple[str, ...]:
+        """Span ids whose nested steps are hidden."""
+        return self._collapsed
+
+    @property
+    def root(self) -> str | None:
+        """The span id the view is rooted at (None: the whole run)."""
+        return self._root
+
+    def _view(self) -> View:
+        return step_view(self._run.events, self._run.tree, self._filters,
+                         collapsed=self._collapsed, root=self._root, depth=self._run.depth)
+
+    def filter(self, **changes: Any) -> ExecutionTimeline:
+        """Change some filters (`kind=`, `target=`, `status=`, `text=`, `min_duration_ms=`,
+        `llm_and_tools=`; None or empty clears one) and redraw."""
+        self._filters = self._filters.changed(**changes)
+        return self.refresh()
+
+    def clear_filters(self) -> ExecutionTimeline:
+        self._filters = StepFilter()
+        return self.refresh()
+
+    def collapse(self, span: str) -> ExecutionTimeline:
+        """Hide the steps nested under `span` (a span id, or the event id of a span)."""
+        span_id = self._run.span_id(span)
+        if span_id not in self._collapsed:
+            self._collapsed = (*self._collapsed, span_id)
+        return self.refresh()
+
+    def expand(self, span: str) -> ExecutionTimeline:
+        """Show again the steps nested under `span`."""
+        span_id = self._run.span_id(span)
+        self._collapsed = tuple(s for s in self._collapsed if s != span_id)
+        return self.refresh()
+
+    def toggle(self, span: str) -> ExecutionTimeline:
+        span_id = self._run.span_id(span)
+        return self.expand(span_id) if span_id in self._collapsed else self.collapse(span_id)
+
+    def expand_all(self) -> ExecutionTimeline:
+        self._collapsed = ()
+        return self.refresh()
+
+    def reroot(self, span: str | None) -> ExecutionTimeline:
+        """Show only `span` and the steps nested under it; None goes back to the whole run."""
+        self._root = None if span is None else self._run.span_id(span)
+        return self.refresh()
+
+    def refresh(self) -> ExecutionTimeline:
+        """Redraw the figure for the current view, in place."""
+        view = self._view()
+        traces, trace_ids, layout, static, title = _draw(self._run, view, self._fixed_title)
+        self.shown = int(view.keep.sum())
+        figure = self.figure
+        with figure.batch_update():
+            figure.data = ()
+        figure.add_traces(traces)
+        with figure.batch_update():
+            figure.update_layout(layout, overwrite=True)
+        self.ids, self._static, self.title = trace_ids, static, title
+        self._bind_clicks()
+        self._sync_controls()
+        return self
+
+    def select(self, item_id: str) -> None:
+        self.selected = item_id
+        super().select(item_id)
+        self._sync_controls()
+
+    def _selected_span(self) -> str | None:
+        """The clicked step's span id when it has nested steps, else None."""
+        row = None if self.selected is None else self._run.row_of_event(self.selected)
+        if row is None or not self._run.has_children[row]:
+            return None
+        return str(self._run.span_ids[row])
+
+    # -- controls -----------------------------------------------------------------------------
+
+    def _build_controls(self) -> widgets.Box:
+        events = self._run.events
+
+        def values(name: str, chosen: frozenset[str] | None) -> list[str]:
+            present = events[name].dropna().astype(str).unique().tolist() if name in events \
+                else []
+            return sorted(set(present) | set(chosen or ()))
+
+        def tags(name: str, chosen: frozenset[str] | None) -> widgets.TagsInput:
+            return widgets.TagsInput(value=[], allowed_tags=values(name, chosen),
+                                     allow_duplicates=False, description=name,
+                                     placeholder=f"any {name}",
+                                     layout=widgets.Layout(width="32%"))
+
+        f = self._filters
+        self._kind, self._target, self._status = (tags("kind", f.kind),
+                                                  tags("target", f.target),
+                                                  tags("status", f.status))
+        self._text = widgets.Text(description="endpoint", placeholder="contains …",
+                                  continuous_update=False, layout=widgets.Layout(width="32%"))
+        self._min_ms = widgets.FloatText(description="over ms", value=0.0, step=10,
+                                         tooltip="hide steps not longer than this (0: off)",
+                                         layout=widgets.Layout(width="18%"))
+        self._llm = widgets.Checkbox(description="LLM & tools only", indent=False,
+                                     layout=widgets.Layout(width="auto"))
+        self._clear = widgets.Button(description="clear filters", icon="times",
+                                     layout=widgets.Layout(width="auto"))
+        self._fold = widgets.Button(description="collapse / expand span", icon="compress",
+                                    tooltip="hide or show the steps nested under the "
+                                            "clicked span", layout=widgets.Layout(width="auto"))
+        self._unfold = widgets.Button(description="expand all", icon="expand",
+                                      layout=widgets.Layout(width="auto"))
+        self._reroot = widgets.Button(description="re-root here", icon="sitemap",
+                                      tooltip="show only the clicked span and what it holds",
+                                      layout=widgets.Layout(width="auto"))
+        self._whole = widgets.Button(description="whole run", icon="arrow-up",
+                                     layout=widgets.Layout(width="auto"))
+        self._info = widgets.HTML()
+        self.control = {"kind": self._kind, "target": self._target, "status": self._status,
+                        "text": self._text, "min_duration_ms": self._min_ms,
+                        "llm_and_tools": self._llm, "clear": self._clear,
+                        "collapse": self._fold, "expand_all": self._unfold,
+                        "reroot": self._reroot, "whole_run": self._whole, "info": self._info}
+        for control, name in ((self._kind, "kind"), (self._target, "target"),
+                              (self._status, "status"), (self._text, "text"),
+                              (self._min_ms, "min_duration_ms"),
+                              (self._llm, "llm_and_tools")):
+            control.observe(self._on_control(name), names="value")
+        self._clear.on_click(lambda _: self.clear_filters())
+        self._fold.on_click(lambda _: self._on_fold())
+        self._unfold.on_click(lambda _: self.expand_all())
+        self._reroot.on_click(lambda _: self._on_reroot())
+        self._whole.on_click(lambda _: self.reroot(None))
+        row = widgets.Layout(flex_flow="row wrap", align_items="center", width="100%")
+        return widgets.VBox(
+            [widgets.HBox([self._kind, self._target, self._status], layout=row),
+             widgets.HBox([self._text, self._min_ms, self._llm, self._clear], layout=row),
+             widgets.HBox([self._fold, self._unfold, self._reroot, self._whole, self._info],
+                          layout=row)],
+            layout=widgets.Layout(width="100%", order="-1", margin="0 0 6px 0"))
+
+    def _on_control(self, name: str) -> Callable[[dict[str, Any]], None]:
+        def on_change(change: dict[str, Any]) -> None:
+            if not self._quiet:
+                value = change["new"]
+                self.filter(**{name: list(value) if isinstance(value, (list, tuple))
+                               else value})
+        return on_change
+
+    def _on_fold(self) -> None:
+        span = self._selected_span()
+        if span is not None:
+            self.toggle(span)
+
+    def _on_reroot(self) -> None:
+        span = self._selected_span()
+        if span is not None:
+            self.reroot(span)
+
+    def _sync_controls(self) -> None:
+        """Show the current view in the controls without their observers redrawing again."""
+        if self.controls is None:
+            return
+        f = self._filters
+        self._quiet = True
+        try:
+            self._kind.value = sorted(f.kind or ())
+            self._target.value = sorted(f.target or ())
+            self._status.value = sorted(f.status or ())
+            self._text.value = f.text
+            self._min_ms.value = f.min_duration_ms or 0.0
+            self._llm.value = f.llm_and_tools
+        finally:
+            self._quiet = False
+        span = self._selected_span()
+        self._fold.disabled = self._reroot.disabled = span is None
+        self._fold.description = "expand span" if span in self._collapsed else "collapse span"
+        self._whole.disabled = self._root is None
+        self._unfold.disabled = not self._collapsed
+        self._clear.disabled = not f.active
+        facts = [f"{self.shown:,} of {self._run.n:,} steps shown"]
+        if self._collapsed:
+            facts.append(f"{len(self._collapsed)} span(s) collapsed")
+        if self._root is not None:
+            facts.append(f"rooted at span <code>{esc(self._root)}</code>")
+        self._info.value = f'<span class="tl-dim">{" · ".join(facts)}</span>'
+
+
+def execution_timeline(events: pd.DataFrame, load_event: Loader, *,
+                       title: str | None = None,
+                       kind: str | Iterable[str] | None = None,
+                       target: str | Iterable[str] | None = None,
+                       status: str | Iterable[str] | None = None,
+                       text: str | None = None,
+                       min_duration_ms: float | None = None,
+                       llm_and_tools: bool = False,
+                       collapsed: Iterable[str] = (),
+                       root: str | None = None,
+                       controls: bool = True) -> ExecutionTimeline:
+    """The Gantt of one execution: lanes per service, nested spans below their parent, a bar
+    per event from its start for its latency, coloured by status; a click shows the payload.
+
+    Filters HIDE the steps that do not match (see `tracelab.notebook.view`): `kind`, `target`,
+    `status` (one value or several), `text` (in the endpoint, any case), `min_duration_ms`
+    (latency strictly above), `llm_and_tools` (LLM calls and function/tool steps).
+    `collapsed` spans hide what is nested under them; `root` shows one span and its nested
+    steps. Spans are named by span id or by their event id. `controls=False` leaves out the
+    ipywidgets controls above the figure. A `root` or `collapsed` naming no span of the run is
+    a ValueError."""
+    filters = StepFilter.of(kind=kind, target=target, status=status, text=text,
+                            min_duration_ms=min_duration_ms, llm_and_tools=llm_and_tools)
+    return ExecutionTimeline(_Run(events), load_event, filters=filters, collapsed=collapsed,
+                             root=root, controls=controls, title=title)
 
 
 _EVENT_HOVER = "%{hovertext}<br>%{customdata:.1f} ms at +%{text:.1f} ms<extra></extra>"
