@@ -204,8 +204,10 @@ def test_embedded_mode_spools_valid_json_lines(loopback_http: LoopbackHTTP, trac
     tracelab.shutdown()
     (done,) = (tracelab_home / "spool").glob("*.jsonl")
     assert not open_file.exists() and f"-{os.getpid()}-" in done.name
-    lines = done.read_bytes().splitlines()
-    assert len(lines) == 1 and validate(orjson.loads(lines[0])) == []
+    events = [orjson.loads(line) for line in done.read_bytes().splitlines()]
+    assert all(validate(event) == [] for event in events)
+    assert [(e["kind"], e["endpoint"]) for e in events] == [
+        ("run", "start"), ("http", "GET /echo"), ("run", "end")]
     assert tracelab.stats()["spooled"] >= 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -115,7 +115,7 @@ def test_the_sdk_spool_writer_holds_the_lock_for_as_long_as_it_may_append(tracel
         assert proc.stdout.readline() == b"written\n", proc.stderr.read().decode()
         [live] = list_spool(tracelab_home)
         assert live.path.name.endswith(".jsonl.open") and not live.complete
-        assert fold_spool(tracelab_home) == 3
+        assert fold_spool(tracelab_home) == 4  # the run's start and 3 steps
         assert live.path.exists()
         proc.stdin.write(b"go on\n")
         proc.stdin.flush()
@@ -124,6 +124,6 @@ def test_the_sdk_spool_writer_holds_the_lock_for_as_long_as_it_may_append(tracel
     finally:
         proc.kill()
         proc.wait()
-    assert fold_spool(tracelab_home) == 2
+    assert fold_spool(tracelab_home) == 3  # 2 steps and the run's end
     assert list_spool(tracelab_home) == []
-    assert len(stored_ids(tracelab_home)) == 5
+    assert len(stored_ids(tracelab_home)) == 7

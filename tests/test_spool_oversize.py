@@ -14,13 +14,16 @@ from tracelab.store.spool import CHUNK_BYTES, fold_spool
 
 
 def stored_events(home: Path) -> dict[str, dict]:
-    """Every stored event with its payloads, read straight from the Parquet files."""
+    """Every stored step with its payloads, read straight from the Parquet files (the run's
+    lifecycle events, `kind: run`, left out)."""
     import pyarrow.dataset as ds
 
     rows = ds.dataset(str(home / "store" / "events"), format="parquet",
                       partitioning="hive").to_table().to_pylist()
     out = {}
     for row in rows:
+        if row.get("kind") == "run":
+            continue
         for column in ("request", "response", "tags"):
             value = row.get(column)
             row[column] = orjson.loads(value) if value else None
