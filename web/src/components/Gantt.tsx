@@ -2,7 +2,9 @@
 // pan, a time axis. Only what is visible is drawn, and at most one bar per pixel per row, so
 // 100,000 steps stay interactive. A call a fault rule hit (tag `fault`) keeps its status colour
 // under orange hatching and an orange outline, so an injected failure never reads as the
-// vendor's own; its hover names the rule and the action.
+// vendor's own; its hover names the rule and the action. A filtered view comes in as `steps`
+// laid out with only the shown steps (lib/steps.ts `shownSteps`): hidden steps take no row and
+// no pixel, and the view fits the shown steps' time range.
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import type { Steps } from "../lib/steps";
 import { fmtMs, fmtUsd } from "../lib/format";
@@ -17,7 +19,6 @@ const COLORS = {
   ok: "#3b82f6",
   okFn: "#6366f1",
   error: "#dc2626",
-  dim: "#cbd5e1",
   selected: "#f59e0b",
   grid: "#e2e8f0",
   text: "#0f172a",
@@ -57,7 +58,6 @@ interface Props {
   steps: Steps;
   selected: number | null;
   onSelect: (i: number) => void;
-  matches: Uint8Array | null; // 1 = matches the filter; null = no filter
 }
 
 declare global {
@@ -84,12 +84,15 @@ function lowerBound(items: number[], offset: Float64Array, t: number): number {
   return lo;
 }
 
-export default function Gantt({ steps, selected, onSelect, matches }: Props) {
+export default function Gantt({ steps, selected, onSelect }: Props) {
   const wrap = useRef<HTMLDivElement>(null);
   const canvas = useRef<HTMLCanvasElement>(null);
   const [width, setWidth] = useState(800);
-  const total = Math.max(steps.end, 0.001);
-  const [view, setView] = useState<View>({ start: 0, span: total * 1.02, scrollY: 0 });
+  const begin = steps.begin;
+  const total = Math.max(steps.end - begin, 0.001);
+  const whole = useCallback((): View => ({ start: begin, span: total * 1.02, scrollY: 0 }),
+    [begin, total]);
+  const [view, setView] = useState<View>(whole);
   const fitted = useRef(false);
   const drag = useRef<{ x: number; y: number; view: View; moved: boolean } | null>(null);
 
@@ -98,10 +101,15 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
   const plotW = Math.max(50, width - GUTTER - 8);
   const maxScroll = Math.max(0, contentH - (height - AXIS_H));
 
-  // Keep the whole run in view while it grows, until the user zooms or pans.
+  // Keep the whole run (or what the filters show of it) in view while it grows, until the user
+  // zooms or pans.
   useEffect(() => {
-    if (!fitted.current) setView((v) => ({ ...v, start: 0, span: total * 1.02 }));
-  }, [total]);
+    if (!fitted.current) setView((v) => ({ ...whole(), scrollY: v.scrollY }));
+  }, [whole]);
+  // A scroll past the last row of a smaller (filtered) layout comes back into range.
+  useEffect(() => {
+    setView((v) => (v.scrollY > maxScroll ? { ...v, scrollY: maxScroll } : v));
+  }, [maxScroll]);
 
   useEffect(() => {
     const el = wrap.current;
@@ -192,11 +200,9 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
         if (xa < x0 - 2) xa = x0 - 2;
         if (xb > x0 + plotW + 4) xb = x0 + plotW + 4;
         const w = Math.max(1, xb - xa);
-        const dimmed = matches !== null && !matches[i];
-        const color = dimmed ? COLORS.dim
-          : status[i] === "error" ? COLORS.error
+        const color = status[i] === "error" ? COLORS.error
           : kind[i] === "function" ? COLORS.okFn : COLORS.ok;
-        const faulted = fault[i] !== null && !dimmed;
+        const faulted = fault[i] !== null;
         const look = faulted ? `fault:${color}` : color;
         if (i === selected) selectedBox = [xa, y, w, BAR_H];
         // skip bars that would only repaint the same pixel column in the same look
@@ -234,6 +240,7 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
     }
     ctx.restore();
     c.dataset.drawnFaults = String(faultsDrawn);
+    c.dataset.shownSteps = String(steps.shown);
     if (steps.n > 0 && c.dataset.drawnSteps !== String(steps.n)) {
       c.dataset.drawnSteps = String(steps.n);
       const mark = (window.__tracelab ??= {});
@@ -243,7 +250,7 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
       }
       mark.draws = (mark.draws ?? 0) + 1;
     }
-  }, [steps, view, width, height, plotW, selected, matches]);
+  }, [steps, view, width, height, plotW, selected]);
 
   useEffect(() => {
     const id = requestAnimationFrame(draw);
@@ -254,6 +261,7 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
   useEffect(() => {
     if (selected === null || selected >= steps.n) return;
     const r = steps.rowOf[selected];
+    if (r < 0) return; // hidden by the filters
     const top = r * ROW_H;
     setView((v) => {
       const visible = height - AXIS_H;
@@ -274,6 +282,7 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
     if (!row) return null;
     const scale = plotW / view.span;
     const t = view.start + (x - GUTTER) / scale;
+    if (!row.items.length) return null;
     const slack = 3 / scale;
     let best: number | null = null;
     let bestLen = Infinity;
@@ -357,11 +366,11 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
     setHover(i === null ? null : { i, x: e.clientX - rect.left, y: e.clientY - rect.top });
   };
 
-  const faults = useMemo(() => steps.fault.reduce((k, f) => (f !== null ? k + 1 : k), 0), [steps]);
+  const faults = useMemo(() => steps.fault.reduce((k, f) => (f !== null ? k + 1 : k), 0), [steps.fault]);
 
   const fit = () => {
     fitted.current = false;
-    setView({ start: 0, span: total * 1.02, scrollY: 0 });
+    setView(whole());
   };
 
   return (
@@ -390,7 +399,7 @@ export default function Gantt({ steps, selected, onSelect, matches }: Props) {
           ref={canvas}
           className="gantt-canvas"
           role="img"
-          aria-label={`Timeline of ${steps.n} steps across ${steps.lanes.length} services`}
+          aria-label={`Timeline of ${steps.shown} steps across ${steps.lanes.length} services`}
           onPointerDown={onPointerDown}
           onPointerMove={onPointerMove}
           onPointerUp={onPointerUp}

@@ -1,5 +1,5 @@
 // A step's details: summary, the fault rule that hit it (if any), request and response headers
-// and bodies (fetched with payloads).
+// and bodies (fetched with payloads); a span with descendants can become the page's root view.
 import { useEffect, useState } from "react";
 import { api, ApiError, enc } from "../lib/api";
 import { fmtMs } from "../lib/format";
@@ -8,7 +8,13 @@ import Conversation, { type ConversationData } from "./Conversation";
 
 type Obj = Record<string, unknown>;
 
-export default function SidePanel({ eventId, onClose }: { eventId: string; onClose: () => void }) {
+interface Props {
+  eventId: string;
+  onClose: () => void;
+  onReroot?: () => void; // given when the step is a span with descendants
+}
+
+export default function SidePanel({ eventId, onClose, onReroot }: Props) {
   const [event, setEvent] = useState<Obj | null>(null);
   const [error, setError] = useState<string | null>(null);
 
@@ -33,7 +39,7 @@ export default function SidePanel({ eventId, onClose }: { eventId: string; onClo
       </div>
       {error && <div className="error-box">{error}</div>}
       {!event && !error && <div className="muted">Loading…</div>}
-      {event && <EventDetails event={event} />}
+      {event && <EventDetails event={event} onReroot={onReroot} />}
     </aside>
   );
 }
@@ -81,7 +87,7 @@ function useConversation(event: Obj, isLlm: boolean): ConversationData | null | 
   return conv;
 }
 
-function EventDetails({ event }: { event: Obj }) {
+function EventDetails({ event, onReroot }: { event: Obj; onReroot?: () => void }) {
   const tags = (event.tags && typeof event.tags === "object" ? event.tags : {}) as Obj;
   // embeddings are LLM calls but no conversation: not asked for (a 404 in the console)
   const isLlm = (event.kind === "llm" || tags["llm.provider"] !== undefined) &&
@@ -99,6 +105,11 @@ function EventDetails({ event }: { event: Obj }) {
     <div className="side-body">
       <div className="side-actions">
         <CopyButton text={pretty(event)} label="Copy event JSON" />
+        {onReroot && (
+          <button type="button" onClick={onReroot} title="show only this span and its descendants">
+            Re-root here
+          </button>
+        )}
       </div>
       <table className="kv">
         <tbody>

@@ -1,4 +1,5 @@
 // The steps as DOM text (searchable, accessible), virtualised: only the visible rows exist.
+// A span's row folds its descendants away (▾/▸) and can become the view's root (⤢).
 import { useEffect, useRef, useState } from "react";
 import type { Steps } from "../lib/steps";
 import { fmtMs } from "../lib/format";
@@ -12,9 +13,14 @@ interface Props {
   rows: Int32Array; // step indices to show, in order
   selected: number | null;
   onSelect: (i: number) => void;
+  collapsed?: ReadonlySet<string>; // span ids whose descendants are folded away
+  onToggle?: (i: number) => void; // fold or unfold step i's descendants
+  onReroot?: (i: number) => void; // show only step i and its descendants
+  baseDepth?: number; // the depth shown flush left (a re-rooted view's root)
 }
 
-export default function StepTable({ steps, rows, selected, onSelect }: Props) {
+export default function StepTable({ steps, rows, selected, onSelect, collapsed, onToggle, onReroot,
+  baseDepth = 0 }: Props) {
   const box = useRef<HTMLDivElement>(null);
   const [scrollTop, setScrollTop] = useState(0);
   const [height, setHeight] = useState(400);
@@ -47,6 +53,10 @@ export default function StepTable({ steps, rows, selected, onSelect }: Props) {
   for (let k = first; k < last; k++) {
     const i = rows[k];
     const err = steps.status[i] === "error";
+    const depth = Math.max(0, steps.depth[i] - baseDepth);
+    const span = steps.span[i];
+    const parent = steps.size[i] > 1 && span !== null;
+    const folded = parent && collapsed?.has(span!) === true;
     items.push(
       <div
         key={steps.id[i]}
@@ -62,10 +72,18 @@ export default function StepTable({ steps, rows, selected, onSelect }: Props) {
         <span role="cell" className="c-svc" title={steps.service[i]}>{steps.service[i]}</span>
         <span role="cell" className="c-kind">{steps.kind[i]}</span>
         <span role="cell" className="c-ep mono" title={`${steps.endpoint[i]} → ${steps.target[i]}`}>
-          <span style={{ paddingLeft: Math.min(steps.depth[i], 12) * 14 }}>
-            {steps.depth[i] > 0 ? "└ " : ""}
+          <span style={{ paddingLeft: Math.min(depth, 12) * 14 }}>
+            {parent && onToggle ? (
+              <button type="button" className="fold" aria-expanded={!folded}
+                aria-label={`${folded ? "expand" : "collapse"} ${steps.endpoint[i]}`}
+                title={folded ? `show its ${steps.size[i] - 1} descendant steps` : "hide its descendant steps"}
+                onClick={(e) => { e.stopPropagation(); onToggle(i); }}>
+                {folded ? "▸" : "▾"}
+              </button>
+            ) : depth > 0 ? "└ " : ""}
             {steps.endpoint[i]}
           </span>
+          {folded ? <span className="badge" data-testid="folded">+{steps.size[i] - 1}</span> : null}
           {steps.orphan[i] ? (
             <span className="badge warn" title="its parent span is not in this execution (yet)">
               orphan
@@ -84,7 +102,14 @@ export default function StepTable({ steps, rows, selected, onSelect }: Props) {
           {steps.status[i]}
           {steps.code[i] !== null ? ` ${steps.code[i]}` : ""}
         </span>
-        <span role="cell" className="c-lat mono">{fmtMs(steps.latency[i])}</span>
+        <span role="cell" className="c-lat mono">
+          {fmtMs(steps.latency[i])}
+          {parent && onReroot ? (
+            <button type="button" className="reroot" aria-label={`re-root at ${steps.endpoint[i]}`}
+              title="show only this span and its descendants"
+              onClick={(e) => { e.stopPropagation(); onReroot(i); }}>⤢</button>
+          ) : null}
+        </span>
       </div>,
     );
   }

@@ -1,5 +1,7 @@
 // The steps of one execution, column-wise, with the layout the Gantt and the table share:
-// tree order (parents before their children), depth, orphans, lanes by service, rows.
+// tree order (parents before their children), depth, orphans, lanes by service, rows; and the
+// filters that hide steps (kind, target, status, text, duration, LLM-and-tools, collapsed spans,
+// a re-rooted view) in both views at once.
 import type { DictColumn, EventColumns, EventRow } from "./api";
 
 export interface Steps {
@@ -26,10 +28,17 @@ export interface Steps {
   depth: Int32Array;
   orphan: Uint8Array; // parent_id set but no such span in this run
   order: Int32Array; // tree order: the table's row -> step index
-  rowOf: Int32Array; // step index -> Gantt row
+  pos: Int32Array; // step index -> its position in `order`
+  size: Int32Array; // steps in the subtree of each step, itself included: order[pos..pos+size)
+  parentOf: Int32Array; // step index -> its parent's step index, -1 for a root or an orphan
+  byStart: Int32Array; // step indices by start (stable)
+  spanIndex: Map<string, number>; // span id -> the (first) step carrying it
+  rowOf: Int32Array; // step index -> Gantt row (-1: hidden by the filters)
   lanes: Lane[];
   rows: GanttRow[];
-  end: number; // ms: the last end
+  begin: number; // ms: the first shown start (0 for the whole execution)
+  end: number; // ms: the last shown end
+  shown: number; // steps laid out in `rows` (n unless filtered)
 }
 
 export interface Lane {
@@ -127,7 +136,10 @@ function tagColumns(texts: (string | null)[] | undefined, n: number) {
   return { fault, faultAction, replay, tokens };
 }
 
-type Raw = Omit<Steps, "depth" | "orphan" | "order" | "rowOf" | "lanes" | "rows" | "end">;
+type Raw = Omit<Steps, "depth" | "orphan" | "order" | "pos" | "size" | "parentOf" | "byStart" | "spanIndex"
+  | "rowOf" | "lanes" | "rows" | "begin" | "end" | "shown">;
+type Packed = Pick<Steps, "rowOf" | "lanes" | "rows" | "begin" | "end" | "shown">;
+type Tree = Omit<Steps, keyof Packed>;
 
 export function fromColumns(c: EventColumns): Steps {
   const n = c.count;
@@ -194,7 +206,7 @@ export function appendRows(s: Steps, rows: EventRow[], shift: number): Steps {
 
 function layout(raw: Raw): Steps {
   const n = raw.n;
-  const { offset, latency } = raw;
+  const { offset } = raw;
   // start order (stable by original index)
   const byStart = new Int32Array(n);
   for (let i = 0; i < n; i++) byStart[i] = i;
@@ -249,15 +261,36 @@ function layout(raw: Raw): Steps {
     }
   };
   for (const i of byStart) if (parentOf[i] < 0 && !seen[i]) visit(i);
-  for (const i of byStart) if (!seen[i]) { orphan[i] = 1; visit(i); } // cycles
+  for (const i of byStart) if (!seen[i]) { orphan[i] = 1; parentOf[i] = -1; visit(i); } // cycles
 
-  // lanes by service (in order of first appearance), rows packed greedily per lane
+  // a subtree is contiguous in preorder: its size says where it ends (a cycle's broken link is
+  // no parent, so sizes add up along the tree the DFS walked)
+  const pos = new Int32Array(n);
+  for (let p = 0; p < n; p++) pos[order[p]] = p;
+  const size = new Int32Array(n).fill(1);
+  for (let p = n - 1; p >= 0; p--) {
+    const i = order[p];
+    const q = parentOf[i];
+    if (q >= 0 && depth[i] === depth[q] + 1) size[q] += size[i];
+  }
+  const tree: Tree = { ...raw, depth, orphan, order, pos, size, parentOf, byStart, spanIndex };
+  return { ...tree, ...pack(tree, null) };
+}
+
+/** Lanes by service (in order of first appearance) and rows packed greedily per lane, of the
+ * steps `visible` keeps (all when null): the Gantt of a filtered view has no empty rows. */
+function pack(t: Tree, visible: Uint8Array | null): Packed {
+  const n = t.n;
+  const { offset, latency, service, parentOf, byStart } = t;
   const laneOf = new Map<string, number>();
   const laneRowsEnd: number[][] = [];
   const laneService: string[] = [];
   const localRow = new Int32Array(n);
+  let shown = 0;
   for (const i of byStart) {
-    const svc = raw.service[i];
+    if (visible && !visible[i]) continue;
+    shown++;
+    const svc = service[i];
     let lane = laneOf.get(svc);
     if (lane === undefined) {
       lane = laneService.length;
@@ -267,7 +300,7 @@ function layout(raw: Raw): Steps {
     }
     const ends = laneRowsEnd[lane];
     const p = parentOf[i];
-    let r = p >= 0 && raw.service[p] === svc ? localRow[p] + 1 : 0;
+    let r = p >= 0 && (!visible || visible[p]) && service[p] === svc ? localRow[p] + 1 : 0;
     const start = offset[i];
     while (r < ends.length && ends[r] > start) r++;
     if (r >= MAX_ROWS_PER_LANE) r = MAX_ROWS_PER_LANE - 1;
@@ -277,38 +310,112 @@ function layout(raw: Raw): Steps {
   }
   const lanes: Lane[] = [];
   const rows: GanttRow[] = [];
-  laneService.forEach((service, lane) => {
+  laneService.forEach((svc, lane) => {
     const count = Math.max(1, laneRowsEnd[lane].length);
-    lanes.push({ service, firstRow: rows.length, rowCount: count });
+    lanes.push({ service: svc, firstRow: rows.length, rowCount: count });
     for (let r = 0; r < count; r++) rows.push({ lane, items: [], maxLatency: 0 });
   });
-  const rowOf = new Int32Array(n);
+  const rowOf = new Int32Array(n).fill(-1);
+  let begin = Infinity;
   let end = 0;
   for (const i of byStart) {
-    const g = lanes[laneOf.get(raw.service[i])!].firstRow + localRow[i];
+    if (visible && !visible[i]) continue;
+    const g = lanes[laneOf.get(service[i])!].firstRow + localRow[i];
     rowOf[i] = g;
     const row = rows[g];
     row.items.push(i);
     if (latency[i] > row.maxLatency) row.maxLatency = latency[i];
     const e = offset[i] + latency[i];
     if (e > end) end = e;
+    if (offset[i] < begin) begin = offset[i];
   }
-  return { ...raw, depth, orphan, order, rowOf, lanes, rows, end };
+  begin = !visible || begin === Infinity ? 0 : begin;
+  if (visible && end <= begin) end = begin + 0.001;
+  return { rowOf, lanes, rows, begin, end, shown };
 }
 
-/** Indices (tree order) of steps matching a search text and the error-only switch. */
-export function filterSteps(s: Steps, text: string, errorsOnly: boolean): Int32Array {
-  const q = text.trim().toLowerCase();
-  if (!q && !errorsOnly) return s.order;
-  const out: number[] = [];
-  for (let k = 0; k < s.n; k++) {
-    const i = s.order[k];
-    if (errorsOnly && s.status[i] !== "error") continue;
-    if (q) {
-      const hay = `${s.endpoint[i]}\u0000${s.target[i]}\u0000${s.service[i]}\u0000${s.kind[i]}\u0000${s.status[i]}\u0000${s.code[i] ?? ""}\u0000${s.id[i]}\u0000${s.errorMessage[i] ?? ""}\u0000${s.fault[i] !== null ? `fault ${s.fault[i]} ${s.faultAction[i] ?? ""}` : ""}\u0000${s.replay[i] ? `replay ${s.replay[i]}` : ""}`.toLowerCase();
-      if (!hay.includes(q)) continue;
-    }
-    out.push(i);
+/** What the filter bar asks for; every part is kept in the page's URL (see Filters.tsx). */
+export interface StepFilter {
+  text: string; // in the endpoint, target, service, kind, status, id, error, fault, replay
+  kinds: string[]; // any of these kinds (none: all)
+  targets: string[];
+  statuses: string[];
+  minMs: number | null; // latency above this many ms
+  llmTools: boolean; // LLM calls and tools only
+  collapsed: string[]; // span ids whose descendants are hidden
+  root: string | null; // only this span and its descendants
+}
+
+export const NO_FILTER: StepFilter = {
+  text: "", kinds: [], targets: [], statuses: [], minMs: null, llmTools: false, collapsed: [],
+  root: null,
+};
+
+/** Kinds the "LLM and tools" switch keeps: model calls, and the functions an agent runs as its
+ * tools (traced functions, `tool` steps); any step with LLM token tags counts as an LLM call. */
+export const LLM_TOOL_KINDS = new Set(["llm", "tool", "function"]);
+
+export interface Selection {
+  rows: Int32Array; // the table's rows: step indices in tree order
+  visible: Uint8Array | null; // 1 = shown; null: every step is
+  root: number | null; // the step the view is re-rooted at
+  rootMissing: boolean; // `root` names a span this execution does not have (yet)
+}
+
+function haystack(s: Steps, i: number): string {
+  return `${s.endpoint[i]}\u0000${s.target[i]}\u0000${s.service[i]}\u0000${s.kind[i]}\u0000${s.status[i]}\u0000${s.code[i] ?? ""}\u0000${s.id[i]}\u0000${s.errorMessage[i] ?? ""}\u0000${s.fault[i] !== null ? `fault ${s.fault[i]} ${s.faultAction[i] ?? ""}` : ""}\u0000${s.replay[i] ? `replay ${s.replay[i]}` : ""}`.toLowerCase();
+}
+
+/** The steps a filter keeps, in tree order: one pass over the execution, skipping a collapsed
+ * span's subtree (contiguous in tree order) and walking only the re-rooted subtree. */
+export function selectSteps(s: Steps, f: StepFilter): Selection {
+  const q = f.text.trim().toLowerCase();
+  const kinds = f.kinds.length ? new Set(f.kinds) : null;
+  const targets = f.targets.length ? new Set(f.targets) : null;
+  const statuses = f.statuses.length ? new Set(f.statuses) : null;
+  const collapsed = f.collapsed.length ? new Set(f.collapsed) : null;
+  const minMs = f.minMs;
+  let from = 0;
+  let to = s.n;
+  let root: number | null = null;
+  if (f.root) {
+    const r = s.spanIndex.get(f.root);
+    if (r === undefined) return { rows: new Int32Array(0), visible: new Uint8Array(s.n), root: null, rootMissing: true };
+    root = r;
+    from = s.pos[r];
+    to = from + s.size[r];
   }
-  return Int32Array.from(out);
+  if (!q && !kinds && !targets && !statuses && minMs === null && !f.llmTools && !collapsed && root === null) {
+    return { rows: s.order, visible: null, root: null, rootMissing: false };
+  }
+  const out: number[] = [];
+  const visible = new Uint8Array(s.n);
+  for (let k = from; k < to; k++) {
+    const i = s.order[k];
+    if (collapsed && s.size[i] > 1) {
+      const sp = s.span[i];
+      if (sp && collapsed.has(sp)) k += s.size[i] - 1; // its descendants: the next size-1 rows
+    }
+    if (kinds && !kinds.has(s.kind[i])) continue;
+    if (targets && !targets.has(s.target[i])) continue;
+    if (statuses && !statuses.has(s.status[i])) continue;
+    if (minMs !== null && !(s.latency[i] > minMs)) continue;
+    if (f.llmTools && !LLM_TOOL_KINDS.has(s.kind[i]) && s.tokens[i] === null) continue;
+    if (q && !haystack(s, i).includes(q)) continue;
+    out.push(i);
+    visible[i] = 1;
+  }
+  return { rows: Int32Array.from(out), visible, root, rootMissing: false };
+}
+
+/** The Gantt's steps: the execution with only the selection's steps laid out in rows. */
+export function shownSteps(s: Steps, visible: Uint8Array | null): Steps {
+  return visible ? { ...s, ...pack(s, visible) } : s;
+}
+
+/** Each value of a column with how many steps have it, most common first. */
+export function valueCounts(values: string[]): [string, number][] {
+  const counts = new Map<string, number>();
+  for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1);
+  return [...counts.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
 }

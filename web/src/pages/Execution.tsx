@@ -1,12 +1,13 @@
 import { useCallback, useDeferredValue, useEffect, useMemo, useRef, useState } from "react";
 import { Link, useNavigate, useParams } from "react-router";
 import { api, ApiError, enc, takePrefetched, type EventRow, type ExecutionDetail, type ExecutionSummary } from "../lib/api";
-import { appendRows, filterSteps, fromColumns, type Steps } from "../lib/steps";
+import { appendRows, fromColumns, selectSteps, shownSteps, type Selection, type Steps } from "../lib/steps";
 import { fmtCount, fmtMs, fmtTime, tagsText } from "../lib/format";
 import { useLive } from "../lib/live";
 import Gantt from "../components/Gantt";
 import StepTable from "../components/StepTable";
 import SidePanel from "../components/SidePanel";
+import FilterBar, { toggled, useStepFilter, type UpdateFilter } from "../components/Filters";
 
 interface State {
   summary: ExecutionSummary;
@@ -20,8 +21,7 @@ export default function Execution() {
   const [state, setState] = useState<State | null>(null);
   const [error, setError] = useState<{ status: number; message: string } | null>(null);
   const [selected, setSelected] = useState<number | null>(null);
-  const [text, setText] = useState("");
-  const [errorsOnly, setErrorsOnly] = useState(false);
+  const [filter, update] = useStepFilter();
   const [others, setOthers] = useState<ExecutionSummary[]>([]);
   const pending = useRef<number | null>(null);
 
@@ -57,7 +57,8 @@ export default function Execution() {
       .then((p) => setOthers(p.executions.filter((x) => x.run_id !== runId)), () => setOthers([]));
   }, [workflow, runId]);
 
-  // live: new steps of this run are appended; a big batch (summary only) triggers a refetch
+  // live: new steps of this run are appended (and go through the filters like the rest); a big
+  // batch (summary only) triggers a refetch
   useLive("events", (m: { run_id: string; t0_ns: string; events: EventRow[] }) => {
     if (m.run_id !== runId) return;
     setState((s) => {
@@ -85,17 +86,13 @@ export default function Execution() {
   useLive("resync", () => load());
   useEffect(() => () => { if (pending.current !== null) window.clearTimeout(pending.current); }, []);
 
-  const deferredText = useDeferredValue(text);
-  const rows = useMemo(
-    () => (state ? filterSteps(state.steps, deferredText, errorsOnly) : new Int32Array(0)),
-    [state, deferredText, errorsOnly],
-  );
-  const matches = useMemo(() => {
-    if (!state || rows === state.steps.order) return null;
-    const m = new Uint8Array(state.steps.n);
-    for (const i of rows) m[i] = 1;
-    return m;
-  }, [state, rows]);
+  // the filters hide steps in both views: one pass picks the table's rows, and the Gantt lays
+  // out only those (a typed key answers first; the 100k-step pass follows, deferred)
+  const deferred = useDeferredValue(filter);
+  const steps0 = state?.steps;
+  const sel = useMemo(() => (steps0 ? selectSteps(steps0, deferred) : null), [steps0, deferred]);
+  const gantt = useMemo(() => (steps0 && sel ? shownSteps(steps0, sel.visible) : null), [steps0, sel]);
+  const collapsed = useMemo(() => new Set(filter.collapsed), [filter.collapsed]);
 
   if (error) {
     return (
@@ -106,7 +103,7 @@ export default function Execution() {
       </main>
     );
   }
-  if (!state) return <main className="page"><div className="muted">Loading {runId}…</div></main>;
+  if (!state || !sel || !gantt) return <main className="page"><div className="muted">Loading {runId}…</div></main>;
   const { summary, steps } = state;
   const selectedId = selected !== null && selected < steps.n ? steps.id[selected] : null;
   const errors = Math.max(summary.errors, 0);
@@ -138,17 +135,53 @@ export default function Execution() {
           )}
         </div>
         <ReplayLinks summary={summary} />
-        <Gantt steps={steps} selected={selected} onSelect={setSelected} matches={matches} />
-        <div className="toolbar">
-          <input type="search" placeholder="filter steps: endpoint, target, service, status, id" value={text}
-            onChange={(e) => setText(e.target.value)} aria-label="Filter steps" />
-          <label><input type="checkbox" checked={errorsOnly} onChange={(e) => setErrorsOnly(e.target.checked)} /> errors only</label>
-          <span className="muted small">{fmtCount(rows.length)} of {fmtCount(steps.n)} steps</span>
-        </div>
-        <StepTable steps={steps} rows={rows} selected={selected} onSelect={setSelected} />
+        <FilterBar steps={steps} filter={filter} update={update} shown={sel.rows.length} />
+        <RootBar steps={steps} sel={sel} root={filter.root} update={update} />
+        <Gantt steps={gantt} selected={selected} onSelect={setSelected} />
+        <StepTable steps={steps} rows={sel.rows} selected={selected} onSelect={setSelected}
+          collapsed={collapsed} baseDepth={sel.root !== null ? steps.depth[sel.root] : 0}
+          onToggle={(i) => steps.span[i] && update({ collapsed: toggled(filter.collapsed, steps.span[i]!) })}
+          onReroot={(i) => steps.span[i] && update({ root: steps.span[i] }, { push: true })} />
       </div>
-      {selectedId && <SidePanel eventId={selectedId} onClose={() => setSelected(null)} />}
+      {selectedId && selected !== null && (
+        <SidePanel eventId={selectedId} onClose={() => setSelected(null)}
+          onReroot={steps.size[selected] > 1 && steps.span[selected] && steps.span[selected] !== filter.root
+            ? () => update({ root: steps.span[selected] }, { push: true }) : undefined} />
+      )}
     </main>
+  );
+}
+
+/** Where a re-rooted view stands: the path from the execution down to its root span, each step
+ * of it a way back up, and "whole execution" to leave the re-rooted view. */
+function RootBar({ steps, sel, root, update }: { steps: Steps; sel: Selection; root: string | null;
+  update: UpdateFilter }) {
+  if (!root) return null;
+  const back = (
+    <button type="button" onClick={() => update({ root: null }, { push: true })}>← whole execution</button>
+  );
+  if (sel.root === null) {
+    return (
+      <div className="root-bar small" data-testid="root-bar">
+        {back} <span className="bad">span <span className="mono">{root}</span> is not in this execution (yet)</span>
+      </div>
+    );
+  }
+  const path: number[] = [];
+  for (let i = steps.parentOf[sel.root]; i >= 0 && path.length < 64; i = steps.parentOf[i]) path.unshift(i);
+  return (
+    <div className="root-bar small" data-testid="root-bar">
+      {back}
+      <span className="muted"> re-rooted at </span>
+      {path.map((i) => (
+        <span key={i}>
+          <button type="button" className="link" title={`re-root at ${steps.endpoint[i]}`}
+            onClick={() => update({ root: steps.span[i] }, { push: true })}>{steps.endpoint[i]}</button>
+          {" › "}
+        </span>
+      ))}
+      <b className="mono" data-testid="root-name">{steps.endpoint[sel.root]}</b>
+    </div>
   );
 }
 

@@ -1,0 +1,285 @@
+"""The execution page's filters in headless Chromium: they HIDE what does not match in both the
+step table and the canvas Gantt, live in the URL (a filtered view is a link), fold a span's
+descendants away, and re-root the view at one span with a way back. Against `tracelab serve`
+started as a subprocess on free loopback ports over a store written by the real StoreWriter."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from api_serve import clean_env
+from conftest import free_port
+from event_factory import BASE_NS, make_event
+from test_web_ui import ROOT, _chromium_is_there, browser, build_ui, watched  # noqa: F401
+
+pytestmark = [pytest.mark.timeout(180)]
+
+AGENT, PLAN, LOOKUP = "span-agent", "span-plan", "span-lookup"
+
+# (span, parent, kind, target, endpoint, at ms, latency ms, status, service)
+TREE = [
+    (AGENT, None, "function", "agent.main", "run_agent", 0, 1000, "ok", "agent"),
+    (PLAN, AGENT, "llm", "api.openai.com", "POST /v1/chat/completions", 10, 200, "ok", "agent"),
+    (LOOKUP, AGENT, "function", "tools", "lookup_order", 220, 300, "ok", "agent"),
+    ("span-order", LOOKUP, "http", "orders.internal", "GET /orders/42", 230, 50, "ok", "agent"),
+    ("span-items", LOOKUP, "http", "orders.internal", "GET /orders/42/items", 290, 20, "error",
+     "agent"),
+    ("span-answer", AGENT, "llm", "api.openai.com", "POST /v1/responses", 530, 400, "ok",
+     "agent"),
+    ("span-mail", None, "http", "mail.example.com", "POST /v1/emails", 1100, 5, "ok", "mailer"),
+]
+
+
+def tree_events(run_id: str, rows: list[tuple] = TREE, seq0: int = 0) -> list[dict[str, Any]]:
+    """Contract events of a small agent run: a traced function calling an LLM and a tool whose
+    HTTP calls (one failing) nest under it, plus a root call from a second service."""
+    out = []
+    for n, (span, parent, kind, target, endpoint, at, latency, status, service) in \
+            enumerate(rows):
+        out.append(make_event("agents", run_id, seq=seq0 + n, started_at=BASE_NS + at * 1_000_000,
+                              status=status, service=service, target=target, kind=kind,
+                              endpoint=endpoint, latency_ms=float(latency), span_id=span,
+                              parent_id=parent))
+    return out
+
+
+def write(home: Path, events: list[dict[str, Any]]) -> None:
+    from tracelab.store.layout import resolve_layout
+    from tracelab.store.writer import StoreWriter
+
+    StoreWriter(resolve_layout(str(home / "store"))).write(events)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Iterator[dict]:
+    build_ui()
+    home = tmp_path_factory.mktemp("filters") / "home"
+    write(home, tree_events("tree"))
+    api_port, ui_port = free_port(), free_port()
+    env = clean_env(home) | {"TRACELAB_STREAM_POLL": "0.25"}
+    log_path = home.parent / "serve.log"
+    with open(log_path, "w+b") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tracelab.cli", "serve", "--port",
+                                 str(api_port), "--ui-port", str(ui_port)],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{ui_port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, f"tracelab serve exited: {log_path.read_text()}"
+                try:
+                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, f"no answer: {log_path.read_text()}"
+                time.sleep(0.1)
+            yield {"base": base, "home": home}
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+COLOURS_JS = """(canvas) => {
+  // How many pixels of each bar colour the canvas holds: ok, function, error.
+  const ctx = canvas.getContext("2d");
+  const { width, height } = canvas;
+  const data = ctx.getImageData(0, 0, width, height).data;
+  const want = { ok: [59, 130, 246], function: [99, 102, 241], error: [220, 38, 38] };
+  const out = { ok: 0, function: 0, error: 0 };
+  for (let i = 0; i < data.length; i += 4) {
+    for (const [name, [r, g, b]] of Object.entries(want)) {
+      if (Math.abs(data[i] - r) < 6 && Math.abs(data[i + 1] - g) < 6
+          && Math.abs(data[i + 2] - b) < 6) out[name]++;
+    }
+  }
+  return out;
+}"""
+
+
+def endpoints(page) -> list[str]:
+    """The step table's rows (all of them: the table of this small run is not scrolled)."""
+    return page.locator(".step-row .c-ep").evaluate_all(
+        "els => els.map(e => e.firstElementChild.textContent.replace(/^[▾▸└ ]+/, ''))")
+
+
+def shown(page, n: int) -> dict:
+    """Wait until the table and the Gantt both show `n` steps; the Gantt's bar colours."""
+    canvas = page.locator(f"canvas.gantt-canvas[data-shown-steps='{n}']")
+    canvas.wait_for()
+    page.get_by_test_id("shown-count").filter(has_text=f"{n} of").wait_for()
+    assert page.locator(".step-row").count() == n
+    page.wait_for_timeout(50)  # the draw after the last layout (one animation frame)
+    return canvas.evaluate(COLOURS_JS)
+
+
+def query(page) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(page.url).query)
+
+
+def test_each_filter_hides_rows_in_the_table_and_the_gantt(site, watched):
+    page = watched.page
+    base = site["base"] + "/executions/tree"
+    page.goto(base)
+    page.wait_for_selector("canvas.gantt-canvas[data-drawn-steps='7']")
+    every = shown(page, 7)
+    assert every["ok"] > 0 and every["function"] > 0 and every["error"] > 0
+    cases = {
+        "?kind=llm": ["POST /v1/chat/completions", "POST /v1/responses"],
+        "?kind=http&kind=function": ["run_agent", "lookup_order", "GET /orders/42",
+                                     "GET /orders/42/items", "POST /v1/emails"],
+        "?target=orders.internal": ["GET /orders/42", "GET /orders/42/items"],
+        "?status=error": ["GET /orders/42/items"],
+        "?q=orders/42/": ["GET /orders/42/items"],
+        "?min_ms=250": ["run_agent", "lookup_order", "POST /v1/responses"],
+        "?llm=1": ["run_agent", "POST /v1/chat/completions", "lookup_order",
+                   "POST /v1/responses"],
+        "?llm=1&min_ms=250&kind=llm": ["POST /v1/responses"],
+    }
+    for search, expected in cases.items():
+        page.goto(base + search)
+        colours = shown(page, len(expected))
+        assert endpoints(page) == expected, search
+        # the canvas draws only what the table lists: the failed call's red, the functions'
+        # indigo, the plain calls' blue are gone when their steps are hidden
+        assert (colours["error"] > 0) == ("GET /orders/42/items" in expected), search
+        assert (colours["function"] > 0) == any(e in expected for e in ("run_agent",
+                                                                         "lookup_order")), search
+
+
+def test_the_filter_bar_writes_the_url_and_a_link_opens_the_same_view(site, watched):
+    page = watched.page
+    page.goto(site["base"] + "/executions/tree")
+    shown(page, 7)
+    page.get_by_test_id("pick-kind").locator("summary").click()
+    page.get_by_label("kind http").check()
+    shown(page, 3)
+    page.get_by_label("Slower than (ms)").fill("40")
+    shown(page, 1)
+    assert endpoints(page) == ["GET /orders/42"]
+    assert query(page) == {"kind": ["http"], "min_ms": ["40"]}
+    link = page.url
+    page.goto("about:blank")
+    page.goto(link)  # the link opens the filtered view, its controls set
+    colours = shown(page, 1)
+    assert endpoints(page) == ["GET /orders/42"] and colours["error"] == 0
+    assert page.get_by_label("Slower than (ms)").input_value() == "40"
+    page.get_by_test_id("pick-kind").locator("summary").click()
+    assert page.get_by_label("kind http").is_checked()
+    assert not page.get_by_label("kind llm").is_checked()
+    page.get_by_label("LLM & tools only").check()
+    shown(page, 0)
+    page.get_by_text("No step matches.").wait_for()
+    page.get_by_role("button", name="Clear filters").click()
+    shown(page, 7)
+    assert query(page) == {}
+
+
+def test_a_collapsed_span_hides_its_descendants_until_expanded(site, watched):
+    page = watched.page
+    page.goto(site["base"] + "/executions/tree")
+    shown(page, 7)
+    page.get_by_role("button", name="collapse lookup_order").click()
+    shown(page, 5)
+    assert "GET /orders/42" not in endpoints(page)
+    assert page.get_by_test_id("folded").inner_text() == "+2"
+    assert query(page) == {"fold": [LOOKUP]}
+    page.get_by_role("button", name="collapse run_agent").click()
+    shown(page, 2)
+    assert endpoints(page) == ["run_agent", "POST /v1/emails"]
+    page.goto(page.url)  # the folds are in the link too
+    shown(page, 2)
+    page.get_by_role("button", name="expand run_agent").click()
+    shown(page, 5)  # lookup_order is still folded
+    assert page.get_by_role("button", name="expand lookup_order").get_attribute(
+        "aria-expanded") == "false"
+    page.get_by_role("button", name="expand lookup_order").click()
+    shown(page, 7)
+    assert query(page) == {}
+    # a fold and a filter together: the folded span's subtree stays hidden whatever matches
+    page.goto(site["base"] + f"/executions/tree?fold={LOOKUP}&kind=http")
+    shown(page, 1)
+    assert endpoints(page) == ["POST /v1/emails"]
+
+
+def test_re_root_at_a_span_and_back(site, watched):
+    page = watched.page
+    page.goto(site["base"] + "/executions/tree")
+    shown(page, 7)
+    row = page.locator(".step-row", has_text="lookup_order")
+    row.hover()
+    row.get_by_role("button", name="re-root at lookup_order").click()
+    shown(page, 3)
+    assert endpoints(page) == ["lookup_order", "GET /orders/42", "GET /orders/42/items"]
+    assert query(page) == {"root": [LOOKUP]}
+    bar = page.get_by_test_id("root-bar")
+    assert page.get_by_test_id("root-name").inner_text() == "lookup_order"
+    # filters apply inside the re-rooted view
+    page.goto(page.url + "&status=error")
+    colours = shown(page, 1)
+    assert colours["ok"] == 0 and colours["function"] == 0 and colours["error"] > 0
+    page.get_by_role("button", name="Clear filters").click()
+    shown(page, 3)
+    # one level up along the path, then the whole execution
+    bar.get_by_role("button", name="run_agent").click()
+    shown(page, 6)
+    assert query(page) == {"root": [AGENT]}
+    assert "POST /v1/emails" not in endpoints(page)
+    bar.get_by_role("button", name="← whole execution").click()
+    shown(page, 7)
+    assert query(page) == {}
+    assert page.get_by_test_id("root-bar").count() == 0
+    page.go_back()  # the browser's Back returns to the re-rooted view
+    shown(page, 6)
+    assert query(page) == {"root": [AGENT]}
+    # from the side panel of a selected span
+    page.goto(site["base"] + "/executions/tree")
+    page.locator(".step-row", has_text="lookup_order").click()
+    side = page.get_by_role("complementary", name="Step details")
+    side.get_by_role("button", name="Re-root here").click()
+    shown(page, 3)
+    assert query(page) == {"root": [LOOKUP]}
+    # a span the run does not have: said so, with the way back
+    page.goto(site["base"] + "/executions/tree?root=no-such-span")
+    shown(page, 0)
+    assert "not in this execution" in page.get_by_test_id("root-bar").inner_text()
+    page.get_by_role("button", name="← whole execution").click()
+    shown(page, 7)
+
+
+def test_live_steps_go_through_the_active_filters(site, watched):
+    home = site["home"]
+    write(home, tree_events("tree-live"))
+    page = watched.page
+    page.goto(site["base"] + f"/executions/tree-live?kind=llm&fold={LOOKUP}")
+    shown(page, 2)
+    page.get_by_text("● live").wait_for()
+    write(home, tree_events("tree-live", [
+        ("live-llm", AGENT, "llm", "api.openai.com", "POST /v1/embeddings", 940, 30, "ok",
+         "agent"),
+        ("live-http", AGENT, "http", "orders.internal", "GET /orders/43", 950, 10, "error",
+         "agent"),
+        ("live-folded", LOOKUP, "llm", "api.openai.com", "POST /v1/folded", 500, 10, "ok",
+         "agent"),
+    ], seq0=100))
+    page.wait_for_selector("canvas.gantt-canvas[data-drawn-steps='10']", timeout=20_000)
+    colours = shown(page, 3)
+    assert endpoints(page) == ["POST /v1/chat/completions", "POST /v1/responses",
+                               "POST /v1/embeddings"]
+    assert colours["error"] == 0  # the new failed HTTP call is hidden on the canvas too
+    page.get_by_text("10 steps").first.wait_for()
+    page.get_by_role("button", name="Clear filters").click()  # clears the fold as well
+    colours = shown(page, 10)
+    assert colours["error"] > 0 and "POST /v1/folded" in endpoints(page)
