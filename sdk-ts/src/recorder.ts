@@ -5,7 +5,7 @@
  * `trace` and hooks read it through `current()` on every call. Before `init`, with
  * `TRACELAB_DISABLED=1` or after `shutdown`, `current()` is null and everything calls through.
  * This module also owns the process-exit behaviour: flush on `beforeExit`, a synchronous last
- * write (spool) on `exit`.
+ * write (spool) on `exit`, and when each run's lifecycle events go out (`lifecycle.ts`).
  */
 import { type InitOptions, type SDKConfig, isDisabled, resolveConfig } from "./config.js";
 import { Redactor } from "./redaction.js";
@@ -17,6 +17,8 @@ import { fitEvent } from "./limits.js";
 import { activateIntegrations } from "./integrations/registry.js";
 import { finishPending } from "./integrations/pending.js";
 import { replaySession, startReplayFromEnv } from "./replay/session.js";
+import { endRun, type EndReason, installCrashHooks, startRun } from "./lifecycle.js";
+import { nowNs } from "./ids.js";
 
 export class Recorder {
   readonly redactor: Redactor;
@@ -84,7 +86,7 @@ export function sdkStats(): SDKStats {
 
 function makeDestination(config: SDKConfig): Destination {
   return config.redisUrl
-    ? new RedisStreamDestination(config.redisUrl, config.stream, config.streamMaxlen)
+    ? new RedisStreamDestination(config.redisUrl, config.stream, config.streamMaxlen, config.shutdownTimeoutMs)
     : new SpoolDestination(config.home);
 }
 
@@ -97,6 +99,7 @@ function onBeforeExit(): void {
   const rec = recorder;
   if (!rec) return;
   finishPending(); // the loop is empty: whatever is still pending will never finish by itself
+  endRun(rec, "exit");
   if (!rec.sink.queued()) return;
   // beforeExit fires again after our flush settles; don't loop on a destination that is down.
   if (lastExitFlushFailed && submittedAtLastExitFlush === stats.captured) return;
@@ -110,6 +113,7 @@ function onExit(): void {
   const rec = recorder;
   if (!rec) return;
   try {
+    endRun(rec, "exit"); // process.exit() skips beforeExit
     rec.sink.closeSync();
   } catch {
     // exiting: never print a stack from here
@@ -121,18 +125,32 @@ function installExitHooks(): void {
   exitHooksInstalled = true;
   process.on("beforeExit", onBeforeExit);
   process.on("exit", onExit);
+  installCrashHooks({ end: endCurrent, stop: () => shutdown() });
+}
+
+/** Record what is pending and end the active run (a crash or a signal); false with none. */
+function endCurrent(reason: EndReason, failure?: unknown): boolean {
+  const rec = recorder;
+  if (!rec) return false;
+  finishPending();
+  endRun(rec, reason, failure);
+  return true;
 }
 
 /**
  * Start recording this process's interactions. Every option falls back to its environment
  * variable. Returns the resolved configuration, or null when `TRACELAB_DISABLED=1`. Throws
  * `ConfigError` only for a missing workflow name or an invalid option, before anything is
- * patched.
+ * patched. Publishes the run's start event; a later `init()` with another run id first ends
+ * the previous run (`new_run`), one with the same run id publishes nothing new.
  */
 export function init(options: InitOptions = {}): SDKConfig | null {
+  const at = nowNs();
   if (isDisabled()) return null;
   const config = resolveConfig(options);
   const previous = recorder;
+  // Another run id ends the previous run, through its own sink (which may close just below).
+  if (previous && previous.config.runId !== config.runId) endRun(previous, "new_run");
   let sink: BatchingSink;
   if (previous && sameDestination(previous.config, config)) {
     sink = previous.sink;
@@ -150,6 +168,7 @@ export function init(options: InitOptions = {}): SDKConfig | null {
   }
   activateIntegrations(config.integrations, stats);
   installExitHooks();
+  startRun(recorder, at);
   return config;
 }
 
@@ -171,13 +190,14 @@ export async function flush(timeoutMs = 5000): Promise<boolean> {
 }
 
 /**
- * Flush (within `timeoutMs`, default TRACELAB_SHUTDOWN_TIMEOUT) and stop recording: the
- * integrations call straight through afterwards. Never rejects.
+ * End the run (`shutdown`), flush (within `timeoutMs`, default TRACELAB_SHUTDOWN_TIMEOUT) and
+ * stop recording: the integrations call straight through afterwards. Never rejects.
  */
 export async function shutdown(timeoutMs?: number): Promise<boolean> {
   const rec = recorder;
   if (!rec) return true;
   finishPending();
+  endRun(rec, "shutdown");
   replaySession()?.writeReport(false);
   recorder = null;
   try {

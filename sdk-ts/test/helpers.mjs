@@ -65,13 +65,17 @@ export async function startRedis() {
     async rawEntries(stream = "trace.events") {
       return client.xrangeBuffer(stream, "-", "+");
     },
-    /** Every event of the stream, parsed, in order, with the raw JSON text kept. */
-    async events(stream = "trace.events") {
+    /**
+     * The events of the stream, parsed, in order, with the raw JSON text kept: the steps only
+     * (the run's `kind: "run"` start/end events left out) unless `withRuns`.
+     */
+    async events(stream = "trace.events", { withRuns = false } = {}) {
       const entries = await client.xrange(stream, "-", "+");
-      return entries.map(([, fields]) => {
+      const all = entries.map(([, fields]) => {
         const i = fields.indexOf("event");
         return { raw: fields[i + 1], event: JSON.parse(fields[i + 1]), fields };
       });
+      return withRuns ? all : all.filter((e) => e.event.kind !== "run");
     },
   };
 }
@@ -140,6 +144,32 @@ export function runScript(dir, fileName, code, env = {}, timeoutMs = 30000) {
   });
 }
 
+/**
+ * Start `code` as a Node script file in `dir` and resolve once it printed `ready` on stdout:
+ * { child, exited } where `exited` resolves with { code, signal, stdout, stderr }.
+ */
+export function startScript(dir, fileName, code, env = {}, timeoutMs = 30000) {
+  const file = join(dir, fileName);
+  writeFileSync(file, code);
+  const child = spawn(process.execPath, [file], { cwd: dir, env: { ...cleanEnv(), ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stderr.on("data", (c) => { stderr += c; });
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  const exited = new Promise((r) => child.on("exit", (code, signal) => {
+    clearTimeout(timer);
+    r({ code, signal, stdout, stderr });
+  }));
+  const ready = new Promise((resolveReady, reject) => {
+    child.stdout.on("data", (c) => {
+      stdout += c;
+      if (stdout.includes("ready")) resolveReady({ child, exited });
+    });
+    exited.then((r) => reject(new Error(`${fileName} exited before it was ready: ${JSON.stringify(r)}`)));
+  });
+  return ready;
+}
+
 /** The environment without any TraceLab or proxy settings from outside the test. */
 export function cleanEnv() {
   const env = { ...process.env };
@@ -150,10 +180,13 @@ export function cleanEnv() {
   return env;
 }
 
-/** Lines of every spool file under `home`, parsed, with file names. */
-export function spoolEvents(home) {
+/**
+ * Lines of every spool file under `home`, parsed, with file names: `events` holds the steps
+ * (all of them with `withRuns`), `runs` the `kind: "run"` lifecycle events, `raw` every line.
+ */
+export function spoolEvents(home, { withRuns = false } = {}) {
   const dir = join(home, "spool");
-  if (!existsSync(dir)) return { files: [], events: [], raw: "" };
+  if (!existsSync(dir)) return { files: [], events: [], runs: [], raw: "" };
   const files = readdirSync(dir).sort();
   let raw = "";
   const events = [];
@@ -162,7 +195,8 @@ export function spoolEvents(home) {
     raw += text;
     for (const line of text.split("\n")) if (line) events.push({ raw: line, event: JSON.parse(line) });
   }
-  return { files, events, raw };
+  const runs = events.filter((e) => e.event.kind === "run");
+  return { files, events: withRuns ? events : events.filter((e) => e.event.kind !== "run"), runs, raw };
 }
 
 /**

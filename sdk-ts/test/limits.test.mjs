@@ -144,7 +144,8 @@ describe("an app's deep or huge payloads are recorded, cut to fit", () => {
     `, { TRACELAB_HOME: home, TEST_HTTP: server.url });
     assert.equal(run.code, 0, run.stderr);
     const out = JSON.parse(run.stdout);
-    assert.deepEqual(out, { flushed: true, captured: 3, dropped: 0, errors: 0, cut: { depth: 1, size: 1 } });
+    // captured: the three steps and the run's start event
+    assert.deepEqual(out, { flushed: true, captured: 4, dropped: 0, errors: 0, cut: { depth: 1, size: 1 } });
     const { events } = spoolEvents(home);
     assert.deepEqual(events.map((e) => e.event.endpoint).sort(), ["GET /huge", "POST /deep", "deep-return"]);
     for (const { raw, event: e } of events) {

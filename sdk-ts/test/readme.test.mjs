@@ -133,7 +133,7 @@ console.log(JSON.stringify(result));
       console.log(JSON.stringify({ out, errors: s.errors_by_origin.hooks, captured: s.captured }));
     `, { TRACELAB_REDIS_URL: redis.url });
     assert.equal(run.code, 0, run.stderr);
-    assert.deepEqual(JSON.parse(run.stdout), { out: [4, 3, 2, 5, "db down"], errors: 2, captured: 3 });
+    assert.deepEqual(JSON.parse(run.stdout), { out: [4, 3, 2, 5, "db down"], errors: 2, captured: 4 }); // 3 steps + the run start
     const events = (await redis.events()).map((e) => e.event).filter((e) => e.workflow === "hooks");
     const ok = events.find((e) => e.endpoint === "ok");
     assert.equal(ok.kind, "database");

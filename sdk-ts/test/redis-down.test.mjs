@@ -46,7 +46,7 @@ describe("with Redis down", () => {
     assert.equal(out.value, 7);
     assert.equal(out.flushed, false);
     assert.ok(out.ms >= 900 && out.ms < 1600, `flush took ${out.ms} ms`);
-    assert.equal(out.stats.captured, 21);
+    assert.equal(out.stats.captured, 22); // 21 steps + the run start
     assert.equal(out.stats.published, 0);
     assert.ok(out.stats.errors >= 1);
     assert.match(out.stats.last_error, /ECONNREFUSED|connect/);
@@ -73,7 +73,7 @@ describe("with Redis down", () => {
     assert.equal(out.second, false);
     assert.ok(out.ms < 1300, `flush took ${out.ms} ms`);
     assert.deepEqual(out.statuses, [200, 200, 200, 200, 200]);
-    assert.equal(out.stats.published, 1, JSON.stringify(out.stats));
+    assert.equal(out.stats.published, 2, JSON.stringify(out.stats)); // the run start and GET /before
     assert.deepEqual(beforeStop, ["GET /before"]);
     assert.ok(run.ms < 8000, `process took ${run.ms} ms to exit`);
   });
@@ -88,8 +88,8 @@ describe("with Redis down", () => {
     `, { TRACELAB_QUEUE_SIZE: "10", TRACELAB_SHUTDOWN_TIMEOUT: "0.2" }, 20000);
     assert.equal(run.code, 0, run.stderr);
     const out = JSON.parse(run.stdout.trim());
-    assert.equal(out.captured, 50);
-    assert.equal(out.dropped_by_reason.queue_full, 40);
+    assert.equal(out.captured, 51); // the run start first, then 50 spans
+    assert.equal(out.dropped_by_reason.queue_full, 41);
     assert.equal(out.queued, 10);
   });
 });

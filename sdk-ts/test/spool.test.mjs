@@ -70,6 +70,8 @@ describe("embedded mode writes the spool", () => {
     const job = events.find((e) => e.event.endpoint === "job").event;
     assert.equal(bin.parent_id, job.span_id);
     assert.ok(events.find((e) => e.event.endpoint === "GET /after-flush"), "recorded after flush, written at exit");
+    const all = spoolEvents(home, { withRuns: true }).events.map((e) => e.event);
+    assert.deepEqual([all[0].endpoint, all.at(-1).endpoint, all.at(-1).response], ["start", "end", { reason: "exit" }]);
     removeDir(home);
   });
 
@@ -83,9 +85,11 @@ describe("embedded mode writes the spool", () => {
       process.exit(0);
     `, { TRACELAB_HOME: home });
     assert.equal(run.code, 0, run.stderr);
-    const { files, events } = spoolEvents(home);
+    const { files, events, runs } = spoolEvents(home);
     assert.match(files[0], FILE_NAME);
     assert.deepEqual(events.map((e) => e.event.endpoint).sort(), ["quick", "quicker"]);
+    // the run's end is written synchronously too: process.exit() skips beforeExit
+    assert.deepEqual(runs.map((e) => [e.event.endpoint, e.event.response]), [["start", {}], ["end", { reason: "exit" }]]);
     removeDir(home);
   });
 

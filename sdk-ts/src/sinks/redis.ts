@@ -8,6 +8,7 @@
  */
 import { Redis } from "ioredis";
 import type { Destination } from "./batching.js";
+import { xaddSync } from "./redis-sync.js";
 
 const CONNECT_TIMEOUT_MS = 1000;
 const WRITE_TIMEOUT_MS = 2000;
@@ -34,6 +35,8 @@ export class RedisStreamDestination implements Destination {
     private readonly url: string,
     private readonly stream: string,
     private readonly maxlen: number | null,
+    /** The bound on the synchronous write at process exit (the shutdown timeout). */
+    private readonly syncTimeoutMs = 2000,
   ) {
     this.client = new Redis(url, {
       lazyConnect: true,
@@ -147,14 +150,24 @@ export class RedisStreamDestination implements Destination {
 
   async close(): Promise<void> {
     if (this.client.status === "ready") {
+      // The socket is unref'd: without this ref'd timer an app ending in `await shutdown()`
+      // would see its event loop empty mid-QUIT and exit 13 (an unsettled top-level await).
+      const hold = setTimeout(() => {}, 1000);
       try {
         await withTimeout(this.client.quit(), 500, "QUIT");
         return;
       } catch {
         // fall through to a hard disconnect
+      } finally {
+        clearTimeout(hold);
       }
     }
     this.hangUp();
+  }
+
+  /** At exit (no more I/O to come): XADD through a short-lived child process (`redis-sync.ts`). */
+  writeSync(lines: string[]): void {
+    xaddSync(this.url, this.stream, this.maxlen, lines, this.syncTimeoutMs);
   }
 
   closeSync(): void {
