@@ -363,20 +363,22 @@ def curl(proxy: Proxy, ca: Path, url: str, *args: str) -> subprocess.CompletedPr
 
 def wait_events(server: RedisServer, count: int, *, timeout: float = 10.0
                 ) -> tuple[list[dict[str, Any]], bytes]:
-    """Poll the stream until `count` events arrived (the proxy publishes in the background),
-    check each against the contract, and return them with the stream's raw bytes."""
+    """Poll the stream until `count` steps arrived (the proxy publishes in the background),
+    check each event against the contract, and return the steps (the run's lifecycle events,
+    `kind: run`, left out) with the stream's raw bytes."""
     deadline = time.monotonic() + timeout
     while True:
         raw = [fields[b"event"] for _id, fields in server.client().xrange("trace.events")]
-        if len(raw) >= count or time.monotonic() > deadline:
+        events = [orjson.loads(item) for item in raw]
+        steps = [event for event in events if event["kind"] != "run"]
+        if len(steps) >= count or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    events = [orjson.loads(item) for item in raw]
-    assert len(events) == count, [e["endpoint"] for e in events]
+    assert len(steps) == count, [e["endpoint"] for e in steps]
     for event in events:
         assert validate(event) == [], event
         assert event["source"] == "proxy"
-    return events, b"\n".join(raw)
+    return steps, b"\n".join(raw)
 
 
 def by_endpoint(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
