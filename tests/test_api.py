@@ -221,7 +221,10 @@ def test_execution_has_events_without_payloads(api):
     assert [e["endpoint"] for e in events] == ["checkout", "POST /v1/charges",
                                                "GET /status/402", "POST /v1/emails"]
     span = events[0]
-    assert span["kind"] == "function" and span["offset_ms"] == 0
+    # offsets count from the run's real start (its lifecycle start event, when recorded)
+    t0 = body["execution"]["started_at_ns"]
+    assert span["kind"] == "function" and span["offset_ms"] == (span["started_at"] - t0) / 1e6
+    assert span["started_at"] >= t0
     assert all(e["parent_id"] == span["span_id"] for e in events[1:])
     assert events[2]["status"] == "error" and events[2]["status_code"] == 402
     assert all("request" not in e and "response" not in e for e in events)

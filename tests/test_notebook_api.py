@@ -59,8 +59,9 @@ def test_executions_is_a_dataframe_first_collection(recorded: LoopbackHTTP) -> N
     runs = tl.executions("refund-agent")
     assert len(runs) == 2
     assert list(runs.df.columns) == ["workflow", "run_id", "started_at", "ended_at",
-                                     "duration_ms", "events", "errors", "status", "services",
-                                     "targets", "tags", "llm_tokens", "llm_cost_usd"]
+                                     "duration_ms", "events", "errors", "status", "state",
+                                     "services", "targets", "tags", "llm_tokens",
+                                     "llm_cost_usd"]
     assert runs.df["run_id"].tolist() == ["run-2", "run-1"]  # newest first
     assert [r.run_id for r in runs] == ["run-2", "run-1"]
     assert runs[0].run_id == "run-2" and runs[-1].run_id == "run-1"

@@ -11,6 +11,7 @@ redis-py cannot parse.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -85,6 +86,31 @@ def env_flag(name: str, default: bool = False) -> bool:
         return False
     _warn(f"{name}={raw!r} is not a boolean (use 1/0, true/false); using {default}")
     return default
+
+
+DEFAULT_IDLE_S = 600.0
+
+
+def idle_seconds() -> float:
+    """`TRACELAB_IDLE_S`: seconds without a new event after which a run with no `end` event
+    stops being `running` (default 600). Read at query time, so a notebook can change it.
+
+    Unlike the SDK's tuning values this is read by the query layer, not the traced program:
+    a bad value is a `ConfigError` naming the variable rather than a silent default, since
+    every execution's `state` would otherwise be quietly wrong.
+    """
+    raw = os.environ.get("TRACELAB_IDLE_S")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_IDLE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"TRACELAB_IDLE_S={_preview(raw)} must be a positive number of "
+                          f"seconds (how long a run may be silent before it is no longer "
+                          f"running; default {DEFAULT_IDLE_S:g})")
+    return value
 
 
 def tracelab_home() -> Path:

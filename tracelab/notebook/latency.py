@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from tracelab.store.query import LIFECYCLE_KIND
+
 LATENCY_COLUMNS = ["count", "errors", "error_rate", "mean", "p50", "p90", "p95", "p99", "max"]
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 
@@ -17,6 +19,7 @@ def latency_table(events: pd.DataFrame, by: str | Sequence[str] = "target") -> p
 
     Columns: the `by` columns, then count, errors, error_rate, mean, p50, p90, p95, p99, max
     of `latency_ms`. Raises ValueError naming the unknown column and listing the known ones.
+    Steps only: run lifecycle events (`kind: "run"`, latency 0) are left out if present.
     """
     keys = [by] if isinstance(by, str) else list(by)
     if not keys:
@@ -26,6 +29,8 @@ def latency_table(events: pd.DataFrame, by: str | Sequence[str] = "target") -> p
         known = ", ".join(c for c in events.columns) or "(no events, so no columns)"
         raise ValueError(f"cannot group latencies by {unknown[0]!r}: not an event column; "
                          f"known columns: {known}")
+    if "kind" in events.columns:
+        events = events[events["kind"] != LIFECYCLE_KIND]
     if events.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in [*keys, *LATENCY_COLUMNS]})
     frame = events[keys].copy()

@@ -7,6 +7,11 @@ narrow columns. The poll itself never folds the embedded-mode spool nor compacts
 folding every second would contend for the fold lock with the traced program's own `flush()`.
 Spooled events reach the store when their recorder flushes, or when a reader asks the query
 layer (which folds a pending spool first, for every reader alike); the next poll then sees them.
+
+An `execution` message goes out when a run's step count or its `state` changes: when its
+`end` event lands, and when a running run goes idle past `TRACELAB_IDLE_S` (noticed on a poll
+even when no file changed, from the runs already known, without reading anything). Lifecycle
+events (`kind: "run"`) are never sent as steps in `events` messages.
 """
 from __future__ import annotations
 
@@ -17,9 +22,11 @@ import time
 from typing import Any
 
 import orjson
+import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from tracelab.config import idle_seconds
 from tracelab.server.shapes import (
     EVENT_COLUMNS,
     event_rows,
@@ -49,7 +56,9 @@ class StoreWatcher:
         self.subscribers: set[asyncio.Queue] = set()
         self._task: asyncio.Task | None = None
         self._paths: set[str] | None = None
-        self._runs: dict[tuple[str, str], int] = {}
+        # per run: (steps, state) last told; running runs' newest event end, for idle checks
+        self._runs: dict[tuple[str, str], tuple[int, str]] = {}
+        self._running: dict[tuple[str, str], int] = {}
         self._workflows: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self.polls = 0
@@ -107,19 +116,45 @@ class StoreWatcher:
                 self._baseline()
                 return []
             if paths == self._paths:
-                return []
+                return self._idle_changes()
             new_files = [f for f in files if f.path not in self._paths]
             self._paths = paths
             self.changes += 1
-            return self._changes(new_files)
+            return self._changes(new_files) + self._idle_changes()
 
     def _baseline(self) -> None:
         frame = query.workflows(layout=self.layout)
         for row in frame.to_dict("records"):
             self._workflows[row["workflow"]] = (int(row["executions"]), int(row["events"]))
             runs = query.executions(row["workflow"], layout=self.layout)
-            for run_id, count in zip(runs["run_id"], runs["events"]):
-                self._runs[(row["workflow"], run_id)] = int(count)
+            for record in runs.to_dict("records"):
+                self._note((row["workflow"], record["run_id"]), record)
+
+    def _note(self, key: tuple[str, str], record: dict) -> bool:
+        """Remember a run's steps and state; True when either changed since last told."""
+        told = (int(record["events"]), str(record["state"]))
+        if record["state"] == "running":
+            self._running[key] = int(pd.Timestamp(record["ended_at"]).value)
+        else:
+            self._running.pop(key, None)
+        if self._runs.get(key) == told:
+            return False
+        self._runs[key] = told
+        return True
+
+    def _idle_changes(self) -> list[tuple[str, dict]]:
+        """Runs that went idle past `TRACELAB_IDLE_S` since the last look (no file changed):
+        their new state, recomputed by the query layer from its cached summaries."""
+        if not self._running:
+            return []
+        deadline = time.time_ns() - idle_seconds() * 1e9
+        stale = sorted({wf for (wf, _), last in self._running.items() if last <= deadline})
+        messages: list[tuple[str, dict]] = []
+        for wf in stale:
+            for record in query.executions(wf, layout=self.layout).to_dict("records"):
+                if self._note((wf, record["run_id"]), record):
+                    messages.append(("execution", execution_row(record)))
+        return messages
 
     def _changes(self, new_files: list) -> list[tuple[str, dict]]:
         messages: list[tuple[str, dict]] = []
@@ -140,9 +175,7 @@ class StoreWatcher:
             runs = query.executions(wf, layout=self.layout)
             grown: dict[str, dict] = {}
             for record in runs.to_dict("records"):
-                key = (wf, record["run_id"])
-                if self._runs.get(key) != int(record["events"]):
-                    self._runs[key] = int(record["events"])
+                if self._note((wf, record["run_id"]), record):
                     grown[record["run_id"]] = execution_row(record, now_ns)
             if not grown:
                 continue
@@ -152,7 +185,8 @@ class StoreWatcher:
             try:
                 table = query.read_table(
                     self.layout, paths, ["run_id", *EVENT_COLUMNS],
-                    filter=ds.field("run_id").isin(list(grown)))
+                    filter=ds.field("run_id").isin(list(grown))
+                    & (ds.field("kind") != query.LIFECYCLE_KIND))
             except FileNotFoundError:  # compacted away meanwhile: clients refetch
                 continue
             for run_id, summary in grown.items():

@@ -6,7 +6,6 @@ it was fetched or streamed.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import orjson
@@ -16,9 +15,8 @@ import pyarrow.compute as pc
 from fastapi.responses import JSONResponse
 
 from tracelab.store.llm import frame_totals
+from tracelab.store.query import LIFECYCLE_KIND, run_states
 
-# A run whose last event ended this recently is shown as running.
-ACTIVE_SECONDS = 30.0
 # Columns of the execution view (no payloads); `shape=columns` dictionary-encodes these.
 DICT_COLUMNS = ("status", "service", "source", "kind", "target", "endpoint", "error_type")
 EVENT_COLUMNS = ("event_id", "started_at", "latency_ms", "status", "status_code", "service",
@@ -64,7 +62,12 @@ def workflow_row(row: dict) -> dict:
 
 
 def execution_row(row: dict, now_ns: int | None = None) -> dict:
-    now_ns = time.time_ns() if now_ns is None else now_ns
+    """A query-layer execution row as the API's execution object.
+
+    `state` is the query layer's (as of when the row was computed); `active` is kept for old
+    clients and means exactly `state == "running"`. `now_ns` is accepted for old callers and
+    no longer used: no time is guessed here.
+    """
     started = pd.Timestamp(row["started_at"])
     ended = pd.Timestamp(row["ended_at"])
     return {
@@ -77,12 +80,24 @@ def execution_row(row: dict, now_ns: int | None = None) -> dict:
         "tags": dict(row["tags"] or {}),
         "llm_tokens": int(row.get("llm_tokens") or 0),
         "llm_cost_usd": None if pd.isna(row.get("llm_cost_usd")) else float(row["llm_cost_usd"]),
-        "active": now_ns - int(ended.value) < ACTIVE_SECONDS * 1e9,
+        "state": row["state"],
+        "active": row["state"] == "running",
     }
 
 
-def summary_from_events(frame: pd.DataFrame) -> dict:
-    """An execution's summary from its events (the same numbers as `query.executions`)."""
+def summary_from_events(frame: pd.DataFrame, execution: dict | None = None) -> dict:
+    """An execution's summary from its events (the same numbers as `query.executions`).
+
+    The steps alone cannot tell a run's lifecycle (its start/end events are not in the frame),
+    so the query layer's own row for the run is used when given, or when the frame carries it
+    (`frame.attrs["execution"]`, set by `query.execution_events` and `query.events(run_id=)`).
+    Without it, the summary is computed from the steps and the state from their recency.
+    """
+    execution = execution if execution is not None else frame.attrs.get("execution")
+    if execution is not None:
+        return execution_row(execution)
+    if "kind" in frame.columns:
+        frame = frame[frame["kind"] != LIFECYCLE_KIND]
     start_ns = frame["started_at"].astype("int64")
     end_ns = start_ns + (frame["latency_ms"] * 1e6).round().astype("int64")
     errors = int((frame["status"] == "error").sum())
@@ -98,7 +113,7 @@ def summary_from_events(frame: pd.DataFrame) -> dict:
         "started_at": pd.Timestamp(first, unit="ns", tz="UTC"),
         "ended_at": pd.Timestamp(last, unit="ns", tz="UTC"),
         "duration_ms": (last - first) / 1e6, "events": len(frame), "errors": errors,
-        "status": "error" if errors else "ok",
+        "status": "error" if errors else "ok", "state": run_states(0, 0, 0, last)[()],
         "services": sorted(frame["service"].dropna().unique()),
         "targets": sorted(frame["target"].dropna().unique()), "tags": tags,
         "llm_tokens": llm_tokens, "llm_cost_usd": llm_cost_usd,

@@ -3,7 +3,8 @@
 Executions are computed here rather than kept as a second table, so they are right by
 construction however a run's events were split over batches, files and days. What makes that
 fast is that store files never change once written: each file's per-run summary (first start,
-last end, counts, services, targets, tags) is computed once from the narrow columns and cached
+last end, step and error counts, lifecycle start / end / errored-end counts, services,
+targets, tags) is computed once from the narrow columns and cached
 by path for the life of the process; a query lists the files (cheap), summarises only files it
 has not seen, and forgets files that compaction removed.
 
@@ -13,20 +14,27 @@ second process sees what the first one recorded.
 
 LLM cost is never stored: events frames get `llm_cost_usd`/`llm_cost_source` and executions
 `llm_tokens`/`llm_cost_usd` from the tags with the price table in effect (`store.llm`).
+
+Run lifecycle events (`kind: "run"`, endpoint `start` / `end`) are not steps: every frame of
+events leaves them out (unless `events(kind="run")` asks for them), `events`/`errors` count
+steps only, and they only feed an execution's `state` and its real start and end times.
 """
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from datetime import date as date_type, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from tracelab.config import idle_seconds
 from tracelab.store import event_index
 from tracelab.store import llm as llm_columns
 from tracelab.store.layout import NAME_COLUMN, DataFile, StoreLayout, resolve_layout
@@ -35,12 +43,18 @@ from tracelab.store.schema import EVENT_SCHEMA, LIGHT_COLUMNS, TIMESTAMP, row_to
 TimeLike = str | datetime | date_type | pd.Timestamp | int | float
 
 EXECUTION_COLUMNS = ["workflow", "run_id", "started_at", "ended_at", "duration_ms", "events",
-                     "errors", "status", "services", "targets", "tags", "llm_tokens",
+                     "errors", "status", "state", "services", "targets", "tags", "llm_tokens",
                      "llm_cost_usd"]
+# An execution's `state`; see `run_states`.
+RUN_STATES = ("running", "finished", "failed", "abandoned")
+# The `kind` of the run lifecycle events (endpoint `start` / `end`): not steps.
+LIFECYCLE_KIND = "run"
 # Computed from each event's tags when read: a corrected price table fixes old events.
 LLM_EVENT_COLUMNS = ["llm_cost_usd", "llm_cost_source"]
 WORKFLOW_COLUMNS = ["workflow", "executions", "events", "errors", "first_event", "last_event"]
-_SUMMARY_SOURCE = ["run_id", "started_at", "latency_ms", "status", "service", "target", "tags"]
+_SUMMARY_SOURCE = ["run_id", "started_at", "latency_ms", "status", "service", "kind", "target",
+                   "endpoint", "tags"]
+_NOT_LIFECYCLE = ds.field("kind") != LIFECYCLE_KIND
 
 
 # -- low-level reading (also used by the writer's dedupe index and by compaction) ----------
@@ -119,7 +133,8 @@ class _SummaryCache:
 _SUMMARY_SCHEMA = pa.schema([
     ("file", pa.string()), ("workflow", pa.string()), ("run_id", pa.string()),
     ("first_ns", pa.int64()), ("last_ns", pa.int64()), ("events", pa.int64()),
-    ("errors", pa.int64()), ("services", pa.list_(pa.string())),
+    ("errors", pa.int64()), ("starts", pa.int64()),
+    ("ends", pa.int64()), ("end_errors", pa.int64()), ("services", pa.list_(pa.string())),
     ("targets", pa.list_(pa.string())), ("tags", pa.list_(pa.string())),
     ("llm", llm_columns.LLM_GROUPS),
 ])
@@ -136,12 +151,27 @@ def _summarise(layout: StoreLayout, files: list[DataFile]) -> pa.Table:
         latency_ns = pc.cast(pc.round(pc.multiply(table["latency_ms"], 1e6)), pa.int64(),
                              safe=False)
         end = pc.add(start, latency_ns)
-        errors = pc.cast(pc.equal(table["status"], "error"), pa.int64())
+        is_run = pc.fill_null(pc.equal(table["kind"], LIFECYCLE_KIND), False)
+        is_error = pc.fill_null(pc.equal(table["status"], "error"), False)
+        is_end = pc.and_(is_run, pc.fill_null(pc.equal(table["endpoint"], "end"), False))
+
+        def count(mask: pa.ChunkedArray) -> pa.ChunkedArray:
+            return pc.cast(mask, pa.int64())
+
         grouped = pa.table({
-            "run_id": table["run_id"], "s": start, "e": end, "err": errors,
-            "service": table["service"], "target": table["target"], "tags": table["tags"],
+            "run_id": table["run_id"], "s": start, "e": end,
+            "step": count(pc.invert(is_run)),
+            "err": count(pc.and_(is_error, pc.invert(is_run))),
+            "start": count(pc.and_(is_run, pc.fill_null(pc.equal(table["endpoint"], "start"),
+                                                        False))),
+            "end": count(is_end), "end_err": count(pc.and_(is_end, is_error)),
+            "service": table["service"],
+            # a lifecycle event's target is the service itself, not an external system
+            "target": pc.if_else(is_run, pa.scalar(None, pa.string()), table["target"]),
+            "tags": table["tags"],
         }).group_by("run_id", use_threads=False).aggregate([
-            ("s", "min"), ("e", "max"), ("run_id", "count"), ("err", "sum"),
+            ("s", "min"), ("e", "max"), ("step", "sum"), ("err", "sum"),
+            ("start", "sum"), ("end", "sum"), ("end_err", "sum"),
             ("service", "distinct"), ("target", "distinct"),
             ("tags", "distinct", pc.CountOptions(mode="only_valid")),
         ])
@@ -149,8 +179,9 @@ def _summarise(layout: StoreLayout, files: list[DataFile]) -> pa.Table:
         parts.append(pa.table([
             pa.array([data_file.path] * n, pa.string()),
             pa.array([data_file.workflow] * n, pa.string()),
-            grouped["run_id"], grouped["s_min"], grouped["e_max"], grouped["run_id_count"],
-            grouped["err_sum"], grouped["service_distinct"], grouped["target_distinct"],
+            grouped["run_id"], grouped["s_min"], grouped["e_max"], grouped["step_sum"],
+            grouped["err_sum"], grouped["start_sum"], grouped["end_sum"],
+            grouped["end_err_sum"], grouped["service_distinct"], grouped["target_distinct"],
             grouped["tags_distinct"],
             llm_columns.summarise_groups(table["run_id"], table["tags"],
                                          grouped["run_id"].to_pylist()),
@@ -243,7 +274,8 @@ def _ns_to_utc(values: pa.Array | pa.ChunkedArray) -> pd.Series:
 # -- public query API -----------------------------------------------------------------------
 
 def workflows(*, layout: StoreLayout | None = None) -> pd.DataFrame:
-    """One row per workflow: executions, events, errors, first and last event time."""
+    """One row per workflow: executions, events and errors (steps), first and last event
+    time (lifecycle events included)."""
     layout = _layout(layout)
     table = _summaries(layout)
     if table.num_rows == 0:
@@ -263,26 +295,61 @@ def workflows(*, layout: StoreLayout | None = None) -> pd.DataFrame:
     })
 
 
+def run_states(starts: Any, ends: Any, end_errors: Any, last_ns: Any, *,
+               now_ns: int | None = None, idle_s: float | None = None) -> np.ndarray:
+    """Each run's `state` from its lifecycle event counts and its newest event's end.
+
+    `failed`: an `end` event errored; `finished`: every `start` has its `end`, or the run has
+    no lifecycle event at all (imports, OTLP, older SDKs) and is idle; `running`: a start is
+    still open (or there is no lifecycle at all) and the newest event is less than `idle_s`
+    (default `TRACELAB_IDLE_S`) old; `abandoned`: a start is still open and the run is idle.
+    Counting starts and ends keeps a run shared by several processes (each publishing its
+    own start and end) running until the last of them ends.
+    """
+    starts, ends, end_errors, last = (np.asarray(v, dtype=np.int64)
+                                      for v in (starts, ends, end_errors, last_ns))
+    idle_s = idle_seconds() if idle_s is None else idle_s
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    recent = (now_ns - last) < idle_s * 1e9
+    open_ = ends < np.maximum(starts, 1)
+    return np.select([recent & open_, end_errors > 0, ~open_ | (starts == 0)],
+                     ["running", "failed", "finished"], "abandoned").astype(object)
+
+
+def _group_runs(table: pa.Table) -> pa.Table:
+    """Per-file summaries merged into one row per run."""
+    return table.group_by("run_id", use_threads=False).aggregate([
+        ("first_ns", "min"), ("last_ns", "max"), ("events", "sum"), ("errors", "sum"),
+        ("starts", "sum"), ("ends", "sum"), ("end_errors", "sum")])
+
+
+def _failed(runs: pa.Table) -> pa.ChunkedArray:
+    """A run's `status` is `error` when a step errored or its end event did."""
+    return pc.or_(pc.greater(runs["errors_sum"], 0), pc.greater(runs["end_errors_sum"], 0))
+
+
 def executions(workflow: str, since: TimeLike | None = None, until: TimeLike | None = None,
                status: str | None = None, tags: Mapping[str, str] | None = None,
                limit: int | None = None, *, layout: StoreLayout | None = None) -> pd.DataFrame:
     """One row per run of `workflow`, newest first.
 
     `since`/`until` bound the run's first start (`since <= started_at < until`); `status` is
-    `ok` or `error` (error when any event errored); `tags` keeps runs carrying every given
-    tag; `limit` keeps the newest N after filtering. An unknown workflow has no runs.
+    `ok` or `error` (error when any step errored or the run failed); `tags` keeps runs
+    carrying every given tag; `limit` keeps the newest N after filtering. An unknown workflow
+    has no runs. `events`/`errors` count steps; `started_at`/`ended_at` span the lifecycle
+    events too; `state` is one of `RUN_STATES` (see `run_states`), as of this call.
     """
     _check_status(status)
     _check_limit(limit)
     wanted_tags = _check_tags(tags)
     since_ts = to_timestamp(since, "since") if since is not None else None
     until_ts = to_timestamp(until, "until") if until is not None else None
+    idle_s = idle_seconds()
     layout = _layout(layout)
     table = _summaries(layout, workflow)
     if table.num_rows == 0:
         return _empty(EXECUTION_COLUMNS)
-    runs = table.group_by("run_id", use_threads=False).aggregate([
-        ("first_ns", "min"), ("last_ns", "max"), ("events", "sum"), ("errors", "sum")])
+    runs = _group_runs(table)
     first = runs["first_ns_min"]
     keep = None
     if since_ts is not None:
@@ -291,8 +358,7 @@ def executions(workflow: str, since: TimeLike | None = None, until: TimeLike | N
         cond = pc.less(first, until_ts.value)
         keep = cond if keep is None else pc.and_(keep, cond)
     if status is not None:
-        cond = (pc.greater(runs["errors_sum"], 0) if status == "error"
-                else pc.equal(runs["errors_sum"], 0))
+        cond = _failed(runs) if status == "error" else pc.invert(_failed(runs))
         keep = cond if keep is None else pc.and_(keep, cond)
     if keep is not None:
         runs = runs.filter(keep)
@@ -311,9 +377,13 @@ def executions(workflow: str, since: TimeLike | None = None, until: TimeLike | N
         run_ids = run_ids[:limit]
     if runs.num_rows == 0:
         return _empty(EXECUTION_COLUMNS)
+    return _execution_frame(table, runs, workflow, run_ids, run_tags, idle_s)
+
+
+def _execution_frame(table: pa.Table, runs: pa.Table, workflow: str, run_ids: list[str],
+                     run_tags: list[dict[str, str]], idle_s: float) -> pd.DataFrame:
     first_ns = runs["first_ns_min"].to_numpy()
     last_ns = runs["last_ns_max"].to_numpy()
-    errors = runs["errors_sum"].to_numpy()
     services = _distinct_per_run(table, "services")
     targets = _distinct_per_run(table, "targets")
     llm_tokens, llm_cost = llm_columns.run_totals(table["run_id"], table["llm"], run_ids)
@@ -324,14 +394,57 @@ def executions(workflow: str, since: TimeLike | None = None, until: TimeLike | N
         "ended_at": _ns_to_utc(runs["last_ns_max"]),
         "duration_ms": (last_ns - first_ns) / 1e6,
         "events": runs["events_sum"].to_numpy(),
-        "errors": errors,
-        "status": ["error" if e else "ok" for e in errors],
+        "errors": runs["errors_sum"].to_numpy(),
+        "status": ["error" if f else "ok" for f in _failed(runs).to_pylist()],
+        "state": run_states(runs["starts_sum"], runs["ends_sum"], runs["end_errors_sum"],
+                            last_ns, idle_s=idle_s),
         "services": [sorted(services.get(r, ())) for r in run_ids],
         "targets": [sorted(targets.get(r, ())) for r in run_ids],
         "tags": run_tags,
         "llm_tokens": pd.Series(llm_tokens, dtype="int64"),
         "llm_cost_usd": pd.Series(llm_cost, dtype="float64"),
     })
+
+
+def execution_summary(run_id: str, workflow: str | None = None, *,
+                      layout: StoreLayout | None = None) -> dict[str, Any]:
+    """One run's row of `executions()` as a dict (the same computation, from the same cached
+    summaries), across every workflow that holds the run unless `workflow` is given (then
+    `workflow` names them all, joined by commas). KeyError naming the run when it is unknown.
+    """
+    idle_s = idle_seconds()
+    return _summary_of(_run_summaries(_layout(layout), run_id, workflow), run_id, idle_s)
+
+
+def _summary_of(hits: pa.Table, run_id: str, idle_s: float) -> dict[str, Any]:
+    names = sorted(set(hits["workflow"].to_pylist()))
+    tags = _merge_tags(_distinct_per_run(hits, "tags").get(run_id))
+    frame = _execution_frame(hits, _group_runs(hits), ",".join(names), [run_id], [tags],
+                             idle_s)
+    return frame.iloc[0].to_dict()
+
+
+def _plain(summary: dict[str, Any]) -> dict[str, Any]:
+    """A summary with JSON-ready values (times as ISO text, numpy scalars as Python ones):
+    pyarrow writes a frame's `attrs` into the schema metadata as JSON."""
+    out: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, pd.Timestamp):
+            value = value.isoformat()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def _run_summaries(layout: StoreLayout, run_id: str, workflow: str | None) -> pa.Table:
+    table = _summaries(layout, workflow)
+    hits = table.filter(pc.equal(table["run_id"], run_id))
+    if hits.num_rows == 0:
+        where = f" in workflow {workflow!r}" if workflow is not None else ""
+        raise KeyError(f"unknown run_id {run_id!r}: the store at {layout.uri or layout.root} "
+                       f"holds no event of it{where}")
+    return hits
 
 
 def _distinct_per_run(table: pa.Table, column: str) -> dict[str, list[str]]:
@@ -349,21 +462,30 @@ def _distinct_per_run(table: pa.Table, column: str) -> dict[str, list[str]]:
 
 def execution_events(run_id: str, workflow: str | None = None, *,
                      layout: StoreLayout | None = None) -> pd.DataFrame:
-    """Every event of one run in start order, without payload columns.
+    """Every step of one run in start order, without payload columns (no lifecycle events).
 
-    Raises KeyError naming the run when the store holds no event of it.
+    `frame.attrs["execution"]` holds the run's `execution_summary` (state, real start and
+    end), which the steps alone cannot tell. Raises KeyError naming the run when the store
+    holds no event of it; a run with lifecycle events only has an empty frame.
     """
+    idle_s = idle_seconds()
     layout = _layout(layout)
-    table = _summaries(layout, workflow)
-    hits = table.filter(pc.equal(table["run_id"], run_id))
-    if hits.num_rows == 0:
-        where = f" in workflow {workflow!r}" if workflow is not None else ""
-        raise KeyError(f"unknown run_id {run_id!r}: the store at {layout.uri or layout.root} "
-                       f"holds no event of it{where}")
+    hits = _run_summaries(layout, run_id, workflow)
     paths = set(hits["file"].to_pylist())
     files = [f for f in layout.list_files() if f.path in paths]
-    parts = _scan_by_file(layout, files, LIGHT_COLUMNS, filter=ds.field("run_id") == run_id)
-    return _events_frame(parts, sort=True)
+    parts = _scan_by_file(layout, files, LIGHT_COLUMNS,
+                          filter=(ds.field("run_id") == run_id) & _NOT_LIFECYCLE)
+    frame = _events_frame(parts, sort=True)
+    if frame.empty:
+        frame = _empty_events(LIGHT_COLUMNS)
+    frame.attrs["execution"] = _plain(_summary_of(hits, run_id, idle_s))
+    return frame
+
+
+def _empty_events(columns: Sequence[str]) -> pd.DataFrame:
+    return _empty(["event_id", "workflow", "run_id", *(c for c in columns if c != NAME_COLUMN
+                                                       and c not in ("event_id", "run_id")),
+                   *LLM_EVENT_COLUMNS])
 
 
 def _events_frame(parts: list[tuple[DataFile, pa.Table]], sort: bool,
@@ -510,6 +632,8 @@ def events(workflow: str, since: TimeLike | None = None, until: TimeLike | None 
     """Events of one workflow in start order, filtered; payload columns only if asked for.
 
     `since`/`until` bound each event's own start, so day partitions outside them are skipped.
+    Lifecycle events (`kind="run"`) are not steps: left out unless `kind="run"` asks for them.
+    With `run_id`, `frame.attrs["execution"]` holds that run's `execution_summary`.
     """
     _check_status(status)
     _check_limit(limit)
@@ -531,6 +655,8 @@ def events(workflow: str, since: TimeLike | None = None, until: TimeLike | None 
                         ("service", service), ("target", target)):
         if value is not None:
             conditions.append(ds.field(name) == value)
+    if kind is None:
+        conditions.append(_NOT_LIFECYCLE)
     if wanted_tags:
         matching = _matching_tag_values(layout, files, wanted_tags)
         conditions.append(ds.field("tags").isin(matching))
@@ -538,11 +664,17 @@ def events(workflow: str, since: TimeLike | None = None, until: TimeLike | None 
     for cond in conditions:
         expression = cond if expression is None else expression & cond
     columns = EVENT_SCHEMA.names if payloads else LIGHT_COLUMNS
+    idle_s = idle_seconds() if run_id is not None else None
     parts = _scan_by_file(layout, files, columns, filter=expression) if files else []
     frame = _events_frame(parts, sort=True, limit=limit)
-    return frame if not frame.empty else _empty(
-        ["event_id", "workflow", "run_id", *(c for c in columns if c != NAME_COLUMN),
-         *LLM_EVENT_COLUMNS])
+    if frame.empty:
+        frame = _empty_events(columns)
+    if idle_s is not None:
+        summaries = _summaries(layout, workflow)
+        hits = summaries.filter(pc.equal(summaries["run_id"], run_id))
+        if hits.num_rows:
+            frame.attrs["execution"] = _plain(_summary_of(hits, run_id, idle_s))
+    return frame
 
 
 def llm_calls(workflow: str, since: TimeLike | None = None, until: TimeLike | None = None,
@@ -578,7 +710,8 @@ _TARGET_LOCK = threading.Lock()
 
 
 def target_counts(*, layout: StoreLayout | None = None) -> pd.DataFrame:
-    """Events stored per target and status (`target` null for steps without one).
+    """Steps stored per target and status (`target` null for steps without one); lifecycle
+    events are not counted.
 
     Reads only the `target` and `status` columns; each file's counts are cached by path (files
     never change), so a call lists the files and reads only those it has not seen.
@@ -595,7 +728,8 @@ def target_counts(*, layout: StoreLayout | None = None) -> pd.DataFrame:
                     del cache[gone]
                 new = [f for f in files if f.path not in cache]
                 if new:
-                    for data_file, table in _scan_by_file(layout, new, ["target", "status"]):
+                    for data_file, table in _scan_by_file(layout, new, ["target", "status"],
+                                                          filter=_NOT_LIFECYCLE):
                         grouped = table.group_by(["target", "status"], use_threads=False) \
                             .aggregate([("status", "count", pc.CountOptions(mode="all"))])
                         cache[data_file.path] = pa.table(
@@ -622,7 +756,8 @@ def target_counts(*, layout: StoreLayout | None = None) -> pd.DataFrame:
 
 
 def store_stats(*, layout: StoreLayout | None = None) -> dict[str, int]:
-    """Counts for `tracelab stats`: workflows, executions, events, files, bytes."""
+    """Counts for `tracelab stats`: workflows, executions, events (steps, as everywhere in
+    the query layer: lifecycle events are not counted), files, bytes."""
     layout = _layout(layout)
     files = layout.list_files()
     table = _summaries(layout)
