@@ -241,7 +241,7 @@ def test_on_a_running_event_loop_it_refreshes_by_itself_and_stops_when_the_run_e
     assert "run failed" in status and "refresh stopped" in status
 
 
-def test_without_a_running_loop_a_thread_refreshes_until_stop(writer: StoreWriter) -> None:
+def test_without_a_running_loop_a_thread_refreshes_until_the_stop_button(writer: StoreWriter) -> None:
     t0 = time.time_ns()
     writer.write([step("run-f", 0, t0)])
     widget = tl.execution("run-f").timeline(live=True, interval=0.05)
@@ -250,7 +250,7 @@ def test_without_a_running_loop_a_thread_refreshes_until_stop(writer: StoreWrite
         writer.write([step("run-f", 1, t0)])
         wait_for(lambda: sum(len(ids) for ids in widget.timeline.ids) == 2, "the new step")
     finally:
-        widget.stop()
+        widget.button.click()  # the Stop button above the figure
     widget._poller._thread.join(timeout=10)
     assert not widget._poller._thread.is_alive()
     assert widget.button.disabled and "stopped" in widget.status.value
