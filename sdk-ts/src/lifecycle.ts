@@ -20,15 +20,19 @@ import type { Recorder } from "./recorder.js";
 export type EndReason = "exit" | "shutdown" | "new_run" | "exception" | "signal";
 
 const ORIGIN = "lifecycle";
-/** Run ids this process published a start for, and those it already ended. */
+/** Runs (workflow and run id) this process published a start for, and those it ended. */
 const started = new Set<string>();
 const ended = new Set<string>();
 
-/** Publish the run's start event (once per run id per process); `at`: when `init()` ran. */
+function runKey(rec: Recorder): string {
+  return JSON.stringify([rec.config.workflow, rec.config.runId]);
+}
+
+/** Publish the run's start event (once per run per process); `at`: when `init()` ran. */
 export function startRun(rec: Recorder, at: bigint): void {
-  const runId = rec.config.runId;
-  if (started.has(runId) || ended.has(runId)) return;
-  started.add(runId);
+  const key = runKey(rec);
+  if (started.has(key)) return;
+  started.add(key);
   rec.safely(ORIGIN, () => rec.submit(runEvent(rec, at, "ok", {}, null), ORIGIN));
 }
 
@@ -37,13 +41,17 @@ export function startRun(rec: Recorder, at: bigint): void {
  * what killed the program (the thrown value, or the signal's name) for `exception`/`signal`.
  */
 export function endRun(rec: Recorder, reason: EndReason, failure?: unknown): void {
-  const runId = rec.config.runId;
-  if (!started.has(runId) || ended.has(runId)) return;
-  ended.add(runId);
+  const key = runKey(rec);
+  if (!started.has(key) || ended.has(key)) return;
+  ended.add(key);
   rec.safely(ORIGIN, () => {
     const response: Record<string, unknown> = { reason };
     let error = null;
-    if (reason === "exception") error = errorInfo(failure);
+    if (reason === "exception") {
+      // Names too (`password=…`), as the Python SDK redacts the message of a run's end.
+      const info = errorInfo(failure);
+      error = { type: info.type, message: rec.redactor.text(info.message) };
+    }
     if (reason === "signal") {
       response.signal = String(failure);
       error = { type: "Signal", message: String(failure) };

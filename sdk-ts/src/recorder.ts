@@ -149,8 +149,10 @@ export function init(options: InitOptions = {}): SDKConfig | null {
   if (isDisabled()) return null;
   const config = resolveConfig(options);
   const previous = recorder;
-  // Another run id ends the previous run, through its own sink (which may close just below).
-  if (previous && previous.config.runId !== config.runId) endRun(previous, "new_run");
+  // Another run ends the previous one, through its own sink (which may close just below).
+  if (previous && (previous.config.runId !== config.runId || previous.config.workflow !== config.workflow)) {
+    endRun(previous, "new_run");
+  }
   let sink: BatchingSink;
   if (previous && sameDestination(previous.config, config)) {
     sink = previous.sink;

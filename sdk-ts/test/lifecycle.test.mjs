@@ -3,11 +3,15 @@
 // call process.exit(), shutdown() or get SIGTERM, into the spool and a real redis-server.
 // Node's own way of dying must not change: same stderr stack, exit code or signal.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
-  assertValid, removeDir, runScript, schemaValidator, spoolEvents, startHttp, startRedis, startScript,
-  tempDir, userProject,
+  REPO_DIR, assertValid, cleanEnv, removeDir, runScript, schemaValidator, spoolEvents, startHttp, startRedis,
+  startScript, tempDir, userProject,
 } from "./helpers.mjs";
+
+const PYTHON = join(REPO_DIR, ".venv", "bin", "python");
 
 const INIT = `
 import { init, shutdown, trace } from "@tracelab/sdk";
@@ -117,7 +121,7 @@ for (const [name, makeSink] of Object.entries(SINKS)) {
       const run = await runScript(dir, "throws.mjs", `${INIT}
         await fetch(process.env.TEST_HTTP).then((r) => r.text());
         class PaymentDeclined extends Error {}
-        throw new PaymentDeclined("card refused for key sk_live_abcdefghijklmnop");
+        throw new PaymentDeclined("card refused for key sk_live_abcdefghijklmnop, password=hunter2");
       `, { ...sink.env, TEST_HTTP: server.url });
       assert.equal(run.code, 1);
       assert.match(run.stderr, /PaymentDeclined.*: card refused for key sk_live_abcdefghijklmnop/);
@@ -127,7 +131,7 @@ for (const [name, makeSink] of Object.entries(SINKS)) {
       assert.equal(runs.length, 2);
       assertStart(runs[0]);
       assertEnd(runs[1], runs[0], "exception", "error",
-        { type: "PaymentDeclined", message: "card refused for key [REDACTED]" });
+        { type: "PaymentDeclined", message: "card refused for key [REDACTED], password=[REDACTED]" });
     });
 
     it("an unhandled rejection ends the run as an exception, exit code unchanged", async () => {
@@ -198,14 +202,18 @@ describe("run lifecycle: re-init and programs that handle things themselves", ()
       init({ workflowName: "ts-life", serviceName: "life-svc", runId: "run-a", tags: { again: "1" } });
       init({ workflowName: "ts-life", serviceName: "life-svc", runId: "run-b" });
       init({ workflowName: "ts-life", serviceName: "life-svc", runId: "run-a" });
+      init({ workflowName: "ts-other", serviceName: "life-svc", runId: "run-a" });
     `, sink.env);
     assert.equal(run.code, 0, run.stderr);
     const { runs } = split(await sink.events());
-    assert.deepEqual(runs.map((e) => [e.run_id, e.endpoint, e.response.reason ?? null]), [
-      ["run-a", "start", null],
-      ["run-a", "end", "new_run"],
-      ["run-b", "start", null],
-      ["run-b", "end", "new_run"],
+    // a run is its workflow and run id; one already ended here is not started again
+    assert.deepEqual(runs.map((e) => [e.workflow, e.run_id, e.endpoint, e.response.reason ?? null]), [
+      ["ts-life", "run-a", "start", null],
+      ["ts-life", "run-a", "end", "new_run"],
+      ["ts-life", "run-b", "start", null],
+      ["ts-life", "run-b", "end", "new_run"],
+      ["ts-other", "run-a", "start", null],
+      ["ts-other", "run-a", "end", "exit"],
     ]);
   });
 
@@ -240,5 +248,39 @@ describe("run lifecycle: re-init and programs that handle things themselves", ()
     const { runs } = split(await sink.events());
     assert.equal(runs.length, 2);
     assertEnd(runs[1], runs[0], "exit", "ok");
+  });
+});
+
+describe("run lifecycle: the same events as the Python SDK's", () => {
+  // Everything but what differs by nature: ids, times, the process, the SDK, and the tags
+  // (the Python SDK adds `command.argv` to every event of its runs).
+  const comparable = ({ event_id, run_id, started_at, pid, source, sdk_version, tags, ...rest }) => rest;
+
+  it("a normal exit and an uncaught exception give field-for-field the Python SDK's start and end", async () => {
+    const message = "card refused for key sk_live_abcdefghijklmnop, password=hunter2";
+    for (const fails of [false, true]) {
+      const tsHome = tempDir("tracelab-home-");
+      const ts = await runScript(dir, "parity.mjs", `${INIT}
+        class PaymentDeclined extends Error {}
+        if (${fails}) throw new PaymentDeclined(${JSON.stringify(message)});
+      `, { TRACELAB_HOME: tsHome });
+      assert.equal(ts.code, fails ? 1 : 0, ts.stderr);
+      const pyHome = tempDir("tracelab-home-");
+      const py = spawnSync(PYTHON, ["-c", [
+        "import tracelab",
+        'tracelab.init(workflow_name="ts-life", service_name="life-svc", tags={"team": "core"})',
+        "class PaymentDeclined(Exception): pass",
+        `if ${fails ? "True" : "False"}: raise PaymentDeclined(${JSON.stringify(message)})`,
+      ].join("\n")], { cwd: REPO_DIR, env: { ...cleanEnv(), TRACELAB_HOME: pyHome }, encoding: "utf8" });
+      assert.equal(py.status, fails ? 1 : 0, py.stderr);
+      const tsRuns = spoolEvents(tsHome).runs.map((e) => e.event);
+      const pyRuns = spoolEvents(pyHome).runs.map((e) => e.event);
+      assert.equal(tsRuns.length, 2);
+      assert.deepEqual(tsRuns.map((e) => Object.keys(e).sort()), pyRuns.map((e) => Object.keys(e).sort()));
+      assert.deepEqual(tsRuns.map(comparable), pyRuns.map(comparable));
+      assert.equal(tsRuns[0].source, "sdk-ts");
+      removeDir(tsHome);
+      removeDir(pyHome);
+    }
   });
 });
