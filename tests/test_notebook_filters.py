@@ -10,6 +10,7 @@ against a plain-Python reading of them with hypothesis.
 from __future__ import annotations
 
 from collections.abc import Iterator
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 import tracelab as tl
 from tracelab.notebook.timeline import WEBGL_MIN_EVENTS
 from tracelab.notebook.view import SpanTree, StepFilter, step_view
+from test_jupyterlab_browser import CHROMIUM, jupyter_lab  # noqa: F401  (a fixture)
 
 BASE_NS = 1_714_521_600 * 10**9
 RUN = "agent-run"
@@ -351,6 +353,55 @@ def test_big_run_payloads_stay_lazy_after_refiltering(big_events: list[dict]) ->
     first = ids_where(big_events, lambda e: e["status"] == "ok")[5]
     click(widget, first)
     assert f"payload-marker-{first[3:]}" in widget.panel.value
+
+
+# -- the controls in a real JupyterLab ----------------------------------------------------------
+
+def test_controls_hide_bars_in_jupyterlab(jupyter_lab: str, tmp_path: Path) -> None:
+    """JupyterLab in headless Chromium: the `%%tracelab_record` cell's timeline shows its
+    controls above the figure; typing into the endpoint filter hides the other bars, and
+    clearing it brings them back (the front end's own widgets, through the kernel)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        try:
+            page.goto(jupyter_lab)
+            page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle")).wait_for(
+                timeout=60_000)
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            bars = page.locator(".js-plotly-plot .barlayer .point")
+            bars.first.wait_for(timeout=90_000)
+            assert bars.count() == 8
+            text = page.locator("input[placeholder='contains …']")
+            figure_box = page.locator(".js-plotly-plot").first.bounding_box()
+            text_box = text.bounding_box()
+            assert text_box is not None and figure_box is not None
+            assert text_box["y"] < figure_box["y"]  # the controls sit above the figure
+            text.fill("/status")
+            text.press("Enter")
+            page.wait_for_function(
+                "document.querySelectorAll('.js-plotly-plot .barlayer .point').length === 1",
+                timeout=30_000)
+            info = page.get_by_text("1 of 8 steps shown")
+            info.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "filtered.png"), full_page=True)
+            page.get_by_role("button", name="clear filters").click()
+            page.wait_for_function(
+                "document.querySelectorAll('.js-plotly-plot .barlayer .point').length === 8",
+                timeout=30_000)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "jupyterlab.png"), full_page=True)
+            print("screenshot:", tmp_path / "jupyterlab.png")
+            raise
+        finally:
+            browser.close()
 
 
 # -- the pure rules, property-based -----------------------------------------------------------

@@ -650,8 +650,9 @@ class ExecutionTimeline(TimelineWidget):
         def tags(name: str, chosen: frozenset[str] | None) -> widgets.TagsInput:
             return widgets.TagsInput(value=[], allowed_tags=values(name, chosen),
                                      allow_duplicates=False, description=name,
-                                     placeholder=f"any {name}",
-                                     layout=widgets.Layout(width="32%"))
+                                     placeholder=f"any {name}", tooltip=f"only these {name}s",
+                                     layout=widgets.Layout(width="auto",
+                                                           margin="2px 12px 2px 0"))
 
         f = self._filters
         self._kind, self._target, self._status = (tags("kind", f.kind),
