@@ -190,6 +190,27 @@ def test_a_filtered_live_timeline_draws_only_matching_new_steps_and_a_view_chang
     assert sum(len(ids) for ids in widget.timeline.ids) == 5
 
 
+def test_a_big_run_gets_its_new_steps_as_webgl_segments(writer: StoreWriter,
+                                                        stopped_after: list[Any]) -> None:
+    """From 2,000 steps the timeline is WebGL; live steps join it as `scattergl` segments
+    (three points per step) whose clicks still name their step."""
+    from tracelab.notebook.timeline import WEBGL_MIN_EVENTS
+
+    t0 = time.time_ns()
+    writer.write([step("run-big", i, t0) for i in range(WEBGL_MIN_EVENTS)])
+    widget = tl.execution("run-big").timeline(live=True, interval=3600)
+    stopped_after.append(widget)
+    drawn = len(widget.figure.data)
+    assert {t.type for t in widget.figure.data} == {"scattergl"}
+    late = step("run-big", WEBGL_MIN_EVENTS, t0, status="error")
+    writer.write([late])
+    widget.refresh()
+    added = widget.figure.data[drawn:]
+    assert [t.type for t in added] == ["scattergl"] and len(added[0].x) == 3
+    click(widget.figure, len(widget.figure.data) - 1, 1)
+    assert late["event_id"] in widget.timeline.panel.value
+
+
 def test_many_refreshes_fold_into_few_traces_without_losing_a_step(
         writer: StoreWriter, stopped_after: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(live_module, "MAX_LIVE_TRACES", 4)

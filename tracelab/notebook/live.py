@@ -304,6 +304,11 @@ class LiveExecution(LiveWidget):
         self._relayout(new_lanes=len(self._labels) != lanes_before, first_steps=first_steps)
         self._grow_static(columns)
         self._drawn = tuple(self.figure.data)
+        if isinstance(getattr(self.timeline, "shown", None), int):  # the view's step count
+            self.timeline.shown += len(new)
+        sync = getattr(self.timeline, "_sync_controls", None)
+        if callable(sync):
+            sync()
 
     def _lane(self, label: str) -> int:
         if label not in self._labels:
