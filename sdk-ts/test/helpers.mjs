@@ -29,13 +29,17 @@ export function tempDir(prefix = "tracelab-ts-") {
   return mkdtempSync(join(tmpdir(), prefix));
 }
 
-/** A real redis-server on a free loopback port; `stop()` kills it. */
-export async function startRedis() {
+/**
+ * A real redis-server on a free loopback port; `stop()` kills it. With `password` it requires
+ * one (the URL carries it); `db` is the database number in the URL (and of the test client).
+ */
+export async function startRedis({ password = null, db = 0 } = {}) {
   const port = await freePort();
   const dir = tempDir("tracelab-redis-");
+  const auth = password ? ["--requirepass", password] : [];
   const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "",
-    "--appendonly", "no", "--dir", dir, "--protected-mode", "no"], { stdio: "ignore" });
-  const url = `redis://127.0.0.1:${port}/0`;
+    "--appendonly", "no", "--dir", dir, "--protected-mode", "no", ...auth], { stdio: "ignore" });
+  const url = `redis://${password ? `:${encodeURIComponent(password)}@` : ""}127.0.0.1:${port}/${db}`;
   const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
   client.on("error", () => {});
   const deadline = Date.now() + 10000;

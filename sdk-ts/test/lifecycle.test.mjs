@@ -251,6 +251,24 @@ describe("run lifecycle: re-init and programs that handle things themselves", ()
   });
 });
 
+describe("run lifecycle: a crash's end reaches a Redis that needs a password, in its database", () => {
+  it("AUTH and SELECT before the synchronous XADD", async () => {
+    const secured = await startRedis({ password: "s3cret/pw", db: 3 });
+    try {
+      const run = await runScript(dir, "auth.mjs", `${INIT}
+        throw new Error("late");
+      `, { TRACELAB_REDIS_URL: secured.url, TRACELAB_FLUSH_INTERVAL: "30" });
+      assert.equal(run.code, 1);
+      const runs = (await secured.events("trace.events", { withRuns: true })).map((e) => e.event);
+      assert.deepEqual(runs.map((e) => [e.endpoint, e.response.reason ?? null]), [["start", null], ["end", "exception"]]);
+      await secured.client.select(0);
+      assert.equal(await secured.client.xlen("trace.events"), 0);
+    } finally {
+      await secured.stop();
+    }
+  });
+});
+
 describe("run lifecycle: the same events as the Python SDK's", () => {
   // Everything but what differs by nature: ids, times, the process, the SDK, and the tags
   // (the Python SDK adds `command.argv` to every event of its runs).

@@ -7,9 +7,12 @@
  * got a non-error reply. It is bounded by the shutdown timeout; a refused connection fails at
  * once. The child loads nothing but Node's `net`/`tls` (NODE_OPTIONS is dropped, so a preload
  * of the app's can't run in it). Supports `redis://` and `rediss://` URLs with user, password
- * and database number, like the URLs ioredis accepts for TCP.
+ * and database number, like the URLs ioredis accepts for TCP. Only when the running binary is
+ * Node itself: in a single-executable app, Electron or a packaged binary, `process.execPath`
+ * is the app, and running it again would start the app, not this script.
  */
 import { spawnSync } from "node:child_process";
+import { basename } from "node:path";
 
 const CHILD = String.raw`
 const net = require("net"), tls = require("tls");
@@ -61,10 +64,15 @@ process.stdin.on("data", (c) => chunks.push(c)).on("end", () => {
 });
 `;
 
+const NODE_BINARY = /^node[\d.]*(?:js)?(?:\.exe)?$/i;
+
 /** XADD `lines` to `stream` before returning; throws when Redis did not take every one. */
 export function xaddSync(url: string, stream: string, maxlen: number | null, lines: string[], timeoutMs: number): void {
   const scheme = url.slice(0, url.indexOf(":"));
   if (scheme !== "redis" && scheme !== "rediss") throw new Error(`no synchronous write for ${scheme}: URLs`);
+  if (!NODE_BINARY.test(basename(process.execPath))) {
+    throw new Error(`no synchronous write: ${basename(process.execPath)} is not the node binary`);
+  }
   const env = { ...process.env };
   delete env.NODE_OPTIONS;
   const result = spawnSync(process.execPath, ["-e", CHILD], {
