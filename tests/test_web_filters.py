@@ -63,6 +63,13 @@ def site(tmp_path_factory) -> Iterator[dict]:
     build_ui()
     home = tmp_path_factory.mktemp("filters") / "home"
     write(home, tree_events("tree"))
+    proxied = tree_events("proxied", [
+        ("p-llm", None, "http", "api.openai.com", "POST /v1/chat/completions", 0, 100, "ok",
+         "proxy"),
+        ("p-plain", None, "http", "api.stripe.com", "POST /v1/charges", 200, 50, "ok", "proxy"),
+    ])
+    proxied[0]["tags"] = {"llm.provider": "openai", "llm.model": "gpt-4o-mini"}
+    write(home, proxied)
     api_port, ui_port = free_port(), free_port()
     env = clean_env(home) | {"TRACELAB_STREAM_POLL": "0.25"}
     log_path = home.parent / "serve.log"
@@ -283,3 +290,15 @@ def test_live_steps_go_through_the_active_filters(site, watched):
     page.get_by_role("button", name="Clear filters").click()  # clears the fold as well
     colours = shown(page, 10)
     assert colours["error"] > 0 and "POST /v1/folded" in endpoints(page)
+
+
+def test_llm_and_tools_keeps_a_call_its_llm_tags_name_whatever_its_kind(site, watched):
+    """The proxy records a model call as kind http with llm.* tags: the switch keeps it, as the
+    query layer and the notebook's timeline count it (tracelab/store/llm.py)."""
+    page = watched.page
+    page.goto(site["base"] + "/executions/proxied")
+    shown(page, 2)
+    page.get_by_label("LLM & tools only").check()
+    shown(page, 1)
+    assert endpoints(page) == ["POST /v1/chat/completions"]
+    assert query(page) == {"llm": ["1"]}

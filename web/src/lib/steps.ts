@@ -23,6 +23,7 @@ export interface Steps {
   faultAction: (string | null)[]; // tag `fault.action`: status, reset, timeout, latency, ...
   replay: (string | null)[]; // tag `replay`: hit | miss | passthrough | fault
   tokens: (string | null)[]; // an LLM call's tokens (tags llm.*_tokens), as the hover shows them
+  llm: Uint8Array; // 1: an LLM call by its tags (llm.provider, llm.model or a token count)
   cost: (number | null)[]; // an LLM call's USD cost, priced by the query layer (llm_cost_usd)
   // derived
   depth: Int32Array;
@@ -82,9 +83,13 @@ interface StepTags {
   faultAction: string | null;
   replay: string | null;
   tokens: string | null;
+  llm: boolean;
 }
 
-const NO_TAGS: StepTags = { fault: null, faultAction: null, replay: null, tokens: null };
+const NO_TAGS: StepTags = { fault: null, faultAction: null, replay: null, tokens: null, llm: false };
+
+/** The tags that make a step an LLM call, as the query layer counts them (store/llm.py). */
+const LLM_CALL_KEYS = ["llm.provider", "llm.model", "llm.input_tokens", "llm.output_tokens", "llm.total_tokens"];
 
 function str(v: unknown): string | null {
   return v === null || v === undefined ? null : String(v);
@@ -93,7 +98,7 @@ function str(v: unknown): string | null {
 function stepTags(tags: Record<string, unknown> | null | undefined): StepTags {
   if (!tags) return NO_TAGS;
   return { fault: str(tags["fault"]), faultAction: str(tags["fault.action"]), replay: str(tags["replay"]),
-    tokens: tokensText(tags) };
+    tokens: tokensText(tags), llm: LLM_CALL_KEYS.some((k) => tags[k] !== undefined && tags[k] !== null) };
 }
 
 /** `120 in (100 cached) · 30 out tokens`, from the canonical llm.* tags; null for other calls. */
@@ -113,7 +118,8 @@ function tagColumns(texts: (string | null)[] | undefined, n: number) {
   const faultAction = new Array<string | null>(n).fill(null);
   const replay = new Array<string | null>(n).fill(null);
   const tokens = new Array<string | null>(n).fill(null);
-  if (!texts) return { fault, faultAction, replay, tokens };
+  const llm = new Uint8Array(n);
+  if (!texts) return { fault, faultAction, replay, tokens, llm };
   const parsed = new Map<string, StepTags>();
   for (let i = 0; i < n; i++) {
     const text = texts[i];
@@ -132,8 +138,9 @@ function tagColumns(texts: (string | null)[] | undefined, n: number) {
     faultAction[i] = t.faultAction;
     replay[i] = t.replay;
     tokens[i] = t.tokens;
+    llm[i] = t.llm ? 1 : 0;
   }
-  return { fault, faultAction, replay, tokens };
+  return { fault, faultAction, replay, tokens, llm };
 }
 
 type Raw = Omit<Steps, "depth" | "orphan" | "order" | "pos" | "size" | "parentOf" | "byStart" | "spanIndex"
@@ -199,6 +206,7 @@ export function appendRows(s: Steps, rows: EventRow[], shift: number): Steps {
     faultAction: [...s.faultAction, ...freshTags.map((t) => t.faultAction)],
     replay: [...s.replay, ...freshTags.map((t) => t.replay)],
     tokens: [...s.tokens, ...freshTags.map((t) => t.tokens)],
+    llm: Uint8Array.from([...s.llm, ...freshTags.map((t) => (t.llm ? 1 : 0))]),
     cost: [...s.cost, ...fresh.map((r) => r.llm_cost_usd ?? null)],
   };
   return layout(raw);
@@ -340,7 +348,7 @@ export interface StepFilter {
   kinds: string[]; // any of these kinds (none: all)
   targets: string[];
   statuses: string[];
-  minMs: number | null; // latency above this many ms
+  minMs: number | null; // latency above this many ms (0 or null: no threshold)
   llmTools: boolean; // LLM calls and tools only
   collapsed: string[]; // span ids whose descendants are hidden
   root: string | null; // only this span and its descendants
@@ -352,7 +360,8 @@ export const NO_FILTER: StepFilter = {
 };
 
 /** Kinds the "LLM and tools" switch keeps: model calls, and the functions an agent runs as its
- * tools (traced functions, `tool` steps); any step with LLM token tags counts as an LLM call. */
+ * tools (traced functions, `tool` steps); a step whose tags make it an LLM call counts too. The
+ * notebook's timeline keeps the same (tracelab/notebook/view.py). */
 export const LLM_TOOL_KINDS = new Set(["llm", "tool", "function"]);
 
 export interface Selection {
@@ -374,7 +383,7 @@ export function selectSteps(s: Steps, f: StepFilter): Selection {
   const targets = f.targets.length ? new Set(f.targets) : null;
   const statuses = f.statuses.length ? new Set(f.statuses) : null;
   const collapsed = f.collapsed.length ? new Set(f.collapsed) : null;
-  const minMs = f.minMs;
+  const minMs = f.minMs ? f.minMs : null;
   let from = 0;
   let to = s.n;
   let root: number | null = null;
@@ -400,7 +409,7 @@ export function selectSteps(s: Steps, f: StepFilter): Selection {
     if (targets && !targets.has(s.target[i])) continue;
     if (statuses && !statuses.has(s.status[i])) continue;
     if (minMs !== null && !(s.latency[i] > minMs)) continue;
-    if (f.llmTools && !LLM_TOOL_KINDS.has(s.kind[i]) && s.tokens[i] === null) continue;
+    if (f.llmTools && !LLM_TOOL_KINDS.has(s.kind[i]) && !s.llm[i]) continue;
     if (q && !haystack(s, i).includes(q)) continue;
     out.push(i);
     visible[i] = 1;
