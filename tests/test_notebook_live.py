@@ -130,6 +130,9 @@ def test_new_steps_are_appended_traces_and_the_drawn_ones_are_never_resent(
     assert sorted(legend) == ["error", "ok"]
     assert "7 events · 2 errors" in figure.layout.title.text
     assert sum(len(ids) for ids in widget.timeline.ids) == 7
+    # front ends without widgets get the static SVG, live steps included
+    svg = widget._repr_mimebundle_()["image/svg+xml"]
+    assert ">worker</text>" in svg and "7 events" in svg
 
     # a refresh with nothing new sends nothing to the front end
     before = len(wire.sent)
