@@ -302,3 +302,39 @@ def test_llm_and_tools_keeps_a_call_its_llm_tags_name_whatever_its_kind(site, wa
     shown(page, 1)
     assert endpoints(page) == ["POST /v1/chat/completions"]
     assert query(page) == {"llm": ["1"]}
+
+
+def lifecycle(run_id: str, endpoint: str, at_ns: int, status: str = "ok",
+              reason: str = "exit") -> dict[str, Any]:
+    """A run's start or end event, as the contract has them (spec/README.md, Run lifecycle)."""
+    event = make_event("agents", run_id, started_at=at_ns, service="agent", target="agent",
+                       kind="run", endpoint=endpoint, latency_ms=0.0, status=status,
+                       status_code=None, request={}, response={} if endpoint == "start"
+                       else {"reason": reason}, span_id=None)
+    if status == "error":
+        event["error"] = {"type": "ValueError", "message": "boom"}
+    else:
+        event.pop("error", None)
+    return event
+
+
+def test_the_header_shows_the_runs_state_and_follows_its_end_live(site, watched):
+    home = site["home"]
+    now = time.time_ns()
+    write(home, [lifecycle("crashed", "start", BASE_NS),
+                 *tree_events("crashed", TREE[:1]),
+                 lifecycle("crashed", "end", BASE_NS + 2_000_000_000, "error", "exception")])
+    write(home, [lifecycle("going", "start", now - 1_000_000_000),
+                 make_event("agents", "going", started_at=now - 500_000_000, service="agent")])
+    page = watched.page
+    page.goto(site["base"] + "/executions/tree")  # no lifecycle events, long quiet: finished
+    assert page.get_by_test_id("state").get_attribute("data-state") == "finished"
+    page.goto(site["base"] + "/executions/crashed")
+    assert page.get_by_test_id("state").inner_text() == "failed"
+    page.goto(site["base"] + "/executions/going")
+    badge = page.get_by_test_id("state")
+    assert badge.inner_text() == "running"
+    page.get_by_text("● live").wait_for()
+    write(home, [lifecycle("going", "end", time.time_ns())])
+    page.locator("[data-testid=state][data-state=finished]").wait_for(timeout=20_000)
+    assert page.get_by_text("running", exact=True).count() == 0

@@ -7,6 +7,7 @@ import { useLive } from "../lib/live";
 import Gantt from "../components/Gantt";
 import StepTable from "../components/StepTable";
 import SidePanel from "../components/SidePanel";
+import { StateBadge } from "../components/StateBadge";
 import FilterBar, { toggled, useStepFilter, type UpdateFilter } from "../components/Filters";
 
 interface State {
@@ -118,7 +119,7 @@ export default function Execution() {
         <div className="exec-head">
           <h1 className="mono">{summary.run_id}</h1>
           <span className={`badge ${summary.status === "error" ? "bad-bg" : "good-bg"}`}>{summary.status}</span>
-          {summary.active && <span className="badge live" title="events landed in the last 30 s">running</span>}
+          <StateBadge state={summary.state} />
           <span className="muted">{fmtTime(summary.started_at)}</span>
           <span>· {fmtMs(Math.max(summary.duration_ms, steps.end))}</span>
           <span>· {fmtCount(steps.n)} steps</span>
