@@ -229,6 +229,42 @@ def test_collapse_button_toggles_the_clicked_span(agent: list[dict]) -> None:
     assert widget.collapsed == () and figure_points(widget) == len(agent)
 
 
+def front_end_click(widget, event_id: str, **keys: bool) -> None:
+    """A click as JupyterLab sends it: the FigureWidget's synced message trait is set (with
+    the modifier keys held), Plotly dispatches it to the traces, then clears it."""
+    for index, ids in enumerate(widget.ids):
+        hits = [p for p, e in enumerate(ids) if str(e) == event_id]
+        if hits:
+            widget.figure._js2py_pointsCallback = {
+                "event_type": "plotly_click",
+                "points": {"trace_indexes": [index], "point_indexes": [hits[0]],
+                           "xs": [0], "ys": [0]},
+                "device_state": {"alt": False, "ctrl": False, "meta": False, "shift": False,
+                                 "button": 0, "buttons": 1, **keys},
+                "selector": None}
+            return
+    raise AssertionError(f"{event_id} is not drawn")
+
+
+def test_shift_click_on_a_span_bar_collapses_and_expands_it(agent: list[dict]) -> None:
+    widget = tl.execution(RUN).timeline()
+    front_end_click(widget, "ev-000002")  # a plain click only shows the payload
+    assert "payload-marker-000002" in widget.panel.value and widget.collapsed == ()
+    assert "shift-click: collapse" in hover_text(widget)
+    front_end_click(widget, "ev-000002", shift=True)
+    assert widget.collapsed == ("s-tool-a",)
+    assert "ev-000003" not in shown_ids(widget) and "ev-000004" not in shown_ids(widget)
+    assert "collapsed: 2 nested steps hidden" in hover_text(widget)
+    outlined = [(str(i), w) for trace in widget.figure.data if trace.name == "ok"
+                for i, w in zip(widget.ids[list(widget.figure.data).index(trace)],
+                                np.atleast_1d(trace.marker.line.width)) if w]
+    assert outlined == [("ev-000002", 2.5)]  # the collapsed span's bar is outlined
+    front_end_click(widget, "ev-000002", alt=True)
+    assert widget.collapsed == () and "ev-000004" in shown_ids(widget)
+    front_end_click(widget, "ev-000008", shift=True)  # nothing nested: nothing to fold
+    assert widget.collapsed == () and figure_points(widget) == len(agent)
+
+
 def test_reroot_shows_one_span_and_a_way_back(agent: list[dict]) -> None:
     widget = tl.execution(RUN).timeline(root="s-tool-a")
     assert shown_ids(widget) == ["ev-000002", "ev-000003", "ev-000004"]

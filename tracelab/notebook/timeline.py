@@ -38,6 +38,7 @@ from tracelab.notebook.view import SpanTree, StepFilter, View, span_row, step_vi
 
 STATUS_COLORS = {"ok": "#4C78A8", "error": "#E45756"}
 OTHER_COLOR = "#9E9E9E"
+COLLAPSED_COLOR = "#222222"  # the outline of a collapsed span's bar
 FAULT_COLOR = "#F58518"
 FAULT_TRACE = "fault"  # the trace (and legend entry) holding every faulted call
 FAULT_TAG, FAULT_ACTION_TAG, FAULT_RULE_TAG, REPLAY_TAG = \
@@ -476,11 +477,13 @@ def _draw(run: _Run, view: View, title: str | None) -> tuple[
     faulted = run.faulted[idx]
     ids = run.ids[idx]
     hover = run.hover[idx]
-    if view.hidden_under:
+    spans = np.flatnonzero(run.has_children[idx])
+    if len(spans):
         hover = hover.copy()
+        hover[spans] = hover[spans] + _EXPANDED_HINT
         for row, count in view.hidden_under.items():
             at = int(np.searchsorted(idx, row))
-            hover[at] = f"{hover[at]}<br><b>▸ collapsed: {count:,} nested steps hidden</b>"
+            hover[at] = run.hover[row] + _COLLAPSED_HINT.format(count=count)
     columns = {"base": rel, "x": width, "y": y, "hovertext": hover, "customdata": latency,
                "text": rel}
     options = {"hovertemplate": _EVENT_HOVER, "textposition": "none"}
@@ -496,6 +499,7 @@ def _draw(run: _Run, view: View, title: str | None) -> tuple[
                                        {key: values[faulted] for key, values in columns.items()},
                                        **options))
             trace_ids.append(ids[faulted])
+        _outline_collapsed(traces, trace_ids, run.ids[list(view.hidden_under)])
     errors = int((status == "error").sum())
     count = f"{shown:,} events" if shown == run.n else f"{shown:,} of {run.n:,} events"
     title = title or f"run {run.run_id} · {count} · {errors:,} errors · {format_ms(span)}"
@@ -512,14 +516,34 @@ def _draw(run: _Run, view: View, title: str | None) -> tuple[
     return traces, trace_ids, layout, static, title
 
 
+_EXPANDED_HINT = "<br><i>▾ shift-click: collapse</i>"
+_COLLAPSED_HINT = ("<br><b>▸ collapsed: {count:,} nested steps hidden</b> · "
+                   "<i>shift-click: expand</i>")
+
+
+def _outline_collapsed(traces: list[dict[str, Any]], trace_ids: list[np.ndarray],
+                       collapsed: np.ndarray) -> None:
+    """Give the bars of collapsed spans a dark outline (the fault trace keeps its own)."""
+    if not len(collapsed):
+        return
+    for trace, ids in zip(traces, trace_ids):
+        folded = np.isin(ids, collapsed)
+        if trace["name"] != FAULT_TRACE and folded.any():
+            trace["marker"] = {**trace["marker"], "line": {
+                "width": np.where(folded, 2.5, 0.0), "color": COLLAPSED_COLOR}}
+
+
 class ExecutionTimeline(TimelineWidget):
     """The Gantt of one execution with its view controls: filters that hide steps, collapsed
     spans and a re-rooted view, changed by keyword, by method or by the controls above the
     figure; every change redraws the same FigureWidget in place (its traces replaced, its
     payloads still loaded only on click).
 
-    The controls are the third child, drawn first (CSS `order`), so `children[0]` stays the
-    figure and `children[1]` the payload panel.
+    A click shows a step's payload; a shift- or alt-click on a span's bar collapses or
+    expands it (once Plotly has dispatched the click: a redraw inside the dispatch would pull
+    the traces from under it). The controls are the third child, drawn first (CSS `order`),
+    so `children[0]` stays the figure and `children[1]` the payload panel; `.control` names
+    them, `.shown` counts the steps drawn.
     """
 
     def __init__(self, run: _Run, load_event: Loader, *, filters: StepFilter,
@@ -532,6 +556,7 @@ class ExecutionTimeline(TimelineWidget):
         self._fixed_title = title
         self.selected: str | None = None
         self._quiet = False
+        self._pending_toggle: str | None = None
         view = self._view()
         self.shown = int(view.keep.sum())
         traces, trace_ids, layout, static, shown_title = _draw(run, view, title)
@@ -540,12 +565,14 @@ class ExecutionTimeline(TimelineWidget):
             event = load_event(event_id)
             return fault_html(event) + payload_html(event)
 
-        hint = "Click a bar to see that call's request and response here."
+        hint = ("Click a bar to see that call's request and response here; shift-click a "
+                "span's bar to collapse or expand it.")
         if controls:
-            hint += " A clicked span can then be collapsed or made the view's root above."
+            hint += " A clicked span can also be collapsed or made the view's root above."
         panel = _panel(hint)
         super().__init__(_figure(traces, layout), panel, ids=trace_ids, pick=pick,
                          static=static, title=shown_title)
+        self.figure.observe(self._after_points, names="_js2py_pointsCallback")
         self.controls: widgets.Box | None = None
         self.control: dict[str, widgets.DOMWidget] = {}
         if controls:
@@ -629,6 +656,26 @@ class ExecutionTimeline(TimelineWidget):
         self.selected = item_id
         super().select(item_id)
         self._sync_controls()
+
+    def _on_click_for(self, index: int) -> Callable[..., None]:
+        def on_click(trace: Any, points: Any, state: Any) -> None:
+            if not points.point_inds:
+                return
+            event_id = str(self.ids[index][points.point_inds[0]])
+            if state is not None and (state.shift or state.alt):
+                self._pending_toggle = event_id
+            self.select(event_id)
+        return on_click
+
+    def _after_points(self, change: dict[str, Any]) -> None:
+        """Plotly clears the click message once every trace has had it: toggle then."""
+        if change["new"] or self._pending_toggle is None:
+            return
+        event_id, self._pending_toggle = self._pending_toggle, None
+        self.selected = event_id
+        span = self._selected_span()
+        if span is not None:
+            self.toggle(span)
 
     def _selected_span(self) -> str | None:
         """The clicked step's span id when it has nested steps, else None."""
