@@ -15,15 +15,19 @@ Modes, each with its own TRACELAB_HOME and every setting at its default:
                 ingester batch (--flush-interval, 1 s after the batch's oldest event) ->
                 SSE watcher poll (TRACELAB_STREAM_POLL, 1 s).
   embedded      no server: the SDK appends to the spool; the spool reaches the store when the
-                agent calls `tracelab.flush()`/exits or when a reader asks the query layer,
-                never by the SSE watcher (it does not fold, by design). Here the reader is a
-                live notebook timeline (`tl.Execution(run).timeline(live=True)`, interval
-                1 s) running in this process. Stages: spool write (0.1 s) -> the widget's
-                refresh folds (1 s) -> SSE watcher poll (1 s).
+                agent calls `tracelab.flush()` or when a reader asks the query layer, never
+                by the SSE watcher (it does not fold, by design). Here the reader is the live
+                notebook timeline below. Stages: spool write (0.1 s) -> the widget's refresh
+                folds (1 s) -> SSE watcher poll (1 s).
   embedded-bare the same with no reader at all. `tracelab.shutdown()` closes the spool file
                 but does not fold it, and the SSE watcher does not fold: nothing reaches the
                 stream until some reader (a notebook, an API call) queries the store. Printed
                 as how many calls were seen within 5 s of the agent's exit.
+
+In `redis` and `embedded` a live notebook timeline of the run
+(`tl.Execution(run, workflow=wf).timeline(live=True)`, interval 1 s, on a thread of this
+process) is open too, and its "notebook" row times each call's step being sent to the widget's
+front end (the `Plotly.addTraces` message).
 
 Prints p50, p95 and max per mode and the bounding stages, and how many calls arrived inline in
 an `events` message (the rest arrived as the run's `execution` summary, on which the web UI
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import http.server
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -46,6 +51,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -177,9 +183,32 @@ def stop(proc: subprocess.Popen | None) -> None:
             proc.wait()
 
 
-def run_mode(mode: str, calls: int, vendor: str) -> tuple[list[float], int, int]:
-    """Latencies (ms) of the calls whose event arrived, how many calls were made, and how
-    many of them arrived inline in an `events` message."""
+@dataclass
+class Result:
+    mode: str
+    where: str              # "SSE" (GET /api/stream) or "notebook" (the live widget)
+    latencies: list[float]  # ms, of the calls whose event arrived
+    made: int               # calls made
+    inline: int | None = None  # SSE: arrived inline in an `events` message
+
+
+class Drawn:
+    """When the live widget sent each call's step to its front end (an appended trace)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, int] = {}
+
+    def note(self, change: dict) -> None:
+        now = time.time_ns()
+        for trace in (change["new"] or {}).get("trace_data", ()):
+            for text in trace.get("hovertext", ()):
+                match = re.search(r"/bench/(\d+)", str(text))
+                if match:
+                    self.seen.setdefault(int(match.group(1)), now)
+
+
+def run_mode(mode: str, calls: int, vendor: str) -> list[Result]:
+    """One mode: what the SSE stream saw, and (unless `embedded-bare`) the live widget."""
     work = Path(tempfile.mkdtemp(prefix=f"tl-bench-live-{mode}-"))
     home = work / "home"
     env = {k: v for k, v in os.environ.items()
@@ -188,6 +217,7 @@ def run_mode(mode: str, calls: int, vendor: str) -> tuple[list[float], int, int]
     tracelab_cmd = [sys.executable, "-m", "tracelab.cli"]
     procs: list[subprocess.Popen] = []
     stream = widget = None
+    drawn = Drawn()
     run_id = f"live-{mode}-{os.getpid()}"
     try:
         agent_args = [vendor, str(calls), run_id]
@@ -207,11 +237,12 @@ def run_mode(mode: str, calls: int, vendor: str) -> tuple[list[float], int, int]
         stream = Stream(api)
         stream.start()
         stream.hello.wait(10)
-        if mode == "embedded":
-            os.environ["TRACELAB_HOME"] = str(home)  # the reader: a live notebook timeline
+        if mode != "embedded-bare":
+            os.environ["TRACELAB_HOME"] = str(home)  # a live notebook timeline of the run
             import tracelab as tl
 
             widget = tl.Execution(run_id, workflow=WORKFLOW).timeline(live=True, interval=1.0)
+            widget.figure.observe(drawn.note, names=["_py2js_addTraces"])
         agent = subprocess.run([sys.executable, "-c", AGENT, *agent_args], env=env,
                                capture_output=True, text=True, timeout=calls * 2 + 60)
         if agent.returncode != 0:
@@ -221,8 +252,17 @@ def run_mode(mode: str, calls: int, vendor: str) -> tuple[list[float], int, int]
         deadline = time.monotonic() + (5 if mode == "embedded-bare" else 15)
         while len(stream.seen) < len(returned) and time.monotonic() < deadline:
             time.sleep(0.1)
-        latencies = [(stream.seen[i] - t) / 1e6 for i, t in returned.items() if i in stream.seen]
-        return latencies, len(returned), len(stream.inline & set(returned))
+        while widget is not None and len(drawn.seen) < len(returned) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        results = [Result(mode, "SSE", [(stream.seen[i] - t) / 1e6
+                                        for i, t in returned.items() if i in stream.seen],
+                          len(returned), len(stream.inline & set(returned)))]
+        if widget is not None:
+            results.append(Result(mode, "notebook", [(drawn.seen[i] - t) / 1e6
+                                                     for i, t in returned.items()
+                                                     if i in drawn.seen], len(returned)))
+        return results
     finally:
         if widget is not None:
             widget.stop()
@@ -234,9 +274,11 @@ def run_mode(mode: str, calls: int, vendor: str) -> tuple[list[float], int, int]
 
 
 BOUNDS = {
-    "redis": "SDK flush 0.1 s + ingester batch wait up to 1 s + SSE poll up to 1 s",
-    "embedded": "spool write 0.1 s + the live widget's fold up to 1 s + SSE poll up to 1 s",
-    "embedded-bare": "a reader: neither the agent's exit nor the SSE watcher folds the spool",
+    ("redis", "SSE"): "SDK flush 0.1 s + ingester batch wait 1 s + SSE poll up to 1 s",
+    ("redis", "notebook"): "SDK flush 0.1 s + ingester batch wait 1 s + widget refresh up to 1 s",
+    ("embedded", "SSE"): "spool write 0.1 s + the widget's fold up to 1 s + SSE poll up to 1 s",
+    ("embedded", "notebook"): "spool write 0.1 s + widget refresh (it folds) up to 1 s",
+    ("embedded-bare", "SSE"): "a reader: neither the agent's exit nor the SSE watcher folds",
 }
 
 
@@ -263,18 +305,19 @@ def main() -> int:
     vendor = f"http://127.0.0.1:{server.server_address[1]}"
     print(f"call returns in the agent -> its event on GET /api/stream; {args.calls} calls per "
           "mode, 0.2-0.6 s apart, default settings\n")
-    print(f"{'mode':<14} {'seen':>7} {'inline':>6} {'p50 ms':>9} {'p95 ms':>9} {'max ms':>9}"
-          "  bounded by")
+    print(f"{'mode':<14} {'seen on':<9} {'seen':>7} {'inline':>6} {'p50 ms':>9} {'p95 ms':>9} "
+          f"{'max ms':>9}  bounded by")
     try:
         for mode in modes:
-            latencies, made, inline = run_mode(mode, args.calls, vendor)
-            if latencies:
-                p50, p95 = statistics.median(latencies), percentile(latencies, 0.95)
-                figures = f"{p50:>9,.0f} {p95:>9,.0f} {max(latencies):>9,.0f}"
-            else:
-                figures = f"{'-':>9} {'-':>9} {'-':>9}"
-            print(f"{mode:<14} {len(latencies):>3}/{made:<3} {inline:>6} {figures}  {BOUNDS[mode]}",
-                  flush=True)
+            for r in run_mode(mode, args.calls, vendor):
+                if r.latencies:
+                    p50, p95 = statistics.median(r.latencies), percentile(r.latencies, 0.95)
+                    figures = f"{p50:>9,.0f} {p95:>9,.0f} {max(r.latencies):>9,.0f}"
+                else:
+                    figures = f"{'-':>9} {'-':>9} {'-':>9}"
+                inline = "" if r.inline is None else str(r.inline)
+                print(f"{r.mode:<14} {r.where:<9} {len(r.latencies):>3}/{r.made:<3} {inline:>6} "
+                      f"{figures}  {BOUNDS[r.mode, r.where]}", flush=True)
     finally:
         server.shutdown()
         server.server_close()
