@@ -131,6 +131,12 @@ def _run_node(project: Path, env: dict[str, str]) -> dict:
 
 
 def _check_nesting(events: list[dict], wf: str, run_id: str) -> None:
+    # The run's lifecycle (kind run) brackets the steps: start first, end(exit) last.
+    runs = [e for e in events if e["kind"] == "run"]
+    assert [(e["endpoint"], e["response"]) for e in runs] == [("start", {}), ("end", {"reason": "exit"})]
+    assert events[0] is runs[0] and events[-1] is runs[1]
+    assert all(e["source"] == "sdk-ts" and e["run_id"] == run_id for e in runs)
+    events = [e for e in events if e["kind"] != "run"]
     assert len(events) == 4, [e["endpoint"] for e in events]
     by_endpoint = {e["endpoint"]: e for e in events}
     assert set(by_endpoint) == {"plan", "step", "GET /v1/search", "POST /v1/fail"}
