@@ -173,6 +173,9 @@ def test_the_filter_bar_writes_the_url_and_a_link_opens_the_same_view(site, watc
     page.get_by_test_id("pick-kind").locator("summary").click()
     page.get_by_label("kind http").check()
     shown(page, 3)
+    assert page.get_by_label("kind llm").is_visible()  # open for more choices
+    page.get_by_label("Slower than (ms)").click()  # a click elsewhere closes the list
+    assert not page.get_by_label("kind llm").is_visible()
     page.get_by_label("Slower than (ms)").fill("40")
     shown(page, 1)
     assert endpoints(page) == ["GET /orders/42"]

@@ -1,7 +1,7 @@
 // The execution page's filter bar. Filters HIDE what does not match, in the Gantt and the step
 // table alike. Every part lives in the URL's query string (q, kind, target, status, min_ms, llm,
 // fold, root), so a filtered, collapsed or re-rooted view is a link that opens as it was.
-import { useCallback, useEffect, useMemo, useState } from "react";
+import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { useSearchParams } from "react-router";
 import { NO_FILTER, valueCounts, type StepFilter, type Steps } from "../lib/steps";
 import { fmtCount } from "../lib/format";
@@ -64,13 +64,28 @@ interface PickProps {
   onChange: (values: string[]) => void;
 }
 
-/** Any-of choice over one column's values, each with its step count. */
+/** Any-of choice over one column's values, each with its step count; open until a click
+ * elsewhere or Escape (several values are picked in one go). */
 function Pick({ label, counts, chosen, onChange }: PickProps) {
+  const box = useRef<HTMLDetailsElement>(null);
+  useEffect(() => {
+    const close = (e: Event) => {
+      const el = box.current;
+      if (!el?.open) return;
+      if (e instanceof KeyboardEvent ? e.key === "Escape" : !el.contains(e.target as Node)) el.open = false;
+    };
+    document.addEventListener("pointerdown", close);
+    document.addEventListener("keydown", close);
+    return () => {
+      document.removeEventListener("pointerdown", close);
+      document.removeEventListener("keydown", close);
+    };
+  }, []);
   const known = new Set(counts.map(([v]) => v));
   const all: [string, number][] = [...counts.slice(0, MAX_CHOICES), ...chosen.filter((v) => !known.has(v)).map((v): [string, number] => [v, 0])];
   const summary = chosen.length === 0 ? "all" : chosen.length <= 2 ? chosen.join(", ") : `${chosen.length} chosen`;
   return (
-    <details className={`pick${chosen.length ? " on" : ""}`} data-testid={`pick-${label}`}>
+    <details ref={box} className={`pick${chosen.length ? " on" : ""}`} data-testid={`pick-${label}`}>
       <summary>{label}: {summary}</summary>
       <div className="pick-list">
         {all.map(([value, count]) => (
