@@ -297,6 +297,15 @@ def test_a_failing_refresh_is_shown_and_the_widget_keeps_working(
     assert sum(len(ids) for ids in widget.timeline.ids) == 2
 
 
+def test_a_slow_refresh_stretches_the_wait_so_the_kernel_stays_mostly_idle() -> None:
+    poller = live_module.Poller(lambda: True, 1.0, lambda exc: None)
+    assert poller.wait_s == 1.0
+    poller.last_tick_s = 0.6  # a refresh of a huge run took 0.6 s
+    assert poller.wait_s == pytest.approx(0.6 * live_module.BACKOFF)
+    poller.last_tick_s = 0.01
+    assert poller.wait_s == 1.0
+
+
 def test_interval_must_be_positive(writer: StoreWriter) -> None:
     writer.write([step("run-h", 0, time.time_ns())])
     with pytest.raises(ValueError, match="interval must be a positive"):
