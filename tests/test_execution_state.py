@@ -6,6 +6,9 @@ publishes them. Old runs sit on 2024-05-01 (idle for years); recent ones are sta
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api_serve import Serve
+from api_serve import ROOT, Serve
+from conftest import free_port
 from event_factory import BASE_NS, make_event
 from tracelab.config import ConfigError
 from tracelab.events import validate
@@ -205,6 +209,21 @@ def test_summary_from_events_agrees_with_executions(runs):
         assert one["active"] is (one["state"] == "running")
 
 
+def test_notebook_shows_the_state(runs):
+    import tracelab as tl
+
+    runs_html = tl.executions("life")._repr_html_()
+    assert '3 <span class="tl-state tl-state-finished"' in runs_html
+    assert '<span class="tl-state tl-state-abandoned"' in runs_html
+    assert "<th>state</th>" in runs_html
+    assert '<span class="tl-state tl-state-failed"' in tl.execution("failed")._repr_html_()
+    # a run that has only started (no step yet) still shows, with its state
+    assert '<span class="tl-state tl-state-running"' in tl.execution("only-start")._repr_html_()
+    html = tl.execution("running", workflow="life")._repr_html_()
+    assert '<span class="tl-state tl-state-running"' in html and "2 events" in html
+    assert tl.executions("life").latencies()["count"].sum() == 2 * (len(EXPECTED) - 1)
+
+
 def test_watcher_tells_the_new_state_when_the_end_lands_and_never_sends_lifecycle_steps(
         tracelab_home, monkeypatch):
     layout = resolve_layout()
@@ -316,3 +335,84 @@ def test_run_states_follow_the_contract(cases):
             assert state in ("running", "finished")
         if x:
             assert state in ("running", "failed")
+
+
+# -- the executions page: a state badge per run, updated live ---------------------------------
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory) -> Iterator[dict]:
+    """`tracelab serve` with the built web UI over runs in every state, polled every 0.25 s."""
+    from test_web_ui import build_ui
+
+    build_ui()
+    home = tmp_path_factory.mktemp("state-ui") / "home"
+    layout = resolve_layout(str(home / "store"))
+    made = [old_run("finished"), old_run("failed", end="error"), old_run("abandoned", end=None),
+            recent_run("running")]
+    StoreWriter(layout).write([e for run in made for e in run])
+    api_port, ui_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELAB_")}
+    env.update(TRACELAB_HOME=str(home), TRACELAB_STREAM_POLL="0.25")
+    proc = subprocess.Popen([sys.executable, "-m", "tracelab.cli", "serve", "--port",
+                             str(api_port), "--ui-port", str(ui_port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{ui_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, "tracelab serve exited"
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "tracelab serve did not answer"
+            time.sleep(0.1)
+        yield {"base": base, "layout": layout}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def page(ui) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    from test_web_ui import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page()
+        page.set_default_timeout(15_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        yield page
+        browser.close()
+        assert errors == []
+
+
+def test_executions_page_shows_each_runs_state_and_the_end_landing(ui, page):
+    page.goto(ui["base"] + "/workflows/life")
+    page.get_by_text("● live").wait_for()
+    badge = "tr[data-run-id='{}'] [data-testid='state']"
+    for run_id, state in (("finished", "finished"), ("failed", "failed"),
+                          ("abandoned", "abandoned"), ("running", "running")):
+        assert page.locator(badge.format(run_id)).inner_text() == state
+    StoreWriter(ui["layout"]).write([lifecycle("life", "running", "end", time.time_ns())])
+    page.wait_for_selector(badge.format("running") + "[data-state='finished']",
+                           timeout=20_000)
+    assert page.locator("tr[data-run-id]").count() == 4
+
+
+def test_serve_refuses_a_bad_idle_setting(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELAB_")}
+    env.update(TRACELAB_HOME=str(tmp_path), TRACELAB_IDLE_S="ten minutes")
+    done = subprocess.run([sys.executable, "-m", "tracelab.cli", "serve", "--no-ui", "--port",
+                           str(free_port())], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0
+    assert "TRACELAB_IDLE_S='ten minutes' must be a positive number" in done.stderr

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 _EVENT_VIEW = ["started_at", "service", "kind", "target", "endpoint", "status", "status_code",
                "latency_ms", "event_id"]
-_RUN_VIEW = ["run_id", "started_at", "duration_ms", "events", "errors", "status", "services",
-             "targets", "tags", "llm_tokens", "llm_cost_usd"]
+_RUN_VIEW = ["run_id", "started_at", "duration_ms", "events", "errors", "status", "state",
+             "services", "targets", "tags", "llm_tokens", "llm_cost_usd"]
 
 
 def workflows() -> pd.DataFrame:
@@ -131,7 +131,7 @@ class Executions:
         return f"<Executions {self.workflow!r}: {len(self.df)} runs, {errors} with errors>"
 
     def _repr_html_(self) -> str:
-        from tracelab.notebook.repr import box, esc, frame_html
+        from tracelab.notebook.repr import box, esc, frame_html, states_html
 
         if self.df.empty:
             return box(f'<div class="tl-head">Executions of {esc(repr(self.workflow))}: '
@@ -139,7 +139,8 @@ class Executions:
         errors = int((self.df["status"] == "error").sum())
         first, last = self.df["started_at"].min(), self.df["started_at"].max()
         head = (f'<div class="tl-head">Executions of {esc(repr(self.workflow))}: '
-                f"{len(self.df):,} runs, {errors:,} with errors</div>"
+                f"{len(self.df):,} runs, {errors:,} with errors "
+                f"{states_html(self.df.get('state', ()))}</div>"
                 f'<div class="tl-dim">from {esc(first)} to {esc(last)} · '
                 f"<code>.df</code> for the DataFrame, <code>.timeline()</code> for the Gantt, "
                 f"<code>.latencies(by='target')</code>, <code>[0]</code> for the newest run"
@@ -169,8 +170,9 @@ class Execution:
 
     @property
     def workflow(self) -> str:
-        if self._workflow is None:
-            self._workflow = str(self.events["workflow"].iloc[0])
+        if self._workflow is None:  # a run with no step yet: its summary names it
+            self._workflow = str(self.events.attrs.get("execution", {}).get("workflow")
+                                 or self.events["workflow"].iloc[0])
         return self._workflow
 
     @property
@@ -294,7 +296,7 @@ class Execution:
         return f"<Execution {self.run_id!r}: {n} events, {errors} errors>"
 
     def _repr_html_(self) -> str:
-        from tracelab.notebook.repr import box, esc, format_ms, frame_html, join_names
+        from tracelab.notebook.repr import box, esc, format_ms, frame_html, join_names, state_html
 
         events = self.events
         n, errors = self._counts()
@@ -303,7 +305,8 @@ class Execution:
         duration = (ends.max() - starts.min()).total_seconds() * 1000 if n else 0.0
         head = (f'<div class="tl-head">Execution <code>{esc(self.run_id)}</code> of '
                 f"{esc(repr(self.workflow))}: {n:,} events, {errors:,} errors, "
-                f"{format_ms(duration)}</div>"
+                f"{format_ms(duration)} "
+                f"{state_html(events.attrs.get('execution', {}).get('state'))}</div>"
                 f'<div class="tl-dim">started {esc(starts.min())} · services '
                 f"{join_names(sorted(events['service'].dropna().unique()))} · targets "
                 f"{join_names(sorted(events['target'].dropna().unique()))}</div>"

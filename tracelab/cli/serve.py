@@ -84,6 +84,12 @@ def serve(args: argparse.Namespace, ingester: Any = None, *, name: str = "serve"
     if not args.no_ui and args.port == args.ui_port and args.port != 0:
         raise SystemExit(f"tracelab {name}: --port and --ui-port are both {args.port}; "
                          "give them different ports")
+    from tracelab.config import ConfigError, idle_seconds
+
+    try:  # read again per query; checked here so a bad value stops the server, not requests
+        idle_seconds()
+    except ConfigError as exc:
+        raise SystemExit(f"tracelab {name}: {exc}") from None
     # Imported before binding: without the `server` extra this raises ModuleNotFoundError,
     # which `tracelab.cli.main` turns into the install command.
     import asyncio

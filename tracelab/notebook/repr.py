@@ -38,6 +38,11 @@ _STYLE = (
     ".tl-box .tl-role-assistant{border-color:#43a047}.tl-box .tl-role-tool{border-color:#fb8c00}"
     ".tl-box .tl-completion{background:var(--jp-layout-color1,#fff);outline:1px solid #43a047}"
     ".tl-box details>summary{cursor:pointer;font-weight:600;margin:6px 0}"
+    ".tl-box .tl-state{font-weight:600;border-radius:8px;padding:0 6px;font-size:12px}"
+    ".tl-box .tl-state-running{background:#dbeafe;color:#1d4ed8}"
+    ".tl-box .tl-state-finished{background:#dcfce7;color:#2e7d32}"
+    ".tl-box .tl-state-failed{background:#fee2e2;color:#c62828}"
+    ".tl-box .tl-state-abandoned{background:#ffedd5;color:#c2410c}"
     "</style>"
 )
 
@@ -50,6 +55,28 @@ def esc(value: Any) -> str:
 def status_html(status: Any) -> str:
     css = "tl-err" if status == "error" else "tl-ok"
     return f'<span class="{css}">{esc(status)}</span>'
+
+
+# An execution's lifecycle state, as `query.RUN_STATES` names them.
+_STATES = ("running", "finished", "failed", "abandoned")
+
+
+def state_html(state: Any) -> str:
+    """An execution's `state` as a coloured badge (empty for a missing state)."""
+    if state is None or (isinstance(state, float) and math.isnan(state)):
+        return ""
+    css = f" tl-state-{state}" if state in _STATES else ""
+    return f'<span class="tl-state{css}" title="execution state">{esc(state)}</span>'
+
+
+def states_html(states: Iterable[Any]) -> str:
+    """How many runs are in each state, as badges in `_STATES` order: `2 running 5 finished`."""
+    counts: dict[str, int] = {}
+    for state in states:
+        if isinstance(state, str):
+            counts[state] = counts.get(state, 0) + 1
+    order = [s for s in _STATES if s in counts] + sorted(set(counts) - set(_STATES))
+    return " ".join(f"{counts[s]:,} {state_html(s)}" for s in order)
 
 
 def format_ms(value: Any) -> str:

@@ -3,8 +3,9 @@ import { Link, useNavigate, useParams } from "react-router";
 import { api, ApiError, enc, type ExecutionSummary } from "../lib/api";
 import { fmtCount, fmtMs, fmtTime, tagsText } from "../lib/format";
 import { useLive } from "../lib/live";
+import { StateBadge } from "../components/StateBadge";
 
-type SortKey = "started_at_ns" | "duration_ms" | "events" | "errors" | "status" | "run_id";
+type SortKey = "started_at_ns" | "duration_ms" | "events" | "errors" | "status" | "state" | "run_id";
 
 interface Page {
   executions: ExecutionSummary[];
@@ -108,6 +109,7 @@ export default function Executions() {
             <tr>
               <th aria-label="select for diff"></th>
               {header("status", "status")}
+              {header("state", "state")}
               {header("run_id", "run")}
               {header("started_at_ns", "started")}
               {header("duration_ms", "duration", "num")}
@@ -122,8 +124,8 @@ export default function Executions() {
               <tr key={x.run_id} data-run-id={x.run_id}>
                 <td><input type="checkbox" checked={picked.includes(x.run_id)} onChange={() => toggle(x.run_id)}
                   aria-label={`select ${x.run_id} for diff`} /></td>
-                <td><span className={`badge ${x.status === "error" ? "bad-bg" : "good-bg"}`}>{x.status}</span>
-                  {x.active && <span className="badge live" title="events landed in the last 30 s">running</span>}</td>
+                <td><span className={`badge ${x.status === "error" ? "bad-bg" : "good-bg"}`}>{x.status}</span></td>
+                <td><StateBadge state={x.state} /></td>
                 <td className="mono"><Link to={`/executions/${enc(x.run_id)}`}>{x.run_id}</Link></td>
                 <td title={x.started_at}>{fmtTime(x.started_at)}</td>
                 <td className="num">{fmtMs(x.duration_ms)}</td>
