@@ -690,9 +690,8 @@ class ExecutionTimeline(TimelineWidget):
         events = self._run.events
 
         def values(name: str, chosen: frozenset[str] | None) -> list[str]:
-            present = events[name].dropna().astype(str).unique().tolist() if name in events \
-                else []
-            return sorted(set(present) | set(chosen or ()))
+            present = events[name].dropna().unique() if name in events else []
+            return sorted({str(value) for value in present} | set(chosen or ()))
 
         def tags(name: str, chosen: frozenset[str] | None) -> widgets.TagsInput:
             return widgets.TagsInput(value=[], allowed_tags=values(name, chosen),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -161,7 +162,8 @@ class SpanTree:
 
     parent: np.ndarray
     orphan: np.ndarray
-    span_row: dict[str, int] = field(repr=False)
+    _spans: np.ndarray = field(repr=False)  # each distinct span id ...
+    _rows: np.ndarray = field(repr=False)   # ... and the row of its first step
 
     @classmethod
     def of(cls, span_id: Sequence[Any], parent_id: Sequence[Any]) -> SpanTree:
@@ -175,8 +177,14 @@ class SpanTree:
         parent = np.where(parent_code >= 0, position[parent_code], -1)
         parent[parent == np.arange(n)] = -1
         orphan = (parent_code >= 0) & (parent < 0)
-        rows = {str(uniques[c]): int(position[c]) for c in np.unique(span_code[has_span])}
-        return cls(parent=parent, orphan=orphan, span_row=rows)
+        named = np.unique(span_code[has_span])
+        return cls(parent=parent, orphan=orphan,
+                   _spans=np.asarray(uniques, dtype=object)[named], _rows=position[named])
+
+    @cached_property
+    def span_row(self) -> dict[str, int]:
+        """Row of each span id (built on first use: most timelines never need it)."""
+        return dict(zip(self._spans.astype(str).tolist(), self._rows.tolist()))
 
     def depth(self) -> np.ndarray:
         """How many spans each step is nested under."""
