@@ -3,10 +3,11 @@
 The watcher reads; it never writes. A poll lists the store's data files (a directory listing,
 no file is opened) every `poll_interval` seconds while someone listens; only when the listing
 changed does it ask the query layer for the changed workflows' runs and read the new files'
-narrow columns. The poll itself never folds the embedded-mode spool nor compacts: a watcher
-folding every second would contend for the fold lock with the traced program's own `flush()`.
-Spooled events reach the store when their recorder flushes, or when a reader asks the query
-layer (which folds a pending spool first, for every reader alike); the next poll then sees them.
+narrow columns. In embedded mode a poll first folds the spool when it holds unfolded events
+(`fold_within`: never waits for the fold lock, stops by the poll interval), so a run recorded
+with no Redis shows up live with only the web UI open; nothing else folds it when no one
+queries (a program's `flush()` folds, its exit does not, to keep exits cheap). It never
+compacts.
 
 An `execution` message goes out when a run's step count or its `state` changes: when its
 `end` event lands, and when a running run goes idle past `TRACELAB_IDLE_S` (noticed on a poll
@@ -109,6 +110,7 @@ class StoreWatcher:
         """One look at the store; the messages to send (none on the first look)."""
         with self._lock:
             self.polls += 1
+            self._fold_spool()
             files = self.layout.list_files()
             paths = {f.path for f in files}
             if self._paths is None:
@@ -121,6 +123,17 @@ class StoreWatcher:
             self._paths = paths
             self.changes += 1
             return self._changes(new_files) + self._idle_changes()
+
+    def _fold_spool(self) -> None:
+        """Embedded mode: move spooled events into the store, within one poll interval."""
+        from tracelab.store.spool import fold_within, has_pending
+
+        home = self.layout.home
+        try:
+            if has_pending(home):
+                fold_within(home, time.monotonic() + self.poll_interval)
+        except Exception as exc:  # the stream answers from what is stored
+            log.warning("live update could not fold the spool at %s: %s", home, exc)
 
     def _baseline(self) -> None:
         frame = query.workflows(layout=self.layout)
