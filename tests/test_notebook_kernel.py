@@ -225,4 +225,5 @@ def test_status_magic(executed: dict[str, Any]) -> None:
 
 
 def test_post_cell_flush_publishes_in_redis_mode(executed: dict[str, Any]) -> None:
-    assert printed(executed["redis_check"]) == {"stream": 2}
+    # the run's lifecycle start (published at init) and the two calls
+    assert printed(executed["redis_check"]) == {"stream": 3}
