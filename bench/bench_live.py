@@ -15,14 +15,12 @@ Modes, each with its own TRACELAB_HOME and every setting at its default:
                 ingester batch (--flush-interval, 1 s after the batch's oldest event) ->
                 SSE watcher poll (TRACELAB_STREAM_POLL, 1 s).
   embedded      no server: the SDK appends to the spool; the spool reaches the store when the
-                agent calls `tracelab.flush()` or when a reader asks the query layer, never
-                by the SSE watcher (it does not fold, by design). Here the reader is the live
-                notebook timeline below. Stages: spool write (0.1 s) -> the widget's refresh
-                folds (1 s) -> SSE watcher poll (1 s).
-  embedded-bare the same with no reader at all. `tracelab.shutdown()` closes the spool file
-                but does not fold it, and the SSE watcher does not fold: nothing reaches the
-                stream until some reader (a notebook, an API call) queries the store. Printed
-                as how many calls were seen within 5 s of the agent's exit.
+                agent calls `tracelab.flush()`, when a reader asks the query layer, or on the
+                SSE watcher's next poll (it folds a pending spool). Here a live notebook
+                timeline reads too. Stages: spool write (0.1 s) -> the first of the widget's
+                refresh (1 s) or the watcher's poll (1 s) folds -> SSE watcher poll (1 s).
+  embedded-bare the same with no other reader: only the SSE watcher, which folds the pending
+                spool at each poll. Stages: spool write (0.1 s) -> watcher poll (1 s).
 
 In `redis` and `embedded` a live notebook timeline of the run
 (`tl.Execution(run, workflow=wf).timeline(live=True)`, interval 1 s, on a thread of this
@@ -281,7 +279,7 @@ BOUNDS = {
     ("redis", "notebook"): "SDK flush 0.1 s + ingester batch wait 1 s + widget refresh up to 1 s",
     ("embedded", "SSE"): "spool write 0.1 s + the widget's fold up to 1 s + SSE poll up to 1 s",
     ("embedded", "notebook"): "spool write 0.1 s + widget refresh (it folds) up to 1 s",
-    ("embedded-bare", "SSE"): "a reader: neither the agent's exit nor the SSE watcher folds",
+    ("embedded-bare", "SSE"): "spool write 0.1 s + SSE watcher poll (it folds) 1 s",
 }
 
 
