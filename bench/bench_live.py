@@ -12,15 +12,15 @@ Modes, each with its own TRACELAB_HOME and every setting at its default:
 
   redis         the SDK publishes to a real `redis-server`; `tracelab ingest` (a subprocess)
                 writes the store. Stages: SDK sink flush (TRACELAB_FLUSH_INTERVAL, 0.1 s) ->
-                ingester batch (--flush-interval, 1 s after the batch's oldest event) ->
-                SSE watcher poll (TRACELAB_STREAM_POLL, 1 s).
+                ingester batch (--flush-interval, 0.25 s after the batch's oldest event) ->
+                SSE watcher poll (TRACELAB_STREAM_POLL, 0.25 s).
   embedded      no server: the SDK appends to the spool; the spool reaches the store when the
                 agent calls `tracelab.flush()`, when a reader asks the query layer, or on the
                 SSE watcher's next poll (it folds a pending spool). Here a live notebook
                 timeline reads too. Stages: spool write (0.1 s) -> the first of the widget's
-                refresh (1 s) or the watcher's poll (1 s) folds -> SSE watcher poll (1 s).
+                refresh (1 s) or the watcher's poll (0.25 s) folds -> SSE watcher poll (0.25 s).
   embedded-bare the same with no other reader: only the SSE watcher, which folds the pending
-                spool at each poll. Stages: spool write (0.1 s) -> watcher poll (1 s).
+                spool at each poll. Stages: spool write (0.1 s) -> watcher poll (0.25 s).
 
 In `redis` and `embedded` a live notebook timeline of the run
 (`tl.Execution(run, workflow=wf).timeline(live=True)`, interval 1 s, on a thread of this
@@ -275,11 +275,13 @@ def run_mode(mode: str, calls: int, vendor: str) -> list[Result]:
 
 
 BOUNDS = {
-    ("redis", "SSE"): "SDK flush 0.1 s + ingester batch wait 1 s + SSE poll up to 1 s",
-    ("redis", "notebook"): "SDK flush 0.1 s + ingester batch wait 1 s + widget refresh up to 1 s",
-    ("embedded", "SSE"): "spool write 0.1 s + the widget's fold up to 1 s + SSE poll up to 1 s",
+    ("redis", "SSE"): "SDK flush 0.1 s + ingester batch wait 0.25 s + SSE poll up to 0.25 s",
+    ("redis", "notebook"): "SDK flush 0.1 s + ingester batch wait 0.25 s + widget refresh up "
+                           "to 1 s",
+    ("embedded", "SSE"): "spool write 0.1 s + the first fold (SSE poll or widget) + SSE poll, "
+                         "each up to 0.25 s",
     ("embedded", "notebook"): "spool write 0.1 s + widget refresh (it folds) up to 1 s",
-    ("embedded-bare", "SSE"): "spool write 0.1 s + SSE watcher poll (it folds) 1 s",
+    ("embedded-bare", "SSE"): "spool write 0.1 s + SSE watcher poll (it folds) up to 0.25 s",
 }
 
 

@@ -170,9 +170,9 @@ def create_app(store: str | StoreLayout | None = None, token: str | None = None,
     token = token if token is not None else (os.environ.get("TRACELAB_API_TOKEN") or None)
     if poll_interval is None:
         try:
-            poll_interval = float(os.environ.get("TRACELAB_STREAM_POLL", "1.0"))
+            poll_interval = float(os.environ.get("TRACELAB_STREAM_POLL", "0.25"))
         except ValueError:
-            poll_interval = 1.0
+            poll_interval = 0.25
     watcher = StoreWatcher(layout, max(0.05, poll_interval))
     shutting_down = asyncio.Event()
 

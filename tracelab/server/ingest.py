@@ -59,7 +59,7 @@ class IngestConfig:
     group: str = "tracelab-ingest"
     consumer: str | None = None
     batch: int = 5000
-    flush_interval: float = 1.0
+    flush_interval: float = 0.25
     claim_idle: float = 60.0
     dead_stream: str | None = None
     max_event_bytes: int = MAX_EVENT_BYTES
