@@ -319,15 +319,9 @@ class Execution:
 
 def _tags_of(value: Any) -> dict[str, Any]:
     """An events row's tags (JSON text in the store) as a dict."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    import orjson
+    from tracelab.notebook.view import tags_of
 
-    try:
-        parsed = orjson.loads(value)
-    except (orjson.JSONDecodeError, TypeError):
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
+    return tags_of(value)
 
 
 def executions(workflow: str, since: query.TimeLike | None = None,

@@ -114,7 +114,7 @@ class Poller:
         self._stopped.set()
 
 
-class LiveWidget(widgets.VBox):
+class LiveWidget(tlv.StaticSvgFallback, widgets.VBox):
     """A status line with a Stop button above a `TimelineWidget` that a `Poller` keeps fresh.
 
     `.stop()` (or the button, or closing the widget) ends the refresh; `.refresh()` runs one
@@ -181,13 +181,6 @@ class LiveWidget(widgets.VBox):
     def static_svg(self) -> str:
         return self.timeline.static_svg()
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        data = super()._repr_mimebundle_(**kwargs) or {}
-        try:
-            data["image/svg+xml"] = self.static_svg()
-        except Exception:  # a static fallback must never break the live display
-            pass
-        return data
 
 
 def run_state(workflow: str, run_id: str) -> str | None:

@@ -34,7 +34,8 @@ from tracelab.notebook.repr import (
     box, esc, format_ms, join_names, llm_usage_text, payload_html, placeholder_html, pretty,
     status_html,
 )
-from tracelab.notebook.view import SpanTree, StepFilter, View, span_row, step_view
+from tracelab.notebook.view import (SpanTree, StepFilter, View, span_row, step_view,
+                                    tags_of)
 
 STATUS_COLORS = {"ok": "#4C78A8", "error": "#E45756"}
 OTHER_COLOR = "#9E9E9E"
@@ -187,17 +188,6 @@ def assign_lanes(service: np.ndarray, depth: np.ndarray, start: np.ndarray,
 
 # -- tags -------------------------------------------------------------------------------------
 
-def tags_of(value: Any) -> dict[str, Any]:
-    """An event's tags as a dict: the store keeps JSON text, a loaded event has a dict."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    if not isinstance(value, (str, bytes)) or not value:
-        return {}
-    try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
 
 
 def tag_columns(tags: Sequence[Any], names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -291,7 +281,20 @@ def combination_text(columns: Sequence[pd.Series],
     return texts[inverse.reshape(-1)]
 
 
-class TimelineWidget(widgets.HBox):
+class StaticSvgFallback:
+    """Mixin for a widget with `static_svg()`: the SVG goes beside the widget in the display
+    data, so a notebook saved and opened without a kernel (GitHub, nbviewer) still shows it."""
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        data = super()._repr_mimebundle_(**kwargs) or {}  # type: ignore[misc]
+        try:
+            data["image/svg+xml"] = self.static_svg()  # type: ignore[attr-defined]
+        except Exception:  # a static fallback must never break the live display
+            pass
+        return data
+
+
+class TimelineWidget(StaticSvgFallback, widgets.HBox):
     """A FigureWidget (first child) and a payload panel (second child).
 
     Clicking a bar fills the panel. Front ends without widgets (nbconvert, GitHub, VS Code
@@ -333,13 +336,6 @@ class TimelineWidget(widgets.HBox):
     def static_svg(self) -> str:
         return static_svg(**self._static, title=self.title)
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        data = super()._repr_mimebundle_(**kwargs) or {}
-        try:
-            data["image/svg+xml"] = self.static_svg()
-        except Exception:  # a static fallback must never break the live display
-            pass
-        return data
 
     def __repr__(self) -> str:
         return f"<Timeline {self.title}: interactive in JupyterLab, static SVG elsewhere>"

@@ -127,7 +127,7 @@ def llm_or_tool(events: pd.DataFrame) -> np.ndarray:
     except TypeError:  # dicts (unhashable): their JSON text
         codes, uniques = pd.factorize(tags.map(_tags_text))
     if len(uniques):
-        llm = np.array([usage_of(_tags_dict(u)) is not None for u in uniques] + [False])
+        llm = np.array([usage_of(tags_of(u)) is not None for u in uniques] + [False])
         keep |= llm[codes]  # code -1 (no tags) reads the trailing False
     return keep
 
@@ -138,7 +138,8 @@ def _tags_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _tags_dict(value: Any) -> dict[str, Any]:
+def tags_of(value: Any) -> dict[str, Any]:
+    """An event's tags as a dict: the store keeps JSON text, a loaded event has a dict."""
     if isinstance(value, Mapping):
         return dict(value)
     if not isinstance(value, (str, bytes)) or not value:
