@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from api_serve import ROOT, Serve
 from conftest import free_port
 from event_factory import BASE_NS, make_event
+from web_site import serve_ui
 from tracelab.config import ConfigError
 from tracelab.events import validate
 from tracelab.notebook.latency import latency_table
@@ -350,32 +351,8 @@ def ui(tmp_path_factory) -> Iterator[dict]:
     made = [old_run("finished"), old_run("failed", end="error"), old_run("abandoned", end=None),
             recent_run("running")]
     StoreWriter(layout).write([e for run in made for e in run])
-    api_port, ui_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELAB_")}
-    env.update(TRACELAB_HOME=str(home), TRACELAB_STREAM_POLL="0.25")
-    proc = subprocess.Popen([sys.executable, "-m", "tracelab.cli", "serve", "--port",
-                             str(api_port), "--ui-port", str(ui_port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{ui_port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, "tracelab serve exited"
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "tracelab serve did not answer"
-            time.sleep(0.1)
+    with serve_ui(home) as base:
         yield {"base": base, "layout": layout}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,17 @@ descendants away, and re-root the view at one span with a way back. Against `tra
 started as a subprocess on free loopback ports over a store written by the real StoreWriter."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
-from api_serve import clean_env
-from conftest import free_port
 from event_factory import BASE_NS, make_event
-from test_web_ui import ROOT, _chromium_is_there, browser, build_ui, watched  # noqa: F401
+from web_site import serve_ui
+from test_web_ui import _chromium_is_there, browser, build_ui, watched  # noqa: F401
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -70,33 +66,8 @@ def site(tmp_path_factory) -> Iterator[dict]:
     ])
     proxied[0]["tags"] = {"llm.provider": "openai", "llm.model": "gpt-4o-mini"}
     write(home, proxied)
-    api_port, ui_port = free_port(), free_port()
-    env = clean_env(home) | {"TRACELAB_STREAM_POLL": "0.25"}
-    log_path = home.parent / "serve.log"
-    with open(log_path, "w+b") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tracelab.cli", "serve", "--port",
-                                 str(api_port), "--ui-port", str(ui_port)],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{ui_port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, f"tracelab serve exited: {log_path.read_text()}"
-                try:
-                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, f"no answer: {log_path.read_text()}"
-                time.sleep(0.1)
-            yield {"base": base, "home": home}
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with serve_ui(home) as base:
+        yield {"base": base, "home": home}
 
 
 COLOURS_JS = """(canvas) => {
