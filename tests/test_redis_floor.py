@@ -34,7 +34,7 @@ for n in range(3):
     with tracelab.span(f"step-{n}"):
         pass
 assert tracelab.flush(10), tracelab.stats()
-assert tracelab.stats()["published"] == 3, tracelab.stats()
+assert tracelab.stats()["published"] == 4, tracelab.stats()  # the run's start + 3 steps
 tracelab.shutdown()
 """
 
@@ -72,4 +72,6 @@ def test_publish_and_ingest_with_the_oldest_redis_py_allowed(redis_server: Redis
     assert client.xpending("trace.events", "tracelab-ingest")["pending"] == 0
     assert client.xlen("trace.events.dead") == 0
     stored = pq.read_table(sorted((store / "events").rglob("*.parquet")), columns=["endpoint"])
-    assert sorted(stored.column("endpoint").to_pylist()) == ["step-0", "step-1", "step-2"]
+    # the three steps and the run's lifecycle start and end
+    assert sorted(stored.column("endpoint").to_pylist()) == ["end", "start", "step-0", "step-1",
+                                                             "step-2"]

@@ -528,4 +528,5 @@ class _EventsModule(types.ModuleType):
         return query_events(workflow, *args, **kwargs)
 
 
-sys.modules[__name__].__class__ = _EventsModule
+if __name__ in sys.modules:  # not when loaded from its file alone (a spec, no import)
+    sys.modules[__name__].__class__ = _EventsModule
