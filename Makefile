@@ -45,7 +45,7 @@ system-deps:
 	$(call apt-missing,$(SYSTEM_DEPS))
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # Schemathesis (default checks) against `tracelab serve` over real data, with and without a
 # token: tests/test_api_fuzz.py with more examples and a fresh seed (FUZZ_EXAMPLES, FUZZ_SEED).
