@@ -204,10 +204,9 @@ def test_server_never_imports_the_notebook_stack(home):
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_live_watcher_polls_without_folding_the_spool(tmp_path):
-    """A poll lists the store; it leaves spooled events to their recorder and to readers."""
+def test_live_watcher_folds_a_pending_spool_on_its_poll(tmp_path):
+    """Embedded mode: a poll folds what the spool holds, so its run streams with no reader."""
     from tracelab.server.live import StoreWatcher
-    from tracelab.store import query
     from tracelab.store.layout import resolve_layout
     from tracelab.store.writer import StoreWriter
 
@@ -221,12 +220,6 @@ def test_live_watcher_polls_without_folding_the_spool(tmp_path):
     lines = b"".join(__import__("orjson").dumps(make_event("live", "run-2", seq=i)) + b"\n"
                      for i in range(3))
     (spool / f"{time.time_ns()}-{os.getpid()}.jsonl").write_bytes(lines)
-    files = {f.path for f in layout.list_files()}
-    for _ in range(3):
-        assert watcher.poll() == []
-    assert {f.path for f in layout.list_files()} == files  # nothing folded in
-    assert [p.name for p in spool.glob("*.jsonl")]  # the spool file is still there
-    # a reader folds (as every reader does); the next poll then streams the new run
-    assert set(query.executions("live", layout=layout)["run_id"]) == {"run-1", "run-2"}
     messages = watcher.poll()
     assert ("execution", "run-2") in {(kind, m.get("run_id")) for kind, m in messages}
+    assert watcher.poll() == []  # folded once, streamed once

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from playwright.sync_api import expect
 
 from event_factory import BASE_NS
 from test_web_ui import Watched, _chromium_is_there, browser, build_ui, watched  # noqa: F401
@@ -119,7 +120,9 @@ def test_inserted_removed_and_changed_steps_with_their_deltas(site, watched):
     assert "(absent)" in code and "card_declined" in code
     screenshot(page, "compare.png", full_page=True)
 
-    page.get_by_label("only differences").check()
+    only = page.get_by_label("only differences")
+    only.click()
+    expect(only).to_be_checked()
     assert changes(page) == ["changed", "removed", "inserted"]
     page.get_by_role("tab", name="field-level diff").click()
     page.wait_for_url("**/diff/run-a/run-b?view=fields")

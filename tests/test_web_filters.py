@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from playwright.sync_api import expect
 
 from event_factory import BASE_NS, make_event
 from web_site import serve_ui
@@ -137,12 +138,19 @@ def test_each_filter_hides_rows_in_the_table_and_the_gantt(site, watched):
                                                                          "lookup_order")), search
 
 
+def tick(box: Any) -> None:
+    """Click a filter checkbox and wait until it shows checked. Its state lives in the URL, so
+    it flips on the re-render after the navigation (Playwright's `check()` wants it at once)."""
+    box.click()
+    expect(box).to_be_checked()
+
+
 def test_the_filter_bar_writes_the_url_and_a_link_opens_the_same_view(site, watched):
     page = watched.page
     page.goto(site["base"] + "/executions/tree")
     shown(page, 7)
     page.get_by_test_id("pick-kind").locator("summary").click()
-    page.get_by_label("kind http").check()
+    tick(page.get_by_label("kind http"))
     shown(page, 3)
     assert page.get_by_label("kind llm").is_visible()  # open for more choices
     page.get_by_label("Slower than (ms)").click()  # a click elsewhere closes the list
@@ -160,7 +168,8 @@ def test_the_filter_bar_writes_the_url_and_a_link_opens_the_same_view(site, watc
     page.get_by_test_id("pick-kind").locator("summary").click()
     assert page.get_by_label("kind http").is_checked()
     assert not page.get_by_label("kind llm").is_checked()
-    page.get_by_label("LLM & tools only").check()
+    page.keyboard.press("Escape")  # close the list before the next control
+    tick(page.get_by_label("LLM & tools only"))
     shown(page, 0)
     page.get_by_text("No step matches.").wait_for()
     page.get_by_role("button", name="Clear filters").click()
@@ -272,7 +281,7 @@ def test_llm_and_tools_keeps_a_call_its_llm_tags_name_whatever_its_kind(site, wa
     page = watched.page
     page.goto(site["base"] + "/executions/proxied")
     shown(page, 2)
-    page.get_by_label("LLM & tools only").check()
+    tick(page.get_by_label("LLM & tools only"))
     shown(page, 1)
     assert endpoints(page) == ["POST /v1/chat/completions"]
     assert query(page) == {"llm": ["1"]}
