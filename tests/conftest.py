@@ -302,3 +302,12 @@ def traced(redis_server: RedisServer, tracelab_home: Path) -> Iterator[RedisServ
         yield redis_server
     finally:
         tracelab.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[Any]:
+    """One real `moto_server` (S3 on loopback) for the session; each test uses its own prefix."""
+    from s3_server import moto_s3
+
+    with moto_s3() as endpoint:
+        yield endpoint
