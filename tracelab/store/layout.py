@@ -298,7 +298,8 @@ def resolve_layout(store: str | None = None, home: Path | str | None = None) -> 
     home_path = Path(home).expanduser() if home is not None else tracelab_home()
     target = store or env_str("TRACELAB_STORE")
     if target and "://" in target:
-        fs, root = pafs.FileSystem.from_uri(target)
+        from tracelab.store.objectstore import filesystem_from_uri  # s3:// from the env
+        fs, root = filesystem_from_uri(target)
         local = isinstance(fs, pafs.LocalFileSystem)
         if local:
             root = os.path.abspath(root)
