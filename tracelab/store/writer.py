@@ -198,6 +198,27 @@ class StoreWriter:
             self.recover(workflow, parsed[1], directory)
         return len(journals)
 
+    def drop_files(self, workflow: str, date: str, paths: Iterable[str]) -> None:
+        """Delete data files of one partition, each with its event index (retention).
+
+        Under the partition's lock, so no writer or compaction of the partition is midway;
+        each data file goes before its index (an index alone is an invisible leftover that
+        compaction removes). The lease is checked first: a holder that lost it deletes nothing.
+        """
+        key = (workflow, date)
+        lock = self.partition_lock(workflow, date)
+        with lock:
+            lock.ensure_held()
+            directories = set()
+            for path in paths:
+                self._delete(path)
+                self._delete(index_path(path))
+                directories.add(path.rsplit("/", 1)[0])
+            if self.layout.is_local:
+                for directory in directories:
+                    _fsync_dir(directory)
+            self._ids.pop(key, None)  # the deleted ids must not count as stored any more
+
     # -- internals --------------------------------------------------------------------------
 
     def _write_partition(self, key: PartitionKey, events: list[dict]) -> WriteReport:
