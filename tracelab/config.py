@@ -124,6 +124,46 @@ def redis_url_for_server(flag: str | None = None) -> str:
             or "redis://localhost:6379/0")
 
 
+def redis_url_if_known(flag: str | None = None) -> str | None:
+    """The Redis a maintenance command (`compact`, `retain`) coordinates through: flag,
+    TRACELAB_REDIS_URL, REDIS_URL, else None (no localhost guess: without a Redis the command
+    takes host-wide file locks only)."""
+    return flag or env_str("TRACELAB_REDIS_URL") or env_str("REDIS_URL")
+
+
+def host_id() -> str:
+    """`TRACELAB_HOST_ID`, default this machine's host name: who holds a store lease, and the
+    `<host>` of the ingester's default consumer name `ingest-<host>-<slot>`.
+
+    Set it where host names are not unique or not stable (containers with generated names
+    restart under new ones, and a consumer name should survive a restart)."""
+    return env_str("TRACELAB_HOST_ID") or socket.gethostname()
+
+
+DEFAULT_LEASE_TTL = 30.0
+
+
+def lease_ttl() -> float:
+    """`TRACELAB_LEASE_TTL`: seconds a store lease lives without renewal (default 30).
+
+    A holder renews every third of it, so it is how long a crashed or cut-off host can keep
+    a partition from the others. A bad value is a `ConfigError`: it would otherwise either
+    stall every writer or let leases lapse under live ones.
+    """
+    raw = os.environ.get("TRACELAB_LEASE_TTL")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_LEASE_TTL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"TRACELAB_LEASE_TTL={_preview(raw)} must be a positive number of "
+                          f"seconds (how long a store lease lives without renewal; default "
+                          f"{DEFAULT_LEASE_TTL:g})")
+    return value
+
+
 def _preview(value: str, limit: int = 60) -> str:
     """`value` for an error message: a huge value is cut to its start, marked by `…`."""
     return repr(value) if len(value) <= limit else f"{value[:limit]!r}…"

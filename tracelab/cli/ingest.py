@@ -13,6 +13,10 @@ and the children are killed with the parent (`PR_SET_PDEATHSIG`), so `kill -9` o
 is a `kill -9` of every worker, and a restart with the same base finds their pending entries
 under the same names. With `--once`, each worker drains until the group has nothing left for
 it; the parent shows one progress bar and sums the workers' summaries.
+
+Every ingester (each worker too) takes a lease per partition in the Redis it reads from, on
+top of the host's file lock, so ingesters on several hosts (each with its own
+`TRACELAB_HOST_ID` and `TRACELAB_HOME`) can share one store: see `tracelab.store.leases`.
 """
 from __future__ import annotations
 
@@ -74,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stream to consume (default: $TRACELAB_STREAM or trace.events)")
     parser.add_argument("--group", default="tracelab-ingest", help="consumer group")
     parser.add_argument("--consumer", help="consumer name (default: ingest-<host>-<slot>, "
-                        "stable across restarts on one host)")
+                        "<host> from $TRACELAB_HOST_ID else the host name; stable across "
+                        "restarts on one host)")
     parser.add_argument("--batch", type=_positive_int, default=5000,
                         help="events per write (default 5000)")
     parser.add_argument("--flush-interval", type=_positive_float, default=0.25,
@@ -95,7 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-interval", type=_positive_float, default=10.0,
                         help="seconds between progress log lines (default 10)")
     parser.add_argument("--store", help="store root or URI (default: $TRACELAB_STORE, "
-                        "else $TRACELAB_HOME/store)")
+                        "else $TRACELAB_HOME/store); partitions are leased in the Redis "
+                        "read from, for $TRACELAB_LEASE_TTL s (default 30), so ingesters on "
+                        "several hosts can share one store")
     parser.add_argument("--once", action="store_true",
                         help="drain the stream with a progress bar, print a summary, exit")
     parser.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
@@ -104,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracelab.config import DEFAULT_STREAM, env_str, redis_url_for_server
+    from tracelab.config import ConfigError, DEFAULT_STREAM, env_str, redis_url_for_server
     from tracelab.server.ingest import IngestConfig
     from tracelab.store.layout import resolve_layout
 
@@ -118,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
         dead_stream=args.dead_stream, max_event_bytes=args.max_event_bytes,
         log_interval=args.log_interval, connect_timeout=args.connect_timeout,
     )
-    layout = resolve_layout(args.store)
+    try:  # the Redis read from also holds the store's leases
+        layout = resolve_layout(args.store, leases_url=config.redis_url)
+    except ConfigError as exc:
+        print(f"tracelab ingest: {exc}", file=sys.stderr)
+        return 2
     workers = getattr(args, "workers", 1)
     if workers > 1:
         from tracelab.server.ingest import RedisUnavailable, wait_for_redis
@@ -186,8 +197,8 @@ def _worker_main(config: Any, store: str, home: str, once: bool, parent: int,
                         "%(message)s")
     from tracelab.store.layout import resolve_layout
 
-    code = _run_one(config, resolve_layout(store, home=home), once, progress=False,
-                    summary=False, report=report)
+    code = _run_one(config, resolve_layout(store, home=home, leases_url=config.redis_url),
+                    once, progress=False, summary=False, report=report)
     report.close()
     sys.exit(code)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import socket
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,8 +33,10 @@ from typing import Any
 import orjson
 import redis
 
+from tracelab.config import host_id
 from tracelab.events import MAX_EVENT_BYTES, validate
 from tracelab.store.layout import StoreLayout, resolve_layout
+from tracelab.store.leases import LeaseLost
 from tracelab.store.locks import FileLock
 from tracelab.store.writer import StoreWriter, WriteReport
 
@@ -96,7 +97,7 @@ def default_consumer_name(home: os.PathLike[str] | str) -> tuple[str, FileLock]:
     A restarted ingester gets the same name back (its slot's lock died with it) and so finds
     its own pending entries first; two ingesters on one host get different slots.
     """
-    host = socket.gethostname()
+    host = host_id()
     slot = 0
     while True:
         lock = FileLock(Path(home) / "locks" / f"ingest-consumer-{slot}.lock", timeout=0)
@@ -249,6 +250,10 @@ class Ingester:
             except _REDIS_DOWN as exc:
                 self._on_redis_down(exc, backoff)
                 backoff = min(backoff * 2, 5.0)
+            except LeaseLost as exc:  # nothing published, nothing acked: read it all again
+                log.warning("%s; the batch stays pending and is written again", exc)
+                self._client = None  # reconnecting re-reads this consumer's pending entries
+                self._batch = _Batch()
             except redis.exceptions.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -545,7 +550,11 @@ class Ingester:
         self._client = None
         self._drop_reader()
         self.stats.reconnects += 1
-        self._write_now()
+        try:
+            self._write_now()
+        except (*_REDIS_DOWN, LeaseLost) as write_exc:  # leases need Redis too
+            log.warning("could not write the held batch (%s): it stays pending", write_exc)
+            self._batch = _Batch()
         deadline = time.monotonic() + backoff
         while not self._stop and time.monotonic() < deadline:
             time.sleep(min(0.05, backoff))
@@ -558,7 +567,10 @@ class Ingester:
             except (redis.exceptions.RedisError, *_REDIS_DOWN) as exc:
                 log.warning("could not read the last slice on exit (%s): it stays pending", exc)
                 self._drop_reader()
-        self._write_now()
+        try:
+            self._write_now()
+        except (*_REDIS_DOWN, LeaseLost) as exc:
+            log.warning("could not write the held batch on exit (%s): it stays pending", exc)
         self._executor.shutdown(wait=True)
         if not (self._unacked or self._unpublished):
             return
@@ -588,10 +600,11 @@ class Ingester:
 def _write_or_isolate(writer: StoreWriter, events: list[dict]) -> WriteReport:
     """`writer.write(events)`; if the store raises instead of refusing a poison event in its
     report, write one event at a time and refuse those that still raise. An `OSError` is the
-    store's trouble (disk, lock), not an event's: it propagates and nothing is acknowledged."""
+    store's trouble (disk, lock), not an event's: it propagates and nothing is acknowledged;
+    so do a lost lease and a Redis error met while taking or checking one."""
     try:
         return writer.write(events)
-    except OSError:
+    except (OSError, LeaseLost, redis.exceptions.RedisError):
         raise
     except Exception as exc:
         log.warning("the store raised on a batch (%s: %.300s); writing its events one by one",
@@ -600,7 +613,7 @@ def _write_or_isolate(writer: StoreWriter, events: list[dict]) -> WriteReport:
     for event in events:
         try:
             report.add(writer.write([event]))
-        except OSError:
+        except (OSError, LeaseLost, redis.exceptions.RedisError):
             raise
         except Exception as exc:
             report.rejected.append((event, f"cannot be stored: {type(exc).__name__}: "

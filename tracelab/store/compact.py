@@ -4,7 +4,10 @@ The ingester writes one file per partition per flush, so a busy day leaves thous
 files that slow every scan. Compaction reads a partition's live files (through the query
 layer), drops any duplicate `event_id` defensively, sorts by run and start time so a run's
 rows share row groups, and hands the result to `StoreWriter.replace`, whose journal makes the
-swap atomic for TraceLab's readers and recoverable after a crash.
+swap atomic for TraceLab's readers and recoverable after a crash. It all happens under the
+partition's lock, which with leases (a layout resolved with a Redis URL) holds across hosts,
+so a merge never races an ingester on another host; a merge whose lease was lost publishes
+nothing and the partition is left for the next run.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import pyarrow.compute as pc
 
 from tracelab.store.layout import (DATA_SUFFIX, INDEX_PREFIX, INDEX_SUFFIX, NAME_COLUMN,
                                    StoreLayout, resolve_layout)
+from tracelab.store.leases import LeaseLost
 from tracelab.store.query import read_table
 from tracelab.store.writer import StoreWriter
 
@@ -41,6 +45,8 @@ class CompactionReport:
     events: int = 0
     duplicates_dropped: int = 0
     merged: list[tuple[str, str]] = field(default_factory=list)
+    # Partitions left as they were because the lease was lost mid-merge (run again).
+    lease_lost: list[tuple[str, str]] = field(default_factory=list)
 
 
 def compact(workflow: str | None = None, date: str | None = None, *, min_files: int = 2,
@@ -64,18 +70,24 @@ def compact(workflow: str | None = None, date: str | None = None, *, min_files: 
         if count < min_files:
             report.files_after += count
             continue
-        with writer.partition_lock(wf, day):
-            writer.recover(wf, day, directory)
-            files = [f for f in layout.list_dir(directory)[0] if f.workflow == wf]
-            if len(files) < min_files:  # another compaction got here first
-                report.files_after += len(files)
-                continue
-            events, dropped = _merge(writer, wf, day, [f.path for f in files])
-            report.duplicates_dropped += dropped
-            report.events += events
-            report.files_after += 1
-            report.merged.append((wf, day))
-            _remove_leftovers(layout, directory)
+        try:
+            with writer.partition_lock(wf, day):
+                writer.recover(wf, day, directory)
+                files = [f for f in layout.list_dir(directory)[0] if f.workflow == wf]
+                if len(files) < min_files:  # another compaction got here first
+                    report.files_after += len(files)
+                    continue
+                events, dropped = _merge(writer, wf, day, [f.path for f in files])
+                report.duplicates_dropped += dropped
+                report.events += events
+                report.files_after += 1
+                report.merged.append((wf, day))
+                _remove_leftovers(layout, directory)
+        except LeaseLost as exc:
+            log.warning("left %s %s as it was: %s", wf, day, exc)
+            report.files_after += count
+            report.lease_lost.append((wf, day))
+            continue
         log.info("compacted %s %s: %d files -> 1 (%d events)", wf, day, len(files), events)
     return report
 

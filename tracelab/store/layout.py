@@ -29,13 +29,17 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tracelab.config import env_str, tracelab_home
-from tracelab.store.locks import FileLock
+from tracelab.store.locks import FileLock, LeasedLock
+
+if TYPE_CHECKING:
+    from tracelab.store.leases import RedisLeases
 
 EVENTS_TABLE = "events"
 DATA_SUFFIX = ".parquet"
@@ -125,13 +129,15 @@ class DataFile:
 
 @dataclass(frozen=True)
 class StoreLayout:
-    """A resolved store: its file system, its root inside it, and the local home for locks."""
+    """A resolved store: its file system, its root inside it, the local home for locks, and
+    the Redis leases that make those locks hold across hosts (None: one host, flock only)."""
 
     fs: pafs.FileSystem
     root: str
     home: Path
     uri: str = ""
     _local: bool = field(default=False, repr=False)
+    leases: RedisLeases | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_local(self) -> bool:
@@ -148,12 +154,21 @@ class StoreLayout:
     def partition_dir(self, workflow: str, date: str) -> str:
         return f"{self.workflow_dir(workflow)}/date={date}"
 
-    def lock(self, name: str, timeout: float | None = 60.0) -> FileLock:
-        """A host-wide lock for `name` within this store (keyed by the store's root)."""
-        key = hashlib.sha256(f"{self.uri or self.root}\0{name}".encode()).hexdigest()[:24]
-        return FileLock(self.home / "locks" / f"store-{key}.lock", timeout=timeout)
+    def lock(self, name: str, timeout: float | None = 60.0) -> FileLock | LeasedLock:
+        """The lock for `name` within this store (keyed by the store's root): host-wide, and
+        with leases also store-wide (every host that names the store alike).
 
-    def partition_lock(self, workflow: str, date: str) -> FileLock:
+        Either kind has `acquire`/`release`, is a re-entrant context manager, and offers
+        `ensure_held()` (raises `leases.LeaseLost` once the lease is gone) and `token`.
+        """
+        scope = f"{(self.uri or self.root).rstrip('/')}\0{name}"
+        key = hashlib.sha256(scope.encode()).hexdigest()[:24]
+        flock = FileLock(self.home / "locks" / f"store-{key}.lock", timeout=timeout)
+        if self.leases is None:
+            return flock
+        return LeasedLock(flock, self.leases.lease(scope))
+
+    def partition_lock(self, workflow: str, date: str) -> FileLock | LeasedLock:
         return self.lock(f"partition\0{workflow}\0{date}")
 
     def list_files(self, workflow: str | None = None) -> list[DataFile]:
@@ -293,17 +308,31 @@ def read_journal(fs: pafs.FileSystem, path: str) -> dict | None:
     return None
 
 
-def resolve_layout(store: str | None = None, home: Path | str | None = None) -> StoreLayout:
-    """The store named by the argument, else `TRACELAB_STORE`, else `$TRACELAB_HOME/store`."""
+def resolve_layout(store: str | None = None, home: Path | str | None = None, *,
+                   leases_url: str | None = None) -> StoreLayout:
+    """The store named by the argument, else `TRACELAB_STORE`, else `$TRACELAB_HOME/store`.
+
+    With `leases_url` (a Redis URL) every store lock is also a lease in that Redis, held by
+    `TRACELAB_HOST_ID` for `TRACELAB_LEASE_TTL` seconds (see `leases`): what lets writers on
+    several hosts share one store. Hosts must name the store alike (same URI or path), since
+    a lease's name includes it.
+    """
     home_path = Path(home).expanduser() if home is not None else tracelab_home()
     target = store or env_str("TRACELAB_STORE")
+    leases = None
+    if leases_url:
+        from tracelab.store.leases import RedisLeases
+
+        leases = RedisLeases(leases_url)
     if target and "://" in target:
         from tracelab.store.objectstore import filesystem_from_uri  # s3:// from the env
         fs, root = filesystem_from_uri(target)
         local = isinstance(fs, pafs.LocalFileSystem)
         if local:
             root = os.path.abspath(root)
-        return StoreLayout(fs, root.rstrip("/"), home_path, uri=target, _local=local)
+        return StoreLayout(fs, root.rstrip("/"), home_path, uri=target, _local=local,
+                           leases=leases)
     root_path = Path(target).expanduser() if target else home_path / "store"
     root = os.path.abspath(root_path)
-    return StoreLayout(pafs.LocalFileSystem(), root, home_path, uri=root, _local=True)
+    return StoreLayout(pafs.LocalFileSystem(), root, home_path, uri=root, _local=True,
+                       leases=leases)

@@ -3,7 +3,9 @@
 `flock` is used rather than lock files that are created and deleted, because a `kill -9` in
 the middle of a write must never leave a stale lock behind that blocks the next writer.
 Locks live under `$TRACELAB_HOME/locks/` on the local disk even when the store itself is on
-object storage, so processes on one host still take turns.
+object storage, so processes on one host still take turns. Across hosts, a `LeasedLock` adds
+a Redis lease (`leases`) on top: the flock first, so a host's processes queue locally and
+only one of them at a time asks Redis.
 """
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tracelab.store.leases import Lease
 
 
 class LockTimeout(TimeoutError):
@@ -81,7 +87,78 @@ class FileLock:
             os.close(fd)
         self._thread_lock.release()
 
+    # A flock held cannot be taken away, so there is nothing to check and no fencing token.
+    token: int | None = None
+
+    def ensure_held(self) -> None:
+        """Nothing to do: the kernel keeps a flock for its holder until it lets go."""
+
     def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+
+class LeasedLock:
+    """A host-wide `FileLock` plus a Redis `Lease`: the store lock when several hosts share a
+    store. Same interface as `FileLock` (re-entrant per thread), plus `ensure_held()` and the
+    fencing `token` of the lease while held.
+
+    The flock is taken first and released last, so the processes of one host wait on the
+    kernel rather than polling Redis, and the lease is taken once per outermost hold.
+    """
+
+    def __init__(self, flock: FileLock, lease: Lease) -> None:
+        self.flock = flock
+        self.lease = lease
+        self._depth = 0
+
+    @property
+    def path(self) -> Path:
+        return self.flock.path
+
+    @property
+    def token(self) -> int | None:
+        return self.lease.token
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the flock, then (outermost hold only) the lease; False only when not
+        `blocking` and either is held elsewhere. A Redis error propagates, nothing held."""
+        if not self.flock.acquire(blocking=blocking):
+            return False
+        # From here this thread holds the flock's thread lock: `_depth` is ours alone.
+        if self._depth == 0:
+            timeout = self.flock.timeout
+            if timeout is not None:  # a crashed holder's lease lapses only after its TTL
+                timeout = max(timeout, 1.5 * self.lease.leases.ttl_s)
+            try:
+                if not self.lease.acquire(blocking=blocking, timeout=timeout):
+                    self.flock.release()
+                    return False
+            except BaseException:
+                self.flock.release()
+                raise
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        try:
+            if self._depth == 0:
+                self.lease.release()
+        finally:
+            self.flock.release()
+
+    def ensure_held(self) -> None:
+        """Raise `leases.LeaseLost` unless the lease is still this holder's (and renew it)."""
+        self.lease.ensure_held()
+
+    def __enter__(self) -> LeasedLock:
         self.acquire()
         return self
 

@@ -3,13 +3,17 @@
 Exactly-once rests on three rules kept here:
 
 1. A file becomes visible only whole: it is written under a hidden temporary name, fsynced,
-   renamed into place and its directory fsynced (on object storage a single PUT is already
-   atomic, so it is written in place).
+   renamed into place and its directory fsynced (on object storage it is serialized in
+   memory and sent in one PUT, which is already atomic).
 2. An event's partition is a function of the event itself (`workflow`, UTC day of
    `started_at`), so a redelivered event always lands in the partition that already holds it.
-   Before writing, under that partition's host-wide lock, the writer checks the partition's
+   Before writing, under that partition's lock, the writer checks the partition's
    `event_id`s and drops any already stored. The ids are cached per partition and refreshed
-   from the file listing, so another ingester's or a compaction's files are seen.
+   from the file listing, so another ingester's or a compaction's files are seen. The lock is
+   host-wide (flock), and store-wide when the layout has leases: then `ensure_held()` is
+   called right before each publish (rename or PUT), and a writer whose lease lapsed or was
+   taken over raises `LeaseLost` having published nothing. The lease's fencing token is in
+   the file's name (`-t<token>`) and its Parquet metadata (`tracelab.lease_token`).
 3. Replacing files (compaction) is journalled: merged file under a temporary name, journal,
    rename, delete the old files, delete the journal. A crash at any step is finished by the
    next writer that locks the partition; readers use the journal to skip replaced files.
@@ -32,11 +36,13 @@ import pyarrow.parquet as pq
 from tracelab.store import event_index
 from tracelab.store.layout import (DATA_SUFFIX, JOURNAL_PREFIX, StoreLayout, date_of,
                                    index_path, read_journal, resolve_layout)
-from tracelab.store.locks import FileLock
+from tracelab.store.locks import FileLock, LeasedLock
 from tracelab.store.schema import DICTIONARY_COLUMNS, events_to_table
 
 log = logging.getLogger("tracelab.store")
 
+# The Parquet key-value metadata naming the lease token a file was published under.
+TOKEN_METADATA = b"tracelab.lease_token"
 ROW_GROUP_SIZE = 16_384
 # Min/max statistics only where a filter can use them; on JSON text they cost and never help.
 STATISTICS_COLUMNS = ["run_id", "started_at", "latency_ms", "status", "status_code", "service",
@@ -83,11 +89,11 @@ class StoreWriter:
         self._seq = 0
         self._ids: OrderedDict[PartitionKey, _PartitionIds] = OrderedDict()
         self._cached_partitions = cached_partitions
-        self._locks: dict[PartitionKey, FileLock] = {}
+        self._locks: dict[PartitionKey, FileLock | LeasedLock] = {}
 
     # -- public API -------------------------------------------------------------------------
 
-    def partition_lock(self, workflow: str, date: str) -> FileLock:
+    def partition_lock(self, workflow: str, date: str) -> FileLock | LeasedLock:
         """The partition's lock, shared by every caller in this process (flock is per fd)."""
         key = (workflow, date)
         lock = self._locks.get(key)
@@ -141,13 +147,21 @@ class StoreWriter:
             raise ValueError(f"files of several directories cannot be merged: {directories}")
         directory = directories.pop() if directories else self.layout.partition_dir(*key)
         old_names = [p.rsplit("/", 1)[1] for p in old_paths]
-        new_name = self._new_name()
-        tmp_name = f".{new_name}.tmp"
         journal = f"{directory}/{JOURNAL_PREFIX}{uuid.uuid4().hex[:12]}.json"
-        with self.partition_lock(workflow, date):
+        with self.partition_lock(workflow, date) as lock:
+            new_name = self._new_name(lock.token)
+            tmp_name = f".{new_name}.tmp"
+            table = _with_token(table, lock.token)
             if self.layout.is_local:
                 self._write_local(f"{directory}/{tmp_name}", table,
                                   final=f"{directory}/{new_name}")
+            # The journal is the commit point (a crash after it rolls forward): published
+            # only under the lease; a lost lease leaves nothing but temporary files.
+            try:
+                lock.ensure_held()
+            except BaseException:
+                self._discard(f"{directory}/{tmp_name}", index_path(f"{directory}/{new_name}"))
+                raise
             self._put_bytes(journal, json.dumps(
                 {"new": new_name, "tmp": tmp_name, "old": old_names,
                  "workflow": workflow}).encode())
@@ -155,7 +169,11 @@ class StoreWriter:
                 os.rename(f"{directory}/{tmp_name}", f"{directory}/{new_name}")
                 _fsync_dir(directory)
             else:
-                self._write_remote(f"{directory}/{new_name}", table)
+                try:
+                    self._write_remote(f"{directory}/{new_name}", table, lock)
+                except BaseException:
+                    self._discard(journal)  # names a file that never came: nothing to do
+                    raise
             self._finish_journal(journal)
             ids = self._ids.get(key)
             if ids is not None:
@@ -223,7 +241,7 @@ class StoreWriter:
 
     def _write_partition(self, key: PartitionKey, events: list[dict]) -> WriteReport:
         report = WriteReport()
-        with self.partition_lock(*key):
+        with self.partition_lock(*key) as lock:
             known = self._known_ids(key)
             keep = [i for i, e in enumerate(events) if e["event_id"] not in known]
             report.duplicates += len(events) - len(keep)
@@ -235,11 +253,12 @@ class StoreWriter:
             report.rejected.extend(rejected)
             if table is None or table.num_rows == 0:
                 return report
-            path = f"{self.layout.partition_dir(*key)}/{self._new_name()}"
+            path = f"{self.layout.partition_dir(*key)}/{self._new_name(lock.token)}"
+            table = _with_token(table, lock.token)
             if self.layout.is_local:
-                self._write_local(path, table, atomic=True)
+                self._write_local(path, table, atomic=True, lock=lock)
             else:
-                self._write_remote(path, table)
+                self._write_remote(path, table, lock)
             entry = self._ids[key]
             entry.files.add(path)
             if rejected:
@@ -250,10 +269,25 @@ class StoreWriter:
             report.files.append(path)
             self._touched.add(key)
             if self.auto_compact and len(entry.files) >= self.compact_at:
-                from tracelab.store.compact import compact_tiered
-
-                compact_tiered(self, *key)
+                self._compact_stored(key)
         return report
+
+    def _compact_stored(self, key: PartitionKey) -> int:
+        """Merge a partition's small files (after a write, or when idle); returns how many
+        merges. What was written is stored by then, so a lease lost meanwhile only postpones
+        the merge (to the next write or idle pass): it is not the caller's failure."""
+        from tracelab.store.compact import compact_tiered
+
+        if self.layout.leases is None:
+            return compact_tiered(self, *key)
+        from tracelab.store.leases import LeaseLost
+
+        try:
+            return compact_tiered(self, *key)
+        except LeaseLost as exc:
+            self._touched.add(key)
+            log.warning("merge of %s %s postponed: %s", key[0], key[1], exc)
+            return 0
 
     @property
     def has_uncompacted(self) -> bool:
@@ -262,10 +296,8 @@ class StoreWriter:
 
     def compact_touched(self) -> int:
         """Merge small files in the partitions written since the last call (when idle)."""
-        from tracelab.store.compact import compact_tiered
-
         touched, self._touched = self._touched, set()
-        return sum(compact_tiered(self, *key) for key in sorted(touched))
+        return sum(self._compact_stored(key) for key in sorted(touched))
 
     def _known_ids(self, key: PartitionKey) -> set[str]:
         """The partition's stored event ids, refreshed against its current file listing."""
@@ -314,15 +346,20 @@ class StoreWriter:
                 data.add(f"{directory}/{name}")
         return data == entry.files
 
-    def _new_name(self) -> str:
+    def _new_name(self, token: int | None = None) -> str:
+        """`part-<stamp>-<writer>-<seq>[-t<lease token>].parquet`: unique without any
+        coordination, and naming the fencing token it was published under, if any."""
         self._seq += 1
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        return f"part-{stamp}-{self._writer_id}-{self._seq:06d}{DATA_SUFFIX}"
+        fence = "" if token is None else f"-t{token}"
+        return f"part-{stamp}-{self._writer_id}-{self._seq:06d}{fence}{DATA_SUFFIX}"
 
     def _write_local(self, path: str, table: pa.Table, atomic: bool = False,
-                     final: str | None = None) -> None:
-        """Write `path` durably (under a temporary name first when `atomic`), and the event
-        index of the file that will be live at `final` (default: `path`)."""
+                     final: str | None = None,
+                     lock: FileLock | LeasedLock | None = None) -> None:
+        """Write `path` durably (under a temporary name first when `atomic`, renamed into
+        place once `lock.ensure_held()` passes), and the event index of the file that will
+        be live at `final` (default: `path`)."""
         directory, name = path.rsplit("/", 1)
         _makedirs_durable(directory)
         target = f"{directory}/.{name}.tmp" if atomic else path
@@ -335,15 +372,28 @@ class StoreWriter:
             os.close(fd)
         self._write_index(final or path, table, size)
         if atomic:
+            if lock is not None:
+                try:
+                    lock.ensure_held()
+                except BaseException:
+                    self._discard(target, index_path(final or path))
+                    raise
             os.rename(target, path)
         _fsync_dir(directory)
 
-    def _write_remote(self, path: str, table: pa.Table) -> None:
+    def _write_remote(self, path: str, table: pa.Table,
+                      lock: FileLock | LeasedLock | None = None) -> None:
+        """Serialize the file in memory, check the lease, then send it in one PUT: nothing
+        slow sits between the check and the publish."""
+        sink = pa.BufferOutputStream()
+        _write_parquet(table, sink)
+        data = sink.getvalue()
+        if lock is not None:
+            lock.ensure_held()
         self.layout.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with self.layout.fs.open_output_stream(path) as out:
-            _write_parquet(table, out)
-            size = out.tell()
-        self._write_index(path, table, size)
+            out.write(data)
+        self._write_index(path, table, data.size)
 
     def _write_index(self, data_path: str, table: pa.Table, data_size: int) -> None:
         """The event-id index beside a data file (see `event_index`). Not fsynced and never
@@ -384,6 +434,15 @@ class StoreWriter:
             self.layout.fs.delete_file(path)
         except FileNotFoundError:
             pass
+
+    def _discard(self, *paths: str) -> None:
+        """Remove what a publish that will not happen left behind (best effort: a leftover
+        temporary file is invisible and `compact` removes it later)."""
+        for path in paths:
+            try:
+                self._delete(path)
+            except OSError as exc:
+                log.warning("could not remove %s: %s", path, exc)
 
     def _finish_journal(self, journal: str) -> None:
         fs = self.layout.fs
@@ -431,6 +490,16 @@ def _to_table(events: list[dict]) -> tuple[pa.Table | None, list[tuple[dict, str
         return None, rejected
     table = pa.concat_tables(tables).combine_chunks()
     return table.sort_by([("run_id", "ascending"), ("started_at", "ascending")]), rejected
+
+
+def _with_token(table: pa.Table, token: int | None) -> pa.Table:
+    """`table` carrying the lease token in its schema metadata, which Parquet keeps as the
+    file's key-value metadata (no data is copied)."""
+    if token is None:
+        return table
+    metadata = dict(table.schema.metadata or {})
+    metadata[TOKEN_METADATA] = str(token).encode()
+    return table.replace_schema_metadata(metadata)
 
 
 def _reason(what: str, exc: BaseException) -> str:
