@@ -327,10 +327,10 @@ def _profile_sink_worker() -> list[Any]:
     prof = cProfile.Profile()
     original = sink._drain
 
-    def profiled_drain() -> None:
+    def profiled_drain(*args: Any, **kwargs: Any) -> None:
         prof.enable()
         try:
-            original()
+            original(*args, **kwargs)
         finally:
             prof.disable()
 
@@ -401,17 +401,30 @@ def run_child(variant: str, args: argparse.Namespace, redis_url: str,
 
 
 def check_stream(client: Any) -> tuple[int, int, bool]:
-    """(XLEN, secrets found in the stream's raw bytes, a sample event looks complete)."""
-    n = client.xlen(STREAM)
-    leaked = 0
-    complete = False
-    for _id, fields in client.xrange(STREAM, count=200):
-        raw = fields[b"event"]
-        leaked += sum(s.encode() in raw for s in SECRETS)
-        event = json.loads(raw)
-        complete = (event["request"]["body"] or {}).get("password") == "[REDACTED]" and \
-            isinstance((event["response"] or {}).get("body"), dict)
-    return n, leaked, complete
+    """(call events in the stream, secrets found in its raw bytes, the events look complete).
+
+    Every entry is read (not a sample) so a leak in any one of them counts; the run's
+    lifecycle events (`kind: run`, no bodies) are checked for leaks but not counted as calls.
+    """
+    calls = leaked = 0
+    complete = True
+    last = "-"
+    while True:
+        entries = client.xrange(STREAM, min=f"({last}" if last != "-" else "-", count=2000)
+        if not entries:
+            break
+        for entry_id, fields in entries:
+            last = entry_id.decode()
+            raw = fields[b"event"]
+            leaked += sum(s.encode() in raw for s in SECRETS)
+            event = json.loads(raw)
+            if event["kind"] == "run":
+                continue
+            calls += 1
+            complete = complete and \
+                (event["request"]["body"] or {}).get("password") == "[REDACTED]" and \
+                isinstance((event["response"] or {}).get("body"), dict)
+    return calls, leaked, complete and calls > 0
 
 
 def main() -> None:
@@ -514,7 +527,7 @@ def report(args: argparse.Namespace, variants: list[str],
         for i, ((xlen, expected, leaked, complete), res) in enumerate(
                 zip(redis_checks, results["tracelab"])):
             st = res["stats"]
-            print(f"  run {i + 1}: XLEN {STREAM} = {xlen:,} of {expected:,} calls; "
+            print(f"  run {i + 1}: call events in {STREAM} = {xlen:,} of {expected:,} calls; "
                   f"stats captured={st.get('captured')} published={st.get('published')} "
                   f"dropped={st.get('dropped')} {st.get('dropped_by_reason') or ''} "
                   f"errors={st.get('errors')}; flush ok={res['flush_ok']}; "
