@@ -133,7 +133,8 @@ FILTERS = [
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "keep"), FILTERS, ids=lambda v: str(v)[:40])
+@pytest.mark.parametrize(("kwargs", "keep"), FILTERS,
+                         ids=[str(kwargs)[:40] for kwargs, _keep in FILTERS])
 def test_filter_keywords_hide_non_matching_steps(agent: list[dict], kwargs, keep) -> None:
     widget = tl.execution(RUN).timeline(**kwargs)
     expected = ids_where(agent, keep)
