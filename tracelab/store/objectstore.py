@@ -69,7 +69,10 @@ def _first_set(names: tuple[str, ...]) -> str | None:
 
 
 def _s3(bucket: str, endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
-    options: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    # Delayed open: a file smaller than one upload part (the writer's are) goes in a single
+    # PutObject at close instead of create / upload part / complete: one round trip, not three.
+    options: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S,
+                                  "allow_delayed_open": True}
     if endpoint:
         target = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         if target.scheme not in ("http", "https") or not target.netloc:
