@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -130,11 +131,15 @@ class StallingProxy:
     without a body), then the proxy holds it (`stalled` is set) until `stop()`. A test points a writer at `url`, waits for `stalled`,
     and then has the writer exactly where it wants it: in the middle of an upload or just
     before a deletion, to look at the bucket from outside or to kill the writer right there.
+    Requests `lose_answer_to` selects (every one, retries too) reach the server whole but
+    their answer is lost: the connection drops, as on a timeout after the upload.
     """
 
-    def __init__(self, upstream: S3Endpoint, stall_on: Predicate) -> None:
+    def __init__(self, upstream: S3Endpoint, stall_on: Predicate,
+                 lose_answer_to: Predicate | None = None) -> None:
         self.upstream = urlsplit(upstream.url)
         self.stall_on = stall_on
+        self.lose_answer_to = lose_answer_to or never
         self.stalled = threading.Event()
         self.stalled_request: tuple[str, str] | None = None
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request seen
@@ -214,6 +219,11 @@ class StallingProxy:
                 upstream.send(body)
                 response = upstream.getresponse()
                 data = response.read()
+                if proxy.lose_answer_to(self.command, self.path, len(body)):
+                    upstream.close()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 self.send_response_only(response.status, response.reason)
                 for name, value in response.getheaders():
                     if name.lower() not in ("transfer-encoding", "connection", "content-length"):

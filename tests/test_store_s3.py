@@ -191,6 +191,8 @@ def test_a_data_file_is_published_by_one_put(store: Store, monkeypatch) -> None:
     on_data = [method for method, path in proxy.requests
                if unquote(path.split("?", 1)[0]).endswith(data_key)]
     assert on_data == ["PUT"]
+    # and nothing else is put: the file and its event index (S3 needs no directory markers)
+    assert sum(method == "PUT" for method, _ in proxy.requests) == 2
 
 
 # -- atomic visibility --------------------------------------------------------------------------
@@ -305,6 +307,22 @@ def test_compact_on_s3_killed_mid_merge_is_recovered(store: Store, where: str) -
     report = compact()  # finishes the journal the killed one left, then merges what is left
     assert report.files_after == 4
     assert store.journals() == [] and len(store.data_keys()) == 4
+    assert_stored_once(store, events)
+
+
+def test_a_merged_file_whose_put_answer_was_lost_never_doubles_events(store: Store,
+                                                                       monkeypatch) -> None:
+    """The PUT of a merged file landed but its answer never came (retries too): the merged
+    file is live, so the journal that hides the files it replaces must stay until finished."""
+    events = fill(store, 2)
+    with StallingProxy(store.s3, never, lose_answer_to=parquet_upload) as proxy:
+        monkeypatch.setenv("TRACELAB_S3_ENDPOINT", proxy.url)
+        with pytest.raises(OSError):
+            compact()
+    monkeypatch.setenv("TRACELAB_S3_ENDPOINT", store.s3.url)
+    assert query.store_stats()["events"] == len(events)
+    assert compact().files_after == 4
+    assert store.journals() == []
     assert_stored_once(store, events)
 
 

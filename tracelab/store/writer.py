@@ -168,12 +168,8 @@ class StoreWriter:
             if self.layout.is_local:
                 os.rename(f"{directory}/{tmp_name}", f"{directory}/{new_name}")
                 _fsync_dir(directory)
-            else:
-                try:
-                    self._write_remote(f"{directory}/{new_name}", table, lock)
-                except BaseException:
-                    self._discard(journal)  # names a file that never came: nothing to do
-                    raise
+            else:  # on failure the journal stays: the PUT may have landed unanswered
+                self._write_remote(f"{directory}/{new_name}", table, lock)
             self._finish_journal(journal)
             ids = self._ids.get(key)
             if ids is not None:
@@ -390,7 +386,8 @@ class StoreWriter:
         data = sink.getvalue()
         if lock is not None:
             lock.ensure_held()
-        self.layout.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if self.layout.fs.type_name != "s3":  # S3 has no directories: no marker objects
+            self.layout.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with self.layout.fs.open_output_stream(path) as out:
             out.write(data)
         self._write_index(path, table, data.size)
