@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scan": ("tracelab.cli.scan", "find secrets left in files of events before committing them"),
     "ingest": ("tracelab.cli.ingest", "consume the Redis stream into the Parquet store"),
     "compact": ("tracelab.cli.compact", "merge the store's small files, keeping exactly-once"),
+    "retain": ("tracelab.cli.retain", "delete executions older than a limit (--older-than 30d)"),
     "stats": ("tracelab.cli.stats", "print workflows, executions, events, files and bytes"),
     "serve": ("tracelab.cli.serve", "serve the API (:8000, /docs) and the web UI (:3000)"),
     "up": ("tracelab.cli.up", "service mode: the ingester and `serve` in one process"),

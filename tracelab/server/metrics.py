@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from tracelab.server.live import StoreWatcher
-from tracelab.store import query
+from tracelab.store import query, retention
 from tracelab.store.layout import StoreLayout
 
 log = logging.getLogger("tracelab.server")
@@ -55,7 +55,8 @@ class _WorkloadCollector:
     """Per-workflow and per-target figures from the query layer, cached for WORKLOAD_TTL.
 
     `tracelab_workflow_executions{workflow}`, `tracelab_target_events_total{target,status}`
-    (events stored; a step without a target counts as target="") and
+    (steps stored plus those retention deleted, so a deletion is never a counter reset; a
+    step without a target counts as target="") and
     `tracelab_target_latency_ms{target,quantile}` over the last hour's events.
     """
 
@@ -80,8 +81,9 @@ class _WorkloadCollector:
 
         executions = GaugeMetricFamily("tracelab_workflow_executions",
                                        "Executions stored per workflow", labels=["workflow"])
-        events = CounterMetricFamily("tracelab_target_events", "Events stored per target and "
-                                     "status", labels=["target", "status"])
+        events = CounterMetricFamily("tracelab_target_events", "Events recorded per target "
+                                     "and status (stored plus deleted by retention)",
+                                     labels=["target", "status"])
         latency = GaugeMetricFamily("tracelab_target_latency_ms", "Latency quantiles per "
                                     "target over events started in the last hour (ms)",
                                     labels=["target", "quantile"])
@@ -89,16 +91,35 @@ class _WorkloadCollector:
             flows = query.workflows(layout=self.layout)
             for row in flows.to_dict("records"):
                 executions.add_metric([row["workflow"]], int(row["executions"]))
-            counts = query.target_counts(layout=self.layout)
-            for row in counts.to_dict("records"):
-                events.add_metric([row["target"] or "", row["status"] or ""],
-                                  int(row["events"]))
+            for (target, status), value in sorted(self._target_totals().items()):
+                events.add_metric([target, status], value)
             for target, values in self._latency(flows).items():
                 for q, value in zip(LATENCY_QUANTILES, values):
                     latency.add_metric([target, str(q)], value)
         except Exception as exc:
             log.warning("per-target metrics for /metrics failed: %s", exc)
         return [executions, events, latency]
+
+    def _target_totals(self) -> dict[tuple[str, str], int]:
+        """Steps per (target, status): stored now plus deleted by retention, so the counter
+        never goes down. The files are listed before and after counting the stored steps;
+        retention's tally, read after, counts only files no longer live. When retention
+        deleted a file between the two listings (it is unknown whether the count saw it),
+        count again."""
+        for attempt in range(5):
+            before = {f.path for f in self.layout.list_files()}
+            counts = query.target_counts(layout=self.layout)
+            live = {f.path for f in self.layout.list_files()}
+            deleted = retention.deleted_counts(self.layout, live, listed_before=before)
+            if deleted is not None:
+                break
+        else:
+            deleted = retention.deleted_counts(self.layout, live) or {}
+        totals = dict(deleted)
+        for row in counts.to_dict("records"):
+            key = (row["target"] or "", row["status"] or "")
+            totals[key] = totals.get(key, 0) + int(row["events"])
+        return totals
 
     def _latency(self, flows: pd.DataFrame) -> dict[str, list[float]]:
         """Quantiles of `latency_ms` per target over the recent events of every workflow."""
