@@ -207,3 +207,122 @@ def test_dashboard_metric_names_are_exported_by_a_live_api(tmp_path: Path) -> No
         except subprocess.TimeoutExpired:
             proc.kill()
         redis.stop()
+
+
+# -- the optional object-store profile ("s3") ------------------------------------------------
+
+S3_PROFILE = {"minio", "minio-init"}
+S3_ENV_FILE = ROOT / "deploy" / "s3.env"
+STORE_USERS = ("ingest", "api", "jupyterlab")
+_INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a Compose env file (comments and blank lines skipped)."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def _interpolate(value: object, variables: dict[str, str]) -> str:
+    """What Compose makes of `${NAME}`, `${NAME:-default}` and `$$` with `variables` set."""
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return variables.get(match.group(1)) or (match.group(2) or "")
+    return _INTERPOLATION.sub(one, str(value))
+
+
+def _service_env(name: str, variables: dict[str, str]) -> dict[str, str]:
+    return {k: _interpolate(v, variables) for k, v in SERVICES[name]["environment"].items()}
+
+
+def test_the_s3_profile_is_optional_and_leaves_the_default_services_as_they_were(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracelab.store.layout import resolve_layout
+
+    profiled = {name for name, service in SERVICES.items() if "profiles" in service}
+    assert profiled == S3_PROFILE
+    assert all(SERVICES[name]["profiles"] == ["s3"] for name in profiled)
+    for name, service in SERVICES.items():
+        if name in profiled:
+            continue
+        dependencies = service.get("depends_on") or {}
+        if isinstance(dependencies, list):  # the short form cannot say `required: false`
+            assert not profiled & set(dependencies), name
+            continue
+        for dependency, condition in dependencies.items():
+            if dependency in profiled:  # skipped by Compose when the profile is off
+                assert condition == {"condition": "service_completed_successfully",
+                                     "required": False}, name
+    # Profile off, nothing set: the store variables are empty, which TraceLab reads as unset,
+    # so the store is still $TRACELAB_HOME/store on the shared volume.
+    for name in STORE_USERS:
+        env = _service_env(name, {})
+        assert env["TRACELAB_HOME"] == "/data"
+        for variable in ("TRACELAB_STORE", "TRACELAB_S3_ENDPOINT", "AWS_ACCESS_KEY_ID",
+                         "AWS_SECRET_ACCESS_KEY"):
+            assert env[variable] == "", (name, variable)
+        for variable, value in env.items():
+            monkeypatch.setenv(variable, value)
+        monkeypatch.setenv("TRACELAB_HOME", str(tmp_path))
+        layout = resolve_layout()
+        assert layout.is_local and layout.root == str(tmp_path / "store")
+
+
+def test_the_s3_profile_points_ingest_api_and_notebooks_at_the_minio_bucket() -> None:
+    variables = _env_file(S3_ENV_FILE)
+    assert variables["COMPOSE_PROFILES"] == "s3"
+    minio, init = SERVICES["minio"], SERVICES["minio-init"]
+    credentials = _service_env("minio", variables)
+    assert _service_env("minio-init", variables) == credentials
+    port = int(re.search(r"--address :(\d+)", " ".join(minio["command"])).group(1))
+    console = int(re.search(r"--console-address :(\d+)", " ".join(minio["command"])).group(1))
+    assert _ports(minio) == {port: port, console: console}
+    assert "minio-data" in COMPOSE["volumes"]
+    script = _interpolate(" ".join(init["command"]), variables)
+    assert f"mc alias set store http://minio:{port} " in script
+    bucket = re.search(r"mc mb --ignore-existing store/(\S+)", script).group(1)
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert init["restart"] == "no"
+    for name in STORE_USERS:
+        env = _service_env(name, variables)
+        assert env["TRACELAB_STORE"].startswith(f"s3://{bucket}/"), name
+        assert env["TRACELAB_S3_ENDPOINT"] == f"http://minio:{port}", name
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == \
+            (credentials["MINIO_ROOT_USER"], credentials["MINIO_ROOT_PASSWORD"]), name
+
+
+def test_the_s3_profile_environment_stores_and_serves_from_an_s3_server(s3, tmp_path) -> None:
+    """The ingest and api services' own environment with the s3 profile on, only the
+    addresses of minio and redis swapped for a moto_server and a redis-server on loopback (and
+    a prefix of this test's own): `tracelab ingest` stores into the bucket and `stats` reads it."""
+    from uuid import uuid4
+
+    from event_factory import make_runs, publish
+
+    variables = _env_file(S3_ENV_FILE)
+    bucket_and_prefix = _service_env("ingest", variables)["TRACELAB_STORE"]
+    assert bucket_and_prefix.startswith(f"s3://{s3.bucket}/")
+    store = f"{bucket_and_prefix}-{uuid4().hex}"
+    redis = RedisServer(tmp_path)
+    redis.start()
+    try:
+        events = make_runs(workflows=1, runs=3, events_per_run=4)
+        publish(redis.client(), events)
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith(("TRACELAB_", "AWS_", "REDIS_URL"))}
+
+        def run(service: str, *extra: str) -> str:
+            env = {**base, **_service_env(service, variables), "REDIS_URL": redis.url,
+                   "TRACELAB_S3_ENDPOINT": s3.url, "TRACELAB_STORE": store,
+                   "TRACELAB_HOME": str(tmp_path / service)}
+            command = SERVICES[service]["command"] if service == "ingest" else ["tracelab"]
+            done = subprocess.run([sys.executable, "-m", "tracelab.cli", *command[1:], *extra],
+                                  env=env, cwd=ROOT, capture_output=True, timeout=120)
+            assert done.returncode == 0, done.stderr.decode()
+            return done.stdout.decode()
+
+        run("ingest", "--once")
+        assert re.search(rf"events\s+{len(events)}\b", run("api", "stats"))
+    finally:
+        redis.stop()
