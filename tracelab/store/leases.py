@@ -30,8 +30,6 @@ import os
 import threading
 import time
 import uuid
-from typing import Any
-
 import redis
 
 from tracelab.config import host_id, lease_ttl
@@ -86,6 +84,7 @@ class RedisLeases:
         self._held: set[Lease] = set()
         self._wake = threading.Condition()
         self._renewer: threading.Thread | None = None
+        self._closed = False
 
     @property
     def ttl_ms(self) -> int:
@@ -97,9 +96,12 @@ class RedisLeases:
         return Lease(self, name, KEY_PREFIX + digest)
 
     def close(self) -> None:
-        """Release every held lease and close the connection (for tests and clean exits)."""
+        """Release every held lease, stop the renewer and close the connection."""
         for lease in list(self._held):
             lease.release()
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
         self._client.close()
 
     # -- the renewer ------------------------------------------------------------------------
@@ -107,6 +109,7 @@ class RedisLeases:
     def _track(self, lease: Lease) -> None:
         with self._wake:
             self._held.add(lease)
+            self._closed = False
             if self._renewer is None or not self._renewer.is_alive():
                 self._renewer = threading.Thread(target=self._renew_loop, daemon=True,
                                                  name="tracelab-lease-renewer")
@@ -123,8 +126,10 @@ class RedisLeases:
         period = self.ttl_s / 3
         while True:
             with self._wake:
-                while not self._held:
+                while not self._held and not self._closed:
                     self._wake.wait()
+                if self._closed:
+                    return
                 due = [lease for lease in self._held
                        if time.monotonic() - lease._renewed_at >= period]
                 if not due:
@@ -248,8 +253,3 @@ class Lease:
 
     def __repr__(self) -> str:
         return f"Lease({self._label()!r}, token={self.token})"
-
-
-def leases_for(url: str | None, **kwargs: Any) -> RedisLeases | None:
-    """`RedisLeases(url)` when a URL is given, else None (host-wide locks only)."""
-    return RedisLeases(url, **kwargs) if url else None

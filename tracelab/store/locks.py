@@ -164,4 +164,25 @@ class LeasedLock:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.release()
+        try:
+            if isinstance(exc, OSError):
+                self._explain(exc)
+        finally:
+            self.release()
+
+    def _explain(self, exc: OSError) -> None:
+        """Raise `LeaseLost` (from `exc`) if the lease was lost while the block ran.
+
+        A holder that stalled past its TTL (a long pause) resumes on a stale listing, and the
+        files it meant to read may have been merged away by the next holder since: the
+        missing file is the lost lease's doing, and the caller must treat it as such (retry
+        later), not as a broken store.
+        """
+        from tracelab.store.leases import LeaseLost
+
+        try:
+            self.lease.ensure_held()
+        except LeaseLost as lost:
+            raise lost from exc
+        except Exception:  # noqa: BLE001 - cannot tell: the original error stands
+            return
