@@ -58,6 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(importlib.import_module(args._module).run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ValueError as exc:  # imported only on failure: the store module loads pyarrow
+        from tracelab.store.objectstore import ObjectStoreError
+
+        if not isinstance(exc, ObjectStoreError):
+            raise
+        print(f"tracelab {args.command}: {exc}", file=sys.stderr)
+        return 1
     except ModuleNotFoundError as exc:
         from tracelab.cli.extras import missing_extra_message
 
