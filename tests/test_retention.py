@@ -71,10 +71,16 @@ def by_run(events: list[dict]) -> dict[str, set[str]]:
     return out
 
 
+def cli_env(extra: dict | None = None) -> dict[str, str]:
+    """This environment without any Redis (unless `extra` names one): flock-only runs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TRACELAB_REDIS_URL")}
+    return {**env, **(extra or {})}
+
+
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tracelab.cli", "retain", *args],
                           capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+                          env=cli_env(env))
 
 
 # -- the age syntax --------------------------------------------------------------------------
@@ -320,6 +326,44 @@ def test_a_partition_changed_while_retention_waits_for_its_lock_is_read_again(tr
     layout = resolve_layout()
     rows = query.read_table(layout, [f.path for f in layout.list_files()], ["event_id"])
     assert sorted(rows["event_id"].to_pylist()) == sorted(e["event_id"] for e in new)
+
+
+def test_with_a_redis_url_retention_waits_for_another_hosts_lease(tmp_path, redis_server):
+    """Two hosts (own TRACELAB_HOME, so their flocks never meet; own host id) share a store:
+    `retain --redis-url` takes the partition's lease, so it reads the partition only after the
+    other host, holding the lease, merged its files."""
+    from tracelab.store.compact import compact
+
+    store = str(tmp_path / "store")
+    host_a = resolve_layout(store, home=tmp_path / "home-a", leases_url=redis_server.url)
+    old = run_events("wf", "old", [at(0, 1), at(3, 1)])
+    new = run_events("wf", "new", [at(3, 2), at(3, 3)])
+    writer = StoreWriter(host_a)
+    writer.write(old)
+    writer.write(new)
+    lock = writer.partition_lock("wf", "2024-05-04")
+    env = cli_env({"TRACELAB_HOME": str(tmp_path / "home-b"), "TRACELAB_HOST_ID": "host-b",
+                   "TRACELAB_STORE": store})
+    with lock:
+        assert lock.token is not None  # a lease, not only a flock
+        proc = subprocess.Popen([sys.executable, "-m", "tracelab.cli", "retain",
+                                 "--older-than", "1d", "--redis-url", redis_server.url],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        client = redis_server.client()
+        mine = int(client.get("tracelab:lease-token"))
+        deadline = time.monotonic() + 60
+        while int(client.get("tracelab:lease-token")) == mine:  # host b's first lease
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        try:
+            proc.wait(0.5)  # not an assertion: time to reach this partition's lease
+        except subprocess.TimeoutExpired:
+            pass
+        assert proc.poll() is None  # it waits for the lease this host holds
+        assert compact("wf", "2024-05-04", layout=host_a, writer=writer).files_after == 1
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "deleted 2 executions" in out
+    assert stored(host_a) == {}  # 2024 is long before now: both runs go, each row once
 
 
 # -- /metrics stays monotonic ----------------------------------------------------------------
