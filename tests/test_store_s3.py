@@ -352,12 +352,6 @@ def test_tracelab_ingest_writes_the_stream_into_the_bucket(store: Store, redis_s
     assert done.returncode == 0, done.stderr.decode()
     assert b"stored" in done.stdout
     assert_stored_once(store, events)
-    # Again from the start of the stream (a new group): all duplicates, nothing stored twice.
-    again = subprocess.run([sys.executable, "-m", "tracelab.cli", "ingest", "--redis-url",
-                            redis_server.url, "--once", "--group", "second"], env=store.env(),
-                           cwd=ROOT, capture_output=True, timeout=120)
-    assert again.returncode == 0, again.stderr.decode()
-    assert_stored_once(store, events)
 
 
 def test_duckdb_reads_the_bucket_directly_with_the_same_counts(store: Store) -> None:
