@@ -136,6 +136,12 @@ def test_deletes_only_the_executions_that_started_before_the_cutoff(tracelab_hom
     assert not (Path(layout.partition_dir("wf", "2024-05-01"))).exists()
     assert set(query.executions("wf", layout=layout)["run_id"]) == {"r3", "r4"}
     assert retain(timedelta(days=2), now=BASE + timedelta(days=5, hours=12)).executions == 0
+    paris = timezone(timedelta(hours=2))  # any zone: the cutoff's day is a UTC day
+    report = retain(timedelta(hours=1), now=(BASE + timedelta(days=4)).astimezone(paris),
+                    dry_run=True)  # cutoff 05-04 23:00 UTC, 05-05 01:00 in Paris
+    assert report.cutoff == BASE + timedelta(days=3, hours=23) and report.executions == 1
+    assert (report.partitions_rewritten, report.partitions_deleted) == \
+        ([("wf", "2024-05-04")], [])
 
 
 def test_a_run_straddling_the_cutoff_goes_whole_from_every_partition(tracelab_home):

@@ -106,15 +106,21 @@ class RetentionReport:
     partitions_rewritten: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _utc(now: datetime | None) -> datetime:
+    """`now` in UTC (naive times are taken as UTC), the clock when None: days are UTC days."""
+    if now is None:
+        return datetime.now(timezone.utc)
+    return now.replace(tzinfo=timezone.utc) if now.tzinfo is None \
+        else now.astimezone(timezone.utc)
+
+
 def retain(older_than: timedelta, workflow: str | None = None, *,
            layout: StoreLayout | None = None, writer: StoreWriter | None = None,
            now: datetime | None = None, dry_run: bool = False) -> RetentionReport:
     """Delete every execution (of `workflow`, or all) that started before `now - older_than`."""
     layout = layout or (writer.layout if writer is not None else resolve_layout())
     writer = writer or StoreWriter(layout)
-    now = now or datetime.now(timezone.utc)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+    now = _utc(now)
     try:
         cutoff = now - older_than
     except OverflowError:
@@ -391,10 +397,8 @@ def run_daily(layout: StoreLayout, older_than: timedelta, *,
     `retention-daily` (the Redis lease too when the layout has leases), before the run, so N
     ingesters on N hosts run it once between them; a run that fails is not retried that day.
     """
-    now = now or datetime.now(timezone.utc)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
-    today = now.astimezone(timezone.utc).strftime("%Y-%m-%d")
+    now = _utc(now)
+    today = now.strftime("%Y-%m-%d")
     with layout.lock(DAILY_LOCK):
         marker = _read_json(layout, DAILY_NAME) or {}
         if marker.get("day") == today:
