@@ -354,6 +354,55 @@ def test_tracelab_ingest_writes_the_stream_into_the_bucket(store: Store, redis_s
     assert_stored_once(store, events)
 
 
+def test_the_api_in_front_of_the_bucket_keeps_no_state_of_its_own(store: Store) -> None:
+    """`tracelab serve` over the bucket answers from it, and a file another host puts after
+    it started is in its next answer (so N of them behind a balancer answer alike)."""
+    import httpx
+
+    from conftest import free_port
+
+    events = make_runs(workflows=1, runs=3, events_per_run=4)
+    StoreWriter().write(events)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tracelab.cli", "serve", "--no-ui",
+                               "--port", str(port)], env=store.env(), cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+
+        def runs() -> dict[str, int]:
+            page = client.get("/api/workflows/wf-0/executions")
+            assert page.status_code == 200, page.text
+            return {row["run_id"]: row["events"] for row in page.json()["executions"]}
+
+        wait_until_serving(client, server)
+        assert runs() == {f"wf0-run-{r:04d}": 4 for r in range(3)}
+        one = client.get(f"/api/events/{events[5]['event_id']}")
+        assert one.status_code == 200 and one.json()["run_id"] == events[5]["run_id"]
+        assert client.get("/metrics").status_code == 200
+        late = make_runs(workflows=1, runs=4, events_per_run=2)[-2:]  # run 3, from elsewhere
+        StoreWriter().write(late)
+        assert runs() == {**{f"wf0-run-{r:04d}": 4 for r in range(3)}, "wf0-run-0003": 2}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_until_serving(client, server: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    for _ in range(600):
+        if server.poll() is not None:
+            raise AssertionError(server.stderr.read().decode())
+        try:
+            if client.get("/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        threading.Event().wait(0.05)
+    raise AssertionError("tracelab serve did not answer within 30 s")
+
+
 def test_duckdb_reads_the_bucket_directly_with_the_same_counts(store: Store) -> None:
     events = make_runs(workflows=2, runs=5, events_per_run=6, days=2, error_every=7)
     writer = StoreWriter()
