@@ -13,6 +13,7 @@ import re
 import socket
 import time
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from tracelab.sdk.recorder import Recorder
 
 HOST = socket.gethostname()
+_chain = chain.from_iterable
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 # LLM detection (the same rule in sdk-ts): a known provider host, or an LLM-style path whose
 # request body looks like an LLM request (`model` plus `messages`, `input` or `prompt`). A path
@@ -91,10 +93,14 @@ def build_event(
     workflow: str | None = None,
     run_id: str | None = None,
     service: str | None = None,
+    replay: bool = True,
 ) -> dict[str, Any]:
+    """The event dict. `replay=False`: a call made before any replay session (built later,
+    on the sink's thread) is never tagged or observed by one that started meanwhile."""
     config = rec.config
     merged = config.tags
-    session = replay_session if kind != "run" else None  # lifecycle events are not calls
+    # lifecycle events are not calls
+    session = replay_session if kind != "run" and replay else None
     if session is not None:
         tags = {**(tags or {}), **session.event_tags()}
     if tags:
@@ -208,8 +214,8 @@ def record_http(
     kind: str | None = None,
     response_body_size: int | None = None,
     response_stream: Any = None,
-) -> dict[str, Any]:
-    """Build and submit one HTTP event. `*_note` marks a body as deliberately not captured.
+) -> dict[str, Any] | None:
+    """Record one HTTP event. `*_note` marks a body as deliberately not captured.
 
     `kind` replaces the default (`http`, or `llm` for LLM endpoints), e.g. `websocket` for a
     connection summary. `response_body_size` is the body's real size when `response_body` is
@@ -217,10 +223,94 @@ def record_http(
     then reports that size. `response_stream` (a `tracelab.sdk.streams.StreamTee`) adds the
     response's `chunks` and `stream` members.
 
-    Returns the event as built; what is submitted has, in addition, every echo of a redacted
-    secret value scrubbed (exception texts quoting URLs, servers echoing credentials).
+    On the caller's thread this only snapshots what happened (immutable bodies, header pairs,
+    the error text, the span) into a tuple and queues it: redaction, the event dict and its
+    JSON are built by the sink's thread, in batches, before anything leaves the process
+    (`tracelab.sdk.sinks`). Returns None then. Calls whose building must happen now (a replay
+    session observes its events as they are built; streams; bodies over `DEFER_MAX_BYTES` or
+    of mutable types) are built here and the event is returned as built; what is submitted
+    has, in addition, every echo of a redacted secret value scrubbed.
     """
+    call = (rec.builder(build_http), origin, method, url, _flat(request_headers), request_body,
+            started_at, latency_ms, status_code, _flat(response_headers), response_body,
+            None if exc is None else _error_pair(exc), request_body_note, response_body_note,
+            source, workflow, run_id, service, kind, response_body_size, response_stream,
+            current_span_id.get(), replay_session is not None)
+    if replay_session is None and response_stream is None and _deferrable(request_body) \
+            and _deferrable(response_body):
+        rec.sink.submit(call)
+        return None
+    event, found = build_http(rec, call)
+    rec.submit(event, origin, found)
+    return event
+
+
+# Bodies up to this size are kept as they are until the sink's thread builds the event: a
+# queued call then holds at most ~2x this much (today's serialized events hold as much).
+DEFER_MAX_BYTES = 64 * 1024
+_SEPARATORS = {str: "\0", bytes: b"\0"}
+
+
+def _deferrable(body: Any) -> bool:
+    """Immutable and small enough to be held in the queue as it is."""
+    return body is None or (type(body) in (bytes, str) and len(body) <= DEFER_MAX_BYTES)
+
+
+def _error_pair(exc: BaseException) -> tuple[str, str]:
+    info = error_info(exc)
+    return info["type"], info["message"]
+
+
+def _flat(headers: Any) -> Any:
+    """Header pairs as ONE string (`name\\0value\\0…`), an immutable snapshot.
+
+    A queued call is a tuple of strings, bytes and numbers only: CPython's collector stops
+    tracking such a tuple the first time it sees it, so calls waiting in the queue are never
+    promoted to older generations (which would set off full collections in the traced
+    program). Pairs that cannot be joined (mixed types, a NUL inside) stay a tuple of pairs.
+    requests' CaseInsensitiveDict is read through its internal store (its generic Mapping
+    iteration costs several microseconds).
+    """
+    if headers is None:
+        return None
+    store = getattr(headers, "_store", None)
+    if type(store) is dict or type(store).__name__ == "OrderedDict":
+        pairs: Any = store.values()
+    elif isinstance(headers, Mapping):
+        pairs = headers.items()
+    else:
+        pairs = headers if type(headers) in (list, tuple) else tuple(headers)
+    if not pairs:
+        return ()
+    for sep in ("\0", b"\0"):
+        try:
+            flat = sep.join(_chain(pairs))  # type: ignore[attr-defined]
+        except TypeError:
+            continue
+        if flat.count(sep) == 2 * len(pairs) - 1:
+            return flat
+        break
+    return tuple(pairs)
+
+
+def _pairs(flat: Any) -> Any:
+    """The header pairs `_flat` joined."""
+    sep = _SEPARATORS.get(type(flat))
+    if sep is None:
+        return flat
+    parts = iter(flat.split(sep))
+    return zip(parts, parts)
+
+
+def build_http(rec: Recorder, call: tuple[Any, ...]) -> tuple[dict[str, Any], set[str]]:
+    """The redacted event of one call snapshotted by `record_http`, and the secret values
+    found (scrubbed from echoes when it is serialized). Runs on the sink's thread."""
+    (_key, _origin, method, url, request_headers, request_body, started_at, latency_ms,
+     status_code, response_headers, response_body, error, request_body_note,
+     response_body_note, source, workflow, run_id, service, kind, response_body_size,
+     response_stream, parent_id, replaying) = call
     config, redactor = rec.config, rec.redactor
+    request_headers, response_headers = _pairs(request_headers), _pairs(response_headers)
     parts = urlsplit(url)
     method = method.upper()
     found: set[str] = set()  # secret values redacted here, scrubbed from echoes on submit
@@ -258,17 +348,18 @@ def record_http(
     tags = llm_tags(parts.hostname or "", path, req_body, llm_body,
                     response.get("chunks") if response else None,
                     response_stream.llm_fold() if response_stream is not None else None)
-    failed = exc is not None or (status_code is not None and status_code >= 400)
+    failed = error is not None or (status_code is not None and status_code >= 400)
+    if error is not None:
+        error = {"type": error[0], "message": error[1]}
     event = build_event(
         rec, kind=kind or ("llm" if tags else "http"),
         target=http_target(parts.scheme, parts.netloc), endpoint=f"{method} {path}",
         started_at=started_at, latency_ms=latency_ms,
         status="error" if failed else "ok", request=request, response=response,
-        status_code=status_code, error=error_info(exc) if exc is not None else None, tags=tags,
-        source=source, workflow=workflow, run_id=run_id, service=service,
+        status_code=status_code, error=error, tags=tags, parent_id=parent_id,
+        source=source, workflow=workflow, run_id=run_id, service=service, replay=replaying,
     )
-    rec.submit(event, origin, found)
-    return event
+    return event, found
 
 
 _OFF = not_captured("capture_payloads is off")

@@ -36,15 +36,35 @@ class Recorder:
         self.stats = stats
         self.sink = sink
         self.redactor = Redactor(config.redact_patterns)
+        self._builders: dict[Callable[..., Any], int] = {}
 
     def submit(self, event: dict[str, Any], origin: str, found: set[str] | None = None) -> None:
-        """Serialize now and enqueue bytes; `found` values are scrubbed from the whole event.
+        """Serialize now and enqueue bytes; `found` values are scrubbed from the whole event."""
+        payload = self.encode(event, origin, found)
+        if payload is not None:
+            self.sink.submit(payload)
 
-        Serializing on the caller's thread costs about as much as it would on the sink's, but
-        the queue then holds one bytes object per event instead of a tree of ~150 objects,
-        which keeps the garbage collector out of the traced program's way. An event that would
-        be over `MAX_EVENT_BYTES`, or cannot be serialized, is shrunk to fit (bodies become
-        `$tracelab` markers, counted as `shrunk` in stats) rather than dropped.
+    def builder(self, build: Callable[[Recorder, tuple[Any, ...]],
+                                      tuple[dict[str, Any], set[str]]]) -> int:
+        """The key to put first in a call tuple queued for `build` on the sink's thread.
+
+        A call is queued as a tuple `(key, origin, …)` of strings, bytes and numbers, and the
+        sink runs `build(recorder, call)` for it, then `encode`, before writing: nothing
+        unredacted ever leaves the process. The key, not the recorder itself, is in the tuple
+        so that the collector can stop tracking it (`tracelab.sdk.capture._flat`).
+        """
+        key = self._builders.get(build)
+        if key is None:
+            key = self._builders[build] = self.sink.register(self, build)
+        return key
+
+    def encode(self, event: dict[str, Any], origin: str,
+               found: set[str] | None = None) -> bytes | None:
+        """The event's JSON, echoes of `found` scrubbed; counted as captured. None: dropped.
+
+        An event that would be over `MAX_EVENT_BYTES`, or cannot be serialized, is shrunk to
+        fit (bodies become `$tracelab` markers, counted as `shrunk` in stats) rather than
+        dropped.
         """
         try:
             try:  # str keys only (every HTTP event): about twice as fast as OPT_NON_STR_KEYS
@@ -56,11 +76,11 @@ class Recorder:
         if payload is None or len(payload) > MAX_EVENT_BYTES:
             payload = self._shrunk(event, origin)
             if payload is None:
-                return
+                return None
         if found:
             payload = scrub_json_bytes(payload, found)
         self.stats.count_captured(origin)
-        self.sink.submit(payload)
+        return payload
 
     def _shrunk(self, event: dict[str, Any], origin: str) -> bytes | None:
         """The event's JSON with its bulky parts as markers (`tracelab.sdk.limits`)."""
