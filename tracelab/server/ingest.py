@@ -10,7 +10,13 @@ turns that into exactly-once. The order of operations is what makes it safe:
    entries sit in this consumer's pending list like any other read: a crash leaves them to
    be re-read, never acknowledged;
 2. validate each entry; a malformed one becomes a dead letter (`trace.events.dead`) carrying
-   the raw fields, the reason and the original id;
+   the raw fields, the reason and the original id. Validation has a fast path: a compiled
+   schema checks every top-level field while decoding (`schema.decode_wire`, C speed) and
+   keeps the payloads as the JSON text the store holds anyway; what that skip over the
+   payload text leaves unchecked is checked for the whole batch at once on the write thread
+   (`schema.WireBatch`, in Arrow). An entry either check cannot vouch for goes the
+   full way (`orjson.loads` + `validate()`), which stores it or dead-letters it with its
+   reason, before the store sees it;
 3. when the batch is full or its oldest event has waited `flush_interval`, write the valid
    events durably (`StoreWriter`), then add the dead letters, then XACK everything.
 
@@ -38,6 +44,7 @@ from tracelab.events import MAX_EVENT_BYTES, validate
 from tracelab.store.layout import StoreLayout, resolve_layout
 from tracelab.store.leases import LeaseLost
 from tracelab.store.locks import FileLock
+from tracelab.store.schema import WireBatch, WireEvent, decode_wire
 from tracelab.store.writer import StoreWriter, WriteReport
 
 log = logging.getLogger("tracelab.ingest")
@@ -151,11 +158,14 @@ class _Batch:
     """Entries read but not yet acknowledged, split by what will happen to them."""
 
     def __init__(self) -> None:
-        self.events: list[dict] = []
+        self.events: list[dict | WireEvent] = []
         self.event_ids: list[bytes] = []     # stream ids, parallel to `events`
         self.raws: list[bytes] = []          # the entries' `event` bytes, parallel too
         self.dead: list[tuple[bytes, dict | None, str]] = []
         self.other_ids: list[bytes] = []     # gone entries: nothing to store, only to ack
+        # An entry's fields when it has more than `event` (by index in `events`), so a dead
+        # letter found after reading still carries all of them.
+        self.fields: dict[int, dict] = {}
         self.oldest: float | None = None
 
     def __len__(self) -> int:
@@ -407,7 +417,7 @@ class Ingester:
         self.stats.read += len(entries)
         max_bytes = self.config.max_event_bytes
         events, event_ids, raws = batch.events, batch.event_ids, batch.raws
-        loads = orjson.loads
+        fast = decode_wire
         for entry_id, fields in entries:
             if not fields:
                 batch.other_ids.append(entry_id)  # trimmed from the stream while pending
@@ -418,18 +428,20 @@ class Ingester:
                 else:
                     fields = dict(zip(fields[::2], fields[1::2]))
                     raw = fields.get(b"event")
+                    batch.fields[len(events)] = fields
             else:
                 raw = fields.get(b"event")
+                batch.fields[len(events)] = fields
             if raw is not None and len(raw) <= max_bytes:
-                try:
-                    obj = loads(raw)
-                except orjson.JSONDecodeError:
-                    obj = None
-                if type(obj) is dict and not validate(obj):
-                    events.append(obj)
+                event = fast(raw)
+                if event is None:
+                    event = _decode_checked(raw)
+                if event is not None:
+                    events.append(event)
                     event_ids.append(entry_id)
                     raws.append(raw)
                     continue
+            batch.fields.pop(len(events), None)
             if type(fields) is list:
                 fields = dict(zip(fields[::2], fields[1::2]))
             batch.dead.append((entry_id, fields, _reason(fields, max_bytes)))
@@ -455,17 +467,40 @@ class Ingester:
     def _write_batch(self, batch: _Batch) -> tuple[list[bytes], list, WriteReport | None]:
         """Durably store one batch (runs on the write thread); returns what to settle.
 
+        First the batch's Arrow rows are built once and the payload checks the fast decode
+        left run on them (`WireBatch`): an event they flag is decoded and validated in full,
+        and stored as that dict or dead-lettered with the reason `validate()` gives, before
+        the store sees it (so an invalid entry is a dead letter, never a "duplicate").
         An event the store refuses becomes a dead letter carrying the entry's original bytes
         (never a re-serialization of the parsed event, which may be what failed), so one
         poison entry is acknowledged once and never stops or re-enters the line.
         """
         dead = list(batch.dead)
+        events, entry_ids, raws = batch.events, batch.event_ids, batch.raws
+        prepared = WireBatch(events)
+        if prepared.unvouched:
+            events, entry_ids, raws = list(events), list(entry_ids), list(raws)
+            refused = set()
+            for index in prepared.unvouched:
+                event = _decode_checked(raws[index])
+                if event is not None:
+                    events[index] = event
+                    continue
+                fields = batch.fields.get(index) or {b"event": raws[index]}
+                dead.append((entry_ids[index], fields,
+                             _reason(fields, self.config.max_event_bytes)))
+                refused.add(index)
+            if refused:
+                keep = [i for i in range(len(events)) if i not in refused]
+                events = [events[i] for i in keep]
+                entry_ids = [entry_ids[i] for i in keep]
+                raws = [raws[i] for i in keep]
         report = None
-        if batch.events:
-            report = _write_or_isolate(self.writer, batch.events)
+        if events:
+            with prepared.active():
+                report = _write_or_isolate(self.writer, events)
             if report.rejected:
-                where = {id(e): (i, raw) for e, i, raw in
-                         zip(batch.events, batch.event_ids, batch.raws)}
+                where = {id(e): (i, raw) for e, i, raw in zip(events, entry_ids, raws)}
                 for event, reason in report.rejected:
                     entry_id, raw = where[id(event)]
                     dead.append((entry_id, {b"event": raw}, reason))
@@ -650,6 +685,15 @@ def stream_backlog(client: Any, stream: str, group: str) -> int | None:
         except (TypeError, ValueError):
             return None
     return None
+
+
+def _decode_checked(raw: bytes) -> dict | None:
+    """The full path: `orjson.loads` + `validate()`; the event, or None when invalid."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if type(obj) is dict and not validate(obj) else None
 
 
 def _reason(fields: dict, max_bytes: int) -> str:

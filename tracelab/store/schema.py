@@ -10,13 +10,22 @@ column named `workflow` would be hidden by the partition value in DuckDB and pya
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from operator import itemgetter
-from typing import Any
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from operator import attrgetter, itemgetter
+from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from msgspec import UNSET, Meta, Raw, UnsetType
+
+from tracelab.events import (MAX_ENDPOINT_CHARS, MAX_ID_CHARS, MAX_INT64, MAX_NAME_CHARS,
+                             MAX_NESTING_DEPTH, MAX_STATUS_CODE, MAX_TAG_KEY_CHARS,
+                             MAX_TAG_VALUE_CHARS, MAX_TAGS, MAX_TARGET_CHARS)
 
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
 
@@ -110,20 +119,35 @@ def _tags_text(tags: Any) -> bytes | None:
     return text
 
 
-def events_to_table(events: Sequence[dict]) -> pa.Table:
+def events_to_table(events: Sequence[dict | WireEvent]) -> pa.Table:
     """Arrow table for contract-valid events; raises on a value Arrow cannot hold.
 
-    Built column-wise from Python values because that is the cheapest way from decoded JSON to
-    Arrow (`itemgetter` + `zip` transpose the required fields in C; Arrow's own JSON reader was
-    measured slower here). Rows are sorted by (run_id, started_at) so a run's events sit
-    together and row-group statistics can skip the rest.
+    Events are dicts (decoded JSON) or `WireEvent`s (the ingester's fast decode), in any mix.
+    Dicts are built column-wise from Python values because that is the cheapest way from
+    decoded JSON to Arrow (`itemgetter` + `zip` transpose the required fields in C); a
+    `WireEvent`'s payloads are already JSON text, so they are never parsed or re-serialized.
+    Rows are sorted by (run_id, started_at) so a run's events sit together and row-group
+    statistics can skip the rest.
     """
-    columns = {**_flat_columns_from_python(events), **_json_text_columns(events)}
-    arrays = [columns[f.name] for f in EVENT_SCHEMA]
-    table = pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+    wire = [e for e in events if type(e) is WireEvent]
+    if not wire:
+        table = _table(_dict_columns(events))
+    elif len(wire) == len(events):
+        table = _wire_table(wire)
+    else:
+        dicts = [e for e in events if type(e) is not WireEvent]
+        table = pa.concat_tables([_table(_dict_columns(dicts)), _wire_table(wire)])
     order = pc.sort_indices(table, sort_keys=[("run_id", "ascending"),
                                               ("started_at", "ascending")])
     return table.take(order)
+
+
+def _table(columns: dict[str, pa.Array]) -> pa.Table:
+    return pa.Table.from_arrays([columns[f.name] for f in EVENT_SCHEMA], schema=EVENT_SCHEMA)
+
+
+def _dict_columns(events: Sequence[dict]) -> dict[str, pa.Array]:
+    return {**_flat_columns_from_python(events), **_json_text_columns(events)}
 
 
 def _json_text(values: list[bytes | None]) -> pa.Array:
@@ -157,6 +181,213 @@ def _flat_columns_from_python(events: Sequence[dict]) -> dict[str, pa.Array]:
     values = {**required, **optional, "error_type": error_type, "error_message": error_message,
               "workflow_name": [e["workflow"] for e in events]}
     return {name: pa.array(values[name], type=EVENT_SCHEMA.field(name).type) for name in values}
+
+
+# ---- the ingester's fast decode: a compiled schema, payloads kept as JSON text --------------
+
+_Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
+_Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+_OptionalId = Annotated[str, Meta(max_length=MAX_ID_CHARS)] | None
+_Count = Annotated[int, Meta(ge=0, le=MAX_INT64)]
+_Tags = Annotated[dict[Annotated[str, Meta(min_length=1, max_length=MAX_TAG_KEY_CHARS)],
+                       Annotated[str, Meta(max_length=MAX_TAG_VALUE_CHARS)]],
+                  Meta(max_length=MAX_TAGS)]
+
+
+class _WireError(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    type: str
+    message: str
+
+
+class WireEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A TraceEvent as `decode_wire` vouches for it: every top-level field checked against
+    the contract by a compiled schema (msgspec, in C), `request` and `response` kept as the
+    producer's JSON text (`msgspec.Raw`), which the store holds as text anyway.
+
+    Stricter than `validate()`, never looser: anything it cannot decode (an unknown top-level
+    field, an error object with more than {type, message}, a wrong type) goes to the full
+    path. What a skip over the payload text does not check (UTF-8 inside strings, numbers
+    beyond a double, nesting depth, the shape of a streamed response, that `request` is an
+    object) is checked for a whole batch at once by `WireBatch`. Instances are acyclic, so
+    the cyclic GC need not track them (`gc=False`). `event["event_id"]` reads a field as on
+    a dict (for the writer), in C.
+    """
+
+    event_id: _Id
+    schema: Literal[1]
+    workflow: _Name
+    run_id: _Name
+    service: _Name
+    source: _Name
+    kind: _Name
+    target: Annotated[str, Meta(min_length=1, max_length=MAX_TARGET_CHARS)]
+    endpoint: Annotated[str, Meta(min_length=1, max_length=MAX_ENDPOINT_CHARS)]
+    started_at: _Count
+    latency_ms: Annotated[float, Meta(ge=0, le=sys.float_info.max)]
+    status: Literal["ok", "error"]
+    request: Raw
+    response: Raw
+    span_id: _OptionalId = None
+    parent_id: _OptionalId = None
+    status_code: Annotated[int, Meta(ge=0, le=MAX_STATUS_CODE)] | None = None
+    error: _WireError | None = None
+    tags: _Tags | UnsetType = UNSET
+    host: str | UnsetType = UNSET
+    pid: _Count | UnsetType = UNSET
+    sdk_version: str | UnsetType = UNSET
+
+    __getitem__ = object.__getattribute__
+
+
+_decode_wire = msgspec.json.Decoder(WireEvent).decode
+
+
+def decode_wire(raw: bytes) -> WireEvent | None:
+    """The entry as a `WireEvent`, or None when the fast decode cannot vouch for it (then
+    `orjson.loads` + `validate()` decide, and say why when it is invalid)."""
+    try:
+        return _decode_wire(raw)
+    except Exception:  # noqa: BLE001 - any failure is the full path's to judge
+        return None
+
+
+# What a skip over JSON text lets through that orjson.loads + validate() refuse, as one RE2
+# pattern per column (run by Arrow, outside the GIL). Each may match valid text (then the
+# full path decides, slower but the same): a value that is not an object; a number whose
+# integer part has 200+ digits or whose exponent has 3+ digits (a double overflows at
+# ~1.8e308, which orjson refuses); as many brackets as the nesting limit (the event is one
+# level, so its payload may nest MAX_NESTING_DEPTH - 1, and nesting never exceeds the
+# brackets); and in a response, the names of a streamed response's fields, which have
+# their own shape, or a `\u` escape that could spell them.
+_NUMBER_RISK = r"[:,\[]\s*-?(?:\d{200}|\d+(?:\.\d*)?[eE][-+]?\d{3})"
+_DEPTH_RISK = r"(?:[^\[{]*[\[{]){%d}" % MAX_NESTING_DEPTH
+_REQUEST_RISK = "|".join((r"^[^{]", _NUMBER_RISK, _DEPTH_RISK))
+_RESPONSE_RISK = "|".join((_REQUEST_RISK, "chunks", "stream", r"\\u"))
+
+_BATCH: ContextVar[WireBatch | None] = ContextVar("tracelab_wire_batch", default=None)
+
+
+class WireBatch:
+    """One ingest batch's `WireEvent`s as Arrow rows, built once, and what they still need.
+
+    Building the table of the whole batch at once is the cheapest conversion (the writer
+    would otherwise build one per partition), and the payload checks run on its columns.
+    `unvouched` lists the indices (in the list given) of the events whose payload text might
+    not pass `validate()`; the caller decides those the full way. Within `active()`,
+    `events_to_table` takes a WireEvent's row from this table instead of converting it.
+    """
+
+    def __init__(self, events: Sequence[dict | WireEvent]) -> None:
+        where = [i for i, e in enumerate(events) if type(e) is WireEvent]
+        self.unvouched: list[int] = []
+        self._rows: dict[int, int] = {}
+        self.table: pa.Table | None = None
+        if not where:
+            return
+        wire = [events[i] for i in where]
+        columns = _wire_columns(wire, payloads=False)
+        request, response = _payload_binary(wire)
+        risky = pc.or_kleene(pc.match_substring_regex(request, _REQUEST_RISK),
+                             pc.match_substring_regex(response, _RESPONSE_RISK))
+        flagged = set(pc.indices_nonzero(pc.fill_null(risky, False)).to_pylist())
+        columns["request"], columns["response"] = (_utf8_or_flag(request, flagged),
+                                                   _utf8_or_flag(response, flagged))
+        self.table = _table(columns)
+        self.unvouched = [where[i] for i in sorted(flagged)]
+        self._rows = {id(e): row for row, e in enumerate(wire)}
+
+    @contextmanager
+    def active(self) -> Iterator[WireBatch]:
+        token = _BATCH.set(self)
+        try:
+            yield self
+        finally:
+            _BATCH.reset(token)
+
+    def take(self, events: Sequence[WireEvent]) -> pa.Table | None:
+        """The rows of `events`, or None when one of them is not from this batch."""
+        rows = self._rows
+        try:
+            indices = [rows[id(e)] for e in events]
+        except KeyError:
+            return None
+        assert self.table is not None
+        return self.table.take(indices)
+
+
+def _utf8_or_flag(column: pa.Array, flagged: set[int]) -> pa.Array:
+    """`column` as strings after Arrow's (SIMD) UTF-8 check; rows that fail it are added to
+    `flagged` and nulled (their events are decided the full way, never stored from here)."""
+    try:
+        return column.cast(pa.string())
+    except pa.ArrowInvalid:
+        bad = [i for i, text in enumerate(column.to_pylist())
+               if text is not None and not _is_utf8(text)]
+    flagged.update(bad)
+    mask = [False] * len(column)
+    for i in bad:
+        mask[i] = True
+    return pc.if_else(pa.array(mask), pa.nulls(len(column), pa.binary()), column
+                      ).cast(pa.string())
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _payload_binary(events: Sequence[WireEvent]) -> tuple[pa.Array, pa.Array]:
+    """The payloads' JSON text as it came, unchecked; a null response is a null, as
+    `_json_text_columns` stores it."""
+    request = pa.array([bytes(r) for r in map(_get_request, events)], type=pa.binary())
+    response = [bytes(r) for r in map(_get_response, events)]
+    response = pa.array([None if r == b"null" else r for r in response], type=pa.binary())
+    return request, response
+
+
+def _wire_table(events: Sequence[WireEvent]) -> pa.Table:
+    batch = _BATCH.get()
+    table = batch.take(events) if batch is not None else None
+    return table if table is not None else _table(_wire_columns(events))
+
+
+_get_request = attrgetter("request")
+_get_response = attrgetter("response")
+_WIRE_FLAT = ("event_id", "run_id", "started_at", "latency_ms", "status", "service", "source",
+              "kind", "target", "endpoint", "schema", "status_code", "span_id", "parent_id",
+              "host", "pid", "sdk_version", "workflow")
+_wire_flat = attrgetter(*_WIRE_FLAT)
+_ABSENT_AS_NULL = ("host", "pid", "sdk_version")
+
+
+def _wire_columns(events: Sequence[WireEvent], payloads: bool = True) -> dict[str, pa.Array]:
+    """The events table's columns from `WireEvent`s: flat fields transposed in C, payloads
+    as their text (UTF-8 checked by Arrow), no `extra` (a WireEvent has no field outside the
+    contract). `payloads=False` leaves `request` and `response` out."""
+    values: dict[str, Any] = dict(zip(_WIRE_FLAT, zip(*map(_wire_flat, events))))
+    for name in _ABSENT_AS_NULL:
+        if UNSET in values[name]:
+            values[name] = [None if v is UNSET else v for v in values[name]]
+    values["workflow_name"] = values.pop("workflow")
+    errors = [e.error for e in events]
+    if any(errors):
+        values["error_type"] = [None if err is None else err.type for err in errors]
+        values["error_message"] = [None if err is None else err.message for err in errors]
+    else:
+        values["error_type"] = values["error_message"] = [None] * len(events)
+    columns = {name: pa.array(values[name], type=EVENT_SCHEMA.field(name).type)
+               for name in values}
+    if payloads:
+        request, response = _payload_binary(events)
+        columns["request"], columns["response"] = (request.cast(pa.string()),
+                                                   response.cast(pa.string()))
+    columns["tags"] = _json_text([None if t is UNSET else _tags_text(t)
+                                  for t in (e.tags for e in events)])
+    columns["extra"] = pa.nulls(len(events), pa.string())
+    return columns
 
 
 def row_to_event(row: dict, workflow: str) -> dict:
