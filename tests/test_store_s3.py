@@ -403,6 +403,32 @@ def wait_until_serving(client, server: subprocess.Popen[bytes]) -> None:  # type
     raise AssertionError("tracelab serve did not answer within 30 s")
 
 
+EMBEDDED = """
+import tracelab
+tracelab.init(workflow_name="embedded", service_name="notebook", run_id="run-e")
+
+@tracelab.trace
+def step(n):
+    return n
+
+for n in range(3):
+    step(n)
+assert tracelab.flush(10)
+tracelab.shutdown()
+"""
+
+
+def test_embedded_mode_records_into_the_bucket(store: Store) -> None:
+    """No Redis: the recorder's local spool is folded into the S3 store."""
+    env = store.env()
+    env.pop("TRACELAB_REDIS_URL", None)
+    subprocess.run([sys.executable, "-c", EMBEDDED], env=env, cwd=ROOT, check=True,
+                   timeout=120)
+    runs = tl.executions("embedded").df
+    assert list(runs["run_id"]) == ["run-e"] and list(runs["events"]) == [3]
+    assert store.data_keys()
+
+
 def test_duckdb_reads_the_bucket_directly_with_the_same_counts(store: Store) -> None:
     events = make_runs(workflows=2, runs=5, events_per_run=6, days=2, error_every=7)
     writer = StoreWriter()
