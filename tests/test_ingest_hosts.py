@@ -25,13 +25,12 @@ from pathlib import Path
 import duckdb
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-import pytest
 
-from event_factory import make_runs, publish
+from event_factory import make_event, make_runs, publish
 from tracelab.store.layout import resolve_layout
 from tracelab.store.leases import KEY_PREFIX
 from tracelab.store.query import events as stored_events
-from tracelab.store.writer import TOKEN_METADATA
+from tracelab.store.writer import TOKEN_METADATA, StoreWriter
 
 REPO = Path(__file__).resolve().parent.parent
 STREAM = "trace.events"
@@ -310,3 +309,23 @@ def test_two_hosts_on_s3_one_killed_mid_flush_every_event_stored_once(redis_serv
         monkeypatch.setenv(name, value)
     layout = resolve_layout(store, home=tmp_path / "reader")
     assert_exactly_once(layout, events, s3_duckdb_count(layout))
+
+
+def test_tracelab_retain_makes_a_running_ingester_delete_an_old_partition(redis_server,
+                                                                          tmp_path):
+    store = str(tmp_path / "store")
+    old = [make_event("retained", "old-run", seq=i) for i in range(20)]  # 2024-05-01
+    recent = [make_event("retained", "new-run", seq=i, started_at=time.time_ns() - i)
+              for i in range(20)]
+    layout = resolve_layout(store, home=tmp_path / "writer")
+    StoreWriter(layout).write(old + recent)
+    assert len({f.date for f in layout.list_files("retained")}) == 2
+    host = Host("host-a", redis_server.url, store, tmp_path, {"TRACELAB_RETAIN": "30d"})
+    try:
+        wait_for(lambda: "2024-05-01" not in {f.date for f in layout.list_files("retained")},
+                 30, "the ingester's daily retention", interval=0.1)
+        assert host.proc.poll() is None, host.output()
+    finally:
+        assert host.stop() == 0, host.output()
+    assert sorted(stored_events("retained", layout=layout)["event_id"]) == \
+        sorted(e["event_id"] for e in recent)

@@ -17,6 +17,8 @@ it; the parent shows one progress bar and sums the workers' summaries.
 Every ingester (each worker too) takes a lease per partition in the Redis it reads from, on
 top of the host's file lock, so ingesters on several hosts (each with its own
 `TRACELAB_HOST_ID` and `TRACELAB_HOME`) can share one store: see `tracelab.store.leases`.
+With `TRACELAB_RETAIN` set (e.g. `30d`), the command (the parent, not each worker) applies
+retention once a day per store (`tracelab.store.retention.start_daily`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -125,22 +128,31 @@ def run(args: argparse.Namespace) -> int:
         dead_stream=args.dead_stream, max_event_bytes=args.max_event_bytes,
         log_interval=args.log_interval, connect_timeout=args.connect_timeout,
     )
+    from tracelab.store.retention import start_daily
+
+    retention_stop = threading.Event()
     try:  # the Redis read from also holds the store's leases
         layout = resolve_layout(args.store, leases_url=config.redis_url)
+        # TRACELAB_RETAIN, applied by this (parent) process only: once a day per store,
+        # however many ingesters and workers share it.
+        start_daily(layout, retention_stop)
     except ConfigError as exc:
         print(f"tracelab ingest: {exc}", file=sys.stderr)
         return 2
-    workers = getattr(args, "workers", 1)
-    if workers > 1:
-        from tracelab.server.ingest import RedisUnavailable, wait_for_redis
+    try:
+        workers = getattr(args, "workers", 1)
+        if workers > 1:
+            from tracelab.server.ingest import RedisUnavailable, wait_for_redis
 
-        try:  # once here, rather than once per worker
-            wait_for_redis(config.redis_url, config.connect_timeout)
-        except RedisUnavailable as exc:
-            print(f"tracelab ingest: {exc}", file=sys.stderr)
-            return 1
-        return _run_workers(config, layout, workers, args.once)
-    return _run_one(config, layout, args.once, progress=args.once, summary=args.once)
+            try:  # once here, rather than once per worker
+                wait_for_redis(config.redis_url, config.connect_timeout)
+            except RedisUnavailable as exc:
+                print(f"tracelab ingest: {exc}", file=sys.stderr)
+                return 1
+            return _run_workers(config, layout, workers, args.once)
+        return _run_one(config, layout, args.once, progress=args.once, summary=args.once)
+    finally:
+        retention_stop.set()
 
 
 def _run_one(config: Any, layout: Any, once: bool, progress: bool, summary: bool,
