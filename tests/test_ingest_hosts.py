@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import duckdb
+import pytest
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -203,6 +204,7 @@ def run_two_hosts_one_killed(redis_server, tmp_path, store: str, env: dict[str, 
             host_b.proc.wait()
 
 
+@pytest.mark.slow
 def test_two_hosts_one_killed_mid_flush_every_event_stored_once(redis_server, tmp_path):
     store = str(tmp_path / "store")
     events = make_runs(workflows=2, runs=20, events_per_run=100)  # 4,000 in 2 partitions
@@ -211,6 +213,7 @@ def test_two_hosts_one_killed_mid_flush_every_event_stored_once(redis_server, tm
     assert_exactly_once(layout, events, local_duckdb_count(layout.root))
 
 
+@pytest.mark.slow
 def test_a_host_paused_past_its_lease_publishes_nothing_and_the_other_host_takes_over(
         redis_server, tmp_path):
     """A host frozen mid-flush (SIGSTOP: a long GC pause, a VM migration) for longer than
@@ -284,6 +287,7 @@ class Compactor:
         return merged
 
 
+@pytest.mark.slow
 def test_compaction_on_a_third_host_while_two_hosts_write_keeps_exactly_once(redis_server,
                                                                              tmp_path):
     store = str(tmp_path / "store")
@@ -300,6 +304,7 @@ def test_compaction_on_a_third_host_while_two_hosts_write_keeps_exactly_once(red
     assert_exactly_once(layout, events, local_duckdb_count(layout.root))
 
 
+@pytest.mark.slow
 def test_two_hosts_on_s3_one_killed_mid_flush_every_event_stored_once(redis_server, tmp_path,
                                                                       s3, monkeypatch):
     store = s3.store_uri(f"hosts-{uuid.uuid4().hex}")
@@ -311,6 +316,7 @@ def test_two_hosts_on_s3_one_killed_mid_flush_every_event_stored_once(redis_serv
     assert_exactly_once(layout, events, s3_duckdb_count(layout))
 
 
+@pytest.mark.slow
 def test_tracelab_retain_makes_a_running_ingester_delete_an_old_partition(redis_server,
                                                                           tmp_path):
     store = str(tmp_path / "store")
