@@ -208,6 +208,39 @@ def test_dry_run_deletes_nothing_and_says_what_it_would(tracelab_home):
     assert stored(layout) == by_run(events)
 
 
+RETAINER = ("from datetime import datetime, timedelta, timezone; "
+            "from tracelab.store.retention import retain; "
+            "retain(timedelta(days=2), now=datetime(2024, 5, 6, 12, tzinfo=timezone.utc))")
+
+
+def test_a_retention_killed_midway_is_finished_by_the_next_run(tracelab_home):
+    events = []
+    for w in range(4):  # each old run straddles into two kept days beside a new run
+        for r in range(3):
+            events += run_events(f"wf-{w}", f"old-{w}-{r}", [at(r, 1), at(3, 14), at(4, 3)])
+        events += run_events(f"wf-{w}", f"new-{w}", [at(3, 13), at(4, 1)])
+    writer = StoreWriter()
+    writer.write(events[::2])
+    writer.write(events[1::2])
+    layout = resolve_layout()
+    root = Path(layout.events_root)
+    before = {p.name for p in root.rglob("*.parquet")}
+    proc = subprocess.Popen([sys.executable, "-c", RETAINER], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if {p.name for p in root.rglob("*.parquet")} != before:
+            break
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    rows = query.read_table(layout, [f.path for f in layout.list_files()], ["event_id"])
+    ids = rows["event_id"].to_pylist()
+    assert len(ids) == len(set(ids))  # TraceLab's readers never double, even before recovery
+    retain(timedelta(days=2), now=datetime(2024, 5, 6, 12, tzinfo=timezone.utc))
+    assert stored(layout) == by_run([e for e in events if e["run_id"].startswith("new-")])
+    assert not list(root.rglob("_compaction-*"))
+
+
 # -- the property ----------------------------------------------------------------------------
 
 RUN = st.tuples(st.integers(0, 6), st.floats(0, 23.9), st.lists(st.floats(0, 60), min_size=0,
