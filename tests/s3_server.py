@@ -128,9 +128,10 @@ class StallingProxy:
 
     Every request is relayed to the upstream server except the first one `stall_on` selects:
     of that one only the headers and half the body reach the server (nothing of a request
-    without a body), then the proxy holds it (`stalled` is set) until `stop()`. A test points a writer at `url`, waits for `stalled`,
-    and then has the writer exactly where it wants it: in the middle of an upload or just
-    before a deletion, to look at the bucket from outside or to kill the writer right there.
+    without a body), then the proxy holds it (`stalled` is set) until `stop()`. A test
+    points a writer at `url`, waits for `stalled`, and then has the writer exactly where it
+    wants it: in the middle of an upload or just before a deletion, to look at the bucket from
+    outside or to kill the writer right there.
     Requests `lose_answer_to` selects (every one, retries too) reach the server whole but
     their answer is lost: the connection drops, as on a timeout after the upload.
     """

@@ -21,10 +21,13 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import duckdb
+import httpx
+import orjson
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
 
+from conftest import free_port
 from event_factory import make_runs, publish
 from s3_server import (REGION, S3Endpoint, StallingProxy, never, parquet_delete,
                        parquet_upload)
@@ -149,8 +152,6 @@ def test_a_missing_bucket_or_endpoint_is_a_clear_error(store: Store, monkeypatch
         resolve_layout(f"s3://no-such-bucket/{store.prefix}")
     with pytest.raises(ObjectStoreError, match="names no bucket"):
         filesystem_from_uri("s3:///just/a/path")
-    from conftest import free_port
-
     monkeypatch.setenv("TRACELAB_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # closed
     with pytest.raises(ObjectStoreError, match="cannot reach bucket"):
         resolve_layout(store.uri)
@@ -207,8 +208,6 @@ StoreWriter().write(orjson.loads(Path(sys.argv[1]).read_bytes()))
 
 
 def test_a_writer_killed_mid_upload_leaves_nothing_visible(store: Store, tmp_path) -> None:
-    import orjson
-
     before = make_runs(workflows=1, runs=2, events_per_run=5)
     StoreWriter().write(before)
     batch = make_runs(workflows=1, runs=3, events_per_run=400, body_bytes=200)
@@ -357,10 +356,6 @@ def test_tracelab_ingest_writes_the_stream_into_the_bucket(store: Store, redis_s
 def test_the_api_in_front_of_the_bucket_keeps_no_state_of_its_own(store: Store) -> None:
     """`tracelab serve` over the bucket answers from it, and a file another host puts after
     it started is in its next answer (so N of them behind a balancer answer alike)."""
-    import httpx
-
-    from conftest import free_port
-
     events = make_runs(workflows=1, runs=3, events_per_run=4)
     StoreWriter().write(events)
     port = free_port()
@@ -388,9 +383,7 @@ def test_the_api_in_front_of_the_bucket_keeps_no_state_of_its_own(store: Store) 
         server.wait(timeout=30)
 
 
-def wait_until_serving(client, server: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
-    import httpx
-
+def wait_until_serving(client: httpx.Client, server: subprocess.Popen[bytes]) -> None:
     for _ in range(600):
         if server.poll() is not None:
             raise AssertionError(server.stderr.read().decode())
