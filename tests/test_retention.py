@@ -403,6 +403,7 @@ def test_with_a_redis_url_retention_waits_for_another_hosts_lease(tmp_path, redi
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "deleted 2 executions" in out
     assert stored(host_a) == {}  # 2024 is long before now: both runs go, each row once
+    host_a.leases.close()
 
 
 # -- /metrics stays monotonic ----------------------------------------------------------------
