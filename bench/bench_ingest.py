@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -133,9 +134,11 @@ def bare_consumer(url: str, group: str) -> tuple[int, float]:
 
 
 class Split:
-    """Seconds spent per phase, by wrapping the functions that do each (patched for the run
-    only). Phases on the main thread and on the write thread overlap in time, so they do
-    not add up to the elapsed time."""
+    """Time spent per phase, by wrapping the functions that do each (patched for the run
+    only): wall seconds, and CPU seconds of the thread doing it (wall includes waiting for
+    Redis, the disk and the GIL; CPU does not, so it is what load on the machine changes
+    least). Phases on the main thread and on the write thread overlap in time, so they do not
+    add up to the elapsed time."""
 
     PHASES = {
         "read": "XREADGROUP replies received and parsed (main thread)",
@@ -149,19 +152,21 @@ class Split:
     }
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
+        self.wall: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
         self._undo: list[tuple[Any, str, Any]] = []
 
     def wrap(self, owner: Any, name: str, phase: str) -> None:
         original = getattr(owner, name)
-        seconds = self.seconds
+        wall, cpu = self.wall, self.cpu
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             try:
                 return original(*args, **kwargs)
             finally:
-                seconds[phase] += time.perf_counter() - start
+                wall[phase] += time.perf_counter() - start
+                cpu[phase] += time.thread_time() - start_cpu
 
         setattr(owner, name, timed)
         self._undo.append((owner, name, original))
@@ -184,21 +189,26 @@ class Split:
             for owner, name, original in reversed(self._undo):
                 setattr(owner, name, original)
             self._undo.clear()
-            seconds = self.seconds
-            known = sum(seconds[p] for p in ("arrow", "parquet", "fsync"))
-            seconds["write other"] = max(0.0, seconds.pop("write total", 0) - known)
-            # The batch's table is Arrow build too, less the payload check run inside it.
-            seconds["arrow"] += max(0.0, seconds.pop("batch table", 0) - seconds["payload check"])
+            for seconds in (self.wall, self.cpu):
+                known = sum(seconds[p] for p in ("arrow", "parquet", "fsync"))
+                seconds["write other"] = max(0.0, seconds.pop("write total", 0) - known)
+                # The batch's table is Arrow build too, less the payload check inside it.
+                seconds["arrow"] += max(0.0, seconds.pop("batch table", 0)
+                                        - seconds["payload check"])
+
+    def line(self, kind: str) -> str:
+        seconds = self.wall if kind == "wall" else self.cpu
+        return ", ".join(f"{phase} {seconds.get(phase, 0.0):.2f}" for phase in self.PHASES)
 
 
 def tracelab_in_process(url: str, store: Path, home: Path, group: str
-                        ) -> tuple[int, float, dict[str, float]]:
+                        ) -> tuple[int, float, Split]:
     config = IngestConfig(redis_url=url, stream=STREAM, group=group, consumer="bench",
                           log_interval=3600)
     ingester = Ingester(config, layout=resolve_layout(str(store), home=home))
     with Split().patched() as split:
         stats = ingester.run(once=True)
-    return stats.stored, (stats.last_flush or 0) - (stats.first_read or 0), dict(split.seconds)
+    return stats.stored, (stats.last_flush or 0) - (stats.first_read or 0), split
 
 
 def tracelab_cli(url: str, store: Path, home: Path, group: str, *extra: str
@@ -217,6 +227,11 @@ def tracelab_cli(url: str, store: Path, home: Path, group: str, *extra: str
     return int(found.group(1)), float(found.group(2)), wall
 
 
+def process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -231,18 +246,24 @@ def one_round(url: str, work: Path, n: int, workers: str, index: int) -> dict[st
     total_bytes = publish(client, n)
     print(f"\nround {index}: published {n:,} events, {total_bytes / n:,.0f} bytes each, "
           f"in {time.perf_counter() - t0:.1f} s")
+    cpu = process_cpu()
     n_bare, t_bare = bare_consumer(url, f"bare-{index}")
+    cpu_bare = process_cpu() - cpu
     bare = n_bare / t_bare
     print(f"  (a) bare XREADGROUP+decode loop  : {n_bare:,} in {t_bare:.2f} s = {bare:,.0f} ev/s")
     store = work / f"store-{index}"
+    cpu = process_cpu()
     n_b, t_b, split = tracelab_in_process(url, store, work / f"home-{index}", f"tl-{index}")
+    cpu_b = process_cpu() - cpu
     files = list(store.rglob("*.parquet"))
     size = sum(f.stat().st_size for f in files)
     print(f"  (b) ingester, defaults, in-process: {n_b:,} in {t_b:.2f} s = {n_b / t_b:,.0f} ev/s"
           f" = {n_b / t_b / bare:.2f}x bare ({len(files)} files, {size / 1e6:.1f} MB zstd "
           f"Parquet, {total_bytes / max(size, 1):.0f}x smaller than the JSON)")
-    print("      time split (s): " + ", ".join(
-        f"{phase} {split.get(phase, 0.0):.2f}" for phase in Split.PHASES))
+    print(f"      time split, wall s: {split.line('wall')}")
+    print(f"      time split, CPU s : {split.line('cpu')}")
+    print(f"      CPU of this process per event: bare {cpu_bare / n_bare * 1e6:.1f} µs, "
+          f"ingester {cpu_b / n_b * 1e6:.1f} µs (all threads) = {cpu_bare / n_bare / (cpu_b / n_b):.2f}x")
     n_c, t_c, wall_c = tracelab_cli(url, work / f"store-c-{index}", work / f"home-c-{index}",
                                     f"cli-{index}")
     print(f"  (c) tracelab ingest --once        : {n_c:,} in {t_c:.2f} s = {n_c / t_c:,.0f} ev/s"
@@ -255,7 +276,9 @@ def one_round(url: str, work: Path, n: int, workers: str, index: int) -> dict[st
     for path in work.glob(f"*-{index}"):
         shutil.rmtree(path, ignore_errors=True)
     return {"bare": bare, "b": n_b / t_b, "c": n_c / t_c, "d": n_d / t_d,
-            **{f"split {k}": v for k, v in split.items()}}
+            "cpu ratio": cpu_bare / n_bare / (cpu_b / n_b),
+            **{f"wall {k}": v for k, v in split.wall.items()},
+            **{f"cpu {k}": v for k, v in split.cpu.items()}}
 
 
 def compare(url: str, work: Path, n: int, rounds: int, workers: str) -> None:
@@ -276,8 +299,10 @@ def compare(url: str, work: Path, n: int, rounds: int, workers: str) -> None:
                        ("d", f"tracelab ingest --workers {workers}")):
         print(f"  {label:<34}: {med(key):,.0f} ev/s = {ratio(key):.2f}x bare "
               f"(target >= {TARGET:.2f})")
-    print("  time split of (b), s: " + ", ".join(
-        f"{phase} {med('split ' + phase):.2f}" for phase in Split.PHASES))
+    for kind in ("wall", "cpu"):
+        print(f"  time split of (b), {kind} s: " + ", ".join(
+            f"{phase} {med(f'{kind} {phase}'):.2f}" for phase in Split.PHASES))
+    print(f"  CPU per event, bare / ingester (b): {med('cpu ratio'):.2f}x")
     for phase, what in Split.PHASES.items():
         print(f"    {phase:<16} {what}")
 

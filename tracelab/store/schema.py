@@ -18,6 +18,7 @@ from operator import attrgetter, itemgetter
 from typing import Annotated, Any, Literal
 
 import msgspec
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -133,13 +134,11 @@ def events_to_table(events: Sequence[dict | WireEvent]) -> pa.Table:
     if not wire:
         table = _table(_dict_columns(events))
     elif len(wire) == len(events):
-        table = _wire_table(wire)
+        return _wire_table(wire)
     else:
         dicts = [e for e in events if type(e) is not WireEvent]
         table = pa.concat_tables([_table(_dict_columns(dicts)), _wire_table(wire)])
-    order = pc.sort_indices(table, sort_keys=[("run_id", "ascending"),
-                                              ("started_at", "ascending")])
-    return table.take(order)
+    return table.take(pc.sort_indices(table, sort_keys=_SORT_KEYS))
 
 
 def _table(columns: dict[str, pa.Array]) -> pa.Table:
@@ -231,7 +230,7 @@ class WireEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     parent_id: _OptionalId = None
     status_code: Annotated[int, Meta(ge=0, le=MAX_STATUS_CODE)] | None = None
     error: _WireError | None = None
-    tags: _Tags | UnsetType = UNSET
+    tags: Raw | UnsetType = UNSET
     host: str | UnsetType = UNSET
     pid: _Count | UnsetType = UNSET
     sdk_version: str | UnsetType = UNSET
@@ -270,31 +269,32 @@ _BATCH: ContextVar[WireBatch | None] = ContextVar("tracelab_wire_batch", default
 class WireBatch:
     """One ingest batch's `WireEvent`s as Arrow rows, built once, and what they still need.
 
-    Building the table of the whole batch at once is the cheapest conversion (the writer
-    would otherwise build one per partition), and the payload checks run on its columns.
-    `unvouched` lists the indices (in the list given) of the events whose payload text might
-    not pass `validate()`; the caller decides those the full way. Within `active()`,
-    `events_to_table` takes a WireEvent's row from this table instead of converting it.
+    Building the table of the whole batch at once, sorted as the store wants it, is the
+    cheapest conversion (the writer would otherwise build and sort one per partition), and
+    the payload and tags checks run on its columns. `unvouched` lists the indices (in the
+    list given) of the events whose text might not pass `validate()`; the caller decides
+    those the full way. Within `active()`, `events_to_table` takes a WireEvent's row from
+    this table instead of converting it.
     """
 
     def __init__(self, events: Sequence[dict | WireEvent]) -> None:
         where = [i for i, e in enumerate(events) if type(e) is WireEvent]
         self.unvouched: list[int] = []
         self._rows: dict[int, int] = {}
+        self._order = np.empty(0, dtype=np.int64)
         self.table: pa.Table | None = None
         if not where:
             return
         wire = [events[i] for i in where]
-        columns = _wire_columns(wire, payloads=False)
-        request, response = _payload_binary(wire)
-        risky = pc.or_kleene(pc.match_substring_regex(request, _REQUEST_RISK),
-                             pc.match_substring_regex(response, _RESPONSE_RISK))
-        flagged = set(pc.indices_nonzero(pc.fill_null(risky, False)).to_pylist())
-        columns["request"], columns["response"] = (_utf8_or_flag(request, flagged),
-                                                   _utf8_or_flag(response, flagged))
+        flagged: set[int] = set()
+        columns = _wire_columns(wire, flagged)
+        risky = pc.or_kleene(pc.match_substring_regex(columns["request"], _REQUEST_RISK),
+                             pc.match_substring_regex(columns["response"], _RESPONSE_RISK))
+        flagged.update(pc.indices_nonzero(pc.fill_null(risky, False)).to_pylist())
         self.table = _table(columns)
-        self.unvouched = [where[i] for i in sorted(flagged)]
+        self._order = pc.sort_indices(self.table, sort_keys=_SORT_KEYS).to_numpy()
         self._rows = {id(e): row for row, e in enumerate(wire)}
+        self.unvouched = [where[i] for i in sorted(flagged)]
 
     @contextmanager
     def active(self) -> Iterator[WireBatch]:
@@ -305,30 +305,62 @@ class WireBatch:
             _BATCH.reset(token)
 
     def take(self, events: Sequence[WireEvent]) -> pa.Table | None:
-        """The rows of `events`, or None when one of them is not from this batch."""
+        """The rows of `events`, in the store's order; None when one is not from this batch."""
         rows = self._rows
         try:
-            indices = [rows[id(e)] for e in events]
+            wanted = [rows[id(e)] for e in events]
         except KeyError:
             return None
         assert self.table is not None
-        return self.table.take(indices)
+        chosen = np.zeros(len(self._order), dtype=bool)
+        chosen[wanted] = True
+        return self.table.take(self._order[chosen[self._order]])
 
 
-def _utf8_or_flag(column: pa.Array, flagged: set[int]) -> pa.Array:
-    """`column` as strings after Arrow's (SIMD) UTF-8 check; rows that fail it are added to
-    `flagged` and nulled (their events are decided the full way, never stored from here)."""
+_SORT_KEYS = [("run_id", "ascending"), ("started_at", "ascending")]
+
+
+def _wire_table(events: Sequence[WireEvent]) -> pa.Table:
+    """The events' rows, sorted: from the active `WireBatch`, else converted here."""
+    batch = _BATCH.get()
+    table = batch.take(events) if batch is not None else None
+    if table is not None:
+        return table
+    flagged: set[int] = set()
+    columns = _wire_columns(events, flagged)
+    if flagged:  # only a WireBatch's caller may decide these; here they cannot be stored
+        raise ValueError(f"{len(flagged)} event(s) with malformed tags or payload text")
+    table = _table(columns)
+    return table.take(pc.sort_indices(table, sort_keys=_SORT_KEYS))
+
+
+def _raw_text(raws: Sequence[Raw], flagged: set[int], null_text: bool = False) -> pa.Array:
+    """JSON texts as one string column, copied once (a join, not one object per row).
+
+    `null_text` makes the text `null` a null, as `_json_text_columns` stores a null response.
+    Rows that are not UTF-8 are added to `flagged` and nulled (Arrow checks the whole column
+    at once, SIMD; Python finds the culprits only when it fails).
+    """
+    lengths = np.fromiter(map(len, raws), dtype=np.int64, count=len(raws))
+    offsets = np.zeros(len(raws) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    column = pa.Array.from_buffers(pa.large_binary(), len(raws),
+                                   [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(raws))])
+    mask = pc.equal(column, b"null") if null_text else None
     try:
-        return column.cast(pa.string())
+        text = column.cast(pa.large_string())
     except pa.ArrowInvalid:
-        bad = [i for i, text in enumerate(column.to_pylist())
-               if text is not None and not _is_utf8(text)]
-    flagged.update(bad)
-    mask = [False] * len(column)
-    for i in bad:
-        mask[i] = True
-    return pc.if_else(pa.array(mask), pa.nulls(len(column), pa.binary()), column
-                      ).cast(pa.string())
+        bad = [i for i, raw in enumerate(raws) if not _is_utf8(bytes(raw))]
+        flagged.update(bad)
+        invalid = np.zeros(len(raws), dtype=bool)
+        invalid[bad] = True
+        mask = pa.array(invalid) if mask is None else pc.or_(mask, pa.array(invalid))
+        text = pc.if_else(mask, pa.scalar(None, pa.large_binary()), column
+                          ).cast(pa.large_string())
+        mask = None
+    if mask is not None:
+        text = pc.if_else(mask, pa.scalar(None, pa.large_string()), text)
+    return text.cast(pa.string())
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -339,23 +371,42 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-def _payload_binary(events: Sequence[WireEvent]) -> tuple[pa.Array, pa.Array]:
-    """The payloads' JSON text as it came, unchecked; a null response is a null, as
-    `_json_text_columns` stores it."""
-    request = pa.array([bytes(r) for r in map(_get_request, events)], type=pa.binary())
-    response = [bytes(r) for r in map(_get_response, events)]
-    response = pa.array([None if r == b"null" else r for r in response], type=pa.binary())
-    return request, response
+# Tags arrive as JSON text; the store keeps them with sorted keys. Most events carry one of a
+# few tag sets, so the text as it came maps to the stored text (checked against the contract
+# once, when first seen). Bounded like `_TAGS_TEXT`.
+_TAGS_BY_RAW: dict[bytes, bytes | None] = {}
+_decode_tags = msgspec.json.Decoder(_Tags).decode
+_INVALID = b""
 
 
-def _wire_table(events: Sequence[WireEvent]) -> pa.Table:
-    batch = _BATCH.get()
-    table = batch.take(events) if batch is not None else None
-    return table if table is not None else _table(_wire_columns(events))
+def _tags_column(events: Sequence[WireEvent], flagged: set[int]) -> pa.Array:
+    texts: list[bytes | None] = []
+    known = _TAGS_BY_RAW
+    for index, raw in enumerate(map(_get_tags, events)):
+        if raw is UNSET:
+            texts.append(None)
+            continue
+        key = bytes(raw)
+        text = known.get(key, _INVALID)
+        if text is _INVALID:
+            try:
+                tags = _decode_tags(key)
+            except Exception:  # noqa: BLE001 - not tags by the contract: the full path says why
+                flagged.add(index)
+                texts.append(None)
+                continue
+            text = _dumps(tags, option=orjson.OPT_SORT_KEYS) if tags else None
+            if len(key) <= _TAGS_TEXT_MAX_BYTES:
+                if len(known) >= _TAGS_TEXT_MAX:
+                    known.clear()
+                known[key] = text
+        texts.append(text)
+    return _json_text(texts)
 
 
 _get_request = attrgetter("request")
 _get_response = attrgetter("response")
+_get_tags = attrgetter("tags")
 _WIRE_FLAT = ("event_id", "run_id", "started_at", "latency_ms", "status", "service", "source",
               "kind", "target", "endpoint", "schema", "status_code", "span_id", "parent_id",
               "host", "pid", "sdk_version", "workflow")
@@ -363,10 +414,10 @@ _wire_flat = attrgetter(*_WIRE_FLAT)
 _ABSENT_AS_NULL = ("host", "pid", "sdk_version")
 
 
-def _wire_columns(events: Sequence[WireEvent], payloads: bool = True) -> dict[str, pa.Array]:
-    """The events table's columns from `WireEvent`s: flat fields transposed in C, payloads
-    as their text (UTF-8 checked by Arrow), no `extra` (a WireEvent has no field outside the
-    contract). `payloads=False` leaves `request` and `response` out."""
+def _wire_columns(events: Sequence[WireEvent], flagged: set[int]) -> dict[str, pa.Array]:
+    """The events table's columns from `WireEvent`s: flat fields transposed in C, tags and
+    payloads as their text, no `extra` (a WireEvent has no field outside the contract).
+    Events whose tags or payload text fail a check are added to `flagged` (by index)."""
     values: dict[str, Any] = dict(zip(_WIRE_FLAT, zip(*map(_wire_flat, events))))
     for name in _ABSENT_AS_NULL:
         if UNSET in values[name]:
@@ -380,12 +431,9 @@ def _wire_columns(events: Sequence[WireEvent], payloads: bool = True) -> dict[st
         values["error_type"] = values["error_message"] = [None] * len(events)
     columns = {name: pa.array(values[name], type=EVENT_SCHEMA.field(name).type)
                for name in values}
-    if payloads:
-        request, response = _payload_binary(events)
-        columns["request"], columns["response"] = (request.cast(pa.string()),
-                                                   response.cast(pa.string()))
-    columns["tags"] = _json_text([None if t is UNSET else _tags_text(t)
-                                  for t in (e.tags for e in events)])
+    columns["request"] = _raw_text(list(map(_get_request, events)), flagged)
+    columns["response"] = _raw_text(list(map(_get_response, events)), flagged, null_text=True)
+    columns["tags"] = _tags_column(events, flagged)
     columns["extra"] = pa.nulls(len(events), pa.string())
     return columns
 
