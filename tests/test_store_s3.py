@@ -234,6 +234,25 @@ def test_a_writer_killed_mid_upload_leaves_nothing_visible(store: Store, tmp_pat
     assert_stored_once(store, before + batch)
 
 
+def test_a_file_that_fails_halfway_through_serializing_is_never_published(
+        store: Store, monkeypatch) -> None:
+    """Parquet output dies after its first bytes (out of memory, a bug in a codec): streamed
+    straight into an S3 upload, closing the stream would publish the torn file."""
+    import pyarrow.parquet as pq
+
+    def torn(table, where, **kwargs):  # type: ignore[no-untyped-def]
+        where.write(b"PAR1 and then nothing")
+        raise OSError("the Parquet writer died halfway")
+
+    kept = make_runs(workflows=1, runs=1, events_per_run=3)
+    StoreWriter().write(kept)
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="died halfway"):
+        patch.setattr(pq, "write_table", torn)
+        StoreWriter().write(make_runs(workflows=1, runs=2, events_per_run=3)[3:])
+    assert len(store.data_keys()) == 1
+    assert_stored_once(store, kept)
+
+
 def test_readers_listing_during_writes_only_ever_read_whole_files(store: Store) -> None:
     events = make_runs(workflows=1, runs=12, events_per_run=20)
     batches = [events[i:i + 20] for i in range(0, len(events), 20)]
