@@ -9,7 +9,7 @@ Two kinds of rules, applied everywhere a request, response or traced value can c
 - by *shape*: credential formats that secret scanners (gitleaks, detect-secrets) recognise on
   sight — `sk_live_…`, `AKIA…`, `ghp_…`, JWTs, private key blocks, `user:password@` in URLs —
   are replaced wherever they turn up, whatever the name next to them. `SHAPE_RULES` is the one
-  definition; `tracelab scan` uses it too. A cheap pre-check (`_SHAPE_HINT_PATTERN`) keeps
+  definition; `tracelab scan` uses it too. A cheap pre-check (`_HINT_PARTS`) keeps
   text without any credential-looking prefix off the full expression.
 
 The marker is a constant, never a hash: a hash of a short secret can be brute-forced, and a
@@ -90,13 +90,19 @@ SHAPE_RULES: tuple[tuple[str, str], ...] = (
     ("huggingface-token", r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{30,}"),
     ("npm-token", r"(?<![A-Za-z0-9_])npm_[A-Za-z0-9]{36,}"),
 )
-# What every rule above needs to find in the text (a superset: a hit only means "look closer").
-# Each alternative starts with a literal character, mostly a rare one (`_ - . A B`), so `re`
-# skips every other position in C; URL userinfo needs `://`, checked apart.
-_SHAPE_HINT_PATTERN = (
-    r"_(?:live_|test_|prod_|pat_)|_(?<=gh[pousr]_)|_(?<=hf_)|_(?<=npm_)|_(?<=whsec_)"
-    r"|-----BEGIN|-(?<=sk-)|-(?<=glpat-)|-(?<=xox[abpors]-)|\.eyJ|\.slack\.com/|\.(?<=SG\.)"
-    r"|A(?:KIA|SIA|BIA|CCA|3T|Iza)|Bearer|bearer|BEARER|Basic|basic|BASIC")
+# What every rule above needs to find in the text (a superset: a hit only means "look closer"):
+# one pattern per leading character, each starting with that literal character, mostly a
+# rare one (`_ - . A B b`), so `re` skips every other position in a tight C loop (one
+# alternation of them all costs several times more per position: ~2x slower on a 4 KB LLM
+# response, bench/bench_sdk.py). URL userinfo needs `://`, checked apart.
+_HINT_PARTS = (
+    r"_(?:live_|test_|prod_|pat_|(?<=gh[pousr]_)|(?<=hf_)|(?<=npm_)|(?<=whsec_))",
+    r"-(?:----BEGIN|(?<=sk-)|(?<=glpat-)|(?<=xox[abpors]-))",
+    r"\.(?:eyJ|slack\.com/|(?<=SG\.))",
+    r"A(?:KIA|SIA|BIA|CCA|3T|Iza)",
+    r"B(?:earer|EARER|asic|ASIC)",
+    r"b(?:earer|asic)",
+)
 _USERINFO_HINT_PATTERN = r"://[^\s/\"]*@"
 # A credential prefix at the very end of a cut text: the rest of the value was cut off.
 _TAIL_RULES = re.compile(
@@ -124,31 +130,87 @@ def _compile_shapes() -> tuple[re.Pattern[str], dict[str, tuple[str, int]]]:
 
 
 SHAPES, _SHAPE_GROUPS = _compile_shapes()
-_HINT = re.compile(_SHAPE_HINT_PATTERN).search
-_HINT_BYTES = re.compile(_SHAPE_HINT_PATTERN.encode()).search
 _USERINFO_HINT = re.compile(_USERINFO_HINT_PATTERN).search
 _USERINFO_HINT_BYTES = re.compile(_USERINFO_HINT_PATTERN.encode()).search
+_HINTS = tuple(re.compile(part).search for part in _HINT_PARTS)
+_HINTS_BYTES = tuple(re.compile(part.encode()).search for part in _HINT_PARTS)
+# Per rule, what any match of it contains (a superset, like the hints above). Text whose
+# hints name only some rules is scanned with an alternation of those rules alone, in their
+# order: a rule that cannot match anywhere in the text changes nothing in the alternation's
+# result, and each rule left out saves a try at every position of the text.
+_RULE_HINTS = {
+    "private-key": r"-----BEGIN", "url-userinfo": _USERINFO_HINT_PATTERN,
+    "bearer": r"B(?:earer|EARER|asic|ASIC)|b(?:earer|asic)", "jwt": r"\.eyJ",
+    "aws-access-key-id": r"A(?:KIA|SIA|BIA|CCA|3T)", "stripe-key": r"_(?:live|test|prod)_",
+    "stripe-webhook-secret": r"whsec_", "anthropic-key": r"sk-", "openai-key": r"sk-",
+    "github-token": r"_(?<=gh[pousr]_)", "github-fine-grained-pat": r"_pat_",
+    "gitlab-token": r"glpat-", "slack-token": r"-(?<=xox[abpors]-)",
+    "slack-webhook": r"\.slack\.com/", "google-api-key": r"AIza", "sendgrid-key": r"SG\.",
+    "huggingface-token": r"hf_", "npm-token": r"npm_",
+}
+_RULE_HINT_SEARCH = tuple(re.compile(_RULE_HINTS[rule]).search for rule, _ in SHAPE_RULES)
+_SUBSET_LIMIT = 256
+_SUBSETS: dict[tuple[int, ...], tuple[re.Pattern[str], dict[str, tuple[str, int]]]] = {}
+
+
+def _compile_subset(indexes: tuple[int, ...]) -> tuple[re.Pattern[str],
+                                                      dict[str, tuple[str, int]]]:
+    """`_compile_shapes` for some rules only (in their order); cached per set of rules."""
+    compiled = _SUBSETS.get(indexes)
+    if compiled is None:
+        if len(_SUBSETS) >= _SUBSET_LIMIT:  # hostile text must not grow it forever
+            _SUBSETS.clear()
+        parts: list[str] = []
+        groups: dict[str, tuple[str, int]] = {}
+        index = 0
+        for i in indexes:
+            rule, pattern = SHAPE_RULES[i]
+            inner = re.compile(pattern).groups
+            index += 1
+            groups[f"r{i}"] = (rule, index + 1 if inner else index)
+            parts.append(f"(?P<r{i}>{pattern})")
+            index += inner
+        compiled = _SUBSETS[indexes] = (re.compile("|".join(parts)), groups)
+    return compiled
+
+
+def _shapes_for(text: str) -> tuple[re.Pattern[str] | None, dict[str, tuple[str, int]]]:
+    """The alternation of the rules whose hints are in `text` (all rules: `SHAPES`; none:
+    None)."""
+    indexes = tuple(i for i, hint in enumerate(_RULE_HINT_SEARCH) if hint(text) is not None)
+    if not indexes:
+        return None, {}
+    if len(indexes) == len(SHAPE_RULES):
+        return SHAPES, _SHAPE_GROUPS
+    return _compile_subset(indexes)
 
 
 def may_have_shapes(text: str) -> bool:
     """False when no credential shape can be in `text` (the cheap pre-check)."""
-    return _HINT(text) is not None or \
-        ("@" in text and "://" in text and _USERINFO_HINT(text) is not None)
+    for hint in _HINTS:
+        if hint(text) is not None:
+            return True
+    return "@" in text and "://" in text and _USERINFO_HINT(text) is not None
 
 
 def may_hold_shapes(raw: bytes) -> bool:
     """`may_have_shapes` for bytes (a raw body, before it is parsed)."""
-    return _HINT_BYTES(raw) is not None or \
-        (b"@" in raw and b"://" in raw and _USERINFO_HINT_BYTES(raw) is not None)
+    for hint in _HINTS_BYTES:
+        if hint(raw) is not None:
+            return True
+    return b"@" in raw and b"://" in raw and _USERINFO_HINT_BYTES(raw) is not None
 
 
 def find_shapes(text: str) -> list[tuple[str, int, int]]:
     """(rule id, start, end) of each secret-shaped part of `text` that is not already redacted."""
     if not may_have_shapes(text):
         return []
+    shapes, shape_groups = _shapes_for(text)
+    if shapes is None:
+        return []
     found = []
-    for m in SHAPES.finditer(text):
-        rule, group = _SHAPE_GROUPS[m.lastgroup or ""]
+    for m in shapes.finditer(text):
+        rule, group = shape_groups[m.lastgroup or ""]
         start, end = m.span(group)
         if text[start:end] != MARKER:
             found.append((rule, start, end))
@@ -159,9 +221,12 @@ def redact_shapes(text: str, found: set[str] | None = None) -> str:
     """Every secret-shaped part of `text` replaced by the marker."""
     if not may_have_shapes(text):
         return text
+    shapes, shape_groups = _shapes_for(text)
+    if shapes is None:
+        return text
 
     def replace(m: re.Match[str]) -> str:
-        group = _SHAPE_GROUPS[m.lastgroup or ""][1]
+        group = shape_groups[m.lastgroup or ""][1]
         secret = m.group(group)
         if secret == MARKER:
             return m.group(0)
@@ -170,7 +235,7 @@ def redact_shapes(text: str, found: set[str] | None = None) -> str:
         whole = m.group(0)
         return whole[: m.start(group) - offset] + MARKER + whole[m.end(group) - offset:]
 
-    return SHAPES.sub(replace, text)
+    return shapes.sub(replace, text)
 
 
 def name_words(name: str) -> list[str]:

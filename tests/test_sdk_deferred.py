@@ -1,0 +1,169 @@
+"""HTTP calls are redacted, built and serialized on the sink's thread (issue 16), and every
+guarantee holds: nothing unredacted leaves the process, not on a normal exit, not when the
+process is killed, and the calls waiting in the queue stay out of the garbage collector's way.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import requests
+from conftest import LoopbackHTTP, RedisServer, read_events
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tracelab
+from tracelab.sdk import capture, recorder
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = "sk-DEFERRED-secret-0123456789abcdef"
+PASSWORD = "DEFERRED-hunter2-pw"
+
+
+def _secret_calls(url: str) -> None:
+    headers = {"Authorization": f"Bearer {SECRET}"}
+    requests.post(f"{url}/echo", json={"password": PASSWORD, "n": 1}, headers=headers)
+    with httpx.Client() as client:
+        client.post(f"{url}/echo", json={"password": PASSWORD, "n": 2}, headers=headers)
+
+
+def test_calls_are_redacted_on_the_sinks_thread_not_the_callers(
+        traced: RedisServer, loopback_http: LoopbackHTTP,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    build = capture.build_http
+
+    def observed(rec: Any, call: tuple[Any, ...]) -> Any:
+        threads.append(threading.current_thread().name)
+        return build(rec, call)
+
+    monkeypatch.setattr(capture, "build_http", observed)
+    _secret_calls(loopback_http.url)
+    events, raw = read_events(traced)
+    assert [e["request"]["body"]["password"] for e in events] == ["[REDACTED]"] * 2
+    assert threads == ["tracelab-redis-sink"] * 2
+    assert SECRET.encode() not in raw and PASSWORD.encode() not in raw
+
+
+def test_queued_calls_are_untracked_tuples_until_the_sink_builds_them(
+        redis_server: RedisServer, tracelab_home: Path, loopback_http: LoopbackHTTP,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queued call holds only strings, bytes and numbers: once the collector has seen it,
+    it is no longer tracked, so calls waiting for the sink never reach the old generations
+    (whose full collections would stop the traced program)."""
+    monkeypatch.setenv("TRACELAB_BATCH_SIZE", "1000")       # no wake-up by size...
+    monkeypatch.setenv("TRACELAB_FLUSH_INTERVAL", "60")     # ...nor by time in this test
+    tracelab.init(workflow_name="test-wf", redis_url=redis_server.url,
+                  integrations=["requests", "httpx"])
+    try:
+        for _ in range(5):
+            _secret_calls(loopback_http.url)
+        queue = list(recorder.current().sink._queue)
+        calls = [item for item in queue if type(item) is not bytes]
+        assert len(calls) == 10 and all(type(item) is tuple for item in calls)
+        gc.collect()
+        assert not any(gc.is_tracked(item) for item in calls)
+        del queue, calls
+        events, raw = read_events(redis_server)
+        assert len(events) == 10 and SECRET.encode() not in raw and PASSWORD.encode() not in raw
+    finally:
+        tracelab.shutdown()
+
+
+def _script(body: str) -> str:
+    return textwrap.dedent(f"""
+        import os, sys, requests, tracelab
+        tracelab.init(workflow_name="deferred", integrations=["requests"])
+        url = sys.argv[1]
+        headers = {{"Authorization": "Bearer {SECRET}"}}
+        def call(i):
+            requests.post(url + "/echo", json={{"password": "{PASSWORD}", "i": i}},
+                          headers=headers)
+    """) + textwrap.dedent(body)
+
+
+def test_a_normal_exit_builds_and_delivers_every_queued_call_redacted(
+        redis_server: RedisServer, tmp_path: Path, loopback_http: LoopbackHTTP) -> None:
+    """No flush, no shutdown: the exit hook builds (redacts) what is queued, then writes it."""
+    env = {**os.environ, "TRACELAB_REDIS_URL": redis_server.url,
+           "TRACELAB_HOME": str(tmp_path / "home"), "TRACELAB_BATCH_SIZE": "1000",
+           "TRACELAB_FLUSH_INTERVAL": "60", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", _script("for i in range(50):\n    call(i)\n"),
+                    loopback_http.url], env=env, check=True, timeout=60)
+    raw = [fields[b"event"] for _id, fields in redis_server.client().xrange("trace.events")]
+    steps = [item for item in raw if b'"kind":"run"' not in item]
+    assert len(steps) == 50
+    joined = b"\n".join(raw)
+    assert SECRET.encode() not in joined and PASSWORD.encode() not in joined
+    assert joined.count(b'"password":"[REDACTED]"') == 50
+
+
+def test_a_killed_process_leaves_only_redacted_events_in_the_spool(
+        tmp_path: Path, loopback_http: LoopbackHTTP) -> None:
+    """Embedded mode, SIGKILL mid-run: what was queued is lost (it never left the process);
+    what reached the spool was redacted before it was written."""
+    home = tmp_path / "home"
+    env = {**os.environ, "TRACELAB_HOME": str(home), "PYTHONPATH": str(REPO),
+           "TRACELAB_BATCH_SIZE": "16"}
+    env.pop("TRACELAB_REDIS_URL", None)
+    proc = subprocess.Popen([sys.executable, "-c", _script(
+        "i = 0\nwhile True:\n    call(i)\n    i += 1\n"), loopback_http.url], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(loopback_http.requests_seen) < 200:
+            time.sleep(0.05)
+        assert len(loopback_http.requests_seen) >= 200
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    spooled = b"".join(path.read_bytes() for path in (home / "spool").iterdir())
+    assert spooled.count(b'"password":"[REDACTED]"') >= 16
+    assert SECRET.encode() not in spooled and PASSWORD.encode() not in spooled
+
+
+# -- the shape scan runs only the rules whose hints are in the text ---------------------------
+PIECES = ["sk_live_", "rk_test_", "sk-", "sk-ant-", "sk-proj-", "ghp_", "gho_", "ghs_",
+          "github_pat_", "glpat-", "xoxb-", "xoxp-", "AKIA", "ASIA", "A3TX", "AIza", "SG.", "eyJ",
+          ".eyJ", "hf_", "npm_", "whsec_", "Bearer ", "basic\t", "BASIC ",
+          "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "https://",
+          "ada:", "@", "hooks.slack.com/services/", "0123456789", "ABCDEFGHIJ", "abcdefghij",
+          "_", "-", ".", " ", "\n", "é", "[REDACTED]"]
+
+
+def _redacted_by_all_rules(text: str) -> str:
+    """What the single alternation of every rule (`SHAPES`) makes of `text`."""
+    from tracelab.sdk.redaction import _SHAPE_GROUPS, MARKER, SHAPES
+
+    def replace(m: Any) -> str:
+        group = _SHAPE_GROUPS[m.lastgroup or ""][1]
+        if m.group(group) == MARKER:
+            return m.group(0)
+        offset = m.start()
+        return m.group(0)[: m.start(group) - offset] + MARKER + \
+            m.group(0)[m.end(group) - offset:]
+
+    return SHAPES.sub(replace, text)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=16))
+def test_the_rules_left_out_by_their_hints_change_nothing(pieces: list[str]) -> None:
+    from tracelab.sdk.redaction import _RULE_HINT_SEARCH, SHAPE_RULES, redact_shapes
+
+    text = "".join(pieces)
+    for (rule, pattern), hint in zip(SHAPE_RULES, _RULE_HINT_SEARCH):
+        if re.search(pattern, text):
+            assert hint(text), (rule, text)
+    found: set[str] = set()
+    assert redact_shapes(text, found) == _redacted_by_all_rules(text), text
