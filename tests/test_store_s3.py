@@ -179,6 +179,11 @@ def test_the_region_and_credentials_come_from_the_aws_variables(store: Store,
     assert (options["access_key"], options["secret_key"], options["session_token"]) == \
         (store.s3.env["AWS_ACCESS_KEY_ID"], store.s3.env["AWS_SECRET_ACCESS_KEY"], "a-session")
     assert options["allow_delayed_open"] is True  # small files: one PutObject (below)
+    # The AWS CLI's own endpoint variable serves when TraceLab's is not set.
+    monkeypatch.delenv("TRACELAB_S3_ENDPOINT")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", store.s3.url)
+    fs, _ = filesystem_from_uri(store.uri)
+    assert fs.__reduce__()[1][0]["endpoint_override"] == store.s3.url.split("://", 1)[1]
     local, path = filesystem_from_uri(f"file://{store.home}")
     assert isinstance(local, pafs.LocalFileSystem) and path == str(store.home)
 
