@@ -70,7 +70,8 @@ export interface StreamInfo {
 }
 
 /**
- * `{type, message}` of anything thrown; fetch's "fetch failed" gets its cause appended.
+ * `{type, message}` of anything thrown (a DOMException by its name); fetch's "fetch failed" gets
+ * its cause appended.
  * Messages quote URLs and keys ("Invalid API key provided: sk_live_…"): shapes are redacted.
  */
 export function errorInfo(err: unknown): ErrorInfo {
@@ -78,7 +79,9 @@ export function errorInfo(err: unknown): ErrorInfo {
   let message: string;
   try {
     if (err instanceof Error) {
-      type = err.constructor?.name && err.constructor.name !== "Error" ? err.constructor.name : err.name || "Error";
+      const ctor = err.constructor?.name;
+      // a DOMException's kind is its name: fetch's AbortError, AbortSignal.timeout()'s TimeoutError
+      type = ctor && ctor !== "Error" && ctor !== "DOMException" ? ctor : err.name || ctor || "Error";
       message = err.message;
       const cause = (err as { cause?: unknown }).cause;
       if (cause instanceof Error && cause.message && !message.includes(cause.message)) {

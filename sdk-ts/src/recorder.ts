@@ -98,22 +98,28 @@ function sameDestination(a: SDKConfig, b: SDKConfig): boolean {
 function onBeforeExit(): void {
   const rec = recorder;
   if (!rec) return;
-  finishPending(); // the loop is empty: whatever is still pending will never finish by itself
-  endRun(rec, "exit");
-  if (!rec.sink.queued()) return;
-  // beforeExit fires again after our flush settles; don't loop on a destination that is down.
-  if (lastExitFlushFailed && submittedAtLastExitFlush === stats.captured) return;
-  submittedAtLastExitFlush = stats.captured;
-  void rec.sink.flush(rec.config.shutdownTimeoutMs).then((ok) => {
-    lastExitFlushFailed = !ok;
-  });
+  try {
+    finishPending("process exit"); // the loop is empty: what is still pending will never finish by itself
+    endRun(rec, "exit");
+    if (!rec.sink.queued()) return;
+    // beforeExit fires again after our flush settles; don't loop on a destination that is down.
+    if (lastExitFlushFailed && submittedAtLastExitFlush === stats.captured) return;
+    submittedAtLastExitFlush = stats.captured;
+    void rec.sink.flush(rec.config.shutdownTimeoutMs).then((ok) => {
+      lastExitFlushFailed = !ok;
+    }, () => undefined);
+  } catch (err) {
+    stats.countError("exit", describeError(err));
+  }
 }
 
 function onExit(): void {
   const rec = recorder;
   if (!rec) return;
   try {
-    endRun(rec, "exit"); // process.exit() skips beforeExit
+    // process.exit() skips beforeExit: calls still in flight are recorded as not finished
+    finishPending("process exit");
+    endRun(rec, "exit");
     rec.sink.closeSync();
   } catch {
     // exiting: never print a stack from here
@@ -132,7 +138,7 @@ function installExitHooks(): void {
 function endCurrent(reason: EndReason, failure?: unknown): boolean {
   const rec = recorder;
   if (!rec) return false;
-  finishPending();
+  finishPending("process exit");
   endRun(rec, reason, failure);
   return true;
 }
@@ -182,7 +188,7 @@ export async function flush(timeoutMs = 5000): Promise<boolean> {
   const rec = recorder;
   if (!rec) return true;
   try {
-    finishPending();
+    finishPending("flush()");
     replaySession()?.writeReport(false);
     return await rec.sink.flush(timeoutMs);
   } catch (err) {
@@ -198,7 +204,7 @@ export async function flush(timeoutMs = 5000): Promise<boolean> {
 export async function shutdown(timeoutMs?: number): Promise<boolean> {
   const rec = recorder;
   if (!rec) return true;
-  finishPending();
+  finishPending("shutdown()");
   endRun(rec, "shutdown");
   replaySession()?.writeReport(false);
   recorder = null;

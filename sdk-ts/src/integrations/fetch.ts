@@ -8,8 +8,13 @@
  * the caller reads it (`./sse-tap.ts`: a new Response, same status, headers and url, whose body
  * passes the caller's pieces through a tap) and recorded when the stream ends, fails or is
  * cancelled, with its LLM fields from the events (`llm.ttft_ms` included).
+ *
+ * Each call is exactly one event, whatever ends it: the answer (once its body is read), a
+ * rejection (an abort is fetch's own `AbortError`, `TimeoutError` for `AbortSignal.timeout()`,
+ * timed to the abort), the body failing mid-way (aborted, socket destroyed: an error with the
+ * status and the body read so far), or `flush()`/exit while it is still going (`NotFinished`).
  */
-import { type HttpRequestView, httpRequestView, recordHttp } from "../capture.js";
+import { type HttpCall, type HttpRequestView, httpRequestView, recordHttp } from "../capture.js";
 import { httpSuppressed } from "../context.js";
 import { Timer } from "../ids.js";
 import { keepBytes } from "../payloads.js";
@@ -17,8 +22,9 @@ import { answering, type Recorder } from "../recorder.js";
 import { bodyBytes, chunksOf, chunkStream, headerPairs as responseHeaderPairs, recordReplayed, sleep, streamError } from "../replay/answer.js";
 import { missError, PASSTHROUGH } from "../replay/errors.js";
 import { replaySession, type ReplaySession } from "../replay/session.js";
-import { headerPairs, type HeaderPairs, type PendingBody, readCapped, requestBodyOf } from "./http-common.js";
-import { tapStream, type TapResult, withBody } from "./sse-tap.js";
+import { headerPairs, type HeaderPairs, type PendingBody, readSettled, type RequestBody, requestBodyOf } from "./http-common.js";
+import { CallEnd, NotFinished } from "./pending.js";
+import { tapStream, withBody } from "./sse-tap.js";
 
 export const ORIGIN = "fetch";
 const ORIGINAL = Symbol.for("tracelab.fetch.original");
@@ -34,6 +40,8 @@ interface Call {
   headers: HeaderPairs;
   timer: Timer;
   body: PendingBody;
+  /** The request body once `body` has resolved (a call recorded at exit cannot wait for it). */
+  settledBody: RequestBody | null;
 }
 
 function describe(input: unknown, init: RequestInit | undefined, cap: number): Call {
@@ -44,33 +52,21 @@ function describe(input: unknown, init: RequestInit | undefined, cap: number): C
     : String(input);
   const method = String(init?.method ?? (isRequest ? (input as Request).method : "GET"));
   const headers = headerPairs(init?.headers ?? (isRequest ? (input as Request).headers : null));
-  return { method, url, headers, timer: new Timer(), body: requestBodyOf(input, init, cap) };
+  const call: Call = { method, url, headers, timer: new Timer(), body: requestBodyOf(input, init, cap), settledBody: null };
+  call.body.resolve().then((body) => { call.settledBody = body; }, () => undefined);
+  return call;
 }
 
-async function recordResponse(rec: Recorder, call: Call, response: Response, tags: Tags = null): Promise<void> {
-  let responseBody: unknown = null;
-  let note: string | null = null;
-  const contentType = response.headers.get("content-type") ?? "";
-  if (rec.config.capturePayloads) {
-    if (/text\/event-stream/i.test(contentType)) {
-      note = "streamed response (text/event-stream): not read on the caller's behalf";
-    } else if (response.body) {
-      try {
-        const keep = keepBytes(rec.config.maxBodyBytes, contentType);
-        responseBody = await readCapped(response.clone().body as ReadableStream<Uint8Array>, keep);
-      } catch (err) {
-        note = `response body could not be read: ${(err as Error)?.message ?? String(err)}`;
-      }
-    }
-  }
-  await recordAnswer(rec, call, response, { responseBody, responseBodyNote: note }, tags);
-}
+type Answer = Partial<HttpCall>;
 
-/** The event of `call` answered by `response`, with what was read of its body (`answer`). */
-async function recordAnswer(rec: Recorder, call: Call, response: Response,
-  answer: Partial<Parameters<typeof recordHttp>[1]>, tags: Tags): Promise<void> {
+/**
+ * Record `call` ended by `answer`, its latency taken now. Synchronous once the request body is
+ * known (always with `now`: a call recorded at exit, its body noted as not read yet).
+ */
+async function recordCall(rec: Recorder, call: Call, answer: Answer, tags: Tags, now = false): Promise<void> {
   const latencyMs = call.timer.elapsedMs();
-  const requestBody = await call.body.resolve();
+  const requestBody = call.settledBody
+    ?? (now ? { data: null, note: "request body not read yet when the call was recorded" } : await call.body.resolve());
   rec.safely(ORIGIN, () => recordHttp(rec, {
     origin: ORIGIN,
     method: call.method,
@@ -80,54 +76,87 @@ async function recordAnswer(rec: Recorder, call: Call, response: Response,
     requestBodyNote: requestBody.note,
     startedAt: call.timer.startedAt,
     latencyMs,
-    statusCode: response.status,
-    responseHeaders: Array.from(response.headers.entries()),
     ...answer,
   }, tags));
 }
 
-/** One SSE answer, recorded once its tap has seen the stream end (or fail, or be cancelled). */
-async function recordStream(rec: Recorder, call: Call, response: Response, result: TapResult, tags: Tags): Promise<void> {
-  await recordAnswer(rec, call, response, {
-    responseBody: result.body,
-    responseFold: result.fold,
-    error: result.error === undefined ? undefined : result.error,
-  }, tags);
+function answered(response: Response): Answer {
+  return { statusCode: response.status, responseHeaders: Array.from(response.headers.entries()) };
+}
+
+/**
+ * The event of an answered call, once the body read from a clone has ended: read whole, or
+ * failed (the caller aborted, the socket was destroyed mid-body: then an error with the body
+ * read so far). Recorded only if nothing recorded the call first (`end`).
+ */
+async function recordResponse(rec: Recorder, call: Call, response: Response, tags: Tags, end: CallEnd): Promise<void> {
+  let responseBody: unknown = null;
+  let note: string | null = null;
+  let error: unknown;
+  const contentType = response.headers.get("content-type") ?? "";
+  if (rec.config.capturePayloads) {
+    if (/text\/event-stream/i.test(contentType)) {
+      note = "streamed response (text/event-stream): not read on the caller's behalf";
+    } else if (response.body) {
+      let clone: ReadableStream<Uint8Array> | null = null;
+      try {
+        clone = response.clone().body as ReadableStream<Uint8Array>;
+      } catch (err) {
+        note = `response body could not be read: ${(err as Error)?.message ?? String(err)}`;
+      }
+      if (clone) ({ bytes: responseBody, error } = await readSettled(clone, keepBytes(rec.config.maxBodyBytes, contentType)));
+    }
+  }
+  if (end.claim()) await recordCall(rec, call, { ...answered(response), responseBody, responseBodyNote: note, error }, tags);
 }
 
 /**
  * Record `response` and give the caller its answer: the response itself (its body read from a
  * clone in the background), or for an SSE stream the same answer through a tap.
  */
-function observe(rec: Recorder, call: Call, response: Response, tags: Tags, onFail: (err: unknown) => void): Response {
+function observe(rec: Recorder, call: Call, response: Response, tags: Tags, onFail: (err: unknown) => void,
+  end: CallEnd): Response {
+  end.whenUnfinished((when) => {
+    void recordCall(rec, call, { ...answered(response), responseBodyNote: `response body not read to its end before ${when}` }, tags, true);
+  });
   const tapped = rec.safely(ORIGIN, () => {
     const contentType = response.headers.get("content-type") ?? "";
     if (!/text\/event-stream/i.test(contentType) || !response.body || response.bodyUsed
       || response.status < 200 || response.status > 599) return null;
     const keep = keepBytes(rec.config.maxBodyBytes, contentType);
-    const body = tapStream(response.body, keep, () => call.timer.elapsedMs(),
-      (result) => { recordStream(rec, call, response, result, tags).catch(onFail); });
+    const body = tapStream(response.body, keep, () => call.timer.elapsedMs(), (result) => {
+      if (!end.claim()) return;
+      recordCall(rec, call, { ...answered(response), responseBody: result.body, responseFold: result.fold, error: result.error }, tags)
+        .catch(onFail);
+    });
+    end.handOver(); // the tap records the stream as read so far at flush()/exit
     return withBody(response, body);
   });
   if (tapped) return tapped;
-  recordResponse(rec, call, response, tags).catch(onFail);
+  recordResponse(rec, call, response, tags, end).catch(onFail);
   return response;
 }
 
-async function recordFailure(rec: Recorder, call: Call, error: unknown, tags: Tags = null): Promise<void> {
-  const latencyMs = call.timer.elapsedMs();
-  const requestBody = await call.body.resolve();
-  rec.safely(ORIGIN, () => recordHttp(rec, {
-    origin: ORIGIN,
-    method: call.method,
-    url: call.url,
-    requestHeaders: call.headers,
-    requestBody: requestBody.data,
-    requestBodyNote: requestBody.note,
-    startedAt: call.timer.startedAt,
-    latencyMs,
-    error: error ?? new Error("fetch rejected without a reason"),
-  }, tags));
+/**
+ * `promise` (fetch's own) traced: exactly one event, whether it resolves (then when its body
+ * ends), rejects (an error, an abort: fetch's own AbortError or TimeoutError), or is still
+ * going at flush()/exit (NotFinished). The caller gets fetch's outcome, unchanged.
+ */
+function traceLive(rec: Recorder, call: Call, promise: Promise<Response>, tags: Tags,
+  onFail: (err: unknown) => void): Promise<Response> {
+  const end = new CallEnd((when) => { void recordCall(rec, call, { error: new NotFinished(when) }, tags, true); });
+  // A derived promise, not a handler on fetch's own: an app that leaves a rejected fetch
+  // unhandled still gets its unhandled rejection.
+  return promise.then(
+    (response) => {
+      if (end.done) return response; // recorded at flush() while it was going
+      return rec.safely(ORIGIN, () => observe(rec, call, response, tags, onFail, end)) ?? response;
+    },
+    (error: unknown) => {
+      if (end.claim()) recordCall(rec, call, { error: error ?? new Error("fetch rejected without a reason") }, tags).catch(onFail);
+      throw error;
+    },
+  );
 }
 
 /**
@@ -157,13 +186,7 @@ async function replayFetch(rec: Recorder, session: ReplaySession, live: () => Pr
     throw new TypeError("fetch failed", { cause: new Error(`TraceLab replay could not match this call: ${(err as Error)?.message}`) });
   }
   if (!outcome.hit && session.onMiss !== "fail") {
-    return live().then(
-      (response) => observe(rec, call, response, PASSTHROUGH, () => undefined),
-      (error: unknown) => {
-        recordFailure(rec, call, error, PASSTHROUGH).catch(() => undefined);
-        throw error;
-      },
-    );
+    return traceLive(rec, call, live(), PASSTHROUGH, () => undefined);
   }
   if (!outcome.hit) {
     const error = new TypeError("fetch failed", { cause: missError(outcome.message) });
@@ -219,15 +242,7 @@ function makeWrapper(fetchImpl: FetchFn): Wrapped {
     const promise = fetchImpl.call(this, input as never, init);
     if (!call) return promise;
     const countFailure = (err: unknown) => rec.safely(ORIGIN, () => { throw err; });
-    // A derived promise, not a handler on fetch's own: an app that leaves a rejected fetch
-    // unhandled still gets its unhandled rejection.
-    return promise.then(
-      (response) => observe(rec, call, response, null, countFailure),
-      (error: unknown) => {
-        recordFailure(rec, call, error).catch(countFailure);
-        throw error;
-      },
-    );
+    return traceLive(rec, call, promise, null, countFailure);
   } as Wrapped;
   wrapped[ORIGINAL] = fetchImpl;
   return wrapped;

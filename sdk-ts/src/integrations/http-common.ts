@@ -48,20 +48,32 @@ export class ByteCollector {
   }
 }
 
-/** Read a stream we own (a clone or tee branch) to its end, keeping `cap` bytes, bounded. */
-export async function readCapped(stream: ReadableStream<Uint8Array>, cap: number): Promise<CapturedBytes> {
+/** A stream read by `readSettled`: what was kept, and the failure that ended it early, if any. */
+export interface ReadResult {
+  bytes: CapturedBytes;
+  error?: unknown;
+}
+
+/**
+ * Read a stream we own (a clone or tee branch) to its end, keeping `cap` bytes, bounded; never
+ * rejects: a failure (the call aborted, the socket destroyed mid-body) comes back as `error`
+ * with the bytes read until then, marked incomplete.
+ */
+export async function readSettled(stream: ReadableStream<Uint8Array>, cap: number): Promise<ReadResult> {
   const reader = stream.getReader();
   const collector = new ByteCollector(cap);
   try {
     for (;;) {
       const { done, value } = await reader.read();
-      if (done) return collector.result(true);
+      if (done) return { bytes: collector.result(true) };
       if (value) collector.add(value);
       if (collector.total > HARD_READ_LIMIT) {
         await reader.cancel().catch(() => undefined);
-        return collector.result(false);
+        return { bytes: collector.result(false) };
       }
     }
+  } catch (error) {
+    return { bytes: collector.result(false), error: error ?? new Error("the body failed without a reason") };
   } finally {
     try {
       reader.releaseLock();
@@ -69,6 +81,13 @@ export async function readCapped(stream: ReadableStream<Uint8Array>, cap: number
       // already released or cancelled
     }
   }
+}
+
+/** Read a stream we own to its end, keeping `cap` bytes, bounded; rejects when it fails. */
+export async function readCapped(stream: ReadableStream<Uint8Array>, cap: number): Promise<CapturedBytes> {
+  const { bytes, error } = await readSettled(stream, cap);
+  if (error !== undefined) throw error;
+  return bytes;
 }
 
 export interface RequestBody {

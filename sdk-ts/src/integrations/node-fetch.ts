@@ -10,6 +10,10 @@
  * read on the caller's behalf; a compressed response is decompressed from our copy. A
  * `text/event-stream` answer is also folded event by event as it passes (`../llm.ts`), so a
  * streamed LLM call gets its usage, finish reason, tool names and `llm.ttft_ms`.
+ *
+ * Each request is exactly one event, whatever ends it (see `observe`): an abort is recorded as
+ * node-fetch's `AbortError`, timed to the abort, and a response read as strings
+ * (`setEncoding`) is captured like Buffer chunks.
  */
 import http, { type ClientRequest, type IncomingMessage } from "node:http";
 import https from "node:https";
@@ -29,7 +33,7 @@ import { Timer } from "../ids.js";
 import { CapturedBytes, keepBytes } from "../payloads.js";
 import { answering, type Recorder } from "../recorder.js";
 import { ByteCollector } from "./http-common.js";
-import { trackPending } from "./pending.js";
+import { abortError, CallEnd, NotFinished } from "./pending.js";
 
 export const ORIGIN = "node-fetch";
 const ORIGINAL = Symbol.for("tracelab.nodeFetch.original");
@@ -112,6 +116,14 @@ function decompress(encoding: string, data: Buffer, maxOutputLength: number): Bu
   }
 }
 
+/**
+ * Record one node-fetch request as exactly one event, whatever ends it first: its response
+ * body's end, an error on the request, an abort (node-fetch cancels with `request.abort()`,
+ * which emits `abort` and `close`, and at most a "socket hang up" error), the response cut
+ * short (socket destroyed mid-body), or `flush()`/exit while it is still going. No `error`
+ * listener is added to the response (one would change what an unhandled error does), and
+ * every listener runs inside `rec.safely`.
+ */
 function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProtocol: string,
   tags: Record<string, string> | null = null): { cancel(): void } {
   const timer = new Timer();
@@ -120,12 +132,13 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
   const method = req.method || "GET";
   const sent = new ByteCollector(keepBytes(cap, null));
   let keep = keepBytes(cap, null);
-  let recorded = false;
   let headersSent: Array<[string, string]> | null = null;
   let res: IncomingMessage | null = null;
   let received: ByteCollector | null = null;
   let sse: SSEScanner | null = null;
-  let untrack: () => void = () => undefined;
+  // node-fetch itself aborts a request while its response is handed over (following a
+  // redirect, refusing one): that is the end of an answered hop, not the caller's abort.
+  let abortedOnResponse = false;
 
   const origWrite = req.write;
   const origEnd = req.end;
@@ -146,23 +159,21 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
     return (origEnd as (...a: unknown[]) => ClientRequest).call(this, chunk, ...rest);
   } as typeof req.end;
 
-  const record = (error: unknown, note: string | null): void => {
-    if (recorded) return;
-    recorded = true;
-    untrack();
+  /** The event as things stand: `complete` false keeps the body read so far, marked cut. */
+  const write = (error: unknown, note: string | null, complete = true): void => {
     rec.safely(ORIGIN, () => {
       let responseBody: unknown = null;
       let responseNote = note;
       if (res && received && !note) {
         const encoding = String(res.headers["content-encoding"] ?? "identity").toLowerCase().trim();
         if (encoding === "identity" || encoding === "") {
-          responseBody = received.result(true);
+          responseBody = received.result(complete);
         } else if (received.total > keep * COMPRESSED_FACTOR) {
           responseNote = `${encoding}-compressed response of ${received.total} bytes: over the capture limit`;
         } else {
           const plain = decompress(encoding, Buffer.from(received.head()), HARD_OUTPUT);
           if (plain === null) responseNote = `${encoding}-compressed response could not be decompressed`;
-          else responseBody = new CapturedBytes(plain.subarray(0, keep), plain.length, true);
+          else responseBody = new CapturedBytes(plain.subarray(0, keep), plain.length, complete);
         }
       }
       const requestHeaders = headersSent ?? rec.safely(ORIGIN, () => requestHeaderPairs(req)) ?? null;
@@ -183,43 +194,66 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
       }, tags);
     });
   };
+  const end = new CallEnd((when) => write(new NotFinished(when), null));
+  const finish = (error: unknown, note: string | null, complete = true): void => {
+    if (end.claim()) write(error, note, complete);
+  };
+  const callerAborted = (): boolean => req.aborted && !abortedOnResponse;
 
-  req.prependListener("error", (err: Error) => record(err, null));
+  req.prependListener("error", (err: Error) => rec.safely(ORIGIN, () => {
+    // an aborted request may still report "socket hang up": the abort is what ended it
+    finish(callerAborted() && !res ? abortError() : err, null);
+  }));
+  req.once("abort", () => rec.safely(ORIGIN, () => {
+    if (callerAborted()) finish(abortError(), null, false);
+  }));
+  req.once("close", () => rec.safely(ORIGIN, () => {
+    // whatever else happened, a request closed without an answer has ended
+    if (!res) finish(callerAborted() ? abortError() : new Error("request closed before a response"), null);
+  }));
   req.on("response", (response: IncomingMessage) => {
     rec.safely(ORIGIN, () => {
       res = response;
       headersSent = requestHeaderPairs(req);
+      process.nextTick(() => {
+        if (req.aborted) abortedOnResponse = true;
+      });
       const compressed = !["identity", ""].includes(String(response.headers["content-encoding"] ?? "").toLowerCase().trim());
       keep = keepBytes(cap, String(response.headers["content-type"] ?? ""));
       received = new ByteCollector(compressed ? keep * COMPRESSED_FACTOR + 1 : keep);
       const collector = received;
-      untrack = trackPending(() => record(undefined, "response body not read to its end before flush()"));
+      end.whenUnfinished((when) => write(undefined, `response body not read to its end before ${when}`));
+      // the caller (or its instrumentation) may read the body as strings (setEncoding)
+      const bytesOf = (chunk: unknown): Uint8Array | null => chunkBytes(chunk, response.readableEncoding ?? "utf8");
       if (/text\/event-stream/i.test(String(response.headers["content-type"] ?? ""))) {
         // SSE: the pieces are folded as they pass, so an LLM stream gets its fields and ttft
         const scanner = new SSEScanner();
         const decoder = new TextDecoder();
         sse = scanner;
-        response.on("data", (chunk: Buffer) => rec.safely(ORIGIN, () => {
-          collector.add(chunk);
-          if (!compressed && !scanner.dead) scanner.feed(decoder.decode(chunk, { stream: true }), timer.elapsedMs());
+        response.on("data", (chunk: unknown) => rec.safely(ORIGIN, () => {
+          const bytes = bytesOf(chunk);
+          if (!bytes) return;
+          collector.add(bytes);
+          if (!compressed && !scanner.dead) scanner.feed(decoder.decode(bytes, { stream: true }), timer.elapsedMs());
         }));
-        response.once("end", () => record(undefined, null));
-      } else if (!rec.config.capturePayloads) {
-        response.once("end", () => record(undefined, null));
-      } else {
-        response.on("data", (chunk: Buffer) => collector.add(chunk));
-        response.once("end", () => record(undefined, null));
+      } else if (rec.config.capturePayloads) {
+        response.on("data", (chunk: unknown) => rec.safely(ORIGIN, () => {
+          const bytes = bytesOf(chunk);
+          if (bytes) collector.add(bytes);
+        }));
       }
-      response.once("error", (err: Error) => record(err, "response body failed while being read"));
-      response.once("close", () => {
-        if (!response.readableEnded) record(undefined, "response body not read to its end");
-      });
+      response.once("end", () => finish(undefined, null));
+      response.once("close", () => rec.safely(ORIGIN, () => {
+        if (response.readableEnded) return;
+        const error = response.errored ?? (callerAborted() ? abortError() : null);
+        if (error) finish(error, null, false);
+        else finish(undefined, "response body not read to its end");
+      }));
     });
   });
   return {
     cancel(): void {
-      recorded = true;
-      untrack();
+      end.claim();
     },
   };
 }

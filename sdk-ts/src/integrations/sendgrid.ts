@@ -1,13 +1,16 @@
 /**
  * `@sendgrid/mail`: one `kind: email` event per message sent, target `sendgrid`, endpoint
  * `mail.send`, patched on `MailService.prototype.send` (so the default `sgMail` singleton and
- * any `new MailService()` are covered).
+ * any `new MailService()` are covered). Each message is one event however its send ends: its
+ * promise settling or its callback being called (a callback-style send's error is the event's
+ * error), or `flush()`/exit while it is still going (`NotFinished`).
  *
  * The package is found from the app's point of view (its main script and working directory),
  * not from this SDK's folder: with `npm install ./sdk-ts` the SDK is a symlink whose own
  * node_modules may hold another copy. Copies already loaded are patched too. The HTTP call
  * beneath (axios) is part of this event, so HTTP integrations are silenced during a send.
  */
+import { AsyncResource } from "node:async_hooks";
 import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
 import { buildEvent, errorInfo } from "../capture.js";
@@ -19,6 +22,7 @@ import { bodyBytes, headerPairs as responseHeaderPairs, recordReplayed, sleep } 
 import { missError, PASSTHROUGH } from "../replay/errors.js";
 import { replaySession, type ReplaySession } from "../replay/session.js";
 import { STATUS_CODES } from "node:http";
+import { CallEnd, NotFinished } from "./pending.js";
 
 export const ORIGIN = "sendgrid";
 const ORIGINAL = Symbol.for("tracelab.sendgrid.original");
@@ -246,6 +250,26 @@ function replaySend(rec: Recorder, session: ReplaySession, proto: object, data: 
   return promise;
 }
 
+/**
+ * `send(data, cb)` / `send(data, isMultiple, cb)`: the arguments with the callback wrapped so
+ * that its first call (the send's outcome) is seen; the callback itself gets exactly what it
+ * would have got, in the caller's async context (its span, HTTP calls recorded as usual), not
+ * in the send's, where HTTP integrations are silenced. Other arguments are returned as they are.
+ */
+function withWatchedCallback(args: unknown[], seen: (outcome: { result?: unknown; error?: unknown; failed: boolean }) => void): unknown[] {
+  const at = typeof args[1] === "function" ? 1 : typeof args[2] === "function" ? 2 : -1;
+  if (at < 0) return args;
+  const callback = AsyncResource.bind(args[at] as (...a: unknown[]) => unknown);
+  const watched = function (this: unknown, ...cbArgs: unknown[]): unknown {
+    const [error, result] = cbArgs;
+    seen(error !== null && error !== undefined ? { error, failed: true } : { result, failed: false });
+    return callback.apply(this, cbArgs);
+  };
+  const copy = [...args];
+  copy[at] = watched;
+  return copy;
+}
+
 function patch(proto: MailServiceClass["prototype"]): void {
   const existing = proto.send;
   if (existing[ORIGINAL]) return;
@@ -270,30 +294,40 @@ function patch(proto: MailServiceClass["prototype"]): void {
     return sendTraced(this, rec, data as Record<string, unknown>, args, null);
   };
 
-  /** The original send, recorded (with `tags`: the replay outcome of a call sent live). */
+  /**
+   * The original send, recorded once (with `tags`: the replay outcome of a call sent live):
+   * when it throws, when its promise settles or its callback is called (whichever comes first:
+   * a callback-style send resolves its promise with the callback's value), or at flush()/exit
+   * while it is still going (NotFinished).
+   */
   const sendTraced = (self: unknown, rec: Recorder, data: Record<string, unknown>, args: unknown[],
     tags: Record<string, string> | null): unknown => {
     const timer = new Timer();
+    const end = new CallEnd((when) => rec.safely(ORIGIN, () => record(rec, data, timer, { error: new NotFinished(when), failed: true }, tags)));
+    const settle = (outcome: { result?: unknown; error?: unknown; failed: boolean }): void => {
+      if (end.claim()) rec.safely(ORIGIN, () => record(rec, data, timer, outcome, tags));
+    };
+    const callArgs = rec.safely(ORIGIN, () => withWatchedCallback(args, settle)) ?? args;
     let result: unknown;
     try {
-      result = runSuppressingHttp(() => original.apply(self, args));
+      result = runSuppressingHttp(() => original.apply(self, callArgs));
     } catch (err) {
-      rec.safely(ORIGIN, () => record(rec, data, timer, { error: err, failed: true }, tags));
+      settle({ error: err, failed: true });
       throw err;
     }
     if (result && typeof (result as PromiseLike<unknown>).then === "function") {
       return (result as Promise<unknown>).then(
         (value) => {
-          rec.safely(ORIGIN, () => record(rec, data, timer, { result: value, failed: false }, tags));
+          settle({ result: value, failed: false });
           return value;
         },
         (err: unknown) => {
-          rec.safely(ORIGIN, () => record(rec, data, timer, { error: err, failed: true }, tags));
+          settle({ error: err, failed: true });
           throw err;
         },
       );
     }
-    rec.safely(ORIGIN, () => record(rec, data, timer, { result, failed: false }, tags));
+    settle({ result, failed: false });
     return result;
   };
   Object.defineProperty(send, "name", { value: "send", configurable: true });
