@@ -410,3 +410,23 @@ def test_a_file_gone_under_a_lost_lease_is_reported_as_the_lost_lease(redis_serv
         lock.release()
     finally:
         layout.leases.close()
+
+
+def test_compact_with_an_unreachable_lease_redis_says_so_and_changes_nothing(tmp_path,
+                                                                             monkeypatch,
+                                                                             capsys):
+    from tracelab.cli import main
+
+    store = tmp_path / "store"
+    writer = StoreWriter(resolve_layout(str(store), home=tmp_path / "home"))
+    for run in range(2):
+        writer.write([make_event("unmerged", f"run-{run}")])
+    before = data_files(writer.layout)
+    assert len(before) == 2
+    monkeypatch.setenv("TRACELAB_HOME", str(tmp_path / "home"))
+    closed = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    assert main(["compact", "--store", str(store), "--redis-url", closed]) == 1
+    err = capsys.readouterr().err
+    assert "cannot take the store's leases in Redis at redis://:***@127.0.0.1" in err
+    assert "secret" not in err and "Traceback" not in err
+    assert data_files(writer.layout) == before

@@ -32,17 +32,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracelab.config import ConfigError, redis_url_if_known
+    import redis
+
+    from tracelab.config import ConfigError, redis_url_if_known, url_without_password
     from tracelab.store.compact import compact
     from tracelab.store.layout import resolve_layout
+    from tracelab.store.locks import LockTimeout
 
+    url = redis_url_if_known(args.redis_url)
     try:
-        layout = resolve_layout(args.store, leases_url=redis_url_if_known(args.redis_url))
+        layout = resolve_layout(args.store, leases_url=url)
     except ConfigError as exc:
         print(f"tracelab compact: {exc}", file=sys.stderr)
         return 2
     try:
         report = compact(args.workflow, args.date, layout=layout)
+    except redis.exceptions.RedisError as exc:
+        print(f"tracelab compact: cannot take the store's leases in Redis at "
+              f"{url_without_password(url or '')} ({exc}); the partitions not merged yet were "
+              "left as they were", file=sys.stderr)
+        return 1
+    except LockTimeout as exc:
+        print(f"tracelab compact: {exc}", file=sys.stderr)
+        return 1
     finally:
         if layout.leases is not None:
             layout.leases.close()
