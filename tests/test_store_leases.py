@@ -107,6 +107,12 @@ def test_renewal_keeps_a_hold_longer_than_the_ttl_alive(redis_server):
             time.sleep(0.05)
         lease.ensure_held()
         assert lease.held
+        a.close()  # releases it; taken again, the renewer comes back with it
+        assert not lease.held
+        lease.acquire()
+        time.sleep(0.9)
+        lease.ensure_held()
+        assert not b.lease("long hold").acquire(blocking=False)
     finally:
         a.close()
         b.close()

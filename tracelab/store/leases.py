@@ -83,7 +83,7 @@ class RedisLeases:
         self._release = self._client.register_script(_RELEASE)
         self._held: set[Lease] = set()
         self._wake = threading.Condition()
-        self._renewer: threading.Thread | None = None
+        self._renewing = False  # a renewer thread runs (changed under `_wake` only)
         self._closed = False
 
     @property
@@ -110,10 +110,10 @@ class RedisLeases:
         with self._wake:
             self._held.add(lease)
             self._closed = False
-            if self._renewer is None or not self._renewer.is_alive():
-                self._renewer = threading.Thread(target=self._renew_loop, daemon=True,
-                                                 name="tracelab-lease-renewer")
-                self._renewer.start()
+            if not self._renewing:
+                self._renewing = True
+                threading.Thread(target=self._renew_loop, daemon=True,
+                                 name="tracelab-lease-renewer").start()
             self._wake.notify()
 
     def _untrack(self, lease: Lease) -> None:
@@ -128,7 +128,8 @@ class RedisLeases:
             with self._wake:
                 while not self._held and not self._closed:
                     self._wake.wait()
-                if self._closed:
+                if not self._held:  # closed with nothing held
+                    self._renewing = False
                     return
                 due = [lease for lease in self._held
                        if time.monotonic() - lease._renewed_at >= period]
