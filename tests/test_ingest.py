@@ -351,3 +351,30 @@ def test_workers_flag(redis_server, tracelab_home):
     assert b"3000 stored" in done.stdout
     assert group_backlog(client) == (0, 0)
     assert_exactly_once(tracelab_home, events)
+
+
+def test_workers_auto_is_one_per_core_at_most_8(monkeypatch):
+    from tracelab.cli import ingest as cli_ingest
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert cli_ingest._workers("auto") == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert cli_ingest._workers("auto") == 2
+    assert cli_ingest._workers("12") == 12  # an explicit count is the user's call
+
+
+def test_a_batch_is_written_once_its_entries_reach_batch_bytes(redis_server, tracelab_home):
+    from tracelab.server.ingest import IngestConfig, Ingester
+
+    client = redis_server.client()
+    events = [make_event("bytes", "run-1", seq=i, body_bytes=1000) for i in range(40)]
+    publish(client, events)
+    size = sum(len(orjson.dumps(e)) for e in events)
+    common = dict(redis_url=redis_server.url, batch=100_000, flush_interval=60, read_count=5,
+                  log_interval=3600)
+    capped = Ingester(IngestConfig(group="capped", consumer="c", batch_bytes=size // 4,
+                                   **common)).run(once=True)
+    assert capped.stored == 40 and capped.flushes >= 4
+    whole = Ingester(IngestConfig(group="whole", consumer="w", **common)).run(once=True)
+    assert whole.stored == 0 and whole.duplicates == 40 and whole.flushes == 1
+    assert_exactly_once(tracelab_home, events)

@@ -4,7 +4,7 @@ Only argument parsing and process concerns (signals, logging, exit codes, worker
 live here; the ingester itself is `tracelab.server.ingest`, imported when the command runs so
 that `tracelab --help` stays fast.
 
-`--workers N` (or `auto`: one per CPU) runs N ingesters as child processes, consumers
+`--workers N` (or `auto`: one per core, at most 8) runs N ingesters as child processes, consumers
 `<base>-0` … `<base>-<N-1>` of the one group, where `<base>` is `--consumer` or the default
 stable name; the design already scales by several ingesters in a group, this only puts them
 under one command. Each child keeps every guarantee of a lone ingester (ack after the durable
@@ -54,9 +54,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+# `--workers auto` starts one worker per core, at most this many: each worker holds its own
+# batch in memory, its Redis connections and leases, and writes its own file per partition
+# per flush, while workers writing the same partitions take turns on that partition's lock;
+# past a handful they add small files, memory and Redis load, not throughput.
+AUTO_WORKERS_MAX = 8
+
+
 def _workers(text: str) -> int:
     if text == "auto":
-        return _cpu_count()
+        return min(_cpu_count(), AUTO_WORKERS_MAX)
     try:
         value = int(text)
     except ValueError:
@@ -83,8 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consumer", help="consumer name (default: ingest-<host>-<slot>, "
                         "<host> from $TRACELAB_HOST_ID else the host name; stable across "
                         "restarts on one host)")
-    parser.add_argument("--batch", type=_positive_int, default=5000,
-                        help="events per write (default 5000)")
+    parser.add_argument("--batch", type=_positive_int, default=20_000,
+                        help="events per write (default 20000; a batch is also written once "
+                        "its entries reach 64 MiB)")
     parser.add_argument("--flush-interval", type=_positive_float, default=0.25,
                         help="write a partial batch once its oldest event waited this long "
                         "(seconds, default 0.25: a live view's latency; compaction merges "
@@ -110,7 +118,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drain the stream with a progress bar, print a summary, exit")
     parser.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
                         help="ingester processes in the group, consumers <consumer>-<i> "
-                        "(auto: one per CPU; default 1)")
+                        "(auto: one per core, at most 8: each worker adds a batch in "
+                        "memory, Redis connections and a file per partition per flush, and "
+                        "workers on the same partitions take turns on its lock; default 1)")
 
 
 def run(args: argparse.Namespace) -> int:

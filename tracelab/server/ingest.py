@@ -17,8 +17,9 @@ turns that into exactly-once. The order of operations is what makes it safe:
    (`schema.WireBatch`, in Arrow). An entry either check cannot vouch for goes the
    full way (`orjson.loads` + `validate()`), which stores it or dead-letters it with its
    reason, before the store sees it;
-3. when the batch is full or its oldest event has waited `flush_interval`, write the valid
-   events durably (`StoreWriter`), then add the dead letters, then XACK everything.
+3. when the batch is full (`batch` events or `batch_bytes`) or its oldest event has waited
+   `flush_interval`, write the valid events durably (`StoreWriter`), then add the dead
+   letters, then XACK everything.
 
 A `kill -9` anywhere leaves entries pending, never acknowledged-but-unwritten; the next
 ingester re-reads them and the dedupe drops what was already written. A Redis outage is
@@ -66,7 +67,11 @@ class IngestConfig:
     stream: str = "trace.events"
     group: str = "tracelab-ingest"
     consumer: str | None = None
-    batch: int = 5000
+    # Events per write: with the store's usual spread over a few partitions, 20,000 make
+    # files of thousands of rows, whose Parquet costs less per event, and 4x fewer fsyncs
+    # than 5,000; `batch_bytes` bounds the memory a batch of large events holds.
+    batch: int = 20_000
+    batch_bytes: int = 64 << 20
     flush_interval: float = 0.25
     claim_idle: float = 60.0
     dead_stream: str | None = None
@@ -167,6 +172,7 @@ class _Batch:
         # letter found after reading still carries all of them.
         self.fields: dict[int, dict] = {}
         self.oldest: float | None = None
+        self.nbytes = 0                      # the `event` bytes of `events`, for batch_bytes
 
     def __len__(self) -> int:
         return len(self.events) + len(self.dead) + len(self.other_ids)
@@ -440,6 +446,7 @@ class Ingester:
                     events.append(event)
                     event_ids.append(entry_id)
                     raws.append(raw)
+                    batch.nbytes += len(raw)
                     continue
             batch.fields.pop(len(events), None)
             if type(fields) is list:
@@ -452,7 +459,7 @@ class Ingester:
         batch = self._batch
         if not len(batch):
             return False
-        return (len(batch) >= self.config.batch
+        return (len(batch) >= self.config.batch or batch.nbytes >= self.config.batch_bytes
                 or time.monotonic() - (batch.oldest or 0) >= self.config.flush_interval)
 
     def _idle(self) -> None:
