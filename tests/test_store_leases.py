@@ -436,3 +436,42 @@ def test_compact_with_an_unreachable_lease_redis_says_so_and_changes_nothing(tmp
     assert "cannot take the store's leases in Redis at redis://:***@127.0.0.1" in err
     assert "secret" not in err and "Traceback" not in err
     assert data_files(writer.layout) == before
+
+
+@pytest.mark.parametrize("how", ["flag", "TRACELAB_REDIS_URL", "REDIS_URL", "none"])
+def test_compact_takes_leases_in_the_redis_it_is_given(how, redis_server, tmp_path,
+                                                       monkeypatch, capsys):
+    from tracelab.cli import main
+
+    store = tmp_path / "store"
+    writer = StoreWriter(resolve_layout(str(store), home=tmp_path / "home-a"))
+    for run in range(2):
+        writer.write([make_event("merged", f"run-{run}")])
+    monkeypatch.setenv("TRACELAB_HOME", str(tmp_path / "home-c"))
+    monkeypatch.setenv("TRACELAB_LEASE_TTL", "5")
+    for name in ("TRACELAB_REDIS_URL", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    args = ["compact", "--store", str(store)]
+    if how == "flag":
+        args += ["--redis-url", redis_server.url]
+    elif how != "none":
+        monkeypatch.setenv(how, redis_server.url)
+    if how == "none":
+        assert main(args) == 0
+    else:  # another host holds the partition: compact waits for it, merges nothing before
+        other = resolve_layout(str(store), home=tmp_path / "home-b",
+                               leases_url=redis_server.url)
+        held = other.partition_lock("merged", DAY)
+        held.acquire()
+        done: list[int] = []
+        runner = threading.Thread(target=lambda: done.append(main(args)))
+        runner.start()
+        time.sleep(0.5)
+        assert len(data_files(writer.layout)) == 2 and not done
+        held.release()
+        runner.join(timeout=60)
+        other.leases.close()
+        assert done == [0]
+    (merged,) = data_files(writer.layout)
+    assert ("-t" in merged.rsplit("/", 1)[1]) == (how != "none")
+    assert "compacted 1 of 1 partitions" in capsys.readouterr().out
