@@ -220,13 +220,26 @@ def test_ts_sdk_embedded_spool(node_project: Path, tracelab_home: Path, http_ser
 
 
 @pytest.mark.slow
+# ~45 s on a quiet machine; the whole suite runs on both cores beside it, which can triple
+# that: bounded by the subprocess timeout below rather than the suite's default per-test one.
+@pytest.mark.timeout(660)
 def test_ts_sdk_npm_test(sdk_built: Path) -> None:
     """The TypeScript SDK's own suite (real redis-server, loopback servers, ajv on spec/, the
-    redaction corpus, the Python fold against a live Node writer)."""
+    redaction corpus, the Python fold against a live Node writer, calls aborted, cut short or
+    still in flight at exit)."""
     assert shutil.which("redis-server") is not None, "redis-server is needed"
     proc = subprocess.run([NPM, "test"], cwd=sdk_built, capture_output=True, text=True,
                           timeout=600)
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, _tap_failures(proc.stdout) + proc.stderr[-2000:]
+
+
+def _tap_failures(tap: str, context: int = 30) -> str:
+    """The failing tests of node:test's TAP output, each with the lines that say why (the tail
+    of the output alone shows only the last, passing, suites)."""
+    lines = tap.splitlines()
+    failing = [i for i, line in enumerate(lines) if line.lstrip().startswith("not ok")]
+    blocks = ["\n".join(lines[max(0, i - 2):i + context]) for i in failing[:6]]
+    return "\n...\n".join(blocks)[-12000:] or tap[-5000:]
 
 
 MISS_SCRIPT = """
