@@ -475,3 +475,18 @@ def test_compact_takes_leases_in_the_redis_it_is_given(how, redis_server, tmp_pa
     (merged,) = data_files(writer.layout)
     assert ("-t" in merged.rsplit("/", 1)[1]) == (how != "none")
     assert "compacted 1 of 1 partitions" in capsys.readouterr().out
+
+
+def test_a_store_named_by_path_or_file_uri_is_one_lease(redis_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACELAB_LEASE_TTL", "5")
+    store = tmp_path / "store"
+    store.mkdir()
+    by_path = resolve_layout(str(store), home=tmp_path / "a", leases_url=redis_server.url)
+    by_uri = resolve_layout(store.as_uri() + "/", home=tmp_path / "b",
+                            leases_url=redis_server.url)
+    try:
+        with by_path.partition_lock("wf", DAY):
+            assert not by_uri.partition_lock("wf", DAY).acquire(blocking=False)
+    finally:
+        by_path.leases.close()
+        by_uri.leases.close()

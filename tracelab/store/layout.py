@@ -161,7 +161,9 @@ class StoreLayout:
         Either kind has `acquire`/`release`, is a re-entrant context manager, and offers
         `ensure_held()` (raises `leases.LeaseLost` once the lease is gone) and `token`.
         """
-        scope = f"{(self.uri or self.root).rstrip('/')}\0{name}"
+        # Local stores by their absolute root (a path and its file:// URI are one store).
+        where = self.root if self._local else (self.uri or self.root).rstrip("/")
+        scope = f"{where}\0{name}"
         key = hashlib.sha256(scope.encode()).hexdigest()[:24]
         flock = FileLock(self.home / "locks" / f"store-{key}.lock", timeout=timeout)
         if self.leases is None:
