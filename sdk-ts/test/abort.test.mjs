@@ -128,9 +128,14 @@ if (process.env.TEST_FLUSH === "1") {
   // flush() mid-call records the calls as not finished; their later answers add nothing
   const answered = Promise.all([nodeFetch(base + "/late?case=nf-flush").then((r) => r.text()),
     fetch(base + "/late?case=f-flush").then((r) => r.text())]);
+  // aborted in the same tick as flush(): recorded as the abort, not as not finished
+  const ac = new AbortController();
+  const aborted = Promise.all([nodeFetch(base + "/hang?case=nf-aborted", { signal: ac.signal }),
+    fetch(base + "/hang?case=f-aborted", { signal: ac.signal })].map((p) => p.catch((e) => e.name)));
   setTimeout(async () => {
+    ac.abort();
     await flush();
-    console.log(JSON.stringify({ answered: await answered }));
+    console.log(JSON.stringify({ answered: await answered, aborted: await aborted }));
     process.exit(3);
   }, 100);
 } else {
@@ -324,11 +329,18 @@ describe("aborted, cut and unfinished calls", () => {
           const run = await runScript(dir, "exit.mjs", EXIT, { ...env, TEST_HTTP: server.url, TRACELAB_HOME: home });
           assert.equal(run.code, 3, run.stderr);
           assert.equal(run.stderr, "");
-          if (env.TEST_FLUSH) assert.deepEqual(JSON.parse(run.stdout).answered, ["late answer", "late answer"]);
+          if (env.TEST_FLUSH) {
+            assert.deepEqual(JSON.parse(run.stdout), { answered: ["late answer", "late answer"], aborted: ["AbortError", "AbortError"] });
+          }
           const events = spoolEvents(home).events.map((e) => e.event);
           const cases = byCase(events);
           const names = ["exit", "f-exit", "nf-exit", ...(env.TEST_FLUSH ? ["f-flush", "nf-flush"] : [])].sort();
-          assert.deepEqual(Object.keys(cases).sort(), names);
+          const aborted = env.TEST_FLUSH ? ["f-aborted", "nf-aborted"] : [];
+          assert.deepEqual(Object.keys(cases).sort(), [...names, ...aborted].sort());
+          for (const name of aborted) {
+            assert.equal(cases[name].status, "error", name);
+            assert.equal(cases[name].error.type, "AbortError", name);
+          }
           for (const name of names) {
             const e = cases[name];
             assert.equal(e.status, "error", name);

@@ -42,6 +42,14 @@ interface Call {
   body: PendingBody;
   /** The request body once `body` has resolved (a call recorded at exit cannot wait for it). */
   settledBody: RequestBody | null;
+  signal: AbortSignal | null;
+}
+
+/** The abort of a call whose signal fired but whose rejection has not come through yet. */
+function abortedBy(call: Call): unknown {
+  const signal = call.signal;
+  if (!signal?.aborted) return undefined;
+  return signal.reason ?? new DOMException("This operation was aborted", "AbortError");
 }
 
 function describe(input: unknown, init: RequestInit | undefined, cap: number): Call {
@@ -52,7 +60,8 @@ function describe(input: unknown, init: RequestInit | undefined, cap: number): C
     : String(input);
   const method = String(init?.method ?? (isRequest ? (input as Request).method : "GET"));
   const headers = headerPairs(init?.headers ?? (isRequest ? (input as Request).headers : null));
-  const call: Call = { method, url, headers, timer: new Timer(), body: requestBodyOf(input, init, cap), settledBody: null };
+  const signal = (init?.signal ?? (isRequest ? (input as Request).signal : null)) || null;
+  const call: Call = { method, url, headers, timer: new Timer(), body: requestBodyOf(input, init, cap), settledBody: null, signal };
   call.body.resolve().then((body) => { call.settledBody = body; }, () => undefined);
   return call;
 }
@@ -117,7 +126,8 @@ async function recordResponse(rec: Recorder, call: Call, response: Response, tag
 function observe(rec: Recorder, call: Call, response: Response, tags: Tags, onFail: (err: unknown) => void,
   end: CallEnd): Response {
   end.whenUnfinished((when) => {
-    void recordCall(rec, call, { ...answered(response), responseBodyNote: `response body not read to its end before ${when}` }, tags, true);
+    void recordCall(rec, call, { ...answered(response), responseBodyNote: `response body not read to its end before ${when}`,
+      error: abortedBy(call) }, tags, true);
   });
   const tapped = rec.safely(ORIGIN, () => {
     const contentType = response.headers.get("content-type") ?? "";
@@ -144,7 +154,7 @@ function observe(rec: Recorder, call: Call, response: Response, tags: Tags, onFa
  */
 function traceLive(rec: Recorder, call: Call, promise: Promise<Response>, tags: Tags,
   onFail: (err: unknown) => void): Promise<Response> {
-  const end = new CallEnd((when) => { void recordCall(rec, call, { error: new NotFinished(when) }, tags, true); });
+  const end = new CallEnd((when) => { void recordCall(rec, call, { error: abortedBy(call) ?? new NotFinished(when) }, tags, true); });
   // A derived promise, not a handler on fetch's own: an app that leaves a rejected fetch
   // unhandled still gets its unhandled rejection.
   return promise.then(

@@ -194,7 +194,8 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
       }, tags);
     });
   };
-  const end = new CallEnd((when) => write(new NotFinished(when), null));
+  // at flush()/exit: aborted already (its abort event not yet seen), or still in flight
+  const end = new CallEnd((when) => (callerAborted() ? write(abortError(), null, false) : write(new NotFinished(when), null)));
   const finish = (error: unknown, note: string | null, complete = true): void => {
     if (end.claim()) write(error, note, complete);
   };
@@ -222,7 +223,8 @@ function observe(rec: Recorder, req: ClientRequest, args: unknown[], defaultProt
       keep = keepBytes(cap, String(response.headers["content-type"] ?? ""));
       received = new ByteCollector(compressed ? keep * COMPRESSED_FACTOR + 1 : keep);
       const collector = received;
-      end.whenUnfinished((when) => write(undefined, `response body not read to its end before ${when}`));
+      end.whenUnfinished((when) => (callerAborted() ? write(abortError(), null, false)
+        : write(undefined, `response body not read to its end before ${when}`)));
       // the caller (or its instrumentation) may read the body as strings (setEncoding)
       const bytesOf = (chunk: unknown): Uint8Array | null => chunkBytes(chunk, response.readableEncoding ?? "utf8");
       if (/text\/event-stream/i.test(String(response.headers["content-type"] ?? ""))) {
