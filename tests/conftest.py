@@ -1,12 +1,15 @@
 """Shared fixtures: real servers on loopback, never fakes of TraceLab's own parts."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import random
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import traceback
@@ -47,6 +50,42 @@ def _ephemeral_low() -> int:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32_768
+
+
+# Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) a module whose tests share a
+# module- or class-scoped fixture (a served store, a browser, a built SDK, a recorded run) runs
+# whole on one worker: its fixture is set up once, not once per worker, and its tests keep the
+# order they were written in. Every other test is handed out on its own, so the two workers stay
+# evenly loaded; the grouped modules, largest first, are handed out before the single tests.
+SHARED_SCOPES = frozenset({"module", "class", "package"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group each module with a shared fixture under its own `xdist_group` (see above)."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d.scope in SHARED_SCOPES for chain in defs for d in chain):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+@contextmanager
+def build_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive `flock` named after `name` and this checkout while building.
+
+    Two xdist workers may reach a build step (the web UI's `npm ci && npm run build`) at the
+    same time; the second waits here, then finds the build done. The lock file lives in the
+    system temp dir, never in the checkout; the kernel releases it if a worker dies.
+    """
+    checkout = hashlib.sha256(str(Path(__file__).resolve().parent.parent).encode()).hexdigest()
+    path = Path(tempfile.gettempdir()) / f"tracelab-tests-{name}-{checkout[:12]}.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class RedisServer:
