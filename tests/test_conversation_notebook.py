@@ -20,10 +20,19 @@ from tracelab.notebook.repr import payload_html
 CHAT_COST = "$0.0000285"
 
 
-@pytest.fixture
-def run(tracelab_home: Path):
+@pytest.fixture(scope="module")
+def recorded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The LLM run recorded once for the module (a subprocess importing openai and anthropic):
+    every test below only reads it."""
+    home = tmp_path_factory.mktemp("conv-notebook") / "tracelab-home"
     with LLMWire() as wire:
-        record_llm_run(tracelab_home, wire.url, "llm-run")
+        record_llm_run(home, wire.url, "llm-run")
+    return home
+
+
+@pytest.fixture
+def run(recorded_home: Path, tracelab_home: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TRACELAB_HOME", str(recorded_home))
     return tl.execution("llm-run")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import LoopbackHTTP, free_port
+from conftest import LoopbackHTTP, build_lock, free_port
 from test_api import HOSTILE, ROOT, record
 
 CHROMIUM = "/usr/bin/chromium"
@@ -34,15 +34,20 @@ def _chromium_is_there() -> None:
 
 
 def build_ui() -> None:
-    """`npm ci && npm run build` in web/ when the built UI is missing."""
+    """`npm ci && npm run build` in web/ when the built UI is missing (`make test` builds it
+    before pytest starts; under xdist one worker builds while the other waits for it)."""
     if (STATIC / "index.html").is_file():
         return
-    npm = shutil.which("npm")
-    assert npm, "npm is needed to build the web UI (apt-get install nodejs npm)"
-    web = ROOT / "web"
-    if not (web / "node_modules").is_dir():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=web, check=True, timeout=600)
-    subprocess.run([npm, "run", "build"], cwd=web, check=True, timeout=600)
+    with build_lock("web-ui"):
+        if (STATIC / "index.html").is_file():
+            return
+        npm = shutil.which("npm")
+        assert npm, "npm is needed to build the web UI (apt-get install nodejs npm)"
+        web = ROOT / "web"
+        if not (web / "node_modules").is_dir():
+            subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=web, check=True,
+                           timeout=600)
+        subprocess.run([npm, "run", "build"], cwd=web, check=True, timeout=600)
     assert (STATIC / "index.html").is_file()
 
 
