@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { removeDir, runScript, schemaValidator, assertValid, spoolEvents, startHttp, tempDir, userProject } from "./helpers.mjs";
+import { removeDir, runScript, schemaValidator, assertValid, spoolEvents, startHttp, startRedis, tempDir, userProject } from "./helpers.mjs";
 
 const TEXT = "héllo wörld ✓ ".repeat(400); // multi-byte characters across chunk boundaries
 const TIMEOUT_MS = 150;
@@ -322,17 +322,27 @@ describe("aborted, cut and unfinished calls", () => {
   });
 
   describe("the process ending mid-call", () => {
-    for (const [how, env] of [["process.exit()", {}], ["flush()", { TEST_FLUSH: "1" }]]) {
-      it(`records each call still going at ${how} once, as not finished`, async () => {
+    let redis;
+    before(async () => { redis = await startRedis(); });
+    after(async () => { await redis?.stop(); });
+
+    const runs = [["process.exit()", "spool", {}], ["flush()", "spool", { TEST_FLUSH: "1" }],
+      ["process.exit()", "redis", {}]];
+    for (const [how, sink, env] of runs) {
+      it(`records each call still going at ${how} once, as not finished (${sink})`, async () => {
         const home = tempDir("tracelab-home-");
+        // Redis: a long flush interval, so the events are those the exit itself writes
+        const stream = `abort.exit.${process.pid}.${Date.now()}`;
+        const sinkEnv = sink === "redis" ? { TRACELAB_REDIS_URL: redis.url, TRACELAB_STREAM: stream, TRACELAB_FLUSH_INTERVAL: "30" } : {};
         try {
-          const run = await runScript(dir, "exit.mjs", EXIT, { ...env, TEST_HTTP: server.url, TRACELAB_HOME: home });
+          const run = await runScript(dir, "exit.mjs", EXIT, { ...env, ...sinkEnv, TEST_HTTP: server.url, TRACELAB_HOME: home });
           assert.equal(run.code, 3, run.stderr);
           assert.equal(run.stderr, "");
           if (env.TEST_FLUSH) {
             assert.deepEqual(JSON.parse(run.stdout), { answered: ["late answer", "late answer"], aborted: ["AbortError", "AbortError"] });
           }
-          const events = spoolEvents(home).events.map((e) => e.event);
+          const events = sink === "redis" ? (await redis.events(stream)).map((e) => e.event)
+            : spoolEvents(home).events.map((e) => e.event);
           const cases = byCase(events);
           const names = ["exit", "f-exit", "nf-exit", ...(env.TEST_FLUSH ? ["f-flush", "nf-flush"] : [])].sort();
           const aborted = env.TEST_FLUSH ? ["f-aborted", "nf-aborted"] : [];
@@ -345,6 +355,7 @@ describe("aborted, cut and unfinished calls", () => {
             const e = cases[name];
             assert.equal(e.status, "error", name);
             assert.equal(e.error.type, "NotFinished", name);
+            assert.equal(e.error.message, `the call was still in flight at ${how === "flush()" ? "flush()" : "process exit"}: recorded as not finished`);
             assert.equal(e.response, null, name);
             assertValid(validate, e);
           }
