@@ -461,6 +461,10 @@ def test_up_ingests_and_serves(redis_server, tmp_path, vendor):
                 break
             time.sleep(0.2)
         assert "svc-mode" in names
+        # the in-process ingester writes under partition leases in its Redis, as `tracelab
+        # ingest` does (another host may write the same store): the token is in every name
+        files = list((home / "store" / "events").rglob("part-*.parquet"))
+        assert files and all("-t" in f.name for f in files), files
         # the ingester stores the call and the run's lifecycle start and end; the store's
         # gauge counts steps only
         wanted = ("tracelab_ingest_events_stored_total 3.0", "tracelab_ingest_lag 0.0",
@@ -496,3 +500,15 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} did not answer")
+
+
+def test_up_refuses_a_bad_retention_setting_before_serving(redis_server, tmp_path):
+    """`tracelab up` applies TRACELAB_RETAIN like `tracelab ingest`: a bad value is one clear
+    line and exit 2 before anything listens, never a daily thread failing in silence."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELAB_")}
+    env.update(TRACELAB_HOME=str(tmp_path / "home"), TRACELAB_RETAIN="thirty days")
+    r = subprocess.run([sys.executable, "-m", "tracelab.cli", "up", "--port", str(free_port()),
+                        "--no-ui", "--redis-url", redis_server.url], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "TRACELAB_RETAIN" in r.stderr and "Traceback" not in r.stderr

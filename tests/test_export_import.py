@@ -114,3 +114,17 @@ def test_import_of_a_file_that_cannot_be_read_exits_2(tmp_path: Path) -> None:
     done = tracelab(tmp_path / "home", "import", str(tmp_path / "missing.jsonl"), cwd=tmp_path)
     assert done.returncode == 2
     assert "missing.jsonl: cannot read: No such file or directory" in done.stderr
+
+
+def test_import_with_a_redis_url_writes_under_partition_leases(recorded: Path, tmp_path: Path,
+                                                               redis_server) -> None:
+    """Ingesters on other hosts may write the same store: an import with a Redis takes the
+    same partition leases they do (their fencing token is in every file it writes)."""
+    exported = tmp_path / "run.jsonl"
+    assert tracelab(recorded, "export", RUN, "-o", str(exported), cwd=tmp_path).returncode == 0
+    fresh = tmp_path / "fresh-home"
+    done = tracelab(fresh, "import", str(exported), "--redis-url", redis_server.url,
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = list((fresh / "store" / "events").rglob("part-*.parquet"))
+    assert files and all("-t" in f.name for f in files), files

@@ -20,13 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recordings: JSON Lines of events, or a JSON array of events")
     parser.add_argument("--store", help="store root or URI (default: $TRACELAB_STORE, "
                         "else $TRACELAB_HOME/store)")
+    parser.add_argument("--redis-url", help="Redis whose partition leases coordinate with "
+                        "ingesters on other hosts (default: $TRACELAB_REDIS_URL, else "
+                        "$REDIS_URL; without one, host-wide file locks only)")
 
 
 def run(args: argparse.Namespace) -> int:
     from tracelab.replay.recording import import_recordings
+    from tracelab.config import redis_url_if_known
     from tracelab.store.layout import resolve_layout
 
-    report = import_recordings(args.files, layout=resolve_layout(args.store))
+    layout = resolve_layout(args.store, leases_url=redis_url_if_known(args.redis_url))
+    report = import_recordings(args.files, layout=layout)
     for where, reason in report.unreadable:
         print(f"tracelab import: {where}: {reason}", file=sys.stderr)
     for where, reason in report.rejected:

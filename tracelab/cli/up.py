@@ -25,10 +25,12 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     import uvicorn  # noqa: F401  # the `server` extra, checked before anything starts
-    from tracelab.config import DEFAULT_STREAM, env_str, redis_url_for_server, url_without_password
+    from tracelab.config import (DEFAULT_STREAM, ConfigError, env_str, redis_url_for_server,
+                                 url_without_password)
     from tracelab.cli.serve import serve
     from tracelab.server.ingest import IngestConfig, Ingester
     from tracelab.store.layout import resolve_layout
+    from tracelab.store.retention import start_daily
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -45,7 +47,16 @@ def run(args: argparse.Namespace) -> int:
               "the ingester keeps retrying", file=sys.stderr)
     print(f"TraceLab ingester: stream {config.stream!r} (group {config.group!r}) of Redis "
           f"{shown_url}", flush=True)
-    ingester = Ingester(config, layout=resolve_layout(args.store))
+    # The in-process ingester coordinates like `tracelab ingest`: leases in its Redis (other
+    # hosts may write the same store) and TRACELAB_RETAIN once a day.
+    retention_stop = threading.Event()
+    try:
+        layout = resolve_layout(args.store, leases_url=config.redis_url)
+        start_daily(layout, retention_stop)
+    except ConfigError as exc:
+        print(f"tracelab up: {exc}", file=sys.stderr)
+        return 2
+    ingester = Ingester(config, layout=layout)
     failure: list[BaseException] = []
     stop_serving: list = []
 
@@ -67,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         raise
     finally:
+        retention_stop.set()
         ingester.request_stop()
         if thread.is_alive():
             thread.join(timeout=10)
