@@ -159,11 +159,15 @@ def _redacted_by_all_rules(text: str) -> str:
 @settings(max_examples=1500, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=16))
 def test_the_rules_left_out_by_their_hints_change_nothing(pieces: list[str]) -> None:
-    from tracelab.sdk.redaction import _RULE_HINT_SEARCH, SHAPE_RULES, redact_shapes
+    from tracelab.sdk.redaction import (_RULE_HINT_SEARCH, SHAPE_RULES, may_have_shapes,
+                                        may_hold_shapes, redact_shapes)
 
     text = "".join(pieces)
     for (rule, pattern), hint in zip(SHAPE_RULES, _RULE_HINT_SEARCH):
         if re.search(pattern, text):
             assert hint(text), (rule, text)
+    long = f"{text} {'x' * 300}"  # the pre-check searches long text one hint at a time
+    if any(re.search(pattern, long) for _, pattern in SHAPE_RULES):
+        assert may_have_shapes(long) and may_hold_shapes(long.encode()), long
     found: set[str] = set()
     assert redact_shapes(text, found) == _redacted_by_all_rules(text), text
