@@ -157,7 +157,7 @@ class Split:
         self._undo: list[tuple[Any, str, Any]] = []
 
     def wrap(self, owner: Any, name: str, phase: str) -> None:
-        original = getattr(owner, name, None)
+        original = None if owner is None else getattr(owner, name, None)
         if original is None:  # an older ingester (the bench also times the code before)
             return
         wall, cpu = self.wall, self.cpu
