@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -228,9 +229,17 @@ def test_ts_sdk_npm_test(sdk_built: Path) -> None:
     redaction corpus, the Python fold against a live Node writer, calls aborted, cut short or
     still in flight at exit)."""
     assert shutil.which("redis-server") is not None, "redis-server is needed"
-    proc = subprocess.run([NPM, "test"], cwd=sdk_built, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, _tap_failures(proc.stdout) + proc.stderr[-2000:]
+    # Its own process group: on a timeout the whole tree goes (node --test and the
+    # redis-servers its tests start), not only npm, which would leave them orphaned.
+    proc = subprocess.Popen([NPM, "test"], cwd=sdk_built, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, _tap_failures(stdout) + stderr[-2000:]
 
 
 def _tap_failures(tap: str, context: int = 30) -> str:
