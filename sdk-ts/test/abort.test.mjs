@@ -150,8 +150,8 @@ function caseOf(event) {
 
 /**
  * Events of the run by case name, failing on any case with more than one. Counted by event id:
- * a spool line written twice (a batch in flight when the process exits) is one event to the
- * store, which dedupes by id; a call recorded twice has two ids.
+ * an entry delivered twice (an XADD in flight when the process exits, sent again by the exit
+ * write) is one event to the store, which dedupes by id; a call recorded twice has two ids.
  */
 function byCase(events) {
   const found = {};

@@ -124,4 +124,23 @@ describe("embedded mode writes the spool", () => {
     assert.equal(spoolEvents(home).files.length, 0);
     removeDir(join(home));
   });
+  it("writes a batch whose fsync is still running at process.exit() once, not twice", async () => {
+    const home = tempDir("tracelab-home-");
+    // A disk whose fsync never returns: the batch is appended, its write never settles.
+    const run = await runScript(dir, "slow-disk.mjs", `
+      import fs from "node:fs";
+      import { syncBuiltinESMExports } from "node:module";
+      fs.fsync = () => undefined;
+      syncBuiltinESMExports();
+      const { init, trace } = await import("@tracelab/sdk");
+      init({ workflowName: "ts-slow-disk", serviceName: "spooler" });
+      trace("step", () => 1);
+      setTimeout(() => process.exit(0), 500);
+    `, { TRACELAB_HOME: home });
+    assert.equal(run.code, 0, run.stderr);
+    const { events, runs } = spoolEvents(home);
+    assert.deepEqual(events.map((e) => e.event.endpoint), ["step"]);
+    assert.deepEqual(runs.map((e) => e.event.endpoint), ["start", "end"]);
+    assert.equal(new Set([...events, ...runs].map((e) => e.event.event_id)).size, 3);
+  });
 });

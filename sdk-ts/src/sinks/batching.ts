@@ -17,6 +17,8 @@ export interface Destination {
   write(lines: string[]): Promise<void>;
   /** Synchronous last-chance write at process exit, when the destination can do one. */
   writeSync?(lines: string[]): void;
+  /** True when the batch `lines`, whose `write` has not settled yet, is already stored. */
+  holds?(lines: string[]): boolean;
   close(): Promise<void>;
   closeSync?(): void;
 }
@@ -189,10 +191,13 @@ export class BatchingSink {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
-    const leftover = [...this.pending, ...this.queue];
+    const dest = this.destination;
+    // a batch stored already, its write still settling (a spool fsync), is not written twice
+    const stored = this.pending.length > 0 && dest.holds?.(this.pending) === true;
+    if (stored) this.stats.countDelivered(this.kind, this.pending.length);
+    const leftover = [...(stored ? [] : this.pending), ...this.queue];
     this.queue = [];
     this.pending = [];
-    const dest = this.destination;
     if (leftover.length) {
       if (dest.writeSync) {
         try {

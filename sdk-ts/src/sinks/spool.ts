@@ -17,11 +17,6 @@ import { lockingUnavailable, lockShared, lockSharedSync } from "./flock.js";
 
 export const SPOOL_ROLL_BYTES = 16 * 1024 * 1024;
 
-function write(fd: number, buffer: Buffer, offset: number, length: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    fs.write(fd, buffer, offset, length, null, (err, written) => (err ? reject(err) : resolve(written)));
-  });
-}
 const fsync = promisify(fs.fsync);
 
 function stamp(date: Date): string {
@@ -39,6 +34,8 @@ export class SpoolDestination implements Destination {
   private finalPath: string | null = null;
   private locked = false;
   private size = 0;
+  /** The last batch appended by `write` (see `holds`). */
+  private landed: string[] | null = null;
 
   constructor(home: string) {
     this.directory = join(home, "spool");
@@ -99,16 +96,27 @@ export class SpoolDestination implements Destination {
     return Buffer.from(`${lines.join("\n")}\n`, "utf8");
   }
 
+  /**
+   * Append `lines`, then fsync. The append itself is synchronous (a local append is quick; the
+   * fsync is what takes time): once it is done the batch is in the file (`holds`), so a
+   * process exiting during the fsync does not write it a second time.
+   */
   async write(lines: string[]): Promise<void> {
     const fd = await this.ready();
     const data = SpoolDestination.encode(lines);
     let offset = 0;
     while (offset < data.length) {
-      offset += await write(fd, data, offset, data.length - offset);
+      offset += fs.writeSync(fd, data, offset, data.length - offset);
     }
+    this.landed = lines;
     await fsync(fd);
     this.size += data.length;
     if (this.size >= SPOOL_ROLL_BYTES && this.fd === fd) this.complete();
+  }
+
+  /** True when `lines` (this very batch) is already in the file, its fsync perhaps still running. */
+  holds(lines: string[]): boolean {
+    return this.landed === lines;
   }
 
   writeSync(lines: string[]): void {
