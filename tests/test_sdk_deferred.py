@@ -171,3 +171,22 @@ def test_the_rules_left_out_by_their_hints_change_nothing(pieces: list[str]) -> 
         assert may_have_shapes(long) and may_hold_shapes(long.encode()), long
     found: set[str] = set()
     assert redact_shapes(text, found) == _redacted_by_all_rules(text), text
+
+
+def test_a_recorder_wrapper_sees_every_event_it_submits(traced: RedisServer) -> None:
+    """The proxy's `Tagged` adds tags and shows each event to its replay log in its own
+    `submit`: a call recorded through it is built at once, never queued past it."""
+    from tracelab.proxy.addon import Tagged
+
+    seen: list[dict[str, Any]] = []
+    rec = Tagged(recorder.current(), {"fault": "latency"}, seen.append)
+    capture.record_http(
+        rec, origin="proxy", method="POST", url="https://api.example.test/v1/x",
+        request_headers={"Authorization": f"Bearer {SECRET}"}, request_body=b'{"a": 1}',
+        started_at=time.time_ns(), latency_ms=1.0, status_code=200,
+        response_headers={"Content-Type": "application/json"}, response_body=b'{"ok": true}',
+        source="proxy")
+    (event,), raw = read_events(traced)
+    assert event["tags"]["fault"] == "latency" and [e["event_id"] for e in seen] == \
+        [event["event_id"]]
+    assert SECRET.encode() not in raw

@@ -228,7 +228,8 @@ def record_http(
     JSON are built by the sink's thread, in batches, before anything leaves the process
     (`tracelab.sdk.sinks`). Returns None then. Calls whose building must happen now (a replay
     session observes its events as they are built; streams; bodies over `DEFER_MAX_BYTES` or
-    of mutable types) are built here and the event is returned as built; what is submitted
+    of mutable types; a recorder wrapper that is not a `Recorder`, such as the proxy's
+    `Tagged`, whose own `submit` adds to each event) are built here and the event is returned as built; what is submitted
     has, in addition, every echo of a redacted secret value scrubbed.
     """
     call = (rec.builder(build_http), origin, method, url, _flat(request_headers), request_body,
@@ -237,7 +238,7 @@ def record_http(
             source, workflow, run_id, service, kind, response_body_size, response_stream,
             current_span_id.get(), replay_session is not None)
     if replay_session is None and response_stream is None and _deferrable(request_body) \
-            and _deferrable(response_body):
+            and _deferrable(response_body) and getattr(type(rec), "defers", False):
         rec.sink.submit(call)
         return None
     event, found = build_http(rec, call)

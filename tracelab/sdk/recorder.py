@@ -31,6 +31,11 @@ T = TypeVar("T")
 class Recorder:
     """Everything one `init()` set up; replaced as a whole by the next `init()`."""
 
+    # `record_http` may queue a call for the sink's thread to build (a class attribute: a
+    # wrapper that forwards attributes, like the proxy's `Tagged`, must build at once so its
+    # own `submit` sees the event).
+    defers = True
+
     def __init__(self, config: SDKConfig, stats: SDKStats, sink: BatchingSink) -> None:
         self.config = config
         self.stats = stats
