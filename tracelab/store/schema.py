@@ -10,6 +10,7 @@ column named `workflow` would be hidden by the partition value in DuckDB and pya
 """
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ from msgspec import UNSET, Meta, Raw, UnsetType
 from tracelab.events import (MAX_ENDPOINT_CHARS, MAX_ID_CHARS, MAX_INT64, MAX_NAME_CHARS,
                              MAX_NESTING_DEPTH, MAX_STATUS_CODE, MAX_TAG_KEY_CHARS,
                              MAX_TAG_VALUE_CHARS, MAX_TAGS, MAX_TARGET_CHARS)
+
+log = logging.getLogger("tracelab.store")
 
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
 
@@ -286,13 +289,20 @@ class WireBatch:
         if not where:
             return
         wire = [events[i] for i in where]
-        flagged: set[int] = set()
-        columns = _wire_columns(wire, flagged)
-        risky = pc.or_kleene(pc.match_substring_regex(columns["request"], _REQUEST_RISK),
-                             pc.match_substring_regex(columns["response"], _RESPONSE_RISK))
-        flagged.update(pc.indices_nonzero(pc.fill_null(risky, False)).to_pylist())
-        self.table = _table(columns)
-        self._order = pc.sort_indices(self.table, sort_keys=_SORT_KEYS).to_numpy()
+        try:
+            flagged: set[int] = set()
+            columns = _wire_columns(wire, flagged)
+            risky = pc.or_kleene(pc.match_substring_regex(columns["request"], _REQUEST_RISK),
+                                 pc.match_substring_regex(columns["response"], _RESPONSE_RISK))
+            flagged.update(pc.indices_nonzero(pc.fill_null(risky, False)).to_pylist())
+            table = _table(columns)
+            order = pc.sort_indices(table, sort_keys=_SORT_KEYS).to_numpy()
+        except Exception as exc:  # noqa: BLE001 - e.g. a batch too large for one column
+            log.warning("the batch's events take the full path: %s: %.300s",
+                        type(exc).__name__, exc)
+            self.unvouched = where
+            return
+        self.table, self._order = table, order
         self._rows = {id(e): row for row, e in enumerate(wire)}
         self.unvouched = [where[i] for i in sorted(flagged)]
 
@@ -307,11 +317,12 @@ class WireBatch:
     def take(self, events: Sequence[WireEvent]) -> pa.Table | None:
         """The rows of `events`, in the store's order; None when one is not from this batch."""
         rows = self._rows
+        if self.table is None:
+            return None
         try:
             wanted = [rows[id(e)] for e in events]
         except KeyError:
             return None
-        assert self.table is not None
         chosen = np.zeros(len(self._order), dtype=bool)
         chosen[wanted] = True
         return self.table.take(self._order[chosen[self._order]])
