@@ -232,13 +232,16 @@ def record_http(
     `Tagged`, whose own `submit` adds to each event) are built here and the event is returned as built; what is submitted
     has, in addition, every echo of a redacted secret value scrubbed.
     """
-    call = (rec.builder(build_http), origin, method, url, _flat(request_headers), request_body,
-            started_at, latency_ms, status_code, _flat(response_headers), response_body,
-            None if exc is None else _error_pair(exc), request_body_note, response_body_note,
-            source, workflow, run_id, service, kind, response_body_size, response_stream,
-            current_span_id.get(), replay_session is not None)
-    if replay_session is None and response_stream is None and _deferrable(request_body) \
-            and _deferrable(response_body) and getattr(type(rec), "defers", False):
+    defer = replay_session is None and response_stream is None and \
+        _deferrable(request_body) and _deferrable(response_body) and \
+        getattr(type(rec), "defers", False)
+    call = (rec.builder(build_http) if defer else -1, origin, method, url,
+            _flat(request_headers), request_body, started_at, latency_ms, status_code,
+            _flat(response_headers), response_body, None if exc is None else _error_pair(exc),
+            request_body_note, response_body_note, source, workflow, run_id, service, kind,
+            response_body_size, response_stream, current_span_id.get(),
+            replay_session is not None)
+    if defer:
         rec.sink.submit(call)
         return None
     event, found = build_http(rec, call)
