@@ -99,17 +99,23 @@ def idle_seconds() -> float:
     a bad value is a `ConfigError` naming the variable rather than a silent default, since
     every execution's `state` would otherwise be quietly wrong.
     """
-    raw = os.environ.get("TRACELAB_IDLE_S")
+    return _positive_seconds("TRACELAB_IDLE_S", DEFAULT_IDLE_S,
+                             "how long a run may be silent before it is no longer running")
+
+
+def _positive_seconds(name: str, default: float, meaning: str) -> float:
+    """A positive, finite number of seconds from the environment, `default` when unset or
+    blank; anything else a `ConfigError` naming the variable and saying what it means."""
+    raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
-        return DEFAULT_IDLE_S
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"TRACELAB_IDLE_S={_preview(raw)} must be a positive number of "
-                          f"seconds (how long a run may be silent before it is no longer "
-                          f"running; default {DEFAULT_IDLE_S:g})")
+        raise ConfigError(f"{name}={_preview(raw)} must be a positive number of seconds "
+                          f"({meaning}; default {default:g})")
     return value
 
 
@@ -150,18 +156,8 @@ def lease_ttl() -> float:
     a partition from the others. A bad value is a `ConfigError`: it would otherwise either
     stall every writer or let leases lapse under live ones.
     """
-    raw = os.environ.get("TRACELAB_LEASE_TTL")
-    if raw is None or raw.strip() == "":
-        return DEFAULT_LEASE_TTL
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"TRACELAB_LEASE_TTL={_preview(raw)} must be a positive number of "
-                          f"seconds (how long a store lease lives without renewal; default "
-                          f"{DEFAULT_LEASE_TTL:g})")
-    return value
+    return _positive_seconds("TRACELAB_LEASE_TTL", DEFAULT_LEASE_TTL,
+                             "how long a store lease lives without renewal")
 
 
 def _preview(value: str, limit: int = 60) -> str:
