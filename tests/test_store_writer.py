@@ -81,7 +81,7 @@ def test_interrupted_compaction_is_finished_by_the_next_writer(tracelab_home):
     # Reproduce the crash point: merged file renamed in, old files still there, journal left.
     w2 = StoreWriter(layout)
     w2._write_local(f"{directory}/part-merged.parquet", merged)
-    w2._put_bytes(f"{directory}/_compaction-x.json", json.dumps(
+    w2.put_bytes(f"{directory}/_compaction-x.json", json.dumps(
         {"new": "part-merged.parquet", "tmp": ".gone.tmp",
          "old": [p.rsplit("/", 1)[1] for p in old]}).encode())
     # Readers already skip the replaced files: no double.

@@ -298,22 +298,10 @@ def _read_json(layout: StoreLayout, name: str) -> dict | None:
 
 
 def _write_json(layout: StoreLayout, name: str, value: dict) -> None:
-    """Replace a small metadata file whole: temporary file, fsync and rename on a local disk;
-    one PUT (atomic by itself) on object storage."""
-    path = _meta_path(layout, name)
+    """Replace a small metadata file whole, through the writer (the one code that writes
+    store files): atomic on a disk and on object storage alike."""
     data = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-    if layout.is_local:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{os.path.dirname(path)}/.{name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return
-    layout.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with layout.fs.open_output_stream(path) as out:
-        out.write(data)
+    StoreWriter(layout).put_bytes(_meta_path(layout, name), data)
 
 
 def _load_tally(layout: StoreLayout) -> dict:

@@ -162,7 +162,7 @@ class StoreWriter:
             except BaseException:
                 self._discard(f"{directory}/{tmp_name}", index_path(f"{directory}/{new_name}"))
                 raise
-            self._put_bytes(journal, json.dumps(
+            self.put_bytes(journal, json.dumps(
                 {"new": new_name, "tmp": tmp_name, "old": old_names,
                  "workflow": workflow}).encode())
             if self.layout.is_local:
@@ -411,7 +411,9 @@ class StoreWriter:
         except Exception as exc:  # noqa: BLE001 - the data file is what must not fail
             log.warning("could not write the event index %s: %s", path, exc)
 
-    def _put_bytes(self, path: str, data: bytes) -> None:
+    def put_bytes(self, path: str, data: bytes) -> None:
+        """Replace one small file whole (a compaction journal, retention's bookkeeping under
+        `_meta/`): temporary name, fsync and rename on a disk; one PUT on object storage."""
         directory, name = path.rsplit("/", 1)
         if self.layout.is_local:
             _makedirs_durable(directory)
