@@ -30,6 +30,7 @@ import os
 import threading
 import time
 import uuid
+
 import redis
 
 from tracelab.config import host_id, lease_ttl
