@@ -44,13 +44,14 @@ endef
 system-deps:
 	$(call apt-missing,$(SYSTEM_DEPS))
 
-# On both cores (pytest-xdist, TEST_WORKERS=1 for one): a module whose tests share a
-# module-scoped fixture (a served store, a browser, a built SDK) runs whole on one worker, every
-# other test goes to whichever worker is free (tests/conftest.py marks the groups); the web UI
-# is built by `install` before pytest starts.
+# On both cores (pytest-xdist; TEST_WORKERS=1 for one). `--dist loadfile`: each test file runs
+# whole on one worker, so a module-scoped fixture (a served store, a browser, the TS SDK's build,
+# which `npm test` deletes and rebuilds) is set up once and never shared between workers.
+# (`loadgroup` is no alternative: with pytest 9 its xdist_group marks are silently ignored.)
+# The web UI is built by `install` before pytest starts.
 TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Schemathesis (default checks) against `tracelab serve` over real data, with and without a
 # token: tests/test_api_fuzz.py with more examples and a fresh seed (FUZZ_EXAMPLES, FUZZ_SEED).

@@ -52,24 +52,6 @@ def _ephemeral_low() -> int:
         return 32_768
 
 
-# Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) a module whose tests share a
-# module- or class-scoped fixture (a served store, a browser, a built SDK, a recorded run) runs
-# whole on one worker: its fixture is set up once, not once per worker, and its tests keep the
-# order they were written in. Every other test is handed out on its own, so the two workers stay
-# evenly loaded; the grouped modules, largest first, are handed out before the single tests.
-SHARED_SCOPES = frozenset({"module", "class", "package"})
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group each module with a shared fixture under its own `xdist_group` (see above)."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = info.name2fixturedefs.values() if info is not None else ()
-        if any(d.scope in SHARED_SCOPES for chain in defs for d in chain):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-
-
 @contextmanager
 def build_lock(name: str) -> Iterator[None]:
     """Hold an exclusive `flock` named after `name` and this checkout while building.
