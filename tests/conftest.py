@@ -52,6 +52,25 @@ def _ephemeral_low() -> int:
         return 32_768
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _worker_private_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep what tests would leave in the shared $HOME in this worker's temp dir instead.
+
+    Under pytest-xdist two workers share one home: TraceLab's default home (`~/.tracelab`, its
+    lock files and spool, for code that is given a store but no home) and IPython's profile
+    (`~/.ipython`, whose history.sqlite every test kernel writes) would be written by both at
+    once. Tests that need a particular TRACELAB_HOME still set their own (`tracelab_home`).
+    """
+    base = tmp_path_factory.mktemp("worker-home")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TRACELAB_HOME", str(base / "tracelab"))
+    patch.setenv("IPYTHONDIR", str(base / "ipython"))
+    try:
+        yield
+    finally:
+        patch.undo()
+
+
 @contextmanager
 def build_lock(name: str) -> Iterator[None]:
     """Hold an exclusive `flock` named after `name` and this checkout while building.
