@@ -12,6 +12,10 @@ Two kinds of rules, applied everywhere a request, response or traced value can c
   definition; `tracelab scan` uses it too. A cheap pre-check (`_HINT_PARTS`) keeps
   text without any credential-looking prefix off the full expression.
 
+Header values and URLs are redacted once per distinct string (a bounded LRU cache per
+`Redactor`, keyed by the exact input, holding exactly what the uncached path returns plus the
+secret values it found, which scrub echoes); bodies differ call to call and are not cached.
+
 The marker is a constant, never a hash: a hash of a short secret can be brute-forced, and a
 constant keeps recordings comparable. spec/redaction/ holds the examples every producer (this
 SDK, sdk-ts, the proxy) is tested against.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from itertools import chain
 from typing import Any
 from urllib.parse import unquote_plus
@@ -43,6 +48,10 @@ SECRET_WORD_PAIRS = frozenset({
 })
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _CACHE_LIMIT = 4096
+# Header values and URLs repeat call after call (the same Authorization, Content-Type, URL):
+# their redaction is cached per exact string, up to this many of each, up to this length.
+_RESULT_CACHE_SIZE = 1024
+_RESULT_CACHE_CHARS = 2048
 # Each default rule (SECRET_HEADERS, SECRET_WORDS, SECRET_WORD_PAIRS) contains one of these.
 _SECRET_FRAGMENTS = (b"passw", b"pwd", b"secret", b"token", b"authoriz", b"signature",
                      b"credential", b"key", b"number", b"cookie")
@@ -268,6 +277,12 @@ class Redactor:
         self.patterns = tuple(patterns)
         self._decisions: dict[str, bool] = {}
         self._safe: set[str] = set()  # the names decided harmless, for C-level subset checks
+        # Per exact input: (what the uncached path returns, the secret values it found). The
+        # key holds whatever secret the input held; the result never does. Least recently
+        # used entries go first, so a stream of one-off values (request ids, dates) cannot
+        # grow the caches or push out for long the values that repeat.
+        self._header_value = lru_cache(maxsize=_RESULT_CACHE_SIZE)(self._redact_header_value)
+        self._url = lru_cache(maxsize=_RESULT_CACHE_SIZE)(self._redact_url)
 
     def is_secret(self, name: str) -> bool:
         decision = self._decisions.get(name)
@@ -296,32 +311,65 @@ class Redactor:
                 found: set[str] | None = None) -> tuple[dict[str, str], str | None]:
         """A redacted copy and the Content-Type; repeated names are joined with ', '.
 
-        This runs twice per HTTP call, so it reads the decision cache directly and takes
-        requests' CaseInsensitiveDict through its internal store (its generic Mapping
-        iteration costs several microseconds per call).
+        This runs twice per HTTP call, so each value's redaction comes from a cache per exact
+        (name, value) pair: Authorization, Content-Type and the like repeat call after call,
+        and a miss costs what the uncached path costs. Pairs that repeat a name take
+        `headers_uncached`: a shape there is looked for in the joined value, which can differ
+        from the values' own redactions joined.
         """
         out: dict[str, str] = {}
         content_type = None
         if items is None:
             return out, None
-        store = getattr(items, "_store", None)  # requests.structures.CaseInsensitiveDict
-        if type(store) is dict or type(store).__name__ == "OrderedDict":
-            pairs: Iterable[Any] = store.values()
-            unique = True
-        elif isinstance(items, Mapping):
-            pairs, unique = items.items(), True
-        else:
-            pairs, unique = items, False
-        decisions = self._decisions
+        pairs, unique = _header_pairs(items)
+        if not unique:
+            pairs = list(pairs)
+        cached = self._header_value
+        found_here: list[tuple[str, ...]] = []
         for name, value in pairs:
             if type(name) is not str:
                 name = name.decode("latin-1") if isinstance(name, bytes) else str(name)
             if type(value) is not str:
                 value = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-            secret = decisions.get(name)
-            if secret is None:
-                secret = self.is_secret(name)
-            if secret:
+            if len(value) <= _RESULT_CACHE_CHARS:
+                redacted, secrets = cached(name, value)
+            else:
+                redacted, secrets = self._redact_header_value(name, value)
+            if secrets:
+                found_here.append(secrets)
+            if content_type is None and len(name) == 12 and name.lower() == "content-type" \
+                    and not self.is_secret(name):
+                content_type = value
+            out[name] = redacted
+        if not unique and len(out) < len(pairs):  # type: ignore[arg-type]
+            return self.headers_uncached(pairs, found)
+        if found is not None:
+            for secrets in found_here:
+                found.update(secrets)
+        return out, content_type
+
+    def _redact_header_value(self, name: str, value: str) -> tuple[str, tuple[str, ...]]:
+        """One header's redacted value and the secret values found in it (cached)."""
+        found: set[str] = set()
+        if self.is_secret(name):
+            remember_header(found, name, value)
+            return MARKER, tuple(found)
+        return redact_shapes(value, found), tuple(found)
+
+    def headers_uncached(self, items: Mapping[str, Any] | Iterable[tuple[Any, Any]] | None,
+                         found: set[str] | None = None) -> tuple[dict[str, str], str | None]:
+        """`headers` without the cache: the reference its cached path must equal."""
+        out: dict[str, str] = {}
+        content_type = None
+        if items is None:
+            return out, None
+        pairs, unique = _header_pairs(items)
+        for name, value in pairs:
+            if type(name) is not str:
+                name = name.decode("latin-1") if isinstance(name, bytes) else str(name)
+            if type(value) is not str:
+                value = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            if self.is_secret(name):
                 if found is not None:
                     remember_header(found, name, value)
                 value = MARKER
@@ -339,7 +387,26 @@ class Redactor:
 
     # -- URLs and form bodies -------------------------------------------------------------
     def url(self, url: str, found: set[str] | None = None) -> str:
-        """Redacts secret query parameters, the password of `user:password@host` and shapes."""
+        """Redacts secret query parameters, the password of `user:password@host` and shapes.
+
+        Cached per exact URL (the same URLs repeat call after call); `url_uncached` is the
+        reference the cache must equal.
+        """
+        if type(url) is str and len(url) <= _RESULT_CACHE_CHARS:
+            redacted, secrets = self._url(url)
+        else:
+            redacted, secrets = self._redact_url(url)
+        if secrets and found is not None:
+            found.update(secrets)
+        return redacted
+
+    def _redact_url(self, url: str) -> tuple[str, tuple[str, ...]]:
+        """A URL's redaction and the secret values found in it (cached)."""
+        found: set[str] = set()
+        return self.url_uncached(url, found), tuple(found)
+
+    def url_uncached(self, url: str, found: set[str] | None = None) -> str:
+        """`url` without the cache."""
         url = redact_shapes(url, found)
         if "?" not in url and "@" not in url:
             return url
@@ -490,6 +557,21 @@ class Redactor:
                 if type(member) in _TEXT_OR_CONTAINER:
                     obj[i] = self.shapes_in(member, found, depth + 1)
         return obj
+
+
+def _header_pairs(items: Mapping[str, Any] | Iterable[tuple[Any, Any]]
+                  ) -> tuple[Iterable[Any], bool]:
+    """The (name, value) pairs of headers, and whether their names are unique (a mapping).
+
+    requests' CaseInsensitiveDict is read through its internal store: its generic Mapping
+    iteration costs several microseconds per call.
+    """
+    store = getattr(items, "_store", None)
+    if type(store) is dict or type(store).__name__ == "OrderedDict":
+        return store.values(), True  # type: ignore[union-attr]
+    if isinstance(items, Mapping):
+        return items.items(), True
+    return items, False
 
 
 def remember(found: set[str] | None, value: str) -> None:
