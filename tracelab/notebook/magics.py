@@ -61,7 +61,7 @@ class PostCellFlush:
             if recorder.current() is None:
                 return
             captured = tracelab.stats()["captured"]
-            if captured == self.flushed_upto and not self.failing:
+            if captured == self.flushed_upto and not self.failing and _sink_idle():
                 return
             ok = tracelab.flush(timeout=RETRY_FLUSH_TIMEOUT if self.failing else FLUSH_TIMEOUT)
         except Exception as exc:  # never break the user's notebook from a hook
@@ -76,6 +76,14 @@ class PostCellFlush:
             self.failing = True
             print(f"tracelab: could not deliver this cell's events yet ({detail}); they stay "
                   "queued and are retried after the next cell", file=sys.stderr)
+
+
+def _sink_idle() -> bool:
+    """True when the active recorder's sink holds nothing (its thread counts a call as
+    captured only when it builds it, which may be after the cell has ended)."""
+    sink = getattr(recorder.current(), "sink", None)
+    idle = getattr(sink, "idle", None)
+    return bool(idle()) if callable(idle) else True
 
 
 # -- %tracelab ------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ class BatchingSink:
         if self._thread is None or not self._thread.is_alive():
             return not self._queue
         while True:
-            if not self._queue and not self._busy and not self._pending:
+            if self.idle():
                 return self._lost == lost_before
             self._flush_requested = True
             self._wake.set()
@@ -115,6 +115,12 @@ class BatchingSink:
 
     def queued(self) -> int:
         return len(self._queue) + len(self._pending)
+
+    def idle(self) -> bool:
+        """True when nothing submitted is waiting, being built or being written. Calls are
+        counted as captured only once the sink's thread builds them, so "nothing new was
+        captured" alone does not mean "nothing to deliver"."""
+        return not self._queue and not self._busy and not self._pending
 
     def reset_after_fork(self) -> None:
         """In a forked child: the parent's thread is gone and its queue is the parent's to send."""
