@@ -28,14 +28,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from event_factory import make_event, make_runs, publish
+from test_ingest import GROUP, STREAM, group_backlog, wait_for
 from tracelab.store.layout import resolve_layout
 from tracelab.store.leases import KEY_PREFIX
 from tracelab.store.query import events as stored_events
 from tracelab.store.writer import TOKEN_METADATA, StoreWriter
 
 REPO = Path(__file__).resolve().parent.parent
-STREAM = "trace.events"
-GROUP = "tracelab-ingest"
 TTL = "1"
 
 
@@ -67,23 +66,6 @@ class Host:
             self.proc.kill()
             raise AssertionError(f"{self.name} did not stop on SIGTERM:\n{self.output()}") \
                 from None
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def backlog(client) -> tuple[int, int]:
-    for group in client.xinfo_groups(STREAM):
-        if group["name"] in (GROUP, GROUP.encode()):
-            return int(group.get("lag") or 0), int(group["pending"])
-    return -1, -1
 
 
 def consumers(client) -> list[str]:
@@ -198,7 +180,7 @@ def run_two_hosts_one_killed(redis_server, tmp_path, store: str, env: dict[str, 
                                        until=compactor.merged_twice)
         kill_while_holding_a_lease(client, host_a)
         publisher.join()
-        wait_for(lambda: backlog(client) == (0, 0), 90,
+        wait_for(lambda: group_backlog(client) == (0, 0), 90,
                  "host-b to drain the stream and claim host-a's pending entries")
         assert host_b.stop() == 0, host_b.output()
     finally:
@@ -240,7 +222,7 @@ def test_a_host_paused_past_its_lease_publishes_nothing_and_the_other_host_takes
         time.sleep(3 * float(TTL))  # past the TTL and the claim time: host-b takes over
         os.kill(pid, signal.SIGCONT)
         publisher.join()
-        wait_for(lambda: backlog(client) == (0, 0), 90, "both hosts to drain the stream")
+        wait_for(lambda: group_backlog(client) == (0, 0), 90, "both hosts to drain the stream")
         assert host_a.stop() == 0, host_a.output()
         assert host_b.stop() == 0, host_b.output()
     finally:
