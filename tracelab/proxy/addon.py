@@ -369,16 +369,24 @@ class TraceLabAddon:
         self._held.add(flow)
         try:
             return await before_upstream(flow, fault, upstream)
+        except asyncio.CancelledError:
+            # A hook cancelled while it holds the flow (its connection went away, the proxy
+            # shutting down) may get no error hook: record the flow as `done` would (once).
+            self._record_held(flow)
+            raise
         finally:
             self._held.discard(flow)
 
     def done(self) -> None:
         """Stopping: a faulted flow still held (latency, timeout) is recorded as it stands."""
-        rec = current()
         for flow in list(self._held):
-            if rec is not None:
-                rec.safely(ORIGIN, self._record_flow, rec, flow, None)
+            self._record_held(flow)
         self._held.clear()
+
+    def _record_held(self, flow: http.HTTPFlow) -> None:
+        rec = current()
+        if rec is not None:
+            rec.safely(ORIGIN, self._record_flow, rec, flow, None)
 
     def decide(self, flow: http.HTTPFlow, view: dict[str, Any] | None = None) -> Any:
         """The fault for this flow (None: none, or no fault set); a failure of ours is counted
