@@ -12,6 +12,7 @@ from conftest import LoopbackHTTP, RedisServer, read_events
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tracelab.sdk.capture import _flat
 from tracelab.sdk.redaction import MARKER, Redactor
 
 STRIPE = "sk_live_51FAKEcacheExample0000000000"
@@ -44,11 +45,22 @@ def _both(redactor: Redactor, reference: Redactor, items: object) -> None:
 @given(PAIRS, USER_PATTERNS)
 def test_cached_headers_equal_uncached(pairs: list[tuple[str, str]],
                                        patterns: tuple[re.Pattern[str], ...]) -> None:
-    """As pairs (names may repeat), as a dict, and as bytes (httpx's raw headers)."""
+    """As pairs (names may repeat), as a dict, as bytes (httpx's raw headers), and as the one
+    joined string or bytes a queued call holds (`capture._flat`)."""
     redactor, reference = Redactor(patterns), Redactor(patterns)
     _both(redactor, reference, pairs)
     _both(redactor, reference, dict(pairs))
     _both(redactor, reference, [(n.encode(), v.encode()) for n, v in pairs])
+    for items in (pairs, [(n.encode(), v.encode()) for n, v in pairs], dict(pairs)):
+        flat = _flat(items)
+        if pairs:
+            assert isinstance(flat, (str, bytes))
+        expected_found: set[str] = set()
+        expected = reference.headers_uncached(items, expected_found)
+        for _ in range(2):
+            found: set[str] = set()
+            assert redactor.headers(flat, found) == expected
+            assert found == expected_found
 
 
 QUERY = st.lists(st.tuples(st.sampled_from(("q", "page", "api_key", "token", "access_token",

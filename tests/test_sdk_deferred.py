@@ -190,3 +190,49 @@ def test_a_recorder_wrapper_sees_every_event_it_submits(traced: RedisServer) -> 
     assert event["tags"]["fault"] == "latency" and [e["event_id"] for e in seen] == \
         [event["event_id"]]
     assert SECRET.encode() not in raw
+
+
+# JSON bodies as producers write them: Python's json escapes every non-ASCII character, some
+# escape `/`, keys may be secret or not, values may hold credential shapes, and a body may hold
+# few or many containers (the pre-checks decide whether to walk).
+_JSON_KEYS = st.sampled_from(["password", "note", "access_token", "prompt_tokens", "Lyon",
+                              "clé", "pass\u00e9word", "apiKey", "items", "total_tokens"])
+_JSON_TEXT = st.one_of(st.text(max_size=20),
+                       st.lists(st.sampled_from(PIECES), max_size=10).map("".join),
+                       st.sampled_from(["Fourvière", "AKIAFAKEDEFER0000042", "a/b\\c\"d",
+                                        "sk-proj-FAKEdeferred0123456789abcdef"]))
+_JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), _JSON_TEXT),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(_JSON_KEYS, inner, max_size=4)),
+    max_leaves=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES, st.booleans(), st.booleans(), st.booleans(),
+       st.integers(min_value=0, max_value=300))
+def test_json_bodies_are_redacted_as_by_walking_everything(value: Any, ascii_only: bool,
+                                                         slashes: bool, hide: bool,
+                                                         records: int) -> None:
+    """The pre-checks (names, shapes, over the bytes or over orjson's output when the body
+    has `\\u` escapes) only ever skip walks that would have changed nothing."""
+    import json
+
+    import orjson
+
+    from tracelab.sdk.payloads import encode_body
+    from tracelab.sdk.redaction import Redactor
+
+    body = {"data": value, "records": [{"sku": i} for i in range(records)]}
+    raw = json.dumps(body, ensure_ascii=ascii_only)
+    if slashes:
+        raw = raw.replace("/", "\\/")
+    if hide:  # a shape's prefix escaped (only ever inside strings: no JSON literal has `sk-`)
+        raw = raw.replace("sk-", "\\u0073k-").replace("AKIA", "\\u0041KIA")
+    reference = Redactor()
+    expected_found: set[str] = set()
+    expected = reference.shapes_in(reference.value(orjson.loads(raw), expected_found),
+                                   expected_found)
+    found: set[str] = set()
+    assert encode_body(raw.encode(), "application/json", Redactor(), 1 << 20, found) == expected
+    assert found == expected_found

@@ -314,7 +314,6 @@ def build_http(rec: Recorder, call: tuple[Any, ...]) -> tuple[dict[str, Any], se
      response_body_note, source, workflow, run_id, service, kind, response_body_size,
      response_stream, parent_id, replaying) = call
     config, redactor = rec.config, rec.redactor
-    request_headers, response_headers = _pairs(request_headers), _pairs(response_headers)
     parts = urlsplit(url)
     method = method.upper()
     found: set[str] = set()  # secret values redacted here, scrubbed from echoes on submit

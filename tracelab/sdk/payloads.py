@@ -24,7 +24,6 @@ from tracelab.sdk.redaction import Redactor, may_hold_shapes, redact_shapes
 _JSON_START = frozenset(b"{[")
 _WHITESPACE = b" \t\r\n"
 _MAX_VALUE_DEPTH = 12
-_WALK_ALWAYS_BYTES = 2048
 _WALK_ALWAYS_BRACKETS = 200  # Redactor.value's depth limit
 _MAX_ITEMS = 200
 # How deep a body may nest: the event is level 1, `request`/`response` level 2, so a body has
@@ -116,15 +115,23 @@ def encode_body(data: Any, content_type: str | None, redactor: Redactor, cap: in
 
 def _redact_json(parsed: Any, raw: bytes, redactor: Redactor, found: set[str] | None) -> Any:
     """A parsed JSON body with secret names and secret-shaped strings redacted."""
-    # The byte pre-check costs more than walking a small body (~10 scans against a few dozen
-    # members), so small bodies are walked directly. The walk changes nothing the pre-check
-    # would have let through unless a body nests deeper than the walk's limit, which needs
-    # more brackets than `_WALK_ALWAYS_BRACKETS`.
-    if (len(raw) <= _WALK_ALWAYS_BYTES and
-            raw.count(b"[") + raw.count(b"{") <= _WALK_ALWAYS_BRACKETS) or \
+    # The name pre-check (~10 scans of the bytes) costs more than walking a body of a few
+    # dozen containers, whatever its size (an LLM answer is long text in few containers), so
+    # those are walked directly. The walk changes nothing the pre-check would have let through
+    # unless a body nests deeper than the walk's limit, which needs more brackets than
+    # `_WALK_ALWAYS_BRACKETS`.
+    if b"\\u" in raw:
+        # An escape can hide a name or a shape from a search of the bytes: search orjson's
+        # output instead, which escapes only quotes, backslashes and control characters
+        # (JSON from Python's json module escapes every non-ASCII character).
+        try:
+            raw = orjson.dumps(parsed)
+        except orjson.JSONEncodeError:  # nested deeper than orjson's limit: walk it all
+            return redactor.shapes_in(redactor.value(parsed, found), found)
+    if raw.count(b"[") + raw.count(b"{") <= _WALK_ALWAYS_BRACKETS or \
             redactor.may_hold_secrets(raw):
         parsed = redactor.value(parsed, found)
-    if may_hold_shapes(raw) or b"\\u" in raw:  # an escape can hide a shape from the bytes
+    if may_hold_shapes(raw):
         parsed = redactor.shapes_in(parsed, found)
     return parsed
 
