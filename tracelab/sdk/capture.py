@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from itertools import chain
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 HOST = socket.gethostname()
 _chain = chain.from_iterable
+_STORE_TYPES = (dict, OrderedDict)  # requests' CaseInsensitiveDict keeps its pairs in one
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 # LLM detection (the same rule in sdk-ts): a known provider host, or an LLM-style path whose
 # request body looks like an LLM request (`model` plus `messages`, `input` or `prompt`). A path
@@ -249,10 +251,34 @@ def record_http(
     return event
 
 
+def queue_http(rec: Recorder, origin: str, method: str, url: str, request_headers: Any,
+               request_body: Any, request_body_note: str | None, started_at: int,
+               latency_ms: float, status_code: int | None, response_headers: Any,
+               response_body: Any, response_body_note: str | None,
+               exc: BaseException | None) -> None:
+    """`record_http` for the integrations' own calls, positional: this runs on the traced
+    program's thread for every call, where a dozen keyword arguments cost more than the
+    snapshot itself. Queues the call as `record_http` does, or hands it to `record_http`
+    when it must be built now."""
+    if replay_session is None and getattr(type(rec), "defers", False) and \
+            _deferrable(request_body) and _deferrable(response_body):
+        rec.sink.submit((rec.builder(build_http), origin, method, url, _flat(request_headers),
+                         request_body, started_at, latency_ms, status_code,
+                         _flat(response_headers), response_body,
+                         None if exc is None else _error_pair(exc), request_body_note,
+                         response_body_note, "sdk-py", None, None, None, None, None, None,
+                         current_span_id.get(), False))
+        return
+    record_http(rec, origin=origin, method=method, url=url, request_headers=request_headers,
+                request_body=request_body, request_body_note=request_body_note,
+                started_at=started_at, latency_ms=latency_ms, status_code=status_code,
+                response_headers=response_headers, response_body=response_body,
+                response_body_note=response_body_note, exc=exc)
+
+
 # Bodies up to this size are kept as they are until the sink's thread builds the event: a
 # queued call then holds at most ~2x this much (today's serialized events hold as much).
 DEFER_MAX_BYTES = 64 * 1024
-_SEPARATORS = {str: "\0", bytes: b"\0"}
 
 
 def _deferrable(body: Any) -> bool:
@@ -277,33 +303,27 @@ def _flat(headers: Any) -> Any:
     """
     if headers is None:
         return None
-    store = getattr(headers, "_store", None)
-    if type(store) is dict or type(store).__name__ == "OrderedDict":
-        pairs: Any = store.values()
-    elif isinstance(headers, Mapping):
-        pairs = headers.items()
+    kind = type(headers)
+    if kind is list or kind is tuple:  # httpx's raw headers: a list of (name, value) bytes
+        pairs: Any = headers
     else:
-        pairs = headers if type(headers) in (list, tuple) else tuple(headers)
+        store = getattr(headers, "_store", None)
+        if type(store) in _STORE_TYPES:
+            pairs = store.values()
+        elif isinstance(headers, Mapping):
+            pairs = headers.items()
+        else:
+            pairs = tuple(headers)
     if not pairs:
         return ()
-    for sep in ("\0", b"\0"):
-        try:
-            flat = sep.join(_chain(pairs))  # type: ignore[attr-defined]
-        except TypeError:
-            continue
-        if flat.count(sep) == 2 * len(pairs) - 1:
-            return flat
-        break
-    return tuple(pairs)
-
-
-def _pairs(flat: Any) -> Any:
-    """The header pairs `_flat` joined."""
-    sep = _SEPARATORS.get(type(flat))
-    if sep is None:
+    sep: Any = b"\0" if type(next(iter(pairs))[0]) is bytes else "\0"
+    try:
+        flat = sep.join(_chain(pairs))
+    except TypeError:
+        return tuple(pairs)
+    if flat.count(sep) == 2 * len(pairs) - 1:
         return flat
-    parts = iter(flat.split(sep))
-    return zip(parts, parts)
+    return tuple(pairs)
 
 
 def build_http(rec: Recorder, call: tuple[Any, ...]) -> tuple[dict[str, Any], set[str]]:
