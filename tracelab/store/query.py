@@ -489,7 +489,14 @@ def _empty_events(columns: Sequence[str]) -> pd.DataFrame:
 
 
 def _events_frame(parts: list[tuple[DataFile, pa.Table]], sort: bool,
-                  limit: int | None = None) -> pd.DataFrame:
+                  limit: int | None = None, steps_only: bool = False) -> pd.DataFrame:
+    """The scanned parts as one frame (workflow and date columns added, the LLM cost columns
+    computed), in (started_at, event_id) order when `sort`, at most `limit` rows.
+
+    `steps_only` drops lifecycle rows exactly as the scan filter `kind != "run"` would (a
+    null kind is dropped too), but through the one `take` the sort does anyway: filtering in
+    the scan copies every column of every batch even when nothing is dropped (issue 16).
+    """
     tables = []
     for data_file, table in parts:
         if table.num_rows:
@@ -506,10 +513,23 @@ def _events_frame(parts: list[tuple[DataFile, pa.Table]], sort: bool,
     if not tables:
         return pd.DataFrame()
     table = pa.concat_tables(tables)
+    keep = None
+    if steps_only:
+        steps = pc.not_equal(table["kind"], LIFECYCLE_KIND).combine_chunks()
+        if steps.null_count or not pc.all(steps).as_py():
+            keep = steps
     if sort:
-        table = table.sort_by([("started_at", "ascending"), ("event_id", "ascending")])
-    if limit is not None:
-        table = table.slice(0, limit)
+        order = pc.sort_indices(table, [("started_at", "ascending"), ("event_id", "ascending")])
+        if keep is not None:
+            order = order.filter(keep.take(order))
+        if limit is not None:
+            order = order.slice(0, limit)
+        table = table.take(order)
+    else:
+        if keep is not None:
+            table = table.filter(keep)
+        if limit is not None:
+            table = table.slice(0, limit)
     frame = table.to_pandas()
     first = ["event_id", "workflow", "run_id"]
     return llm_columns.add_cost_columns(frame[first + [c for c in frame.columns
@@ -655,8 +675,7 @@ def events(workflow: str, since: TimeLike | None = None, until: TimeLike | None 
                         ("service", service), ("target", target)):
         if value is not None:
             conditions.append(ds.field(name) == value)
-    if kind is None:
-        conditions.append(_NOT_LIFECYCLE)
+    # kind=None drops lifecycle rows in _events_frame, not in the scan (see steps_only)
     if wanted_tags:
         matching = _matching_tag_values(layout, files, wanted_tags)
         conditions.append(ds.field("tags").isin(matching))
@@ -666,7 +685,7 @@ def events(workflow: str, since: TimeLike | None = None, until: TimeLike | None 
     columns = EVENT_SCHEMA.names if payloads else LIGHT_COLUMNS
     idle_s = idle_seconds() if run_id is not None else None
     parts = _scan_by_file(layout, files, columns, filter=expression) if files else []
-    frame = _events_frame(parts, sort=True, limit=limit)
+    frame = _events_frame(parts, sort=True, limit=limit, steps_only=kind is None)
     if frame.empty:
         frame = _empty_events(columns)
     if idle_s is not None:
