@@ -89,6 +89,32 @@ def build_lock(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class TCPAcceptor:
+    """A plain TCP server on loopback that hands each connection to `_serve` on a thread of
+    its own (the WebSocket and HTTP/2 servers the proxy tests talk to)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: Any) -> None:
+        raise NotImplementedError
+
+
 class RedisServer:
     """A real `redis-server` process on a free loopback port, stoppable and restartable."""
 

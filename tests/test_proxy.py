@@ -26,7 +26,7 @@ import orjson
 import pytest
 import requests
 
-from conftest import RedisServer, free_port
+from conftest import RedisServer, TCPAcceptor, free_port
 from tracelab.events import validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,21 +214,8 @@ class H2Upstream:
         self.sock.close()
 
 
-class WebSocketEcho:
+class WebSocketEcho(TCPAcceptor):
     """A plain-TCP WebSocket server (wsproto) that sends every message back."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     @staticmethod
     def _serve(conn: socket.socket) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import queue
 import socket
-import threading
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -30,7 +29,7 @@ from hypothesis import given, settings
 from grpc_service import greeter_pb2 as pb
 from grpc_service import greeter_pb2_grpc as pb_grpc
 from grpc_service import server as greeter_server
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisServer, TCPAcceptor, free_port
 from tests.test_proxy import Proxy, self_signed_cert, wait_events
 from tests.test_replay_proxy import ReplayProxy, http_event
 from tracelab.proxy.grpc import GrpcFrames, decode_message
@@ -169,23 +168,10 @@ def test_plaintext_channel_through_the_connect_tunnel(proxy: tuple[Proxy, bytes]
         {"1": "p 0"}, {"1": "p 1", "2": 1}]
 
 
-class ClientFirstH2c:
+class ClientFirstH2c(TCPAcceptor):
     """A plaintext HTTP/2 gRPC server (the `h2` package) that sends its SETTINGS only after
     the client's preface came: the other order of the tunnel's first bytes. It answers
     every call with HelloReply(message="h2c <name>")."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     @staticmethod
     def _serve(conn: socket.socket) -> None:
