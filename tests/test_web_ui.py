@@ -3,19 +3,15 @@ download), against `tracelab serve` started as a subprocess on free loopback por
 recorded through the SDK in embedded mode."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-
-from conftest import LoopbackHTTP, build_lock, free_port
+from conftest import LoopbackHTTP, build_lock
 from test_api import HOSTILE, ROOT, record
+from web_site import serve_ui
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -65,40 +61,8 @@ def site(tmp_path_factory, vendor) -> Iterator[dict]:
     record(home, vendor.url, "run-ok", "ok")
     record(home, vendor.url, "run-err", "error")
     record(home, vendor.url, "run-grow", "ok")
-    api_port, ui_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACELAB_")}
-    env.update(TRACELAB_HOME=str(home), TRACELAB_STREAM_POLL="0.25")
-    log = open(home.parent / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "tracelab.cli", "serve", "--port",
-                             str(api_port), "--ui-port", str(ui_port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{ui_port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"tracelab serve exited: {_read(log)}"
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"tracelab serve did not answer: {_read(log)}"
-            time.sleep(0.1)
+    with serve_ui(home) as base:
         yield {"base": base, "home": home, "vendor": vendor}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def _read(log) -> str:
-    log.flush()
-    log.seek(0)
-    return log.read()
 
 
 @pytest.fixture(scope="module")
@@ -226,36 +190,13 @@ def test_unknown_execution_and_diff_page(site, watched):
 @pytest.fixture(scope="module")
 def odd_site(tmp_path_factory) -> Iterator[str]:
     """A second server over a store whose workflow names and run ids hold `/`, `%`, CJK."""
-    from api_serve import clean_env, seed_store
+    from api_serve import seed_store
 
     build_ui()
     home = tmp_path_factory.mktemp("ui-odd") / "home"
     seed_store(home)
-    api_port, ui_port = free_port(), free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("tracelab")), "serve",
-                             "--port", str(api_port), "--ui-port", str(ui_port)],
-                            cwd=ROOT, env=clean_env(home), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{ui_port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, "tracelab serve exited"
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "tracelab serve did not answer"
-            time.sleep(0.1)
+    with serve_ui(home) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.parametrize("workflow,run_id", [("pay/ments", "pay/run/2"),
