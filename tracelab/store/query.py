@@ -501,15 +501,15 @@ def _events_frame(parts: list[tuple[DataFile, pa.Table]], sort: bool,
     for data_file, table in parts:
         if table.num_rows:
             # The exact name stored in the file wins; files older than it are named by the
-            # directory they are in.
-            workflow: pa.ChunkedArray | pa.Array = pa.array(
-                [data_file.workflow] * table.num_rows, pa.string())
+            # directory they are in. (pa.repeat: no Python list of num_rows strings.)
+            workflow: pa.ChunkedArray | pa.Array = pa.repeat(
+                pa.scalar(data_file.workflow, pa.string()), table.num_rows)
             if NAME_COLUMN in table.column_names:
                 workflow = pc.coalesce(table[NAME_COLUMN], workflow)
                 table = table.drop_columns([NAME_COLUMN])
             table = table.append_column("workflow", workflow)
             tables.append(table.append_column(
-                "date", pa.array([data_file.date] * table.num_rows, pa.string())))
+                "date", pa.repeat(pa.scalar(data_file.date, pa.string()), table.num_rows)))
     if not tables:
         return pd.DataFrame()
     table = pa.concat_tables(tables)
