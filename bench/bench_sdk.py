@@ -429,8 +429,10 @@ def stages(calls: int, scenario: str = "requests") -> None:
           lambda: rec.encode(event, "bench", found))
         body_req = call[5]
         body_resp = call[10]
-        t("  of which redactor.headers (request)", lambda: red.headers(call[4], set()))
-        t("  of which redactor.headers (response)", lambda: red.headers(call[9], set()))
+        t("  of which redactor.headers (request)", lambda: red.headers(
+            capture._pairs(call[4]), set()))
+        t("  of which redactor.headers (response)", lambda: red.headers(
+            capture._pairs(call[9]), set()))
         from tracelab.sdk import payloads
 
         t("  of which encode_body (request JSON)", lambda: payloads.encode_body(

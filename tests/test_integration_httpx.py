@@ -229,5 +229,5 @@ def test_httpx_imported_after_init_is_traced(redis_server: RedisServer, http_ser
 
 def test_failing_capture_is_counted_never_felt(traced: RedisServer, http_server: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    with capture_broken(monkeypatch, httpx_integration, "queue_http"):
+    with capture_broken(monkeypatch, httpx_integration, "record_http"):
         assert httpx.get(f"{http_server}/ok").status_code == 200

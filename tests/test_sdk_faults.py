@@ -103,7 +103,7 @@ def test_capture_code_that_raises_is_counted_not_felt(traced: RedisServer, loopb
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("bug in capture")
 
-    monkeypatch.setattr(integration, "queue_http", explode)
+    monkeypatch.setattr(integration, "record_http", explode)
     before = tracelab.stats()["errors_by_origin"].get("requests", 0)
     assert requests.get(f"{loopback_http.url}/echo").json()["method"] == "GET"
     assert tracelab.stats()["errors_by_origin"]["requests"] == before + 1

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 HOST = socket.gethostname()
 _chain = chain.from_iterable
-_STORE_TYPES = (dict, OrderedDict)  # requests' CaseInsensitiveDict keeps its pairs in one
+_STORE_TYPES = (dict, OrderedDict)  # what requests' CaseInsensitiveDict keeps its pairs in
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 # LLM detection (the same rule in sdk-ts): a known provider host, or an LLM-style path whose
 # request body looks like an LLM request (`model` plus `messages`, `input` or `prompt`). A path
@@ -251,34 +251,10 @@ def record_http(
     return event
 
 
-def queue_http(rec: Recorder, origin: str, method: str, url: str, request_headers: Any,
-               request_body: Any, request_body_note: str | None, started_at: int,
-               latency_ms: float, status_code: int | None, response_headers: Any,
-               response_body: Any, response_body_note: str | None,
-               exc: BaseException | None) -> None:
-    """`record_http` for the integrations' own calls, positional: this runs on the traced
-    program's thread for every call, where a dozen keyword arguments cost more than the
-    snapshot itself. Queues the call as `record_http` does, or hands it to `record_http`
-    when it must be built now."""
-    if replay_session is None and getattr(type(rec), "defers", False) and \
-            _deferrable(request_body) and _deferrable(response_body):
-        rec.sink.submit((rec.builder(build_http), origin, method, url, _flat(request_headers),
-                         request_body, started_at, latency_ms, status_code,
-                         _flat(response_headers), response_body,
-                         None if exc is None else _error_pair(exc), request_body_note,
-                         response_body_note, "sdk-py", None, None, None, None, None, None,
-                         current_span_id.get(), False))
-        return
-    record_http(rec, origin=origin, method=method, url=url, request_headers=request_headers,
-                request_body=request_body, request_body_note=request_body_note,
-                started_at=started_at, latency_ms=latency_ms, status_code=status_code,
-                response_headers=response_headers, response_body=response_body,
-                response_body_note=response_body_note, exc=exc)
-
-
 # Bodies up to this size are kept as they are until the sink's thread builds the event: a
 # queued call then holds at most ~2x this much (today's serialized events hold as much).
 DEFER_MAX_BYTES = 64 * 1024
+_SEPARATORS = {str: "\0", bytes: b"\0"}
 
 
 def _deferrable(body: Any) -> bool:
@@ -326,6 +302,15 @@ def _flat(headers: Any) -> Any:
     return tuple(pairs)
 
 
+def _pairs(flat: Any) -> Any:
+    """The header pairs `_flat` joined."""
+    sep = _SEPARATORS.get(type(flat))
+    if sep is None:
+        return flat
+    parts = iter(flat.split(sep))
+    return zip(parts, parts)
+
+
 def build_http(rec: Recorder, call: tuple[Any, ...]) -> tuple[dict[str, Any], set[str]]:
     """The redacted event of one call snapshotted by `record_http`, and the secret values
     found (scrubbed from echoes when it is serialized). Runs on the sink's thread."""
@@ -334,6 +319,7 @@ def build_http(rec: Recorder, call: tuple[Any, ...]) -> tuple[dict[str, Any], se
      response_body_note, source, workflow, run_id, service, kind, response_body_size,
      response_stream, parent_id, replaying) = call
     config, redactor = rec.config, rec.redactor
+    request_headers, response_headers = _pairs(request_headers), _pairs(response_headers)
     parts = urlsplit(url)
     method = method.upper()
     found: set[str] = set()  # secret values redacted here, scrubbed from echoes on submit

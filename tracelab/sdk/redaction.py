@@ -321,8 +321,6 @@ class Redactor:
         content_type = None
         if items is None:
             return out, None
-        if type(items) in (str, bytes):
-            return self.flat_headers(items, found)  # type: ignore[arg-type]
         pairs, unique = _header_pairs(items)
         if not unique:
             pairs = list(pairs)
@@ -348,48 +346,6 @@ class Redactor:
         if found is not None:
             for secrets in found_here:
                 found.update(secrets)
-        return out, content_type
-
-    def flat_headers(self, flat: str | bytes,
-                     found: set[str] | None = None) -> tuple[dict[str, str], str | None]:
-        """`headers` of pairs joined as `name\\0value\\0…` (`tracelab.sdk.capture._flat`).
-
-        The sink's thread redacts every call's headers, so this does in C what it can: one
-        split, one `dict(zip())`, one subset check of the names against those known to be
-        harmless, one shape pre-check over all values joined. Only names not known to be
-        harmless (Authorization, Cookie…) and, when the pre-check hits, the values take the
-        per-value cache. Bytes are latin-1 (what HTTP headers are on the wire).
-        """
-        text = flat.decode("latin-1") if type(flat) is bytes else flat
-        parts = text.split("\0")
-        names, values = parts[0::2], parts[1::2]
-        out = dict(zip(names, values))
-        if len(out) != len(names):  # a repeated name: its values are joined, then redacted
-            return self.headers_uncached(list(zip(names, values)), found)
-        cached = self._header_value
-        if not self._safe.issuperset(names):
-            for name in out.keys() - self._safe:
-                if self.is_secret(name):
-                    value = out[name]
-                    redacted, secrets = cached(name, value) if len(value) <= _RESULT_CACHE_CHARS \
-                        else self._redact_header_value(name, value)
-                    out[name] = redacted
-                    if secrets and found is not None:
-                        found.update(secrets)
-        if may_have_shapes("\n".join(out.values())):  # one check for all values
-            for name, value in out.items():
-                if value != MARKER:
-                    redacted, secrets = cached(name, value) \
-                        if len(value) <= _RESULT_CACHE_CHARS \
-                        else self._redact_header_value(name, value)
-                    out[name] = redacted
-                    if secrets and found is not None:
-                        found.update(secrets)
-        content_type = None
-        for name, value in zip(names, values):
-            if len(name) == 12 and name.lower() == "content-type" and not self.is_secret(name):
-                content_type = value
-                break
         return out, content_type
 
     def _redact_header_value(self, name: str, value: str) -> tuple[str, tuple[str, ...]]:

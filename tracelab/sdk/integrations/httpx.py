@@ -15,7 +15,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from tracelab.sdk.capture import Timer, queue_http, record_http
+from tracelab.sdk.capture import Timer, record_http
 from tracelab.sdk.context import http_suppressed
 from tracelab.sdk.integrations._patching import patch, unpatch
 from tracelab.sdk.recorder import Recorder, current
@@ -48,9 +48,12 @@ def _record(rec: Recorder, request: Any, response: Any, timer: Timer, stream: bo
             response_note = _STREAMED_RESPONSE
         else:
             response_body = content
-    queue_http(rec, ORIGIN, request.method, str(request.url), request.headers.raw, body,
-               request_note, timer.started_at, latency_ms, status_code, response_headers,
-               response_body, response_note, exc)
+    record_http(rec, origin=ORIGIN, method=request.method, url=str(request.url),
+                request_headers=request.headers.raw, request_body=body,
+                request_body_note=request_note, started_at=timer.started_at,
+                latency_ms=latency_ms, status_code=status_code,
+                response_headers=response_headers, response_body=response_body,
+                response_body_note=response_note, exc=exc)
 
 
 def _decoder(headers: Any) -> Any:

@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from tracelab.sdk.capture import Timer, queue_http, record_http
+from tracelab.sdk.capture import Timer, record_http
 from tracelab.sdk.context import http_suppressed
 from tracelab.sdk.integrations._patching import patch, unpatch
 from tracelab.sdk.recorder import Recorder, current
@@ -31,10 +31,7 @@ def _request_body(request: Any) -> tuple[Any, str | None]:
 
 def _record(rec: Recorder, request: Any, response: Any, timer: Timer, stream: bool,
             exc: BaseException | None) -> None:
-    body = request.body
-    request_note = None
-    if body is not None and not isinstance(body, (bytes, str)):
-        body, request_note = _request_body(request)
+    body, request_note = _request_body(request)
     status_code = response_headers = response_body = response_note = None
     if response is not None:
         # With redirects followed, send() returns the last hop's response; this call's own
@@ -51,9 +48,12 @@ def _record(rec: Recorder, request: Any, response: Any, timer: Timer, stream: bo
             response_note = "streamed response (stream=True): not read on the caller's behalf"
         else:
             response_body = content
-    queue_http(rec, ORIGIN, request.method or "GET", request.url or "", request.headers, body,
-               request_note, timer.started_at, timer.elapsed_ms(), status_code,
-               response_headers, response_body, response_note, exc)
+    record_http(rec, origin=ORIGIN, method=request.method or "GET", url=request.url or "",
+                request_headers=request.headers, request_body=body,
+                request_body_note=request_note, started_at=timer.started_at,
+                latency_ms=timer.elapsed_ms(), status_code=status_code,
+                response_headers=response_headers, response_body=response_body,
+                response_body_note=response_note, exc=exc)
 
 
 def _record_stream(rec: Recorder, request: Any, response: Any, timer: Timer,
