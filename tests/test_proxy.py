@@ -156,25 +156,15 @@ class Upstream(ThreadingHTTPServer):
         self.server_close()
 
 
-class H2Upstream:
+class H2Upstream(TCPAcceptor):
     """A TLS server that speaks nothing but HTTP/2 (ALPN h2), built on the `h2` package."""
 
     def __init__(self, cert: tuple[Path, Path]) -> None:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(*cert)
         self.context.set_alpn_protocols(["h2"])
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.served: list[dict[str, str]] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, raw: socket.socket) -> None:
         import h2.config
