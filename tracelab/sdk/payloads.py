@@ -92,7 +92,9 @@ def encode_body(data: Any, content_type: str | None, redactor: Redactor, cap: in
         except orjson.JSONDecodeError:
             pass
         else:
-            parsed = _redact_json(_within_depth(parsed, raw), raw, redactor, found)
+            brackets = raw.count(b"[") + raw.count(b"{")
+            parsed = _redact_json(_within_depth(parsed, brackets), raw, brackets, redactor,
+                                  found)
             if size <= cap:
                 return parsed
             return _cut_json(parsed, size, redactor, cap, found) or \
@@ -113,8 +115,10 @@ def encode_body(data: Any, content_type: str | None, redactor: Redactor, cap: in
     return redactor.text(text, found)
 
 
-def _redact_json(parsed: Any, raw: bytes, redactor: Redactor, found: set[str] | None) -> Any:
-    """A parsed JSON body with secret names and secret-shaped strings redacted."""
+def _redact_json(parsed: Any, raw: bytes, brackets: int, redactor: Redactor,
+                 found: set[str] | None) -> Any:
+    """A parsed JSON body (fitted by `_within_depth`) with secret names and secret-shaped
+    strings redacted; `brackets`: how many `[` and `{` its text holds."""
     # The name pre-check (~10 scans of the bytes) costs more than walking a body of a few
     # dozen containers, whatever its size (an LLM answer is long text in few containers), so
     # those are walked directly. The walk changes nothing the pre-check would have let through
@@ -123,12 +127,10 @@ def _redact_json(parsed: Any, raw: bytes, redactor: Redactor, found: set[str] | 
     if b"\\u" in raw:
         # An escape can hide a name or a shape from a search of the bytes: search orjson's
         # output instead, which escapes only quotes, backslashes and control characters
-        # (JSON from Python's json module escapes every non-ASCII character).
-        try:
-            raw = orjson.dumps(parsed)
-        except orjson.JSONEncodeError:  # nested deeper than orjson's limit: walk it all
-            return redactor.shapes_in(redactor.value(parsed, found), found)
-    if raw.count(b"[") + raw.count(b"{") <= _WALK_ALWAYS_BRACKETS or \
+        # (JSON from Python's json module escapes every non-ASCII character). Within
+        # `BODY_MAX_DEPTH` (`_within_depth`), well inside orjson's own nesting limit.
+        raw = orjson.dumps(parsed)
+    if brackets <= _WALK_ALWAYS_BRACKETS or \
             redactor.may_hold_secrets(raw):
         parsed = redactor.value(parsed, found)
     if may_hold_shapes(raw):
@@ -136,14 +138,14 @@ def _redact_json(parsed: Any, raw: bytes, redactor: Redactor, found: set[str] | 
     return parsed
 
 
-def _within_depth(parsed: Any, raw: bytes) -> Any:
+def _within_depth(parsed: Any, brackets: int) -> Any:
     """`parsed` with whatever nests deeper than `BODY_MAX_DEPTH` replaced by a marker.
 
     Cheap for ordinary bodies: a body with fewer brackets than the limit cannot be too deep,
     and for the rest orjson's indented output (C speed) shows the depth: a line indented by
     `2 * BODY_MAX_DEPTH` spaces exists only under a non-empty container that deep.
     """
-    if raw.count(b"[") + raw.count(b"{") <= BODY_MAX_DEPTH:
+    if brackets <= BODY_MAX_DEPTH:
         return parsed
     try:
         indented = orjson.dumps(parsed, option=orjson.OPT_INDENT_2)

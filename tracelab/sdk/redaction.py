@@ -321,7 +321,7 @@ class Redactor:
         content_type = None
         if items is None:
             return out, None
-        pairs, unique = _header_pairs(items)
+        pairs, unique = header_pairs(items)
         if not unique:
             pairs = list(pairs)
         cached = self._header_value
@@ -363,7 +363,7 @@ class Redactor:
         content_type = None
         if items is None:
             return out, None
-        pairs, unique = _header_pairs(items)
+        pairs, unique = header_pairs(items)
         for name, value in pairs:
             if type(name) is not str:
                 name = name.decode("latin-1") if isinstance(name, bytes) else str(name)
@@ -559,7 +559,7 @@ class Redactor:
         return obj
 
 
-def _header_pairs(items: Mapping[str, Any] | Iterable[tuple[Any, Any]]
+def header_pairs(items: Mapping[str, Any] | Iterable[tuple[Any, Any]]
                   ) -> tuple[Iterable[Any], bool]:
     """The (name, value) pairs of headers, and whether their names are unique (a mapping).
 
